@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	mrand "math/rand/v2"
 	"strconv"
 	"sync"
@@ -360,6 +361,57 @@ func (q *commitQueue) resize(size int) {
 	k := copy(buf, q.buf[q.head:min(q.head+q.n, len(q.buf))])
 	copy(buf[k:], q.buf[:q.n-k])
 	q.buf, q.head = buf, 0
+}
+
+// storePool shares stores across config reloads: the new config acquires
+// the store before the old one releases it, so state survives.
+var storePool = caddy.NewUsagePool()
+
+// acquireStore returns the process-wide store of the given kind ("memory"
+// or "redis") and a func that drops this reference; the last release
+// destructs the store. All memory users share one set; a different maxKeys
+// changes that set's bound in place.
+func acquireStore(kind, redisURL string, maxKeys int, logger *zap.Logger) (Store, func() error, error) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	var key string
+	var construct caddy.Constructor
+	switch kind {
+	case "memory":
+		key = "memory"
+		construct = func() (caddy.Destructor, error) { return newMemoryStore(maxKeys, logger), nil }
+	case "redis":
+		key = "redis|" + redisURL
+		construct = func() (caddy.Destructor, error) { return newRedisStore(redisURL, "") }
+	default:
+		return nil, nil, fmt.Errorf("ecommpay: unknown de-duplication store %q (want memory or redis)", kind)
+	}
+
+	v, loaded, err := storePool.LoadOrNew(key, construct)
+	if err != nil {
+		// The pool kept no reference for a failed construction.
+		return nil, nil, err
+	}
+	var once sync.Once
+	release := func() error {
+		var err error
+		once.Do(func() { _, err = storePool.Delete(key) })
+		return err
+	}
+
+	if ms, ok := v.(*memoryStore); ok && loaded {
+		want := int64(maxKeys)
+		if maxKeys <= 0 {
+			want = DefaultMemoryMaxKeys
+		}
+		if old := ms.maxKeys.Load(); old != want {
+			logger.Info("changing the shared de-duplication memory store's bound in place",
+				zap.Int64("old_max_keys", old), zap.Int64("max_keys", want))
+			ms.setMaxKeys(maxKeys)
+		}
+	}
+	return v.(Store), release, nil
 }
 
 // Interface guards

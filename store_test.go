@@ -545,6 +545,84 @@ func TestMemoryTokenFromAnotherClaimIsRejected(t *testing.T) {
 	mustClaim(t, s, "b", InFlight)
 }
 
+func TestAcquireMemoryStoreSurvivesReload(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	logger := zap.New(core)
+	ctx := context.Background()
+
+	old, releaseOld, err := acquireStore("memory", "", 100, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := mustClaim(t, old, "k", Claimed)
+
+	// A reload provisions the new config before cleaning up the old one.
+	cur, releaseCur, err := acquireStore("memory", "", 100, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur != old {
+		t.Fatal("second acquire returned a different store")
+	}
+	if err := releaseOld(); err != nil {
+		t.Fatal(err)
+	}
+	if err := releaseOld(); err != nil { // a repeated release is harmless
+		t.Fatal(err)
+	}
+	if refs, ok := storePool.References("memory"); !ok || refs != 1 {
+		t.Fatalf("pool references = %d, %v; want 1", refs, ok)
+	}
+	mustClaim(t, cur, "k", InFlight)
+	if err := cur.Commit(ctx, "k", tok, testTTL); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, cur, "k", Delivered)
+	if logs.Len() != 0 {
+		t.Fatalf("same bound logged: %v", logs.All()[0].Message)
+	}
+
+	// A different bound is applied in place.
+	again, releaseAgain, err := acquireStore("memory", "", 200, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != cur || cur.(*memoryStore).maxKeys.Load() != 200 {
+		t.Fatal("new bound not applied to the shared store")
+	}
+	if logs.FilterLevelExact(zapcore.InfoLevel).Len() != 1 {
+		t.Fatalf("bound change logged %d times at Info, want 1", logs.Len())
+	}
+	mustClaim(t, again, "k", Delivered)
+
+	if err := releaseAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if err := releaseCur(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := storePool.References("memory"); ok {
+		t.Fatal("store still pooled after the last release")
+	}
+
+	// The next acquire starts afresh.
+	fresh, release, err := acquireStore("memory", "", 0, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if fresh == cur {
+		t.Fatal("released store was reused")
+	}
+	mustClaim(t, fresh, "k", Claimed)
+}
+
+func TestAcquireUnknownKind(t *testing.T) {
+	if _, _, err := acquireStore("bbolt", "", 0, nil); err == nil {
+		t.Fatal("unknown kind accepted")
+	}
+}
+
 func BenchmarkMemoryClaimCommit(b *testing.B) {
 	s := newMemoryStore(DefaultMemoryMaxKeys, nil)
 	ctx := context.Background()

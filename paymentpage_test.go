@@ -2,8 +2,10 @@ package ecommpay
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -330,4 +332,67 @@ func TestPaymentPageClientMethodAndSize(t *testing.T) {
 	if w := serve(h, r, nil); w.Code != http.StatusOK {
 		t.Fatalf("body within max_body: %d %s", w.Code, w.Body)
 	}
+}
+
+// FuzzPaymentPageQuery runs arbitrary query strings through the Payment
+// Page parser and signer: no panic, every refusal names a field, and every
+// success is a URL whose signature verifies over the parameters it carries.
+func FuzzPaymentPageQuery(f *testing.F) {
+	for _, seed := range []string{
+		pageQuery,
+		"payment_id=1&payment_amount=1&payment_currency=USD",
+		"payment_id=1&payment_amount=1&payment_currency=USD&project_id=210&frame_mode=iframe",
+		"payment_id=1&payment_amount=1&payment_currency=USD&project_id=211",
+		"payment_id=a%3Ab&payment_amount=999999999999999999&payment_currency=%E2%82%AC&a:b:=c%00d",
+		"payment_id=1&&payment_amount=1&payment_currency=USD&x&=y&%20=%2B",
+		"payment_id=1&payment_amount=1&payment_currency=USD&signature=x",
+		"payment_id=1&payment_amount=1&payment_currency=USD&d=a;b",
+		"payment_id=%zz",
+		"payment_id=1&payment_id=2",
+	} {
+		f.Add(seed)
+	}
+	h := paymentPageHandler(f, func(h *Handler) { h.BaseURL = "https://pp.example.test/base" })
+	f.Fuzz(func(t *testing.T, q string) {
+		pairs, err := parseQueryOrdered(q)
+		var pe *paramError
+		if err != nil {
+			if !errors.As(err, &pe) {
+				t.Fatalf("parse error without a field: %v", err)
+			}
+			return
+		}
+		signed, sig, out, err := h.signPaymentPage(pairs)
+		if err != nil {
+			if !errors.As(err, &pe) || pe.msg == "" {
+				t.Fatalf("sign error without a field: %v", err)
+			}
+			return
+		}
+		u, err := url.Parse(signed)
+		if err != nil || u.Scheme+"://"+u.Host+u.Path != "https://pp.example.test/base/payment" {
+			t.Fatalf("signed URL %q: %v", signed, err)
+		}
+		params, _ := urlParams(t, u.RawQuery)
+		last := len(params) - 1
+		if params[last] != [2]string{"signature", sig} {
+			t.Fatalf("URL ends in %q, want the signature %q", params[last], sig)
+		}
+		params = params[:last]
+		if !slices.Equal(params, out) {
+			t.Fatalf("URL carries %q, signer returned %q", params, out)
+		}
+		if Sign(CanonicalPairs(params), testSecret) != sig {
+			t.Fatalf("signature does not verify over the URL's parameters %q", params)
+		}
+		if !isPositiveInteger(lookupPair(params, "payment_amount")) || lookupPair(params, "payment_id") == "" ||
+			lookupPair(params, "payment_currency") == "" {
+			t.Fatalf("signed without the required parameters: %q", params)
+		}
+		for _, p := range params {
+			if strings.Contains(p[0]+p[1], ";") || p[0] == "signature" {
+				t.Fatalf("signed a forbidden parameter %q", p)
+			}
+		}
+	})
 }

@@ -268,6 +268,25 @@ func TestGateRejectsWithoutForwarding(t *testing.T) {
 	}
 }
 
+// unreadBody fails the test if the handler reads it.
+type unreadBody struct{ t testing.TB }
+
+func (b unreadBody) Read([]byte) (int, error) {
+	b.t.Error("a body declared over max_body was read")
+	return 0, io.ErrUnexpectedEOF
+}
+
+func (unreadBody) Close() error { return nil }
+
+func TestGateRefusesDeclaredOversizeUnread(t *testing.T) {
+	h := gateHandler(t, func(h *Handler) { h.MaxBody = 512 })
+	r := localPost("/g", nil)
+	r.Body, r.ContentLength = unreadBody{t}, 513
+	if w := serve(h, r, nil); w.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+}
+
 func TestGateJSONLimits(t *testing.T) {
 	app := newTestApp(t)
 	h := gateHandler(t, func(h *Handler) { h.MaxDepth = 3; h.MaxString = 16 })

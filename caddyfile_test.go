@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/logging" // the example's log filter
 )
 
 func parseDirective(input string) (Handler, error) {
@@ -299,24 +300,10 @@ func handlerSequences(v any, out *[][]string) {
 	}
 }
 
-func TestCaddyfileAdapt(t *testing.T) {
-	t.Setenv("ECOMMPAY_SECRET", "resolved-secret-must-not-appear")
-	out := adapt(t, []byte(fourModes))
-	js := string(out)
-	if n := strings.Count(js, `"handler":"ecommpay"`); n != 4 {
-		t.Fatalf("%d ecommpay handlers in the JSON, want 4:\n%s", n, js)
-	}
-	if strings.Contains(js, "resolved-secret-must-not-appear") || !strings.Contains(js, `"{env.ECOMMPAY_SECRET}"`) {
-		t.Fatalf("the secret placeholder was resolved at adapt time:\n%s", js)
-	}
-	if !strings.Contains(js, `"{file./run/secrets/ecommpay-old}"`) || !strings.Contains(js, `"{env.REDIS_URL}"`) {
-		t.Fatalf("placeholders not kept literally:\n%s", js)
-	}
-
-	var cfg any
-	if err := json.Unmarshal(out, &cfg); err != nil {
-		t.Fatal(err)
-	}
+// proxiedAfterEcommpay checks that in every route list holding both,
+// ecommpay runs before reverse_proxy, and returns how many there are.
+func proxiedAfterEcommpay(t *testing.T, cfg any) int {
+	t.Helper()
 	var seqs [][]string
 	handlerSequences(cfg, &seqs)
 	proxied := 0
@@ -337,8 +324,29 @@ func TestCaddyfileAdapt(t *testing.T) {
 			}
 		}
 	}
-	if proxied != 2 {
-		t.Fatalf("found %d routes with ecommpay and reverse_proxy, want 2: %v", proxied, seqs)
+	return proxied
+}
+
+func TestCaddyfileAdapt(t *testing.T) {
+	t.Setenv("ECOMMPAY_SECRET", "resolved-secret-must-not-appear")
+	out := adapt(t, []byte(fourModes))
+	js := string(out)
+	if n := strings.Count(js, `"handler":"ecommpay"`); n != 4 {
+		t.Fatalf("%d ecommpay handlers in the JSON, want 4:\n%s", n, js)
+	}
+	if strings.Contains(js, "resolved-secret-must-not-appear") || !strings.Contains(js, `"{env.ECOMMPAY_SECRET}"`) {
+		t.Fatalf("the secret placeholder was resolved at adapt time:\n%s", js)
+	}
+	if !strings.Contains(js, `"{file./run/secrets/ecommpay-old}"`) || !strings.Contains(js, `"{env.REDIS_URL}"`) {
+		t.Fatalf("placeholders not kept literally:\n%s", js)
+	}
+
+	var cfg any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if n := proxiedAfterEcommpay(t, cfg); n != 2 {
+		t.Fatalf("found %d routes with ecommpay and reverse_proxy, want 2", n)
 	}
 
 	// The JSON decodes back to the handlers the Caddyfile describes.
@@ -390,19 +398,45 @@ func TestCaddyfileAdaptRejects(t *testing.T) {
 	}
 }
 
-// The example Caddyfile shipped with the module must adapt.
+// The example Caddyfile shipped with the module must adapt, keep its
+// secrets as placeholders and put ecommpay before reverse_proxy.
 func TestExampleCaddyfileAdapts(t *testing.T) {
 	body, err := os.ReadFile("example.Caddyfile")
-	if os.IsNotExist(err) {
-		t.Skip("no example.Caddyfile")
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv("ECOMMPAY_SECRET", "resolved-secret-must-not-appear")
 	out := adapt(t, body)
-	if !strings.Contains(string(out), `"handler":"ecommpay"`) {
-		t.Fatalf("example.Caddyfile uses no ecommpay handler:\n%s", out)
+	js := string(out)
+	if strings.Contains(js, "resolved-secret-must-not-appear") {
+		t.Fatalf("example.Caddyfile bakes the secret into the JSON:\n%s", js)
 	}
+	var cfg any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	handlers := findHandlers(cfg, "ecommpay")
+	if len(handlers) == 0 {
+		t.Fatalf("example.Caddyfile uses no ecommpay handler:\n%s", js)
+	}
+	for _, raw := range handlers {
+		b, _ := json.Marshal(raw)
+		var h Handler
+		if err := json.Unmarshal(b, &h); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Validate(); err != nil {
+			t.Fatalf("example mode %s: %v", h.Mode, err)
+		}
+		for _, p := range h.Projects {
+			for _, s := range p.Secrets {
+				if !strings.HasPrefix(s, "{env.") && !strings.HasPrefix(s, "{file.") {
+					t.Fatalf("example mode %s: project %s has a literal secret", h.Mode, p.ID)
+				}
+			}
+		}
+	}
+	proxiedAfterEcommpay(t, cfg)
 }
 
 // FuzzCaddyfile feeds arbitrary text to the directive's parser, which

@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -331,6 +332,38 @@ func TestGateAllowList(t *testing.T) {
 		if w.Code != c.status || forwarded != map[bool]int{true: 1, false: 0}[c.status == http.StatusOK] {
 			t.Fatalf("%s: status %d, forwarded %d; want %d", c.remote, w.Code, forwarded, c.status)
 		}
+	}
+}
+
+// Requests in TLS early data could be replayed: the signing modes answer
+// 425 until the handshake is complete, and forward nothing.
+func TestSigningRefusesTLSEarlyData(t *testing.T) {
+	app := newTestApp(t)
+	gate := gateHandler(t, nil)
+	page := paymentPageHandler(t, nil)
+	next := proxyTo(t, app.srv.URL)
+	for _, done := range []bool{false, true} {
+		want := map[bool]int{false: http.StatusTooEarly, true: http.StatusOK}[done]
+		r := localPost("/g", []byte(gateSale))
+		r.TLS = &tls.ConnectionState{HandshakeComplete: done}
+		if w := serve(gate, r, next); w.Code != want {
+			t.Fatalf("gate, handshake complete %v: %d %s", done, w.Code, w.Body)
+		}
+		r = pageGet(pageQuery)
+		r.TLS = &tls.ConnectionState{HandshakeComplete: done}
+		w := serve(page, r, nil)
+		if w.Code != want || (!done && strings.Contains(w.Body.String(), `"url":`)) {
+			t.Fatalf("payment_page, handshake complete %v: %d %s", done, w.Code, w.Body)
+		}
+	}
+	if n := len(app.received()); n != 1 {
+		t.Fatalf("upstream got %d requests, want only the one after the handshake", n)
+	}
+	// A client outside allow is refused as such, early data or not.
+	r := post("/g", []byte(gateSale))
+	r.TLS = &tls.ConnectionState{}
+	if w := serve(gate, r, next); w.Code != http.StatusForbidden {
+		t.Fatalf("non-loopback early data: %d", w.Code)
 	}
 }
 

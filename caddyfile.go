@@ -1,6 +1,7 @@
 package ecommpay
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -89,8 +90,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_body", "max_string", "qr_cache":
 			if err = want(1, 1); err == nil {
 				var n uint64
-				if n, err = humanize.ParseBytes(args[0]); err != nil || n == 0 {
-					return d.Errf("%s: %q is not a size", name, args[0])
+				if n, err = humanize.ParseBytes(args[0]); err != nil || n == 0 || n > math.MaxInt32 {
+					return d.Errf("%s: %q is not a size from 1B to 2GiB", name, args[0])
 				}
 				switch name {
 				case "max_body":

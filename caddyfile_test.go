@@ -138,6 +138,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"max_body negative", block("gate", "max_body -1KB"), "not a size"},
 		{"max_string not a size", block("gate", "max_string 1QB"), "not a size"},
 		{"qr_cache zero", block("qr", "qr_cache 0B"), "not a size"},
+		{"max_body overflows", block("gate", "max_body 9EiB"), "not a size"},
+		{"qr_cache overflows", block("qr", "qr_cache 16EB"), "not a size"},
 
 		{"max_depth missing", block("gate", "max_depth"), "wrong argument count"},
 		{"max_depth not a number", block("gate", "max_depth deep"), "not a positive number"},

@@ -146,12 +146,17 @@ func parseQueryOrdered(q string) ([][2]string, error) {
 }
 
 func lookupPair(pairs [][2]string, key string) string {
+	v, _ := findPair(pairs, key)
+	return v
+}
+
+func findPair(pairs [][2]string, key string) (string, bool) {
 	for _, p := range pairs {
 		if p[0] == key {
-			return p[1]
+			return p[1], true
 		}
 	}
-	return ""
+	return "", false
 }
 
 // signPaymentPage checks the parameters, adds project_id when it was left
@@ -174,7 +179,10 @@ func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature strin
 		return "", "", nil, &paramError{"payment_amount", "must be a positive integer in minor units"}
 	}
 	var p *project
-	if id := lookupPair(pairs, "project_id"); id != "" {
+	if id, given := findPair(pairs, "project_id"); given {
+		if id == "" {
+			return "", "", nil, &paramError{"project_id", "project_id is empty; leave it out or set it"}
+		}
 		if p = h.lookupProject(id); p == nil {
 			return "", "", nil, &paramError{"project_id", "unknown project " + id}
 		}

@@ -389,10 +389,30 @@ func FuzzPaymentPageQuery(f *testing.F) {
 			lookupPair(params, "payment_currency") == "" {
 			t.Fatalf("signed without the required parameters: %q", params)
 		}
+		seen := map[string]bool{}
 		for _, p := range params {
 			if strings.Contains(p[0]+p[1], ";") || p[0] == "signature" {
 				t.Fatalf("signed a forbidden parameter %q", p)
 			}
+			if seen[p[0]] {
+				t.Fatalf("parameter %q appears twice in %q", p[0], params)
+			}
+			seen[p[0]] = true
 		}
 	})
+}
+
+// An empty project_id is an error, not a reason to add a second one.
+func TestPaymentPageEmptyProjectID(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	for _, q := range []string{
+		"payment_id=P1&payment_amount=100&payment_currency=USD&project_id=",
+		"payment_id=P1&payment_amount=100&payment_currency=USD&project_id",
+	} {
+		r := httptestRequest(http.MethodGet, "/pay?"+q)
+		w := serve(h, r, nil)
+		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), `"field":"project_id"`) {
+			t.Errorf("%s: %d %s", q, w.Code, w.Body)
+		}
+	}
 }

@@ -1,0 +1,634 @@
+package ecommpay
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+)
+
+// Errors a body can fail parsing with. Callers map them to 4xx statuses.
+var (
+	ErrMalformed     = errors.New("malformed JSON")
+	ErrTooDeep       = errors.New("JSON nested too deeply")
+	ErrTooManyLeaves = errors.New("JSON has too many values")
+	ErrStringTooLong = errors.New("JSON string too long")
+)
+
+// Limits bound what Parse accepts from untrusted input. Zero fields take
+// the defaults below.
+type Limits struct {
+	MaxDepth  int // deepest nesting of objects and arrays
+	MaxLeaves int // scalars plus empty containers
+	MaxString int // bytes in one string or key, as sent
+}
+
+// Default limits: far above any real ecommpay message, far below what hurts.
+const (
+	DefaultMaxDepth  = 32
+	DefaultMaxLeaves = 10000
+	DefaultMaxString = 256 << 10
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxDepth <= 0 {
+		l.MaxDepth = DefaultMaxDepth
+	}
+	if l.MaxLeaves <= 0 {
+		l.MaxLeaves = DefaultMaxLeaves
+	}
+	if l.MaxString <= 0 {
+		l.MaxString = DefaultMaxString
+	}
+	return l
+}
+
+// Kind is the type of a JSON value.
+type Kind uint8
+
+// The JSON kinds.
+const (
+	Null Kind = iota
+	Bool
+	Number
+	String
+	Object
+	Array
+)
+
+// none marks a missing node.
+const none int32 = -1
+
+// node is one value of a Doc. Nodes sit in one arena slice and link to
+// children and siblings by index, so a parse allocates almost nothing.
+type node struct {
+	kind  Kind
+	key   string // member name, decoded, when the parent is an object
+	text  string // string: decoded; number: the literal as sent; bool: "true"/"false"
+	child int32
+	last  int32
+	next  int32
+}
+
+// Doc is a parsed JSON document that keeps member order and number
+// literals exactly as sent, and can be edited and written back.
+type Doc struct {
+	nodes  []node
+	src    string
+	pos    int
+	lim    Limits
+	leaves int
+}
+
+var docPool = sync.Pool{New: func() any { return &Doc{nodes: make([]node, 0, 128)} }}
+
+// Parse parses strict JSON (RFC 8259, UTF-8, no duplicate keys) within lim.
+// Release the Doc when done with it.
+func Parse(data []byte, lim Limits) (*Doc, error) {
+	d := docPool.Get().(*Doc)
+	d.nodes = d.nodes[:0]
+	d.src = string(data)
+	d.pos = 0
+	d.lim = lim.withDefaults()
+	d.leaves = 0
+	d.skipSpace()
+	if _, err := d.value(0); err != nil {
+		d.Release()
+		return nil, err
+	}
+	d.skipSpace()
+	if d.pos != len(d.src) {
+		d.Release()
+		return nil, d.errf("data after the top-level value")
+	}
+	return d, nil
+}
+
+// Release returns the Doc to a pool; it must not be used afterwards.
+func (d *Doc) Release() {
+	if cap(d.nodes) > 1<<16 {
+		return // let the GC take unusually large arenas
+	}
+	d.src = ""
+	docPool.Put(d)
+}
+
+func (d *Doc) errf(format string, args ...any) error {
+	return fmt.Errorf("%w at byte %d: %s", ErrMalformed, d.pos, fmt.Sprintf(format, args...))
+}
+
+func (d *Doc) skipSpace() {
+	for d.pos < len(d.src) {
+		switch d.src[d.pos] {
+		case ' ', '\t', '\n', '\r':
+			d.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (d *Doc) newNode(k Kind) int32 {
+	d.nodes = append(d.nodes, node{kind: k, child: none, last: none, next: none})
+	return int32(len(d.nodes) - 1)
+}
+
+func (d *Doc) leaf() error {
+	d.leaves++
+	if d.leaves > d.lim.MaxLeaves {
+		return fmt.Errorf("%w: more than %d", ErrTooManyLeaves, d.lim.MaxLeaves)
+	}
+	return nil
+}
+
+func (d *Doc) link(parent, child int32) {
+	p := &d.nodes[parent]
+	if p.last == none {
+		p.child = child
+	} else {
+		d.nodes[p.last].next = child
+	}
+	p.last = child
+}
+
+// value parses one value at d.pos; depth counts enclosing containers.
+func (d *Doc) value(depth int) (int32, error) {
+	if d.pos >= len(d.src) {
+		return none, d.errf("unexpected end of input")
+	}
+	switch c := d.src[d.pos]; {
+	case c == '{' || c == '[':
+		if depth >= d.lim.MaxDepth {
+			return none, fmt.Errorf("%w: more than %d levels", ErrTooDeep, d.lim.MaxDepth)
+		}
+		if c == '{' {
+			return d.object(depth + 1)
+		}
+		return d.array(depth + 1)
+	case c == '"':
+		s, err := d.str()
+		if err != nil {
+			return none, err
+		}
+		n := d.newNode(String)
+		d.nodes[n].text = s
+		return n, d.leaf()
+	case c == '-' || (c >= '0' && c <= '9'):
+		lit, err := d.number()
+		if err != nil {
+			return none, err
+		}
+		n := d.newNode(Number)
+		d.nodes[n].text = lit
+		return n, d.leaf()
+	default:
+		for _, w := range [...]struct {
+			lit  string
+			kind Kind
+		}{{"true", Bool}, {"false", Bool}, {"null", Null}} {
+			if len(d.src)-d.pos >= len(w.lit) && d.src[d.pos:d.pos+len(w.lit)] == w.lit {
+				d.pos += len(w.lit)
+				n := d.newNode(w.kind)
+				if w.kind == Bool {
+					d.nodes[n].text = w.lit
+				}
+				return n, d.leaf()
+			}
+		}
+		return none, d.errf("unexpected character %q", c)
+	}
+}
+
+func (d *Doc) object(depth int) (int32, error) {
+	obj := d.newNode(Object)
+	d.pos++ // {
+	d.skipSpace()
+	if d.pos < len(d.src) && d.src[d.pos] == '}' {
+		d.pos++
+		return obj, d.leaf()
+	}
+	count := 0
+	var seen map[string]struct{} // only for wide objects; a linear scan is cheaper below
+	for {
+		if d.pos >= len(d.src) || d.src[d.pos] != '"' {
+			return none, d.errf("expected a member name")
+		}
+		key, err := d.str()
+		if err != nil {
+			return none, err
+		}
+		if seen != nil {
+			if _, dup := seen[key]; dup {
+				return none, d.errf("duplicate key %q", key)
+			}
+			seen[key] = struct{}{}
+		} else {
+			for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+				if d.nodes[c].key == key {
+					return none, d.errf("duplicate key %q", key)
+				}
+			}
+			if count++; count == 32 {
+				seen = make(map[string]struct{}, 64)
+				for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+					seen[d.nodes[c].key] = struct{}{}
+				}
+				seen[key] = struct{}{}
+			}
+		}
+		d.skipSpace()
+		if d.pos >= len(d.src) || d.src[d.pos] != ':' {
+			return none, d.errf("expected ':'")
+		}
+		d.pos++
+		d.skipSpace()
+		v, err := d.value(depth)
+		if err != nil {
+			return none, err
+		}
+		d.nodes[v].key = key
+		d.link(obj, v)
+		d.skipSpace()
+		if d.pos >= len(d.src) {
+			return none, d.errf("unexpected end of input")
+		}
+		switch d.src[d.pos] {
+		case ',':
+			d.pos++
+			d.skipSpace()
+		case '}':
+			d.pos++
+			return obj, nil
+		default:
+			return none, d.errf("expected ',' or '}'")
+		}
+	}
+}
+
+func (d *Doc) array(depth int) (int32, error) {
+	arr := d.newNode(Array)
+	d.pos++ // [
+	d.skipSpace()
+	if d.pos < len(d.src) && d.src[d.pos] == ']' {
+		d.pos++
+		return arr, d.leaf()
+	}
+	for {
+		v, err := d.value(depth)
+		if err != nil {
+			return none, err
+		}
+		d.link(arr, v)
+		d.skipSpace()
+		if d.pos >= len(d.src) {
+			return none, d.errf("unexpected end of input")
+		}
+		switch d.src[d.pos] {
+		case ',':
+			d.pos++
+			d.skipSpace()
+		case ']':
+			d.pos++
+			return arr, nil
+		default:
+			return none, d.errf("expected ',' or ']'")
+		}
+	}
+}
+
+func (d *Doc) number() (string, error) {
+	start := d.pos
+	s := d.src
+	i := d.pos
+	if s[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		j := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return i - j
+	}
+	if i < len(s) && s[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		d.pos = i
+		return "", d.errf("bad number")
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if digits() == 0 {
+			d.pos = i
+			return "", d.errf("bad number")
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			d.pos = i
+			return "", d.errf("bad number")
+		}
+	}
+	d.pos = i
+	if i-start > d.lim.MaxString {
+		return "", fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
+	}
+	return s[start:i], nil
+}
+
+// str parses a string at d.pos (on the opening quote) and returns it
+// decoded. Strings without escapes are slices of the source: no copy.
+func (d *Doc) str() (string, error) {
+	s := d.src
+	start := d.pos + 1
+	ascii := true
+	i := start
+	for ; i < len(s); i++ {
+		c := s[i]
+		if c == '"' {
+			break
+		}
+		if c == '\\' {
+			return d.strSlow(start)
+		}
+		if c < 0x20 {
+			d.pos = i
+			return "", d.errf("control character in string")
+		}
+		if c >= 0x80 {
+			ascii = false
+		}
+	}
+	if i >= len(s) {
+		d.pos = i
+		return "", d.errf("unterminated string")
+	}
+	if i-start > d.lim.MaxString {
+		return "", fmt.Errorf("%w: more than %d bytes", ErrStringTooLong, d.lim.MaxString)
+	}
+	out := s[start:i]
+	if !ascii && !utf8.ValidString(out) {
+		d.pos = start
+		return "", d.errf("invalid UTF-8 in string")
+	}
+	d.pos = i + 1
+	return out, nil
+}
+
+func (d *Doc) strSlow(start int) (string, error) {
+	s := d.src
+	buf := make([]byte, 0, 64)
+	i := start
+	for {
+		if i >= len(s) {
+			d.pos = i
+			return "", d.errf("unterminated string")
+		}
+		if i-start > d.lim.MaxString {
+			return "", fmt.Errorf("%w: more than %d bytes", ErrStringTooLong, d.lim.MaxString)
+		}
+		c := s[i]
+		switch {
+		case c == '"':
+			if !utf8.Valid(buf) {
+				d.pos = start
+				return "", d.errf("invalid UTF-8 in string")
+			}
+			d.pos = i + 1
+			return string(buf), nil
+		case c < 0x20:
+			d.pos = i
+			return "", d.errf("control character in string")
+		case c != '\\':
+			buf = append(buf, c)
+			i++
+			continue
+		}
+		if i+1 >= len(s) {
+			d.pos = i
+			return "", d.errf("unterminated string")
+		}
+		esc := s[i+1]
+		i += 2
+		switch esc {
+		case '"', '\\', '/':
+			buf = append(buf, esc)
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			r, ok := hex4(s, i)
+			if !ok {
+				d.pos = i
+				return "", d.errf("bad \\u escape")
+			}
+			i += 4
+			if r >= 0xD800 && r < 0xDC00 { // high surrogate: a low one must follow
+				lo, ok := rune(0), false
+				if i+6 <= len(s) && s[i] == '\\' && s[i+1] == 'u' {
+					lo, ok = hex4(s, i+2)
+				}
+				if !ok || lo < 0xDC00 || lo > 0xDFFF {
+					d.pos = i
+					return "", d.errf("unpaired UTF-16 surrogate")
+				}
+				i += 6
+				r = 0x10000 + (r-0xD800)<<10 + (lo - 0xDC00)
+			} else if r >= 0xDC00 && r <= 0xDFFF {
+				d.pos = i
+				return "", d.errf("unpaired UTF-16 surrogate")
+			}
+			buf = utf8.AppendRune(buf, r)
+		default:
+			d.pos = i - 1
+			return "", d.errf("bad escape \\%c", esc)
+		}
+	}
+}
+
+func hex4(s string, i int) (rune, bool) {
+	if i+4 > len(s) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range []byte(s[i : i+4]) {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// Root is the top-level value.
+func (d *Doc) Root() int32 { return 0 }
+
+// Kind of node n.
+func (d *Doc) Kind(n int32) Kind { return d.nodes[n].kind }
+
+// Text of a scalar: a string's decoded text, a number's literal, "true" or
+// "false", or "" for null.
+func (d *Doc) Text(n int32) string { return d.nodes[n].text }
+
+// Key is the member name of n inside its object.
+func (d *Doc) Key(n int32) string { return d.nodes[n].key }
+
+// First child of a container, or -1.
+func (d *Doc) First(n int32) int32 { return d.nodes[n].child }
+
+// Next sibling, or -1.
+func (d *Doc) Next(n int32) int32 { return d.nodes[n].next }
+
+// Get finds member key of object obj, or -1.
+func (d *Doc) Get(obj int32, key string) int32 {
+	if obj == none || d.nodes[obj].kind != Object {
+		return none
+	}
+	for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+		if d.nodes[c].key == key {
+			return c
+		}
+	}
+	return none
+}
+
+// Set makes member key of object obj the scalar (kind, text), replacing
+// any value there in place (order kept) or appending it. It returns the node.
+func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {
+	n := d.Get(obj, key)
+	if n == none {
+		n = d.newNode(kind)
+		d.nodes[n].key = key
+		d.link(obj, n)
+	}
+	d.nodes[n].kind, d.nodes[n].text = kind, text
+	d.nodes[n].child, d.nodes[n].last = none, none
+	return n
+}
+
+// Object returns member key of obj when it is an object, creating an empty
+// one when the member is absent. It returns -1 when the member exists with
+// another type.
+func (d *Doc) Object(obj int32, key string) int32 {
+	n := d.Get(obj, key)
+	if n == none {
+		n = d.newNode(Object)
+		d.nodes[n].key = key
+		d.link(obj, n)
+	}
+	if d.nodes[n].kind != Object {
+		return none
+	}
+	return n
+}
+
+// Delete removes member key of obj and reports whether it was there.
+func (d *Doc) Delete(obj int32, key string) bool {
+	if obj == none || d.nodes[obj].kind != Object {
+		return false
+	}
+	prev := none
+	for c := d.nodes[obj].child; c != none; prev, c = c, d.nodes[c].next {
+		if d.nodes[c].key != key {
+			continue
+		}
+		if prev == none {
+			d.nodes[obj].child = d.nodes[c].next
+		} else {
+			d.nodes[prev].next = d.nodes[c].next
+		}
+		if d.nodes[obj].last == c {
+			d.nodes[obj].last = prev
+		}
+		return true
+	}
+	return false
+}
+
+// AppendJSON writes the document as compact JSON. Number literals are
+// written exactly as they were sent.
+func (d *Doc) AppendJSON(dst []byte) []byte { return d.appendValue(dst, 0) }
+
+func (d *Doc) appendValue(dst []byte, n int32) []byte {
+	nd := &d.nodes[n]
+	switch nd.kind {
+	case Null:
+		return append(dst, "null"...)
+	case Bool, Number:
+		return append(dst, nd.text...)
+	case String:
+		return appendQuoted(dst, nd.text)
+	case Object:
+		dst = append(dst, '{')
+		for c := nd.child; c != none; c = d.nodes[c].next {
+			if c != nd.child {
+				dst = append(dst, ',')
+			}
+			dst = appendQuoted(dst, d.nodes[c].key)
+			dst = append(dst, ':')
+			dst = d.appendValue(dst, c)
+		}
+		return append(dst, '}')
+	default:
+		dst = append(dst, '[')
+		for c := nd.child; c != none; c = d.nodes[c].next {
+			if c != nd.child {
+				dst = append(dst, ',')
+			}
+			dst = d.appendValue(dst, c)
+		}
+		return append(dst, ']')
+	}
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendQuoted writes s as a JSON string, escaping only what JSON requires
+// (and the HTML-sensitive characters a browser might trip on).
+func appendQuoted(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+		}
+		start = i + 1
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// itoa32 is strconv.Itoa for array indexes without an allocation.
+func appendIndex(dst []byte, i int) []byte { return strconv.AppendInt(dst, int64(i), 10) }

@@ -1,0 +1,78 @@
+package ecommpay
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// DefaultQRCacheBytes is the cache budget NewQRCache uses for maxBytes <= 0.
+const DefaultQRCacheBytes = 16 << 20
+
+// QRCache memoises RenderQR. Sets are asynchronous and may be dropped, which
+// only costs a re-render, so a lossy cache is fine here. A nil *QRCache
+// renders every time.
+type QRCache struct {
+	c *ristretto.Cache[string, []byte]
+}
+
+// NewQRCache returns a cache holding up to maxBytes of PNG data.
+func NewQRCache(maxBytes int64) (*QRCache, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultQRCacheBytes
+	}
+	c, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
+		// Ten counters per item expected at ~1 KB per PNG, as ristretto advises.
+		NumCounters:        max(10*maxBytes>>10, 1000),
+		MaxCost:            maxBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true, // cost is the PNG size only
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &QRCache{c: c}, nil
+}
+
+// PNG returns RenderQR(payload, opt), from the cache when hit is true.
+// Callers must not modify the returned slice: it is shared.
+func (c *QRCache) PNG(payload string, opt QROptions) (png []byte, hit bool, err error) {
+	if c == nil {
+		png, err = RenderQR(payload, opt)
+		return png, false, err
+	}
+	opt, err = opt.normalize()
+	if err != nil {
+		return nil, false, err
+	}
+	key := qrCacheKey(payload, opt)
+	if png, ok := c.c.Get(key); ok {
+		return png, true, nil
+	}
+	if png, err = RenderQR(payload, opt); err != nil {
+		return nil, false, err
+	}
+	c.c.Set(key, png, int64(len(png)))
+	return png, false, nil
+}
+
+// Close stops the cache's goroutines; the cache must not be used afterwards.
+func (c *QRCache) Close() {
+	if c != nil {
+		c.c.Close()
+	}
+}
+
+// qrCacheKey frames level and size ahead of the payload, so keys never collide.
+func qrCacheKey(payload string, opt QROptions) string {
+	var num [20]byte
+	size := strconv.AppendInt(num[:0], int64(opt.Size), 10)
+	var b strings.Builder
+	b.Grow(2 + len(size) + len(payload))
+	b.WriteByte(opt.Level)
+	b.Write(size)
+	b.WriteByte(':')
+	b.WriteString(payload)
+	return b.String()
+}

@@ -1,0 +1,468 @@
+package ecommpay
+
+import (
+	"crypto/hmac"
+	"crypto/sha512"
+	"encoding/base64"
+	"hash"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// The canonical string follows ecommpay's PHP SDK, our reference: flatten
+// to "path:value" items (object keys with ':' doubled, array indexes in
+// decimal, "frame_mode" dropped at any depth, empty containers dropped),
+// sort the items by path in PHP's natural order (stable), join with ';'.
+// The signature is base64(HMAC-SHA512(secret, canonical)).
+
+// item is one "path:value" entry inside canon.buf.
+type item struct{ start, pathEnd, end int32 }
+
+// canon builds one canonical string; pooled so signing allocates nothing.
+type canon struct {
+	buf   []byte
+	items []item
+	path  []byte
+	out   []byte
+}
+
+var canonPool = sync.Pool{New: func() any {
+	return &canon{buf: make([]byte, 0, 2048), items: make([]item, 0, 64), path: make([]byte, 0, 64), out: make([]byte, 0, 2048)}
+}}
+
+func getCanon() *canon {
+	c := canonPool.Get().(*canon)
+	c.buf, c.items, c.path, c.out = c.buf[:0], c.items[:0], c.path[:0], c.out[:0]
+	return c
+}
+
+func (c *canon) release() {
+	if cap(c.buf) <= 1<<20 && cap(c.out) <= 1<<20 {
+		canonPool.Put(c)
+	}
+}
+
+// appendKey appends an object key to a path with ':' escaped as '::'.
+func appendKey(dst []byte, key string) []byte {
+	for {
+		i := strings.IndexByte(key, ':')
+		if i < 0 {
+			return append(dst, key...)
+		}
+		dst = append(dst, key[:i+1]...)
+		dst = append(dst, ':')
+		key = key[i+1:]
+	}
+}
+
+// add records one item; value is already rendered.
+func (c *canon) add(path []byte, value string) {
+	start := int32(len(c.buf))
+	c.buf = append(c.buf, path...)
+	pathEnd := int32(len(c.buf))
+	c.buf = append(c.buf, ':')
+	c.buf = append(c.buf, value...)
+	c.items = append(c.items, item{start, pathEnd, int32(len(c.buf))})
+}
+
+// finish sorts the items and joins them into c.out.
+func (c *canon) finish() []byte {
+	buf := c.buf
+	path := func(it item) []byte { return buf[it.start:it.pathEnd] }
+	if n := len(c.items); n <= 256 {
+		// Binary insertion sort: stable, and fewest comparisons, which
+		// dominate (moving 12-byte items is cheap at this size).
+		for i := 1; i < n; i++ {
+			x := c.items[i]
+			px := path(x)
+			lo, hi := 0, i
+			for lo < hi {
+				m := int(uint(lo+hi) >> 1)
+				if natCompare(px, path(c.items[m])) < 0 {
+					hi = m
+				} else {
+					lo = m + 1
+				}
+			}
+			copy(c.items[lo+1:i+1], c.items[lo:i])
+			c.items[lo] = x
+		}
+	} else {
+		slices.SortStableFunc(c.items, func(a, b item) int { return natCompare(path(a), path(b)) })
+	}
+	for i, it := range c.items {
+		if i > 0 {
+			c.out = append(c.out, ';')
+		}
+		c.out = append(c.out, buf[it.start:it.end]...)
+	}
+	return c.out
+}
+
+// walk flattens node n under c.path. stripSignatures drops every member
+// named "signature", as callback verification does.
+func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
+	nd := &d.nodes[n]
+	switch nd.kind {
+	case Object, Array:
+		base := len(c.path)
+		i := 0
+		for ch := nd.child; ch != none; ch = d.nodes[ch].next {
+			if nd.kind == Object {
+				k := d.nodes[ch].key
+				if k == "frame_mode" || (stripSignatures && k == "signature") {
+					continue
+				}
+				if base > 0 {
+					c.path = append(c.path, ':')
+				}
+				c.path = appendKey(c.path, k)
+			} else {
+				if base > 0 {
+					c.path = append(c.path, ':')
+				}
+				c.path = appendIndex(c.path, i)
+				i++
+			}
+			c.walk(d, ch, stripSignatures)
+			c.path = c.path[:base]
+		}
+	case String:
+		c.add(c.path, nd.text)
+	case Number:
+		c.add(c.path, renderNumber(nd.text))
+	case Bool:
+		if nd.text == "true" {
+			c.add(c.path, "1")
+		} else {
+			c.add(c.path, "0")
+		}
+	case Null:
+		c.add(c.path, "")
+	}
+}
+
+// Canonical appends the canonical string of the whole document to dst.
+// With stripSignatures every "signature" member is left out (callbacks).
+func (d *Doc) Canonical(dst []byte, stripSignatures bool) []byte {
+	c := getCanon()
+	c.walk(d, d.Root(), stripSignatures)
+	dst = append(dst, c.finish()...)
+	c.release()
+	return dst
+}
+
+// CanonicalPairs is the canonical string of flat parameters, as a
+// Payment Page request carries them. Values are already rendered.
+func CanonicalPairs(pairs [][2]string) string {
+	c := getCanon()
+	for _, p := range pairs {
+		if p[0] == "frame_mode" {
+			continue
+		}
+		c.path = appendKey(c.path[:0], p[0])
+		c.add(c.path, p[1])
+	}
+	s := string(c.finish())
+	c.release()
+	return s
+}
+
+// renderNumber renders a JSON number literal as PHP's string cast does after
+// json_decode: integers that fit in int64 as themselves, all else as a float
+// with 14 significant digits.
+func renderNumber(lit string) string {
+	if strings.IndexAny(lit, ".eE") < 0 {
+		if _, err := strconv.ParseInt(lit, 10, 64); err == nil {
+			if lit == "-0" {
+				return "0"
+			}
+			return lit
+		}
+	}
+	f, _ := strconv.ParseFloat(lit, 64) // ±Inf on overflow, as PHP
+	return phpFloat(f)
+}
+
+// phpFloat is PHP's (string) cast of a float at precision 14.
+func phpFloat(f float64) string {
+	switch {
+	case math.IsInf(f, 1):
+		return "INF"
+	case math.IsInf(f, -1):
+		return "-INF"
+	case math.IsNaN(f):
+		return "NAN"
+	case f == 0:
+		if math.Signbit(f) {
+			return "-0"
+		}
+		return "0"
+	}
+	var b [32]byte
+	e := strconv.AppendFloat(b[:0], math.Abs(f), 'e', 13, 64) // d.ddddddddddddde±XX
+	mark := slices.Index(e, 'e')
+	exp, _ := strconv.Atoi(string(e[mark+1:]))
+	digits := make([]byte, 0, 14)
+	digits = append(digits, e[0])
+	digits = append(digits, e[2:mark]...)
+	for len(digits) > 1 && digits[len(digits)-1] == '0' {
+		digits = digits[:len(digits)-1]
+	}
+	decpt := exp + 1
+	out := make([]byte, 0, 24)
+	if f < 0 {
+		out = append(out, '-')
+	}
+	if decpt < -3 || decpt > 14 {
+		out = append(out, digits[0], '.')
+		if len(digits) == 1 {
+			out = append(out, '0')
+		} else {
+			out = append(out, digits[1:]...)
+		}
+		out = append(out, 'E')
+		if decpt-1 < 0 {
+			out = append(out, '-')
+			out = strconv.AppendInt(out, int64(1-decpt), 10)
+		} else {
+			out = append(out, '+')
+			out = strconv.AppendInt(out, int64(decpt-1), 10)
+		}
+		return string(out)
+	}
+	switch {
+	case decpt <= 0:
+		out = append(out, '0', '.')
+		for i := 0; i < -decpt; i++ {
+			out = append(out, '0')
+		}
+		out = append(out, digits...)
+	case decpt >= len(digits):
+		out = append(out, digits...)
+		for i := len(digits); i < decpt; i++ {
+			out = append(out, '0')
+		}
+	default:
+		out = append(out, digits[:decpt]...)
+		out = append(out, '.')
+		out = append(out, digits[decpt:]...)
+	}
+	return string(out)
+}
+
+// natCompare is PHP 8's strnatcmp_ex (case-sensitive) on bytes: digit runs
+// compare by value, whitespace is skipped where a step starts, and leading
+// zeros at the very start are ignored.
+func natCompare(a, b []byte) int {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) - len(b)
+	}
+	// Fast path: over equal bytes that are neither digits nor spaces every
+	// step of the algorithm is one byte, so it can resume after them.
+	i := 0
+	for i < len(a) && i < len(b) && a[i] == b[i] && !isDigit(a[i]) && !isSpace(a[i]) {
+		i++
+	}
+	if i > 0 {
+		switch {
+		case i == len(a) && i == len(b):
+			return 0
+		case i == len(a):
+			return -1
+		case i == len(b):
+			return 1
+		}
+		return natSteps(a, i, b, i)
+	}
+	ai, bi := 0, 0
+	// Leading zeros are skipped only before the first step.
+	for ai+1 < len(a) && a[ai] == '0' && isDigit(a[ai+1]) {
+		ai++
+	}
+	for bi+1 < len(b) && b[bi] == '0' && isDigit(b[bi+1]) {
+		bi++
+	}
+	return natSteps(a, ai, b, bi)
+}
+
+// natSteps runs strnatcmp's main loop from ai and bi.
+func natSteps(a []byte, ai int, b []byte, bi int) int {
+	for {
+		// Reads past the end see a NUL, as in C: neither space nor digit.
+		for ai < len(a) && isSpace(a[ai]) {
+			ai++
+		}
+		for bi < len(b) && isSpace(b[bi]) {
+			bi++
+		}
+		var ca, cb byte
+		if ai < len(a) {
+			ca = a[ai]
+		}
+		if bi < len(b) {
+			cb = b[bi]
+		}
+		if isDigit(ca) && isDigit(cb) {
+			var r int
+			if ca == '0' || cb == '0' {
+				r = compareLeft(a, &ai, b, &bi)
+			} else {
+				r = compareRight(a, &ai, b, &bi)
+			}
+			if r != 0 {
+				return r
+			}
+			switch {
+			case ai >= len(a) && bi >= len(b):
+				return 0
+			case ai >= len(a):
+				return -1
+			case bi >= len(b):
+				return 1
+			}
+			ca, cb = a[ai], b[bi]
+		}
+		if ca != cb {
+			return int(ca) - int(cb)
+		}
+		ai++
+		bi++
+		switch {
+		case ai >= len(a) && bi >= len(b):
+			return 0
+		case ai >= len(a):
+			return -1
+		case bi >= len(b):
+			return 1
+		}
+	}
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+func isSpace(c byte) bool { return c == ' ' || (c >= '\t' && c <= '\r') }
+
+func digitAt(s []byte, i int) bool { return i < len(s) && isDigit(s[i]) }
+
+// compareRight compares right-aligned digit runs: the longer run wins, else
+// the first difference.
+func compareRight(a []byte, ai *int, b []byte, bi *int) int {
+	bias := 0
+	for ; ; *ai, *bi = *ai+1, *bi+1 {
+		da, db := digitAt(a, *ai), digitAt(b, *bi)
+		switch {
+		case !da && !db:
+			return bias
+		case !da:
+			return -1
+		case !db:
+			return 1
+		case bias == 0 && a[*ai] != b[*bi]:
+			bias = int(a[*ai]) - int(b[*bi])
+		}
+	}
+}
+
+// compareLeft compares left-aligned digit runs (one starts with '0').
+func compareLeft(a []byte, ai *int, b []byte, bi *int) int {
+	for ; ; *ai, *bi = *ai+1, *bi+1 {
+		da, db := digitAt(a, *ai), digitAt(b, *bi)
+		switch {
+		case !da && !db:
+			return 0
+		case !da:
+			return -1
+		case !db:
+			return 1
+		case a[*ai] != b[*bi]:
+			return int(a[*ai]) - int(b[*bi])
+		}
+	}
+}
+
+// Key signs and verifies with one secret. It is safe for concurrent use.
+type Key struct {
+	secret []byte
+	macs   sync.Pool
+}
+
+// NewKey makes a Key for secret.
+func NewKey(secret string) *Key {
+	k := &Key{secret: []byte(secret)}
+	k.macs.New = func() any { return hmac.New(sha512.New, k.secret) }
+	return k
+}
+
+// sum appends HMAC-SHA512(secret, msg) to dst.
+func (k *Key) sum(dst, msg []byte) []byte {
+	m := k.macs.Get().(hash.Hash)
+	m.Reset()
+	m.Write(msg)
+	dst = m.Sum(dst)
+	k.macs.Put(m)
+	return dst
+}
+
+// Sign returns the base64 signature of a canonical string.
+func (k *Key) Sign(canonical []byte) string {
+	var mac [sha512.Size]byte
+	return base64.StdEncoding.EncodeToString(k.sum(mac[:0], canonical))
+}
+
+// Verify reports, in constant time, whether signature is the base64
+// signature of canonical.
+func (k *Key) Verify(canonical []byte, signature string) bool {
+	if len(signature) != base64.StdEncoding.EncodedLen(sha512.Size) {
+		return false
+	}
+	var got [66]byte // 88 base64 characters decode to at most 66 bytes
+	n, err := base64.StdEncoding.Decode(got[:], []byte(signature))
+	if err != nil || n != sha512.Size {
+		return false
+	}
+	var want [sha512.Size]byte
+	return hmac.Equal(got[:n], k.sum(want[:0], canonical))
+}
+
+// Sign returns base64(HMAC-SHA512(secret, canonical)).
+func Sign(canonical, secret string) string { return NewKey(secret).Sign([]byte(canonical)) }
+
+// CanonicalJSON is the canonical string of a JSON object to sign, as the
+// PHP SDK's sign() builds it: everything except "frame_mode" members.
+func CanonicalJSON(body []byte) (string, error) {
+	d, err := Parse(body, Limits{})
+	if err != nil {
+		return "", err
+	}
+	defer d.Release()
+	return string(d.Canonical(nil, false)), nil
+}
+
+// CallbackCanonical is the canonical string of a callback body with every
+// "signature" member removed, and the signature it carries: the top-level
+// "signature", else "general.signature" ("" when neither is a string).
+func CallbackCanonical(body []byte) (canonical, signature string, err error) {
+	d, err := Parse(body, Limits{})
+	if err != nil {
+		return "", "", err
+	}
+	defer d.Release()
+	return string(d.Canonical(nil, true)), d.EmbeddedSignature(), nil
+}
+
+// EmbeddedSignature is the callback's signature: top-level "signature",
+// else "general.signature"; "" when neither is a string.
+func (d *Doc) EmbeddedSignature() string {
+	if s := d.Get(d.Root(), "signature"); s != none && d.Kind(s) == String {
+		return d.Text(s)
+	}
+	if g := d.Get(d.Root(), "general"); g != none {
+		if s := d.Get(g, "signature"); s != none && d.Kind(s) == String {
+			return d.Text(s)
+		}
+	}
+	return ""
+}

@@ -1,0 +1,329 @@
+package ecommpay
+
+import (
+	"crypto/hmac"
+	"crypto/sha512"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// vector is one case of testdata/signature-vectors.json, produced by
+// running ecommpay's official SDKs (the PHP SDK's result is canonical).
+type vector struct {
+	Name          string `json:"name"`
+	Type          string `json:"type"`
+	Secret        string `json:"secret"`
+	ParamsJSON    string `json:"params_json"`
+	Canonical     string `json:"canonical"`
+	Signature     string `json:"signature"`
+	RawBody       string `json:"raw_body"`
+	ExpectValid   bool   `json:"expect_valid"`
+	Embedded      string `json:"embedded_signature"`
+	ReceivedCanon string `json:"received_canonical"`
+}
+
+func loadVectors(t testing.TB) []vector {
+	t.Helper()
+	raw, err := os.ReadFile("testdata/signature-vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []vector
+	if err := json.Unmarshal(raw, &all); err != nil {
+		t.Fatal(err)
+	}
+	var out []vector
+	for _, v := range all {
+		if v.Type != "header" {
+			out = append(out, v)
+		}
+	}
+	if len(out) < 54 {
+		t.Fatalf("only %d vectors in testdata", len(out))
+	}
+	return out
+}
+
+func TestConformanceVectors(t *testing.T) {
+	signing, callbacks := 0, 0
+	for _, v := range loadVectors(t) {
+		t.Run(v.Name, func(t *testing.T) {
+			switch v.Type {
+			case "sign":
+				signing++
+				got, err := CanonicalJSON([]byte(v.ParamsJSON))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != v.Canonical {
+					t.Fatalf("canonical\n got %q\nwant %q", got, v.Canonical)
+				}
+				if sig := Sign(got, v.Secret); sig != v.Signature {
+					t.Fatalf("signature %s, want %s", sig, v.Signature)
+				}
+			case "callback":
+				callbacks++
+				canonical, embedded, err := CallbackCanonical([]byte(v.RawBody))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if embedded != v.Embedded {
+					t.Fatalf("embedded signature %q, want %q", embedded, v.Embedded)
+				}
+				if v.ExpectValid && canonical != v.Canonical {
+					t.Fatalf("canonical\n got %q\nwant %q", canonical, v.Canonical)
+				}
+				if !v.ExpectValid && v.ReceivedCanon != "" && canonical != v.ReceivedCanon {
+					t.Fatalf("received canonical\n got %q\nwant %q", canonical, v.ReceivedCanon)
+				}
+				if ok := NewKey(v.Secret).Verify([]byte(canonical), embedded); ok != v.ExpectValid {
+					t.Fatalf("verify = %v, want %v", ok, v.ExpectValid)
+				}
+			default:
+				t.Fatalf("unknown vector type %q", v.Type)
+			}
+		})
+	}
+	if signing != 42 || callbacks != 12 {
+		t.Fatalf("ran %d signing and %d callback vectors, want 42 and 12", signing, callbacks)
+	}
+}
+
+func TestNatCompare(t *testing.T) {
+	ordered := [][]string{
+		{"items:2", "items:10"},
+		{"a", "a1", "a2", "a10", "a_b"},
+		{"a1", "a:x"},
+		{"x2y9", "x2y10", "x10y1"},
+		{"a", "a-b", "a.b", "a/b", "a b"},
+		{"A", "B", "a"},
+		{"a", "é"},
+		{"a01", "a1"}, // left-aligned compare when a run starts with 0
+		{"x09", "x1"},
+	}
+	for _, seq := range ordered {
+		for i := 0; i+1 < len(seq); i++ {
+			a, b := []byte(seq[i]), []byte(seq[i+1])
+			if natCompare(a, b) >= 0 || natCompare(b, a) <= 0 {
+				t.Errorf("want %q < %q", a, b)
+			}
+		}
+	}
+	equal := [][2]string{{"ab", "a b"}, {"007", "7"}, {"", ""}, {"a10", "a10"}}
+	for _, p := range equal {
+		if natCompare([]byte(p[0]), []byte(p[1])) != 0 {
+			t.Errorf("want %q == %q", p[0], p[1])
+		}
+	}
+}
+
+func TestRenderNumber(t *testing.T) {
+	cases := map[string]string{
+		"0": "0", "-0": "0", "42": "42", "-17": "-17",
+		"9223372036854775807":  "9223372036854775807",
+		"18446744073709551616": "1.844674407371E+19",
+		"1.5":                  "1.5", "100.0": "100", "0.30000000000000004": "0.3",
+		"1e21": "1.0E+21", "1e14": "1.0E+14", "1e13": "10000000000000",
+		"0.0001": "0.0001", "0.00001": "1.0E-5", "-0.0": "-0", "1.5e-7": "1.5E-7",
+		"-2.5": "-2.5", "1e400": "INF", "-1e400": "-INF", "123456789012345678": "123456789012345678",
+		"1234567.891": "1234567.891", "0.1": "0.1", "2.0E2": "200",
+	}
+	for in, want := range cases {
+		if got := renderNumber(in); got != want {
+			t.Errorf("renderNumber(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	bad := map[string]error{
+		`{"a":1,}`:              ErrMalformed,
+		`{"a":1 "b":2}`:         ErrMalformed,
+		`{"a":01}`:              ErrMalformed,
+		`{"a":1.}`:              ErrMalformed,
+		`{"a":+1}`:              ErrMalformed,
+		`{"a":"x` + "\n" + `"}`: ErrMalformed,
+		`{"a":"\x"}`:            ErrMalformed,
+		`{"a":"\ud800"}`:        ErrMalformed,
+		`{"a":"\udc00x"}`:       ErrMalformed,
+		"{\"a\":\"\xff\"}":      ErrMalformed,
+		`{"a":1,"a":2}`:         ErrMalformed,
+		`{"a":1,"\u0061":2}`:    ErrMalformed,
+		`{"a":1} x`:             ErrMalformed,
+		`tru`:                   ErrMalformed,
+		``:                      ErrMalformed,
+		`{"a":[`:                ErrMalformed,
+		strings.Repeat("[", 40) + strings.Repeat("]", 40):     ErrTooDeep,
+		`[` + strings.Repeat(`1,`, 10000) + `1]`:              ErrTooManyLeaves,
+		`["` + strings.Repeat("x", DefaultMaxString+1) + `"]`: ErrStringTooLong,
+		`["` + strings.Repeat(`\n`, DefaultMaxString) + `"]`:  ErrStringTooLong,
+	}
+	for in, want := range bad {
+		d, err := Parse([]byte(in), Limits{})
+		if !errors.Is(err, want) {
+			t.Errorf("Parse(%.40q) = %v, want %v", in, err, want)
+		}
+		if d != nil {
+			t.Errorf("Parse(%.40q) returned a Doc with an error", in)
+		}
+	}
+	// A wide object exercises the map-based duplicate check.
+	var b strings.Builder
+	b.WriteString("{")
+	for i := 0; i < 100; i++ {
+		b.WriteString(`"k` + strings.Repeat("x", i) + `":1,`)
+	}
+	b.WriteString(`"kxxx":2}`)
+	if _, err := Parse([]byte(b.String()), Limits{}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("duplicate in a wide object: %v", err)
+	}
+}
+
+func TestDocEditAndWrite(t *testing.T) {
+	in := `{"general":{"project_id":210,"signature":"old"},"payment":{"amount":1.50,"big":123456789012345678901},"s":"a\"<b>\u00e9","z":[1,{"k":null}],"e":{}}`
+	d, err := Parse([]byte(in), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Release()
+	g := d.Get(d.Root(), "general")
+	d.Set(g, "signature", String, "new")
+	d.Delete(d.Root(), "e")
+	d.Set(d.Root(), "added", Number, "7")
+	got := string(d.AppendJSON(nil))
+	want := `{"general":{"project_id":210,"signature":"new"},"payment":{"amount":1.50,"big":123456789012345678901},"s":"a\"\u003cb\u003eé","z":[1,{"k":null}],"added":7}`
+	if got != want {
+		t.Fatalf("\n got %s\nwant %s", got, want)
+	}
+	var check any
+	if err := json.Unmarshal([]byte(got), &check); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerifyRejectsMalformedSignatures(t *testing.T) {
+	k := NewKey("secret")
+	good := k.Sign([]byte("a:1"))
+	for _, sig := range []string{"", "x", good[:87], good + "=", strings.Repeat("A", 88), strings.ToLower(good)} {
+		if k.Verify([]byte("a:1"), sig) {
+			t.Errorf("accepted %q", sig)
+		}
+	}
+	if !k.Verify([]byte("a:1"), good) || NewKey("other").Verify([]byte("a:1"), good) {
+		t.Fatal("verify does not tell the right key from a wrong one")
+	}
+}
+
+func TestCanonicalPairs(t *testing.T) {
+	got := CanonicalPairs([][2]string{{"payment_id", "X1"}, {"frame_mode", "popup"}, {"project_id", "12"}, {"a:b", "1"}})
+	if want := "a::b:1;payment_id:X1;project_id:12"; got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func FuzzCanonicalJSON(f *testing.F) {
+	for _, v := range loadVectors(f) {
+		f.Add([]byte(v.ParamsJSON))
+		if v.RawBody != "" {
+			f.Add([]byte(v.RawBody))
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		d, err := Parse(body, Limits{})
+		if err != nil {
+			if json.Valid(body) && !errors.Is(err, ErrTooDeep) && !errors.Is(err, ErrTooManyLeaves) &&
+				!errors.Is(err, ErrStringTooLong) && !strings.Contains(err.Error(), "duplicate key") &&
+				!strings.Contains(err.Error(), "surrogate") && utf8.Valid(body) {
+				t.Fatalf("rejected valid JSON: %v", err)
+			}
+			return
+		}
+		defer d.Release()
+		if !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON %q", body)
+		}
+		c1 := d.Canonical(nil, true)
+		// Writing the document back must keep its canonical string.
+		out := d.AppendJSON(nil)
+		d2, err := Parse(out, Limits{MaxString: 1 << 30, MaxLeaves: 1 << 30, MaxDepth: 1 << 10})
+		if err != nil {
+			t.Fatalf("own output does not parse: %v\n%s", err, out)
+		}
+		defer d2.Release()
+		if c2 := d2.Canonical(nil, true); string(c1) != string(c2) {
+			t.Fatalf("canonical changed after a round trip:\n%q\n%q", c1, c2)
+		}
+	})
+}
+
+// typicalCallback is a realistic 1.5 KB signed callback (53 leaves).
+func typicalCallback(tb testing.TB, secret string) []byte {
+	tb.Helper()
+	body := `{"project_id":238,"payment":{"id":"TEST_154866061847343331","type":"purchase","status":"success","date":"2019-01-28T08:07:22+0000","method":"wechat","sum":{"amount":100,"currency":"EUR"},"description":"TEST_1548660618473453"},"account":{"number":"wechat-user-8842"},"customer":{"id":"customer123","ip_address":"192.0.2.10","email":"customer@example.com","phone":"19121234567"},"operation":{"id":9227000002916,"type":"sale","status":"success","date":"2019-01-28T08:07:22+0000","created_date":"2019-01-28T08:06:40+0000","request_id":"67af98801524dfa9c5cddb1a09129-00000001","sum_initial":{"amount":100,"currency":"EUR"},"sum_converted":{"amount":100,"currency":"EUR"},"provider":{"id":1173,"payment_id":"423163569","date":"2019-01-28T08:07:22+0000","auth_code":"","endpoint_id":1173},"code":"0","message":"Success","eci":"7"},"recurring":{"id":null,"currency":null},"operations":[{"id":9227000002915,"type":"sale","status":"awaiting customer","date":"2019-01-28T08:06:41+0000","code":"0","message":"Awaiting customer action","sum":{"amount":100,"currency":"EUR"}},{"id":9227000002916,"type":"sale","status":"success","date":"2019-01-28T08:07:22+0000","code":"0","message":"Success","sum":{"amount":100,"currency":"EUR"}}],"general":{"project_id":238,"payment_id":"TEST_154866061847343331"}}`
+	canonical, _, err := CallbackCanonical([]byte(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sig := Sign(canonical, secret)
+	return []byte(body[:len(body)-2] + `,"signature":"` + sig + `"}}`)
+}
+
+func BenchmarkSignCanonical(b *testing.B) {
+	body := typicalCallback(b, "secret")
+	k := NewKey("secret")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	buf := make([]byte, 0, 4096)
+	for b.Loop() {
+		d, err := Parse(body, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf = d.Canonical(buf[:0], false)
+		_ = k.Sign(buf)
+		d.Release()
+	}
+}
+
+// BenchmarkVerifyCallback is the whole check of one callback: parse,
+// canonicalise without signatures, HMAC, constant-time compare.
+func BenchmarkVerifyCallback(b *testing.B) {
+	body := typicalCallback(b, "secret")
+	k := NewKey("secret")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	buf := make([]byte, 0, 4096)
+	for b.Loop() {
+		d, err := Parse(body, Limits{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf = d.Canonical(buf[:0], true)
+		if !k.Verify(buf, d.EmbeddedSignature()) {
+			b.Fatal("does not verify")
+		}
+		d.Release()
+	}
+}
+
+// BenchmarkBareHMAC is the baseline: HMAC-SHA512 of the same canonical
+// string with a fresh hmac, the least any verifier must do.
+func BenchmarkBareHMAC(b *testing.B) {
+	canonical, _, err := CallbackCanonical(typicalCallback(b, "secret"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg, key := []byte(canonical), []byte("secret")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(typicalCallback(b, "secret"))))
+	var out [64]byte
+	for b.Loop() {
+		m := hmac.New(sha512.New, key)
+		m.Write(msg)
+		m.Sum(out[:0])
+	}
+}

@@ -1,0 +1,421 @@
+package ecommpay
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// ClaimState is what Claim found.
+type ClaimState int
+
+const (
+	// Claimed means the caller now owns the key (in flight) and must Commit
+	// or Release it.
+	Claimed ClaimState = iota
+	// InFlight means another delivery holds an unexpired claim.
+	InFlight
+	// Delivered means the key was committed earlier and has not expired.
+	Delivered
+)
+
+// String returns the state as used in logs and metrics.
+func (s ClaimState) String() string {
+	switch s {
+	case Claimed:
+		return "claimed"
+	case InFlight:
+		return "in_flight"
+	case Delivered:
+		return "delivered"
+	}
+	return "ClaimState(" + strconv.Itoa(int(s)) + ")"
+}
+
+// ErrNotOwner is returned by Commit and Release when the token does not hold
+// the key's claim: it is wrong, was released, committed or expired, or the
+// key has been claimed again by someone else.
+var ErrNotOwner = errors.New("ecommpay: de-duplication key is not claimed by this token")
+
+// Store is a de-duplication set with an in-flight state, so that a callback
+// is marked delivered only after the app has acknowledged it.
+//
+// On error, Claim returns InFlight (never Claimed) and an empty token.
+type Store interface {
+	// Claim atomically takes key for lease unless it is in flight or
+	// delivered. Only when it returns Claimed is the owner token non-empty.
+	Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error)
+	// Commit marks the claimed key delivered for ttl. Only the claim's
+	// owner may commit, and only before its lease expires.
+	Commit(ctx context.Context, key, token string, ttl time.Duration) error
+	// Release frees the claimed key so that a retry gets through. Only the
+	// claim's owner may release it.
+	Release(ctx context.Context, key, token string) error
+}
+
+// DefaultMemoryMaxKeys bounds the memory store when no bound is configured.
+// That is a busy shop's callbacks over ecommpay's 11-day retry window, and
+// about 130 MB of heap when full.
+const DefaultMemoryMaxKeys = 1_000_000
+
+const (
+	memoryShards = 32
+	// minSweepInserts keeps small shards from being scanned on every insert.
+	minSweepInserts = 64
+	// evictionLogEvery rate-limits the eviction warning.
+	evictionLogEvery = time.Minute
+)
+
+var errBadDuration = errors.New("ecommpay: lease and ttl must be positive")
+
+// keyHash is what the memory store keeps instead of the key string.
+type keyHash [16]byte
+
+func hashKey(key string) keyHash {
+	sum := sha256.Sum256([]byte(key))
+	return keyHash(sum[:16])
+}
+
+// memEntry is one key's state. id is the owner's claim id while in flight
+// and 0 once delivered; exp is in nanoseconds since the store's epoch.
+type memEntry struct {
+	exp int64
+	id  uint64
+}
+
+// commitRec records one commit in the eviction queue. (h, exp) identifies
+// the commit: a key can only be committed again after exp has passed.
+type commitRec struct {
+	h   keyHash
+	exp int64
+}
+
+type memShard struct {
+	mu      sync.Mutex
+	m       map[keyHash]memEntry
+	inserts int      // new entries since the last sweep
+	_       [40]byte // pads the shard to a 64-byte cache line
+}
+
+// memoryStore is an exact, process-local Store: 32 mutex-guarded map
+// shards, a global entry count and a FIFO of commits used to evict the
+// oldest delivered keys when the bound is reached.
+type memoryStore struct {
+	now    func() time.Time // replaced by tests
+	epoch  time.Time
+	logger *zap.Logger
+
+	maxKeys atomic.Int64
+	count   atomic.Int64  // entries in all shards, live or expired
+	lastID  atomic.Uint64 // last claim id; 0 is never used
+	shards  [memoryShards]memShard
+
+	orderMu  sync.Mutex
+	order    commitQueue
+	evicted  int64 // evictions not yet logged
+	lastWarn time.Time
+}
+
+// newMemoryStore returns an empty memory store holding at most maxKeys
+// entries (DefaultMemoryMaxKeys if maxKeys <= 0).
+func newMemoryStore(maxKeys int, logger *zap.Logger) *memoryStore {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	s := &memoryStore{now: time.Now, epoch: time.Now(), logger: logger}
+	for i := range s.shards {
+		s.shards[i].m = make(map[keyHash]memEntry)
+	}
+	// A random start keeps another store's tokens from matching by accident.
+	s.lastID.Store(mrand.Uint64())
+	s.setMaxKeys(maxKeys)
+	return s
+}
+
+// clock returns nanoseconds since the epoch; with time.Now this uses the
+// monotonic clock, so wall-clock jumps do not expire or revive keys.
+func (s *memoryStore) clock() int64 { return int64(s.now().Sub(s.epoch)) }
+
+func (s *memoryStore) shard(h keyHash) *memShard { return &s.shards[h[0]%memoryShards] }
+
+func (s *memoryStore) setMaxKeys(n int) {
+	if n <= 0 {
+		n = DefaultMemoryMaxKeys
+	}
+	s.maxKeys.Store(int64(n))
+	if s.count.Load() > int64(n) {
+		s.evict()
+	}
+}
+
+// Claim implements Store.
+func (s *memoryStore) Claim(_ context.Context, key string, lease time.Duration) (ClaimState, string, error) {
+	if lease <= 0 {
+		return InFlight, "", errBadDuration
+	}
+	h := hashKey(key)
+	sh := s.shard(h)
+	now := s.clock()
+
+	sh.mu.Lock()
+	e, found := sh.m[h]
+	if found && e.exp > now {
+		sh.mu.Unlock()
+		if e.id == 0 {
+			return Delivered, "", nil
+		}
+		return InFlight, "", nil
+	}
+	id := s.lastID.Add(1)
+	if id == 0 { // 0 marks delivered entries
+		id = s.lastID.Add(1)
+	}
+	sh.m[h] = memEntry{exp: now + int64(lease), id: id}
+	if !found {
+		s.count.Add(1)
+		sh.inserts++
+		if sh.inserts >= len(sh.m)/2+minSweepInserts {
+			s.sweepLocked(sh, now)
+		}
+	}
+	sh.mu.Unlock()
+
+	if !found && s.count.Load() > s.maxKeys.Load() {
+		s.evict()
+	}
+	return Claimed, strconv.FormatUint(id, 16), nil
+}
+
+// Commit implements Store.
+func (s *memoryStore) Commit(_ context.Context, key, token string, ttl time.Duration) error {
+	if ttl <= 0 {
+		return errBadDuration
+	}
+	id, err := strconv.ParseUint(token, 16, 64)
+	if err != nil || id == 0 {
+		return ErrNotOwner
+	}
+	h := hashKey(key)
+	sh := s.shard(h)
+	now := s.clock()
+
+	sh.mu.Lock()
+	e, found := sh.m[h]
+	if !found || e.id != id || e.exp <= now {
+		sh.mu.Unlock()
+		return ErrNotOwner
+	}
+	exp := now + int64(ttl)
+	sh.m[h] = memEntry{exp: exp}
+	sh.mu.Unlock()
+
+	s.orderMu.Lock()
+	s.order.push(commitRec{h: h, exp: exp})
+	s.trimLocked(now)
+	s.orderMu.Unlock()
+	return nil
+}
+
+// Release implements Store.
+func (s *memoryStore) Release(_ context.Context, key, token string) error {
+	id, err := strconv.ParseUint(token, 16, 64)
+	if err != nil || id == 0 {
+		return ErrNotOwner
+	}
+	h := hashKey(key)
+	sh := s.shard(h)
+	now := s.clock()
+
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e, found := sh.m[h]
+	if !found || e.id != id || e.exp <= now {
+		return ErrNotOwner
+	}
+	delete(sh.m, h)
+	s.count.Add(-1)
+	return nil
+}
+
+// sweepLocked drops the shard's expired entries. Claim calls it after about
+// len/2 inserts, so its cost is amortised to O(1) per insert. It is what
+// frees claims that were never committed or released.
+func (s *memoryStore) sweepLocked(sh *memShard, now int64) {
+	for h, e := range sh.m {
+		if e.exp <= now {
+			delete(sh.m, h)
+			s.count.Add(-1)
+		}
+	}
+	sh.inserts = 0
+}
+
+// trimLocked drops expired commits from the head of the queue, and their
+// entries if still present, so that the queue does not outgrow the store.
+// Each commit is popped once, so this is O(1) amortised per commit.
+func (s *memoryStore) trimLocked(now int64) {
+	for s.order.n > 0 && s.order.front().exp <= now {
+		s.popLocked(now)
+	}
+}
+
+// popLocked removes the oldest commit and its entry, if the entry is still
+// that delivery, and reports whether a live delivered key was dropped.
+func (s *memoryStore) popLocked(now int64) (evictedLive bool) {
+	r := s.order.pop()
+
+	sh := s.shard(r.h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e, ok := sh.m[r.h]; ok && e.id == 0 && e.exp == r.exp {
+		delete(sh.m, r.h)
+		s.count.Add(-1)
+		return e.exp > now
+	}
+	return false
+}
+
+// evict drops the oldest delivered keys until the store is within its
+// bound. In-flight keys are never evicted, so a store full of claims grows
+// past the bound rather than refusing a Claim.
+func (s *memoryStore) evict() {
+	var logN, bound int64
+	s.orderMu.Lock()
+	nowTime := s.now()
+	now := int64(nowTime.Sub(s.epoch))
+	for s.count.Load() > s.maxKeys.Load() && s.order.n > 0 {
+		if s.popLocked(now) {
+			s.evicted++
+		}
+	}
+	if s.evicted > 0 && (s.lastWarn.IsZero() || nowTime.Sub(s.lastWarn) >= evictionLogEvery) {
+		logN, bound = s.evicted, s.maxKeys.Load()
+		s.evicted = 0
+		s.lastWarn = nowTime
+	}
+	s.orderMu.Unlock()
+	if logN > 0 {
+		s.logEvictions(logN, bound)
+	}
+}
+
+func (s *memoryStore) logEvictions(n, bound int64) {
+	s.logger.Warn("de-duplication memory store is full: evicted the oldest delivered keys before their TTL; "+
+		"a callback redelivered for one of them will be forwarded again (raise max_keys or use redis)",
+		zap.Int64("evicted", n), zap.Int64("max_keys", bound))
+}
+
+// Destruct implements caddy.Destructor. It reports evictions not yet logged;
+// the maps are freed with the store.
+func (s *memoryStore) Destruct() error {
+	s.orderMu.Lock()
+	n := s.evicted
+	s.evicted = 0
+	s.orderMu.Unlock()
+	if n > 0 {
+		s.logEvictions(n, s.maxKeys.Load())
+	}
+	return nil
+}
+
+// commitQueue is a FIFO ring of commits. It doubles when full and halves
+// when three quarters empty, so a steady stream never copies it.
+type commitQueue struct {
+	buf     []commitRec
+	head, n int
+}
+
+func (q *commitQueue) push(r commitRec) {
+	if q.n == len(q.buf) {
+		q.resize(max(64, 2*len(q.buf)))
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = r
+	q.n++
+}
+
+// front returns the oldest commit; the queue must not be empty.
+func (q *commitQueue) front() commitRec { return q.buf[q.head] }
+
+// pop removes and returns the oldest commit; the queue must not be empty.
+func (q *commitQueue) pop() commitRec {
+	r := q.buf[q.head]
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	if len(q.buf) > 1024 && q.n < len(q.buf)/4 {
+		q.resize(len(q.buf) / 2)
+	}
+	return r
+}
+
+func (q *commitQueue) resize(size int) {
+	buf := make([]commitRec, size)
+	k := copy(buf, q.buf[q.head:min(q.head+q.n, len(q.buf))])
+	copy(buf[k:], q.buf[:q.n-k])
+	q.buf, q.head = buf, 0
+}
+
+// storePool shares stores across config reloads: the new config acquires
+// the store before the old one releases it, so state survives.
+var storePool = caddy.NewUsagePool()
+
+// acquireStore returns the process-wide store of the given kind ("memory"
+// or "redis") and a func that drops this reference; the last release
+// destructs the store. All memory users share one set; a different maxKeys
+// changes that set's bound in place.
+func acquireStore(kind, redisURL string, maxKeys int, logger *zap.Logger) (Store, func() error, error) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	var key string
+	var construct caddy.Constructor
+	switch kind {
+	case "memory":
+		key = "memory"
+		construct = func() (caddy.Destructor, error) { return newMemoryStore(maxKeys, logger), nil }
+	case "redis":
+		key = "redis|" + redisURL
+		construct = func() (caddy.Destructor, error) { return newRedisStore(redisURL, "") }
+	default:
+		return nil, nil, fmt.Errorf("ecommpay: unknown de-duplication store %q (want memory or redis)", kind)
+	}
+
+	v, loaded, err := storePool.LoadOrNew(key, construct)
+	if err != nil {
+		// The pool kept no reference for a failed construction.
+		return nil, nil, err
+	}
+	var once sync.Once
+	release := func() error {
+		var err error
+		once.Do(func() { _, err = storePool.Delete(key) })
+		return err
+	}
+
+	if ms, ok := v.(*memoryStore); ok && loaded {
+		want := int64(maxKeys)
+		if maxKeys <= 0 {
+			want = DefaultMemoryMaxKeys
+		}
+		if old := ms.maxKeys.Load(); old != want {
+			logger.Info("changing the shared de-duplication memory store's bound in place",
+				zap.Int64("old_max_keys", old), zap.Int64("max_keys", want))
+			ms.setMaxKeys(maxKeys)
+		}
+	}
+	return v.(Store), release, nil
+}
+
+// Interface guards
+var (
+	_ Store            = (*memoryStore)(nil)
+	_ caddy.Destructor = (*memoryStore)(nil)
+)

@@ -439,7 +439,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "shop/1"
 
     def log_message(self, fmt, *args):
-        sys.stderr.write("shop: " + (fmt % args) + "\n")
+        if self.path == "/state":
+            return
+        sys.stderr.write("shop: %s %s\n" % (time.strftime("%H:%M:%S"), fmt % args))
 
     def _send(self, status, obj=None, ctype="application/json", raw=None):
         data = raw if raw is not None else json.dumps(obj if obj is not None else {}).encode()

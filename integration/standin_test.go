@@ -220,7 +220,7 @@ func TestSignerAgreesWithModule(t *testing.T) {
 	secret := newSecret()
 	bodies := []map[string]any{
 		{"project_id": 210, "payment": map[string]any{"id": "p:1", "sum": sum(1000, "EUR"), "status": "success"},
-			"display_data": []any{map[string]any{"type": "qr_data", "title": "QR code", "data": "weixin://wxpay/bizpayurl?pr=abc"}},
+			"display_data":  []any{map[string]any{"type": "qr_data", "title": "QR code", "data": "weixin://wxpay/bizpayurl?pr=abc"}},
 			"redirect_data": map[string]any{"method": "GET", "url": "http://127.0.0.1/x?a=b;c", "body": []any{}, "encrypted": []any{}},
 			"frame_mode":    "iframe", "flag": true, "none": nil, "items": []any{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}},
 		{"general": map[string]any{"project_id": 210, "payment_id": "x"}, "payment": map[string]any{"amount": 10, "currency": "EUR"},

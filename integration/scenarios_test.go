@@ -139,10 +139,16 @@ func TestWeChatQRSale(t *testing.T) {
 
 func TestAlipayRedirectSale(t *testing.T) {
 	s := newStack(t, nil)
+	// The shop acknowledges with 202 and then 204: any 2xx must reach the
+	// platform as exactly 200, or it would retry.
+	s.shop.admin(t, "ok?status=202")
+	s.fake.configure(func(f *fakeEcommpay) { f.finalDelay = 700 * time.Millisecond })
 	pid := newPaymentID("ali")
 	out := s.shop.call(t, "/buy", map[string]any{"method": "alipay", "payment_id": pid, "amount": 12000, "currency": "CNY"})
 	checkGateAccepted(t, s, out, "/v2/payment/wallet/alipay/sale", pid)
 
+	waitShopEvent(t, s.shop, pid, "sale", "awaiting redirect result", settleTimeout)
+	s.shop.admin(t, "ok?status=204")
 	waitShopEvent(t, s.shop, pid, "sale", "success", settleTimeout)
 	waitSettled(t, s.fake, 2, settleTimeout)
 	st := s.shop.state(t)
@@ -153,6 +159,11 @@ func TestAlipayRedirectSale(t *testing.T) {
 			checkForwarded(t, e)
 			reverify(t, e, s.secret)
 			sameContent(t, cb, e) // nothing to rewrite: content unchanged
+		}
+	}
+	for _, d := range s.fake.deliveriesOf(nil) {
+		if len(d.Attempts) != 1 || d.Attempts[0].Status != 200 {
+			t.Errorf("%s: attempts %+v; want one attempt answered 200", d.CB.identity(), d.Attempts)
 		}
 	}
 	p := st.Payments[pid]

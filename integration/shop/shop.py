@@ -17,7 +17,7 @@ HTTP API:
   POST /callback              callback forwarded by Caddy
   GET  /state                 everything the shop saw, as JSON
   GET  /qr/<payment_id>       the last QR PNG received for the payment (from qr_img)
-  POST /admin/down | /admin/up | /admin/slow?ms=N
+  POST /admin/down | /admin/up | /admin/slow?ms=N | /admin/ok?status=2xx
   POST /buy                   {"method","payment_id","amount","currency",...} -> Gate sale via Caddy
   POST /refund                {"method","payment_id","amount","currency","generic":bool} -> Gate refund via Caddy
   POST /checkout              {"payment_id","amount","currency","method",...} -> Payment Page URL via Caddy
@@ -298,7 +298,7 @@ STATE = {
     "restarts": 0,
 }
 QR_PNG = {}                # payment id -> PNG bytes (kept out of /state)
-MODE = {"down": os.environ.get("SHOP_START_DOWN") == "1", "slow_ms": 0}
+MODE = {"down": os.environ.get("SHOP_START_DOWN") == "1", "slow_ms": 0, "ok_status": 200}
 SECRET = os.environ.get("SHOP_VERIFY_SECRET", "")
 STATE_FILE = os.environ.get("SHOP_STATE_FILE", "")
 CADDY_INTERNAL = os.environ.get("SHOP_CADDY_INTERNAL", "")
@@ -388,7 +388,7 @@ def handle_callback(handler, raw):
             ev["count"] += 1
             ev["arrivals"].append(time.time())
             save_state()
-            return 200, {"stored": False, "count": ev["count"]}
+            return MODE["ok_status"], {"stored": False, "count": ev["count"]}
         body = to_plain(parsed)
         payment = body.get("payment") or {}
         op = body.get("operation") or {}
@@ -431,7 +431,7 @@ def handle_callback(handler, raw):
         if body.get("redirect_data") is not None:
             ps["redirect"] = body.get("redirect_data")
         save_state()
-        return 200, {"stored": True}
+        return MODE["ok_status"], {"stored": True}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -445,6 +445,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status, obj=None, ctype="application/json", raw=None):
         data = raw if raw is not None else json.dumps(obj if obj is not None else {}).encode()
+        if status in (204, 304):
+            self.send_response(status)
+            self.end_headers()
+            return
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -483,6 +487,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, MODE)
         if path == "/admin/up":
             MODE["down"] = False
+            return self._send(200, MODE)
+        if path == "/admin/ok":
+            q = urllib.parse.parse_qs(query)
+            MODE["ok_status"] = int((q.get("status") or ["200"])[0])
             return self._send(200, MODE)
         if path == "/admin/slow":
             q = urllib.parse.parse_qs(query)

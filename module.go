@@ -2,3 +2,378 @@
 // URLs and Gate API requests, and verifies, de-duplicates and forwards
 // ecommpay callbacks, so that the merchant's app never holds the secret.
 package ecommpay
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// The handler's modes.
+const (
+	ModePaymentPage = "payment_page"
+	ModeGate        = "gate"
+	ModeCallback    = "callback"
+	ModeQR          = "qr"
+)
+
+// Defaults for the optional settings.
+const (
+	DefaultMaxBody        = 1 << 20
+	DefaultBaseURL        = "https://paymentpage.ecommpay.com"
+	DefaultTTL            = 14 * 24 * time.Hour
+	DefaultForwardTimeout = 30 * time.Second
+	DefaultQRTTL          = time.Hour
+)
+
+// Handler signs requests to ecommpay and guards callbacks from it. One
+// handler works in one mode:
+//
+//   - payment_page: answers the app with a signed Payment Page URL, as JSON
+//     {"url", "signature"} or as a 303 redirect.
+//   - gate: signs an unsigned Gate API request body (general.signature) and
+//     passes it to the next handler, normally reverse_proxy to ecommpay.
+//   - callback: verifies an ecommpay callback, drops duplicates, renders QR
+//     codes, and passes each genuine event to the next handler (the app)
+//     exactly once; it answers ecommpay 200 only once the app has it.
+//   - qr: serves the hosted QR images that callback mode links to.
+//
+// The signing modes answer only clients on loopback unless allow widens it.
+// Callback mode sets the request headers X-Ecommpay-Event-Key and
+// X-Ecommpay-Project-Id for the app, after removing any copies a client sent.
+type Handler struct {
+	// Mode is one of payment_page, gate, callback or qr.
+	Mode string `json:"mode"`
+
+	// Projects are the ecommpay projects this handler signs or verifies
+	// for, each with its secrets. At least one is required.
+	Projects []Project `json:"projects,omitempty"`
+
+	// MaxBody is the largest request body accepted, in bytes; larger ones
+	// get 413. Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+	// MaxDepth is the deepest JSON nesting accepted. Default: 32.
+	MaxDepth int `json:"max_depth,omitempty"`
+	// MaxLeaves is the most JSON values (scalars and empty containers)
+	// accepted in one body. Default: 10000.
+	MaxLeaves int `json:"max_leaves,omitempty"`
+	// MaxString is the longest JSON string accepted, in bytes. Default: 256 KiB.
+	MaxString int `json:"max_string,omitempty"`
+
+	// Allow lists the client networks (CIDR or single addresses) that may
+	// use the signing modes. Default: loopback only (127.0.0.0/8, ::1).
+	// Anyone who reaches a signing endpoint can sign any amount.
+	Allow []string `json:"allow,omitempty"`
+
+	// BaseURL is the Payment Page host (payment_page mode); the path
+	// /payment is appended. Default: https://paymentpage.ecommpay.com.
+	BaseURL string `json:"base_url,omitempty"`
+	// Redirect answers payment_page requests with a 303 to the signed URL
+	// instead of JSON.
+	Redirect bool `json:"redirect,omitempty"`
+
+	// Dedupe picks the de-duplication store of callback mode: "memory"
+	// (default; one process), "redis" (shared by a cluster) or "off".
+	Dedupe string `json:"dedupe,omitempty"`
+	// RedisURL is the Redis server for dedupe redis, such as
+	// redis://127.0.0.1:6379/0. Placeholders like {env.REDIS_URL} work.
+	RedisURL string `json:"redis_url,omitempty"`
+	// MaxKeys bounds the memory store; when full it evicts the oldest
+	// delivered keys. Default: 1000000.
+	MaxKeys int `json:"max_keys,omitempty"`
+	// TTL is how long a delivered callback is remembered. Default: 14 days,
+	// longer than ecommpay's 11 days of retries.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+	// ForwardTimeout bounds one delivery to the app. A claim left by a
+	// crashed delivery expires after twice this. Default: 30s.
+	ForwardTimeout caddy.Duration `json:"forward_timeout,omitempty"`
+	// OnStoreError is what callback mode does when the de-dup store fails:
+	// "reject" (default: 503, ecommpay retries) or "forward" (deliver
+	// without de-duplication, and log it).
+	OnStoreError string `json:"on_store_error,omitempty"`
+	// From optionally restricts callback sources to these networks; others
+	// get 403. Off by default: the signature is the real control.
+	From []string `json:"from,omitempty"`
+
+	// QR is what callback mode does with display_data entries of type
+	// qr_data: "image" (default; inline base64 PNG as type qr_img), "url"
+	// (a signed link to a hosted PNG as type qr_url) or "off".
+	QR string `json:"qr,omitempty"`
+	// QRBaseURL is where hosted QR images are served (qr url), by a handler
+	// in qr mode with the same projects.
+	QRBaseURL string `json:"qr_base_url,omitempty"`
+	// QRSize is the QR image side in pixels. Default: 256.
+	QRSize int `json:"qr_size,omitempty"`
+	// QRLevel is the QR error correction level, L, M, Q or H. Default: M.
+	QRLevel string `json:"qr_level,omitempty"`
+	// QRTTL is how long a hosted QR link works when the callback gives no
+	// "QR Code Timeout". Default: 1h.
+	QRTTL caddy.Duration `json:"qr_ttl,omitempty"`
+	// QRCacheSize bounds the cache of rendered QR images, in bytes.
+	// Default: 16 MiB.
+	QRCacheSize int64 `json:"qr_cache_size,omitempty"`
+
+	projects     map[string]*project
+	only         *project // the single project, when exactly one is configured
+	allow        []netip.Prefix
+	from         []netip.Prefix
+	limits       Limits
+	paymentPage  *url.URL
+	qrBase       *url.URL
+	qrOpts       QROptions
+	qrCache      *QRCache
+	store        Store
+	releaseStore func() error
+	logger       *zap.Logger
+	metrics      *metrics
+}
+
+// Project is one ecommpay project and its secrets.
+type Project struct {
+	// ID is the ecommpay project_id.
+	ID string `json:"id"`
+	// Secrets are the project's secret keys. The first signs; every one
+	// verifies, so a new secret can be rolled out before the old one goes.
+	// Use placeholders such as {env.ECOMMPAY_SECRET} or
+	// {file./run/secrets/ecommpay}; they are resolved once at load.
+	Secrets []string `json:"secrets,omitempty"`
+}
+
+type project struct {
+	id     string
+	keys   []*Key   // keys[0] signs
+	qrKeys [][]byte // tag keys for hosted QR links, one per secret
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.ecommpay",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets, applies defaults and opens the de-dup store.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if err := h.provisionProjects(); err != nil {
+		return err
+	}
+	if h.MaxBody <= 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	h.limits = Limits{MaxDepth: h.MaxDepth, MaxLeaves: h.MaxLeaves, MaxString: h.MaxString}.withDefaults()
+	var err error
+	allow := h.Allow
+	if len(allow) == 0 {
+		allow = []string{"127.0.0.0/8", "::1/128"}
+	}
+	if h.allow, err = parsePrefixes(allow); err != nil {
+		return fmt.Errorf("allow: %w", err)
+	}
+	if h.from, err = parsePrefixes(h.From); err != nil {
+		return fmt.Errorf("from: %w", err)
+	}
+	if h.metrics, err = registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	switch h.Mode {
+	case ModePaymentPage:
+		base := h.BaseURL
+		if base == "" {
+			base = DefaultBaseURL
+		}
+		if h.paymentPage, err = parseBaseURL(base); err != nil {
+			return fmt.Errorf("base_url: %w", err)
+		}
+		h.paymentPage.Path = strings.TrimSuffix(h.paymentPage.Path, "/") + "/payment"
+	case ModeGate:
+	case ModeCallback:
+		if err := h.provisionCallback(); err != nil {
+			return err
+		}
+	case ModeQR:
+		if err := h.provisionQR(); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback or qr", h.Mode)
+	}
+	return nil
+}
+
+func (h *Handler) provisionProjects() error {
+	if len(h.Projects) == 0 {
+		return errors.New("at least one project is required")
+	}
+	h.projects = make(map[string]*project, len(h.Projects))
+	for _, p := range h.Projects {
+		if p.ID == "" || strings.ContainsAny(p.ID, " ;") {
+			return fmt.Errorf("project id %q is not valid", p.ID)
+		}
+		if _, dup := h.projects[p.ID]; dup {
+			return fmt.Errorf("project %s is listed twice", p.ID)
+		}
+		if len(p.Secrets) == 0 {
+			return fmt.Errorf("project %s: a secret is required", p.ID)
+		}
+		pr := &project{id: p.ID}
+		for i, s := range p.Secrets {
+			secret, err := resolvePlaceholders(s)
+			if err != nil || secret == "" {
+				// Never echo the value: it may be the secret itself.
+				return fmt.Errorf("project %s: secret #%d is empty or its placeholder cannot be resolved", p.ID, i+1)
+			}
+			pr.keys = append(pr.keys, NewKey(secret))
+			pr.qrKeys = append(pr.qrKeys, QRLinkKey(secret))
+		}
+		h.projects[p.ID] = pr
+	}
+	if len(h.projects) == 1 {
+		for _, p := range h.projects {
+			h.only = p
+		}
+	}
+	return nil
+}
+
+// Validate refuses settings that do not belong to the handler's mode, so a
+// misplaced line is an error rather than silently ignored.
+func (h *Handler) Validate() error {
+	misplaced := func(set bool, name string, modes ...string) error {
+		for _, m := range modes {
+			if h.Mode == m {
+				return nil
+			}
+		}
+		if set {
+			return fmt.Errorf("%s does not apply to mode %s (only to %s)", name, h.Mode, strings.Join(modes, ", "))
+		}
+		return nil
+	}
+	return errors.Join(
+		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate),
+		misplaced(h.BaseURL != "", "base_url", ModePaymentPage),
+		misplaced(h.Redirect, "redirect", ModePaymentPage),
+		misplaced(h.Dedupe != "" || h.RedisURL != "" || h.MaxKeys != 0, "dedupe", ModeCallback),
+		misplaced(h.TTL != 0, "ttl", ModeCallback),
+		misplaced(h.ForwardTimeout != 0, "forward_timeout", ModeCallback),
+		misplaced(h.OnStoreError != "", "on_store_error", ModeCallback),
+		misplaced(len(h.From) > 0, "from", ModeCallback),
+		misplaced(h.QR != "" || h.QRBaseURL != "" || h.QRTTL != 0, "qr", ModeCallback),
+		misplaced(h.QRSize != 0 || h.QRLevel != "" || h.QRCacheSize != 0, "qr_size, qr_level and qr_cache", ModeCallback, ModeQR),
+	)
+}
+
+// Cleanup releases the de-dup store and the QR cache.
+func (h *Handler) Cleanup() error {
+	if h.qrCache != nil {
+		h.qrCache.Close()
+	}
+	if h.releaseStore != nil {
+		return h.releaseStore()
+	}
+	return nil
+}
+
+// ServeHTTP dispatches to the mode.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	switch h.Mode {
+	case ModePaymentPage:
+		return h.servePaymentPage(w, r)
+	case ModeGate:
+		return h.serveGate(w, r, next)
+	case ModeCallback:
+		return h.serveCallback(w, r, next)
+	default:
+		return h.serveQR(w, r)
+	}
+}
+
+func (h *Handler) lookupProject(id string) *project { return h.projects[id] }
+
+// clientAllowed reports whether the request's client is inside nets. It
+// uses Caddy's client IP, which honours trusted_proxies.
+func clientAllowed(r *http.Request, nets []netip.Prefix) bool {
+	addr, ok := clientAddr(r)
+	if !ok {
+		return false
+	}
+	for _, n := range nets {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+func clientAddr(r *http.Request) (netip.Addr, bool) {
+	s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if s == "" {
+		s = r.RemoteAddr
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			return ap.Addr().Unmap(), true
+		}
+	}
+	a, err := netip.ParseAddr(s)
+	return a.Unmap(), err == nil
+}
+
+// resolvePlaceholders resolves {env.*} and {file.*} once, at load.
+func resolvePlaceholders(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	return caddy.NewReplacer().ReplaceOrErr(s, true, true)
+}
+
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+func parseBaseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%q is not an absolute http(s) URL without query", s)
+	}
+	return u, nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -64,7 +64,7 @@ type Store interface {
 
 // DefaultMemoryMaxKeys bounds the memory store when no bound is configured.
 // That is a busy shop's callbacks over ecommpay's 11-day retry window, and
-// about 130 MB of heap when full.
+// about 110 MB of heap when full (measured: ~109 bytes per key).
 const DefaultMemoryMaxKeys = 1_000_000
 
 const (

@@ -1,0 +1,210 @@
+package ecommpay
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("ecommpay", parseCaddyfile)
+	// Inside request_body, auth and encode; before handle, respond and
+	// reverse_proxy, so no `order` line is needed.
+	httpcaddyfile.RegisterDirectiveOrder("ecommpay", httpcaddyfile.After, "templates")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var m Handler
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return &m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	ecommpay payment_page|gate|callback|qr {
+//		project <project_id> <secret> [<older_secret>...]
+//		max_body   <size>
+//		max_depth  <n>
+//		max_leaves <n>
+//		max_string <size>
+//
+//		# payment_page and gate
+//		allow <cidr>...
+//		# payment_page
+//		base_url <url>
+//		redirect
+//
+//		# callback
+//		dedupe memory [<max_keys>] | redis <url> | off
+//		ttl             <duration>
+//		forward_timeout <duration>
+//		on_store_error  reject|forward
+//		from <cidr>...
+//		qr image | url <base_url> | off
+//		qr_ttl <duration>
+//
+//		# callback and qr
+//		qr_size  <pixels>
+//		qr_level L|M|Q|H
+//		qr_cache <size>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if !d.NextArg() {
+		return d.Err("expected a mode: payment_page, gate, callback or qr")
+	}
+	h.Mode = d.Val()
+	switch h.Mode {
+	case ModePaymentPage, ModeGate, ModeCallback, ModeQR:
+	default:
+		return d.Errf("unknown mode %q: want payment_page, gate, callback or qr", h.Mode)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		name := d.Val()
+		if name != "project" && seen[name] {
+			return d.Errf("%s is set twice", name)
+		}
+		seen[name] = true
+		args := d.RemainingArgs()
+		want := func(min, max int) error {
+			if len(args) < min || (max >= 0 && len(args) > max) {
+				return d.ArgErr()
+			}
+			return nil
+		}
+		var err error
+		switch name {
+		case "project":
+			if err = want(2, -1); err == nil {
+				h.Projects = append(h.Projects, Project{ID: args[0], Secrets: args[1:]})
+			}
+		case "max_body", "max_string", "qr_cache":
+			if err = want(1, 1); err == nil {
+				var n uint64
+				if n, err = humanize.ParseBytes(args[0]); err != nil || n == 0 {
+					return d.Errf("%s: %q is not a size", name, args[0])
+				}
+				switch name {
+				case "max_body":
+					h.MaxBody = int64(n)
+				case "max_string":
+					h.MaxString = int(n)
+				default:
+					h.QRCacheSize = int64(n)
+				}
+			}
+		case "max_depth", "max_leaves", "qr_size":
+			if err = want(1, 1); err == nil {
+				n, perr := strconv.Atoi(args[0])
+				if perr != nil || n <= 0 {
+					return d.Errf("%s: %q is not a positive number", name, args[0])
+				}
+				switch name {
+				case "max_depth":
+					h.MaxDepth = n
+				case "max_leaves":
+					h.MaxLeaves = n
+				default:
+					h.QRSize = n
+				}
+			}
+		case "allow", "from":
+			if err = want(1, -1); err == nil {
+				if _, perr := parsePrefixes(args); perr != nil {
+					return d.Errf("%s: %v", name, perr)
+				}
+				if name == "allow" {
+					h.Allow = args
+				} else {
+					h.From = args
+				}
+			}
+		case "base_url":
+			if err = want(1, 1); err == nil {
+				h.BaseURL = args[0]
+			}
+		case "redirect":
+			err = want(0, 0)
+			h.Redirect = true
+		case "dedupe":
+			if err = want(1, 2); err != nil {
+				break
+			}
+			h.Dedupe = args[0]
+			switch {
+			case args[0] == "memory" && len(args) == 2:
+				n, perr := strconv.Atoi(args[1])
+				if perr != nil || n <= 0 {
+					return d.Errf("dedupe memory: %q is not a number of keys", args[1])
+				}
+				h.MaxKeys = n
+			case args[0] == "redis" && len(args) == 2:
+				h.RedisURL = args[1]
+			case (args[0] == "memory" || args[0] == "off") && len(args) == 1:
+			default:
+				return d.Err("dedupe takes: memory [<max_keys>] | redis <url> | off")
+			}
+		case "ttl", "forward_timeout", "qr_ttl":
+			if err = want(1, 1); err == nil {
+				dur, perr := caddy.ParseDuration(args[0])
+				if perr != nil || dur <= 0 {
+					return d.Errf("%s: %q is not a positive duration", name, args[0])
+				}
+				switch name {
+				case "ttl":
+					h.TTL = caddy.Duration(dur)
+				case "forward_timeout":
+					h.ForwardTimeout = caddy.Duration(dur)
+				default:
+					h.QRTTL = caddy.Duration(dur)
+				}
+			}
+		case "on_store_error":
+			if err = want(1, 1); err == nil {
+				if args[0] != "reject" && args[0] != "forward" {
+					return d.Errf("on_store_error takes reject or forward, not %q", args[0])
+				}
+				h.OnStoreError = args[0]
+			}
+		case "qr":
+			if err = want(1, 2); err != nil {
+				break
+			}
+			h.QR = args[0]
+			switch {
+			case args[0] == "url" && len(args) == 2:
+				h.QRBaseURL = args[1]
+			case (args[0] == "image" || args[0] == "off") && len(args) == 1:
+			default:
+				return d.Err("qr takes: image | url <base_url> | off")
+			}
+		case "qr_level":
+			if err = want(1, 1); err == nil {
+				if _, perr := ParseQRLevel(args[0]); perr != nil {
+					return d.Errf("qr_level: %v", perr)
+				}
+				h.QRLevel = args[0]
+			}
+		default:
+			return d.Errf("unrecognized subdirective %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(h.Projects) == 0 {
+		return d.Err("at least one `project <project_id> <secret>` line is required")
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,210 @@
+package ecommpay
+
+import (
+	"errors"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// paramError is a 400 that names the request field at fault.
+type paramError struct{ field, msg string }
+
+func (e *paramError) Error() string { return e.field + ": " + e.msg }
+
+// servePaymentPage answers with a signed Payment Page URL built from the
+// app's parameters (a GET query, an urlencoded form or a flat JSON object).
+func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error {
+	start := time.Now()
+	status, result, projectID, paymentID := http.StatusOK, "signed", "", ""
+	defer func() {
+		h.metrics.signRequest(ModePaymentPage, result)
+		h.logger.Info("payment page request",
+			zap.String("project_id", projectID), zap.String("payment_id", paymentID),
+			zap.String("result", result), zap.Int("status", status), zap.Duration("duration", time.Since(start)))
+	}()
+	if !clientAllowed(r, h.allow) {
+		status, result = http.StatusForbidden, "forbidden"
+		writeError(w, status, "", "this client may not use the signing endpoint")
+		return nil
+	}
+	pairs, err := h.paymentParams(r)
+	if err == nil {
+		projectID, paymentID = lookupPair(pairs, "project_id"), lookupPair(pairs, "payment_id")
+		var signed string
+		var sig string
+		signed, sig, pairs, err = h.signPaymentPage(pairs)
+		if err == nil {
+			projectID = lookupPair(pairs, "project_id")
+			if h.Redirect {
+				status = http.StatusSeeOther
+				w.Header().Set("Cache-Control", "no-store")
+				http.Redirect(w, r, signed, status)
+				return nil
+			}
+			out := append([]byte(`{"url":`), appendQuoted(nil, signed)...)
+			out = append(out, `,"signature":`...)
+			out = appendQuoted(out, sig)
+			writeJSON(w, status, append(out, "}\n"...))
+			return nil
+		}
+	}
+	status, result = http.StatusBadRequest, "invalid"
+	var pe *paramError
+	switch {
+	case errors.As(err, &pe):
+		writeError(w, status, pe.field, "%s", pe.msg)
+	case errors.Is(err, errTooLarge):
+		status, result = http.StatusRequestEntityTooLarge, "too_large"
+		writeError(w, status, "", "request body over %d bytes", h.MaxBody)
+	case errors.Is(err, errMethod):
+		status, result = http.StatusMethodNotAllowed, "invalid"
+		w.Header().Set("Allow", "GET, POST")
+		writeError(w, status, "", "use GET with a query, or POST a form or a JSON object")
+	default:
+		writeError(w, status, "", "%s", err.Error())
+	}
+	return nil
+}
+
+var errMethod = errors.New("method not allowed")
+
+// paymentParams collects the app's parameters in the order it sent them.
+func (h *Handler) paymentParams(r *http.Request) ([][2]string, error) {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return parseQueryOrdered(r.URL.RawQuery)
+	case http.MethodPost:
+	default:
+		return nil, errMethod
+	}
+	body, err := readBody(r, h.MaxBody)
+	if err != nil {
+		return nil, err
+	}
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if ct == "application/x-www-form-urlencoded" {
+		return parseQueryOrdered(string(body))
+	}
+	if ct != "application/json" && ct != "" {
+		return nil, &paramError{"Content-Type", "send application/json or application/x-www-form-urlencoded"}
+	}
+	d, err := Parse(body, h.limits)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Release()
+	if d.Kind(d.Root()) != Object {
+		return nil, errors.New("the body must be a JSON object")
+	}
+	var pairs [][2]string
+	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+		var v string
+		switch d.Kind(n) {
+		case String:
+			v = d.Text(n)
+		case Number:
+			v = renderNumber(d.Text(n))
+		case Bool:
+			v = map[string]string{"true": "1", "false": "0"}[d.Text(n)]
+		case Null:
+		default:
+			return nil, &paramError{d.Key(n), "Payment Page parameters must be flat: no objects or arrays"}
+		}
+		pairs = append(pairs, [2]string{d.Key(n), v})
+	}
+	return pairs, nil
+}
+
+func parseQueryOrdered(q string) ([][2]string, error) {
+	var pairs [][2]string
+	seen := map[string]bool{}
+	for part := range strings.SplitSeq(q, "&") {
+		if part == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(part, "=")
+		key, err1 := url.QueryUnescape(k)
+		val, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil {
+			return nil, &paramError{k, "bad URL encoding"}
+		}
+		if seen[key] {
+			return nil, &paramError{key, "given more than once"}
+		}
+		seen[key] = true
+		pairs = append(pairs, [2]string{key, val})
+	}
+	return pairs, nil
+}
+
+func lookupPair(pairs [][2]string, key string) string {
+	for _, p := range pairs {
+		if p[0] == key {
+			return p[1]
+		}
+	}
+	return ""
+}
+
+// signPaymentPage checks the parameters, adds project_id when it was left
+// out and one project is configured, and returns the signed URL.
+func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature string, _ [][2]string, _ error) {
+	for _, p := range pairs {
+		if strings.Contains(p[0], ";") || strings.Contains(p[1], ";") {
+			return "", "", nil, &paramError{p[0], "';' is not allowed in Payment Page parameters"}
+		}
+		if p[0] == "signature" {
+			return "", "", nil, &paramError{p[0], "leave signature out: it is computed here"}
+		}
+	}
+	for _, f := range []string{"payment_id", "payment_amount", "payment_currency"} {
+		if lookupPair(pairs, f) == "" {
+			return "", "", nil, &paramError{f, f + " is required"}
+		}
+	}
+	if a := lookupPair(pairs, "payment_amount"); !isPositiveInteger(a) {
+		return "", "", nil, &paramError{"payment_amount", "must be a positive integer in minor units"}
+	}
+	var p *project
+	if id := lookupPair(pairs, "project_id"); id != "" {
+		if p = h.lookupProject(id); p == nil {
+			return "", "", nil, &paramError{"project_id", "unknown project " + id}
+		}
+	} else if h.only != nil {
+		p = h.only
+		pairs = append(pairs, [2]string{"project_id", p.id})
+	} else {
+		return "", "", nil, &paramError{"project_id", "project_id is required when several projects are configured"}
+	}
+	signature = p.keys[0].Sign([]byte(CanonicalPairs(pairs)))
+	var q strings.Builder
+	for _, kv := range pairs {
+		q.WriteString(url.QueryEscape(kv[0]))
+		q.WriteByte('=')
+		q.WriteString(url.QueryEscape(kv[1]))
+		q.WriteByte('&')
+	}
+	q.WriteString("signature=")
+	q.WriteString(url.QueryEscape(signature))
+	u := *h.paymentPage
+	u.RawQuery = q.String()
+	return u.String(), signature, pairs, nil
+}
+
+// isPositiveInteger accepts 1..10^18-1 written plainly (no sign, no leading 0).
+func isPositiveInteger(s string) bool {
+	if s == "" || len(s) > 18 || s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isDigit(s[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -363,7 +363,9 @@ func startCaddy(t testing.TB, name string, cfg caddyConfig, secret string) *cadd
 		close(c.exited)
 	}()
 	t.Cleanup(func() {
-		c.stop()
+		if took, killed := c.stop(); killed || took > 2*time.Second {
+			t.Logf("%s took %s to stop (killed: %v)", name, took.Round(time.Millisecond), killed)
+		}
 		if t.Failed() && c.ready {
 			t.Logf("---- Caddyfile of %s ----\n%s", name, caddyfile)
 			t.Logf("---- log of %s (%s) ----\n%s", name, logPath, tailFile(logPath, 150))
@@ -408,18 +410,23 @@ func dialOK(port int) bool {
 	return true
 }
 
-func (c *caddyProc) stop() {
+// stop ends Caddy: SIGTERM, then SIGKILL after 5 s. It reports how long
+// the graceful stop took and whether it had to kill.
+func (c *caddyProc) stop() (time.Duration, bool) {
 	select {
 	case <-c.exited:
-		return
+		return 0, false
 	default:
 	}
+	start := time.Now()
 	c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
+		return time.Since(start), false
 	case <-time.After(5 * time.Second):
 		c.cmd.Process.Kill()
 		<-c.exited
+		return time.Since(start), true
 	}
 }
 

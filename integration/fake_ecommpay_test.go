@@ -62,6 +62,7 @@ type fakeCallback struct {
 	OpStatus  string
 	PayStatus string
 	OpType    string
+	OpID      int64
 	Body      []byte
 }
 
@@ -723,6 +724,7 @@ func (f *fakeEcommpay) emit(name, paymentID string, body map[string]any, sigInGe
 	cb.PayStatus, _ = pay["status"].(string)
 	cb.OpStatus, _ = op["status"].(string)
 	cb.OpType, _ = op["type"].(string)
+	cb.OpID, _ = op["id"].(int64)
 	f.mu.Lock()
 	cb.Seq = len(f.callbacks) + 1
 	f.callbacks = append(f.callbacks, cb)

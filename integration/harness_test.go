@@ -141,7 +141,7 @@ func checkExactlyOnce(t testing.TB, f *fakeEcommpay, st shopState, paymentIDs ..
 		}
 		var events []*shopEvent
 		for _, e := range st.eventsFor(cb.PaymentID) {
-			if e.OperationType == cb.OpType && e.OperationStatus == cb.OpStatus && e.PaymentStatus == cb.PayStatus {
+			if e.OperationID == cb.OpID && e.OperationType == cb.OpType && e.OperationStatus == cb.OpStatus && e.PaymentStatus == cb.PayStatus {
 				events = append(events, e)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,6 +86,25 @@ func (s shopState) eventsFor(paymentID string) []*shopEvent {
 	return out
 }
 
+var (
+	pythonOnce sync.Once
+	pythonExe  string
+)
+
+// pythonPath resolves python3 to the interpreter itself once, so that each
+// shop start does not go through a version-manager shim (pyenv's costs ~1 s).
+func pythonPath(t testing.TB) string {
+	t.Helper()
+	pythonOnce.Do(func() {
+		pythonExe = "python3"
+		out, err := exec.Command("python3", "-c", "import sys; print(sys.executable)").Output()
+		if p := strings.TrimSpace(string(out)); err == nil && p != "" {
+			pythonExe = p
+		}
+	})
+	return pythonExe
+}
+
 // startShop starts the Python shop. port 0 lets it choose.
 func startShop(t testing.TB, caddyInternal, secret string, port int, extraEnv ...string) *shopProc {
 	t.Helper()
@@ -121,7 +141,7 @@ func (s *shopProc) start(port int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("python3", filepath.Join(repoRoot, "integration", "shop", "shop.py"))
+	cmd := exec.Command(pythonPath(t), filepath.Join(repoRoot, "integration", "shop", "shop.py"))
 	cmd.Env = append(append([]string(nil), s.env...), fmt.Sprintf("SHOP_PORT=%d", port))
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()

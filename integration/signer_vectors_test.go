@@ -3,7 +3,9 @@ package integration
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -77,4 +79,19 @@ func TestStrnatcmp(t *testing.T) {
 	if strnatcmp("a b", "ab") != 0 {
 		t.Errorf("whitespace must be skipped")
 	}
+}
+
+// TestShopSignerVectors runs the Python shop's own signer against the same
+// vectors: the shop's verification of forwarded callbacks is trustworthy.
+func TestShopSignerVectors(t *testing.T) {
+	needTool(t, "python3", "python3")
+	script := filepath.Join("shop", "shop.py")
+	if _, err := os.ReadFile(script); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(pythonPath(t), script, "--selftest", filepath.Join("..", "testdata", "signature-vectors.json")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), ", 0 failed") {
+		t.Fatalf("shop.py --selftest: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(string(out)))
 }

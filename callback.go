@@ -240,6 +240,9 @@ func (h *Handler) forwardCallback(w http.ResponseWriter, r *http.Request, next c
 	h.metrics.forwarded(p.id, time.Since(sent))
 
 	appStatus := rec.Status()
+	if appStatus == 0 {
+		appStatus = http.StatusOK // nothing written: Go's server would answer 200
+	}
 	if err != nil {
 		appStatus = http.StatusBadGateway
 		var he caddyhttp.HandlerError

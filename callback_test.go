@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/png"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 const saleSuccess = `{"project_id":210,"payment":{"id":"ORDER-1","type":"purchase","status":"success","method":"wechat","sum":{"amount":1000,"currency":"CNY"}},"operation":{"id":9227000002916,"type":"sale","status":"success","code":"0","message":"Success","rate":1.50,"big":123456789012345678901}}`
@@ -506,4 +508,35 @@ func TestCallbackLogsNoSecrets(t *testing.T) {
 			t.Fatalf("a log line carries body data: %s", line)
 		}
 	}
+}
+
+// FuzzCallback drives arbitrary bodies through the callback path: it must
+// never panic, and nothing reaches the app unless it verifies.
+func FuzzCallback(f *testing.F) {
+	for _, v := range loadVectors(f) {
+		if v.RawBody != "" {
+			f.Add([]byte(v.RawBody))
+		}
+	}
+	f.Add(sign(f, testSecret, awaitingQR))
+	f.Add(sign(f, testSecret, saleSuccess))
+	h := callbackHandler(f, func(h *Handler) { h.Dedupe = "off" })
+	f.Fuzz(func(t *testing.T, body []byte) {
+		reached := false
+		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			reached = true
+			got, _ := io.ReadAll(r.Body)
+			if !verifies(got, testSecret) {
+				t.Fatalf("forwarded a body that does not verify: %q", got)
+			}
+			return nil
+		})
+		w := serve(h, post("/cb", body), next)
+		if reached != (w.Code == http.StatusOK) {
+			t.Fatalf("status %d but reached=%v", w.Code, reached)
+		}
+		if reached && !verifies(body, testSecret) {
+			t.Fatalf("accepted a body that does not verify: %q", body)
+		}
+	})
 }

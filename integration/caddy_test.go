@@ -208,6 +208,7 @@ type caddyConfig struct {
 	PPAllow, GateAllow      string
 	PPRedirect              bool
 	OnStoreError            string
+	OldSecret               string // a second, older secret for project 210
 	Debug                   bool
 }
 
@@ -226,7 +227,7 @@ var caddyfileTemplate = template.Must(template.New("Caddyfile").Parse(`{
 http://127.0.0.1:{{.Internal}} {
 	handle /payment-page {
 		ecommpay payment_page {
-			project {{.ProjectID}} {env.ECOMMPAY_SECRET}
+			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 			base_url http://127.0.0.1:{{.Fake}}
 {{- if .PPAllow}}
 			allow {{.PPAllow}}
@@ -236,7 +237,7 @@ http://127.0.0.1:{{.Internal}} {
 {{- if .PPRedirect}}
 	handle /payment-page/go {
 		ecommpay payment_page {
-			project {{.ProjectID}} {env.ECOMMPAY_SECRET}
+			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 			base_url http://127.0.0.1:{{.Fake}}
 			redirect
 		}
@@ -244,7 +245,7 @@ http://127.0.0.1:{{.Internal}} {
 {{- end}}
 	handle /v2/* {
 		ecommpay gate {
-			project {{.ProjectID}} {env.ECOMMPAY_SECRET}
+			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 {{- if .GateAllow}}
 			allow {{.GateAllow}}
 {{- end}}
@@ -257,7 +258,7 @@ http://127.0.0.1:{{.Internal}} {
 http://127.0.0.1:{{.Public}} {
 	handle /ecommpay/callback {
 		ecommpay callback {
-			project {{.ProjectID}} {env.ECOMMPAY_SECRET}
+			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 			dedupe {{.Dedupe}}
 			ttl 14d
 			forward_timeout 10s
@@ -271,7 +272,7 @@ http://127.0.0.1:{{.Public}} {
 	}
 	handle /ecommpay/qr/* {
 		ecommpay qr {
-			project {{.ProjectID}} {env.ECOMMPAY_SECRET}
+			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 		}
 	}
 }
@@ -344,8 +345,9 @@ func startCaddy(t testing.TB, name string, cfg caddyConfig, secret string) *cadd
 	}
 	cmd := exec.Command(caddyBin, "run", "--config", cfPath, "--adapter", "caddyfile")
 	cmd.Dir = dir
-	cmd.Env = append(filterEnv(os.Environ(), "ECOMMPAY_SECRET", "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"),
+	cmd.Env = append(filterEnv(os.Environ(), "ECOMMPAY_SECRET", "ECOMMPAY_OLD_SECRET", "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"),
 		"ECOMMPAY_SECRET="+secret,
+		"ECOMMPAY_OLD_SECRET="+cfg.OldSecret,
 		"HOME="+dir,
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),

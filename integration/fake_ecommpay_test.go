@@ -121,6 +121,16 @@ type fakeEcommpay struct {
 	finalDelay  time.Duration // between the intermediate and the final callback
 	firstDelay  time.Duration // before the first callback of a flow (callback.delay)
 	copies      int           // how many copies of each callback go to each URL at once
+	signSecret  string        // signs callbacks when set (a key rotation); else secret
+}
+
+func (f *fakeEcommpay) callbackSecret() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.signSecret != "" {
+		return f.signSecret
+	}
+	return f.secret
 }
 
 func startFake(t testing.TB, secret string) *fakeEcommpay {
@@ -712,12 +722,12 @@ func (f *fakeEcommpay) signedCallback(paymentID, opType, opStatus string) []byte
 			"provider": map[string]any{"id": providerID(p.Method), "payment_id": randDigits(10), "auth_code": ""},
 		},
 	}
-	return signJSONWithSignatureAt(body, f.secret, false)
+	return signJSONWithSignatureAt(body, f.callbackSecret(), false)
 }
 
 // emit signs a callback body and delivers it to every callback URL.
 func (f *fakeEcommpay) emit(name, paymentID string, body map[string]any, sigInGeneral bool) *fakeCallback {
-	raw := signJSONWithSignatureAt(body, f.secret, sigInGeneral)
+	raw := signJSONWithSignatureAt(body, f.callbackSecret(), sigInGeneral)
 	pay, _ := body["payment"].(map[string]any)
 	op, _ := body["operation"].(map[string]any)
 	cb := &fakeCallback{Name: name, PaymentID: paymentID, Body: raw}

@@ -31,11 +31,22 @@ func newSecret() string { return "test-secret-" + randHex(16) }
 // newStack starts the three processes; mutate may change the Caddy config.
 func newStack(t *testing.T, mutate func(*caddyConfig)) *stack {
 	t.Helper()
+	return newStackVerifying(t, mutate, "")
+}
+
+// newStackVerifying is newStack with extra secrets the shop accepts
+// (comma-separated, after the current one).
+func newStackVerifying(t *testing.T, mutate func(*caddyConfig), extraShopSecrets string) *stack {
+	t.Helper()
 	requireCaddy(t)
 	secret := newSecret()
 	fake := startFake(t, secret)
 	cfg := newCaddyConfig(t, fake.port(), 0)
-	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfg.Internal), secret, 0)
+	shopSecrets := secret
+	if extraShopSecrets != "" {
+		shopSecrets += "," + extraShopSecrets
+	}
+	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfg.Internal), shopSecrets, 0)
 	cfg.App = shop.port
 	if mutate != nil {
 		mutate(&cfg)

@@ -332,9 +332,13 @@ func TestDeclines(t *testing.T) {
 
 // openPaymentPage asks Caddy (through the shop) for a Payment Page URL,
 // checks it, and opens it at the fake as the customer's browser would.
-func openPaymentPage(t *testing.T, s *stack, pid, method, currency string, amount int) *url.URL {
+func openPaymentPage(t *testing.T, s *stack, pid, method, currency string, amount int, extra ...string) *url.URL {
 	t.Helper()
-	out := s.shop.call(t, "/checkout", map[string]any{"payment_id": pid, "amount": amount, "currency": currency, "method": method, "language_code": "zh"})
+	extras := map[string]string{"language_code": "zh"}
+	for i := 0; i+1 < len(extra); i += 2 {
+		extras[extra[i]] = extra[i+1]
+	}
+	out := s.shop.call(t, "/checkout", map[string]any{"payment_id": pid, "amount": amount, "currency": currency, "method": method, "extra": extras})
 	if out.Status != 200 {
 		t.Fatalf("payment-page through Caddy: %d %v", out.Status, out.Answer)
 	}
@@ -356,7 +360,10 @@ func openPaymentPage(t *testing.T, s *stack, pid, method, currency string, amoun
 	}
 	wantParams := map[string]string{
 		"project_id": fmt.Sprint(projectID), "payment_id": pid, "payment_amount": fmt.Sprint(amount),
-		"payment_currency": currency, "customer_id": "customer123", "language_code": "zh",
+		"payment_currency": currency, "customer_id": "customer123",
+	}
+	for k, v := range extras {
+		wantParams[k] = v
 	}
 	if method != "" {
 		wantParams["force_payment_method"] = method
@@ -383,11 +390,20 @@ func openPaymentPage(t *testing.T, s *stack, pid, method, currency string, amoun
 
 func TestPaymentPagePurchase(t *testing.T) {
 	s := newStack(t, nil)
-	cases := []struct{ method, currency string }{{"wechat", "CNY"}, {"alipay", "CNY"}, {"mbway", "EUR"}}
+	// Extra parameters are signed and passed on; frame_mode is passed on
+	// but left out of the signature (the fake checks both).
+	cases := []struct {
+		method, currency string
+		extra            []string
+	}{
+		{"wechat", "CNY", nil},
+		{"alipay", "CNY", []string{"payment_description", "Заказ #7 & 2 items = 25,00", "best_before", "2030-01-01T00:00:00+00:00"}},
+		{"mbway", "EUR", []string{"frame_mode", "iframe", "customer_phone", "351912345678"}},
+	}
 	for _, c := range cases {
 		t.Run(c.method, func(t *testing.T) {
 			pid := newPaymentID("pp-" + c.method)
-			u := openPaymentPage(t, s, pid, c.method, c.currency, 2500)
+			u := openPaymentPage(t, s, pid, c.method, c.currency, 2500, c.extra...)
 			var seen *fakeRequest
 			for _, r := range s.fake.requestsTo("/payment") {
 				if r.Query.Get("payment_id") == pid {
@@ -753,4 +769,56 @@ func TestSigningEndpointsAllow(t *testing.T) {
 		u := openPaymentPage(t, s, newPaymentID("pp-allowed"), "alipay", "EUR", 1500)
 		_ = u
 	})
+}
+
+// TestSecretRotation: Caddy holds the current and an older secret. Callbacks
+// signed with either are accepted and reach the shop verifiable with the key
+// the platform used (a rewritten one is re-signed with that key); a callback
+// signed with any other secret is refused.
+func TestSecretRotation(t *testing.T) {
+	older := newSecret()
+	s := newStackVerifying(t, func(c *caddyConfig) { c.OldSecret = older }, older)
+
+	// Callbacks still signed with the older secret, one of them rewritten (QR).
+	s.fake.configure(func(f *fakeEcommpay) { f.signSecret = older })
+	wx := newPaymentID("rot-wx")
+	checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": wx, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/wechat/sale", wx)
+	waitShopEvent(t, s.shop, wx, "sale", "success", settleTimeout)
+
+	// Callbacks signed with the current secret.
+	s.fake.configure(func(f *fakeEcommpay) { f.signSecret = "" })
+	ali := newPaymentID("rot-ali")
+	checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "alipay", "payment_id": ali, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/alipay/sale", ali)
+	waitShopEvent(t, s.shop, ali, "sale", "success", settleTimeout)
+	waitSettled(t, s.fake, 4, settleTimeout)
+
+	st := s.shop.state(t)
+	checkExactlyOnce(t, s.fake, st)
+	for _, e := range st.eventsFor(wx) {
+		checkForwarded(t, e)
+		reverify(t, e, older)
+		if e.SecretIndex != 1 {
+			t.Errorf("%s: the shop verified it with secret #%d, want the older one (#1)", e.Key, e.SecretIndex)
+		}
+	}
+	for _, e := range st.eventsFor(ali) {
+		checkForwarded(t, e)
+		reverify(t, e, s.secret)
+		if e.SecretIndex != 0 {
+			t.Errorf("%s: the shop verified it with secret #%d, want the current one (#0)", e.Key, e.SecretIndex)
+		}
+	}
+	if got := decodeQRGozxing(t, s.shop.qrPNG(t, wx)); got != s.fake.payment(wx).QR {
+		t.Errorf("QR decodes to %q", got)
+	}
+
+	before := st.CallbackPosts
+	s.fake.configure(func(f *fakeEcommpay) { f.signSecret = newSecret() })
+	code, _, ans, err := s.fake.postRaw(s.caddy.callbackURL(), s.fake.signedCallback(ali, "refund", "success"), nil)
+	if err != nil || code != http.StatusForbidden {
+		t.Errorf("callback signed with a third secret: %d %q %v, want 403", code, ans, err)
+	}
+	if after := s.shop.state(t).CallbackPosts; after != before {
+		t.Errorf("a callback signed with an unknown secret reached the shop")
+	}
 }

@@ -36,6 +36,7 @@ type shopEvent struct {
 	ProjectHeader    string            `json:"project_header"`
 	Path             string            `json:"path"`
 	Verified         bool              `json:"verified"`
+	SecretIndex      int               `json:"secret_index"`
 	PaymentID        string            `json:"payment_id"`
 	PaymentStatus    string            `json:"payment_status"`
 	OperationID      int64             `json:"operation_id"`

@@ -9,7 +9,8 @@ the ecommpay signature (PHP SDK rules) and a secret the test hands it.
 Environment:
   SHOP_PORT             port to listen on (127.0.0.1); 0 or unset = any free port
   SHOP_CADDY_INTERNAL   base URL of Caddy's internal listener, e.g. http://127.0.0.1:8001
-  SHOP_VERIFY_SECRET    secret used only to VERIFY forwarded callbacks
+  SHOP_VERIFY_SECRET    secret(s) used only to VERIFY forwarded callbacks; during a
+                        key rotation a comma-separated list (current first)
   SHOP_STATE_FILE       optional JSON file that keeps the state across restarts
   SHOP_START_DOWN       "1" = start in the down state (answer 500 to callbacks)
 
@@ -20,7 +21,7 @@ HTTP API:
   POST /admin/down | /admin/up | /admin/slow?ms=N | /admin/ok?status=2xx
   POST /buy                   {"method","payment_id","amount","currency",...} -> Gate sale via Caddy
   POST /refund                {"method","payment_id","amount","currency","generic":bool} -> Gate refund via Caddy
-  POST /checkout              {"payment_id","amount","currency","method",...} -> Payment Page URL via Caddy
+  POST /checkout              {"payment_id","amount","currency","method","extra":{...}} -> Payment Page URL via Caddy
 
 Self-test: shop.py --selftest VECTORS.json checks the signer against the
 conformance vectors and exits non-zero on any mismatch.
@@ -299,7 +300,7 @@ STATE = {
 }
 QR_PNG = {}                # payment id -> PNG bytes (kept out of /state)
 MODE = {"down": os.environ.get("SHOP_START_DOWN") == "1", "slow_ms": 0, "ok_status": 200}
-SECRET = os.environ.get("SHOP_VERIFY_SECRET", "")
+SECRETS = [x for x in os.environ.get("SHOP_VERIFY_SECRET", "").split(",") if x]
 STATE_FILE = os.environ.get("SHOP_STATE_FILE", "")
 CADDY_INTERNAL = os.environ.get("SHOP_CADDY_INTERNAL", "")
 
@@ -374,7 +375,12 @@ def handle_callback(handler, raw):
             return 500, {"error": "shop is down"}
     if MODE["slow_ms"]:
         time.sleep(MODE["slow_ms"] / 1000.0)
-    ok, reason, parsed = verify_callback(raw, SECRET)
+    ok, reason, parsed, secret_index = False, "no secret configured", None, -1
+    for i, secret in enumerate(SECRETS):
+        ok, reason, parsed = verify_callback(raw, secret)
+        if ok:
+            secret_index = i
+            break
     with LOCK:
         if not key:
             ok, reason = False, reason or "missing X-Ecommpay-Event-Key"
@@ -401,6 +407,7 @@ def handle_callback(handler, raw):
             "forwarded_headers": {k: v for k, v in handler.headers.items()},
             "path": handler.path,
             "verified": True,
+            "secret_index": secret_index,
             "payment_id": pid,
             "payment_status": payment.get("status"),
             "operation_id": op.get("id"),
@@ -553,8 +560,8 @@ class Handler(BaseHTTPRequestHandler):
         }
         if req.get("method"):
             params["force_payment_method"] = req["method"]
-        if req.get("language_code"):
-            params["language_code"] = req["language_code"]
+        for k, v in (req.get("extra") or {}).items():
+            params[k] = v
         for k in req.get("drop", []):
             params.pop(k, None)
         return caddy_request("GET", "/payment-page?" + urllib.parse.urlencode(params))

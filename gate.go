@@ -28,8 +28,8 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 		writeError(w, code, field, format, args...)
 		return nil
 	}
-	if !clientAllowed(r, h.allow) {
-		return reject(http.StatusForbidden, "forbidden", "", "this client may not use the signing endpoint")
+	if code, msg := h.signingRefusal(r); code != 0 {
+		return reject(code, "forbidden", "", "%s", msg)
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")

@@ -601,14 +601,13 @@ func (d *Doc) appendValue(dst []byte, n int32) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-// appendQuoted writes s as a JSON string, escaping only what JSON requires
-// (and the HTML-sensitive characters a browser might trip on).
+// appendQuoted writes s as a JSON string, escaping only what JSON requires.
 func appendQuoted(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+		if c >= 0x20 && c != '"' && c != '\\' {
 			continue
 		}
 		dst = append(dst, s[start:i]...)

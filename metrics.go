@@ -33,8 +33,8 @@ var (
 	}, []string{"project"})
 )
 
-// metrics records into the package collectors; it exists so a handler can
-// be used with metrics of its own in tests.
+// metrics is a handler's handle on the package collectors, obtained by
+// registering them into the config's registry.
 type metrics struct{}
 
 func registerMetrics(reg *prometheus.Registry) (*metrics, error) {

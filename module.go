@@ -304,6 +304,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 func (h *Handler) lookupProject(id string) *project { return h.projects[id] }
 
+// signingRefusal says why a signing request must be refused, if it must:
+// a client outside allow, or TLS early data (replayable before the
+// handshake completes).
+func (h *Handler) signingRefusal(r *http.Request) (int, string) {
+	if !clientAllowed(r, h.allow) {
+		return http.StatusForbidden, "this client may not use the signing endpoint"
+	}
+	if r.TLS != nil && !r.TLS.HandshakeComplete {
+		return http.StatusTooEarly, "retry after the TLS handshake completes"
+	}
+	return 0, ""
+}
+
 // clientAllowed reports whether the request's client is inside nets. It
 // uses Caddy's client IP, which honours trusted_proxies.
 func clientAllowed(r *http.Request, nets []netip.Prefix) bool {

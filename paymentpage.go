@@ -27,9 +27,9 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 			zap.String("project_id", projectID), zap.String("payment_id", paymentID),
 			zap.String("result", result), zap.Int("status", status), zap.Duration("duration", time.Since(start)))
 	}()
-	if !clientAllowed(r, h.allow) {
-		status, result = http.StatusForbidden, "forbidden"
-		writeError(w, status, "", "this client may not use the signing endpoint")
+	if code, msg := h.signingRefusal(r); code != 0 {
+		status, result = code, "forbidden"
+		writeError(w, status, "", "%s", msg)
 		return nil
 	}
 	pairs, err := h.paymentParams(r)
@@ -110,7 +110,10 @@ func (h *Handler) paymentParams(r *http.Request) ([][2]string, error) {
 		case Number:
 			v = renderNumber(d.Text(n))
 		case Bool:
-			v = map[string]string{"true": "1", "false": "0"}[d.Text(n)]
+			v = "0"
+			if d.Text(n) == "true" {
+				v = "1"
+			}
 		case Null:
 		default:
 			return nil, &paramError{d.Key(n), "Payment Page parameters must be flat: no objects or arrays"}

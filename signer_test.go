@@ -195,7 +195,7 @@ func TestDocEditAndWrite(t *testing.T) {
 	d.Delete(d.Root(), "e")
 	d.Set(d.Root(), "added", Number, "7")
 	got := string(d.AppendJSON(nil))
-	want := `{"general":{"project_id":210,"signature":"new"},"payment":{"amount":1.50,"big":123456789012345678901},"s":"a\"\u003cb\u003eé","z":[1,{"k":null}],"added":7}`
+	want := `{"general":{"project_id":210,"signature":"new"},"payment":{"amount":1.50,"big":123456789012345678901},"s":"a\"<b>é","z":[1,{"k":null}],"added":7}`
 	if got != want {
 		t.Fatalf("\n got %s\nwant %s", got, want)
 	}

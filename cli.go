@@ -1,0 +1,263 @@
+package ecommpay
+
+import (
+	"crypto/sha512"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+// SecretEnv names the environment variable the ecommpay subcommands read
+// the project secret from. The secret is never taken from a flag value,
+// which would land in shell history and process listings.
+const SecretEnv = "ECOMMPAY_SECRET"
+
+// errInvalidSignature ends "caddy ecommpay verify" with exit status 1 after
+// it has printed why the signature is invalid; it is not printed again.
+var errInvalidSignature = errors.New("invalid signature")
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "ecommpay",
+		Usage: "sign|verify [--secret-file <path>] [<file>]",
+		Short: "Signs ecommpay requests and verifies callbacks, for debugging",
+		Long: `
+Offline helpers to debug ecommpay signatures with the same canonicaliser the
+ecommpay handlers use. Both read a JSON object from <file>, or from stdin
+when <file> is omitted or "-".
+
+The project secret comes from the ` + SecretEnv + ` environment variable or from
+--secret-file <path> (one trailing newline is trimmed), never from a flag
+value. Giving both, or neither, is an error.
+
+  caddy ecommpay sign [--canonical] [--callback] [--secret-file <path>] [<file>]
+  caddy ecommpay verify [--secret-file <path>] [<file>]
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Args = cobra.NoArgs
+			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+			cmd.AddCommand(newSignCommand(), newVerifyCommand())
+		},
+	})
+}
+
+func newSignCommand() *cobra.Command {
+	var opts signOpts
+	var secretFile string
+	cmd := &cobra.Command{
+		Use:   "sign [--canonical] [--callback] [--secret-file <path>] [<file>]",
+		Short: "Prints the signature of a JSON object",
+		Long: `
+Signs a JSON object as ecommpay's PHP SDK sign() does: the canonical string
+of every member except "frame_mode", HMAC-SHA512 with the project secret,
+base64. The signature is printed as the last line of output.
+
+--canonical also prints the canonical string, on a line labelled
+"canonical: " before the signature.
+
+--callback signs as a callback is verified: every "signature" member, at
+any depth, is left out too. Use it to make test callbacks.
+
+The secret comes from ` + SecretEnv + ` or --secret-file, exactly one of them.
+
+Exit status: 0 when signed; 1 on any error (no secret, unreadable input,
+malformed JSON).
+`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			secret, err := readSecret(os.Getenv, secretFile)
+			if err != nil {
+				return err
+			}
+			in, err := openInput(cmd, args)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			return runSign(in, secret, opts, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVar(&opts.canonical, "canonical", false, "Also print the canonical string")
+	cmd.Flags().BoolVar(&opts.callback, "callback", false, `Leave out every "signature" member, as callback verification does`)
+	cmd.Flags().StringVar(&secretFile, "secret-file", "", "Read the secret from this file instead of "+SecretEnv)
+	return cmd
+}
+
+func newVerifyCommand() *cobra.Command {
+	var secretFile string
+	cmd := &cobra.Command{
+		Use:   "verify [--secret-file <path>] [<file>]",
+		Short: "Verifies the signature embedded in a callback body",
+		Long: `
+Verifies a callback body as the ecommpay callback handler does: the
+signature is the top-level "signature" member, else "general.signature";
+the canonical string leaves out every "signature" member at any depth.
+
+Prints "valid" when the signature verifies with the secret. Otherwise prints
+"invalid: <reason>" and, on a line labelled "canonical: ", the canonical
+string computed here, to compare with the one the sender signed. Neither
+the secret nor any signature is printed.
+
+The secret comes from ` + SecretEnv + ` or --secret-file, exactly one of them.
+
+Exit status: 0 when valid; 1 when invalid or on any error (no secret,
+unreadable input, malformed JSON).
+`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			secret, err := readSecret(os.Getenv, secretFile)
+			if err != nil {
+				return err
+			}
+			in, err := openInput(cmd, args)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			valid, err := runVerify(in, secret, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			if !valid {
+				// The reason is already printed; Caddy's main exits with 1
+				// on any error.
+				cmd.SilenceErrors = true
+				return errInvalidSignature
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&secretFile, "secret-file", "", "Read the secret from this file instead of "+SecretEnv)
+	return cmd
+}
+
+// openInput opens the file argument, or stdin when there is none or it
+// is "-".
+func openInput(cmd *cobra.Command, args []string) (io.ReadCloser, error) {
+	if len(args) == 0 || args[0] == "-" {
+		return io.NopCloser(cmd.InOrStdin()), nil
+	}
+	return os.Open(args[0])
+}
+
+// readSecret returns the secret from the environment variable SecretEnv
+// (read with env) or from secretFile, less one trailing newline. Exactly
+// one of them must be given, and the secret must not be empty.
+func readSecret(env func(string) string, secretFile string) (string, error) {
+	fromEnv := env(SecretEnv)
+	switch {
+	case fromEnv != "" && secretFile != "":
+		return "", fmt.Errorf("both %s and --secret-file are set; use one of them", SecretEnv)
+	case fromEnv != "":
+		return fromEnv, nil
+	case secretFile == "":
+		return "", fmt.Errorf("no secret: set %s or pass --secret-file <path>", SecretEnv)
+	}
+	raw, err := os.ReadFile(secretFile)
+	if err != nil {
+		return "", fmt.Errorf("reading the secret: %w", err)
+	}
+	secret := string(raw)
+	if s, ok := strings.CutSuffix(secret, "\n"); ok {
+		secret = strings.TrimSuffix(s, "\r")
+	}
+	if secret == "" {
+		return "", fmt.Errorf("secret file %s is empty", secretFile)
+	}
+	return secret, nil
+}
+
+// signOpts are the options of "caddy ecommpay sign".
+type signOpts struct {
+	canonical bool // also print the canonical string
+	callback  bool // leave out "signature" members, as for callbacks
+}
+
+// parseObject reads in and parses it as a JSON object with the default
+// limits. Release the Doc when done with it.
+func parseObject(in io.Reader) (*Doc, error) {
+	body, err := io.ReadAll(in)
+	if err != nil {
+		return nil, fmt.Errorf("reading the input: %w", err)
+	}
+	d, err := Parse(body, Limits{})
+	if err != nil {
+		return nil, err
+	}
+	if d.Kind(d.Root()) != Object {
+		d.Release()
+		return nil, fmt.Errorf("%w: the input is not a JSON object", ErrMalformed)
+	}
+	return d, nil
+}
+
+// runSign signs the JSON object read from in and writes the signature as
+// the last line to out, after the labelled canonical string with
+// opts.canonical.
+func runSign(in io.Reader, secret string, opts signOpts, out io.Writer) error {
+	if secret == "" {
+		return errors.New("empty secret")
+	}
+	d, err := parseObject(in)
+	if err != nil {
+		return err
+	}
+	canonical := d.Canonical(nil, opts.callback)
+	d.Release()
+	var b strings.Builder
+	if opts.canonical {
+		b.WriteString("canonical: ")
+		b.Write(canonical)
+		b.WriteByte('\n')
+	}
+	b.WriteString(NewKey(secret).Sign(canonical))
+	b.WriteByte('\n')
+	_, err = io.WriteString(out, b.String())
+	return err
+}
+
+// runVerify verifies the signature a callback body read from in carries.
+// It writes "valid", or "invalid: <reason>" and the labelled canonical
+// string, to out. err is for input that is not a JSON object and for
+// failures; an invalid signature is valid == false with err == nil.
+func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err error) {
+	if secret == "" {
+		return false, errors.New("empty secret")
+	}
+	d, err := parseObject(in)
+	if err != nil {
+		return false, err
+	}
+	signature := d.EmbeddedSignature()
+	canonical := d.Canonical(nil, true)
+	d.Release()
+	var reason string
+	switch {
+	case signature == "":
+		reason = `no signature: neither a top-level "signature" nor a "general.signature" string`
+	case !wellFormedSignature(signature):
+		reason = "the signature is not the base64 of an HMAC-SHA512 (88 characters)"
+	case !NewKey(secret).Verify(canonical, signature):
+		reason = "the signature does not match this body with this secret"
+	default:
+		_, err = io.WriteString(out, "valid\n")
+		return err == nil, err
+	}
+	_, err = fmt.Fprintf(out, "invalid: %s\ncanonical: %s\n", reason, canonical)
+	return false, err
+}
+
+// wellFormedSignature reports whether sig is standard base64 of 64 bytes.
+func wellFormedSignature(sig string) bool {
+	if len(sig) != base64.StdEncoding.EncodedLen(sha512.Size) {
+		return false
+	}
+	raw, err := base64.StdEncoding.DecodeString(sig)
+	return err == nil && len(raw) == sha512.Size
+}

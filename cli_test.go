@@ -1,0 +1,526 @@
+package ecommpay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+// lastLine is the last line of out, which must end in a newline.
+func lastLine(t *testing.T, out string) string {
+	t.Helper()
+	if !strings.HasSuffix(out, "\n") {
+		t.Fatalf("output does not end in a newline: %q", out)
+	}
+	out = strings.TrimSuffix(out, "\n")
+	return out[strings.LastIndexByte(out, '\n')+1:]
+}
+
+// assertNoSecret fails when out shows the secret, unless the input itself
+// carries that text (then the canonical string may too).
+func assertNoSecret(t *testing.T, out, secret, input string) {
+	t.Helper()
+	if secret != "" && !strings.Contains(input, secret) && strings.Contains(out, secret) {
+		t.Fatalf("output shows the secret: %q", out)
+	}
+}
+
+func TestRunSignVectors(t *testing.T) {
+	n := 0
+	for _, v := range loadVectors(t) {
+		if v.Type != "sign" {
+			continue
+		}
+		n++
+		t.Run(v.Name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := runSign(strings.NewReader(v.ParamsJSON), v.Secret, signOpts{}, &out); err != nil {
+				t.Fatal(err)
+			}
+			if got := out.String(); got != v.Signature+"\n" {
+				t.Fatalf("output %q, want the signature %q alone", got, v.Signature)
+			}
+			out.Reset()
+			if err := runSign(strings.NewReader(v.ParamsJSON), v.Secret, signOpts{canonical: true}, &out); err != nil {
+				t.Fatal(err)
+			}
+			if want := "canonical: " + v.Canonical + "\n" + v.Signature + "\n"; out.String() != want {
+				t.Fatalf("--canonical output\n got %q\nwant %q", out.String(), want)
+			}
+			if got := lastLine(t, out.String()); got != v.Signature {
+				t.Fatalf("last line %q, want %q", got, v.Signature)
+			}
+			assertNoSecret(t, out.String(), v.Secret, v.ParamsJSON)
+		})
+	}
+	if n != 42 {
+		t.Fatalf("ran %d signing vectors, want 42", n)
+	}
+}
+
+// In callback mode, signing a genuine callback must reproduce the
+// signature ecommpay put in it; in the default mode the embedded
+// signature is part of what is signed, so it must not.
+func TestRunSignCallbackMode(t *testing.T) {
+	n := 0
+	for _, v := range loadVectors(t) {
+		if v.Type != "callback" || !v.ExpectValid {
+			continue
+		}
+		n++
+		t.Run(v.Name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := runSign(strings.NewReader(v.RawBody), v.Secret, signOpts{callback: true, canonical: true}, &out); err != nil {
+				t.Fatal(err)
+			}
+			if got := lastLine(t, out.String()); got != v.Embedded {
+				t.Fatalf("--callback signature %q, want the embedded %q", got, v.Embedded)
+			}
+			if want := "canonical: " + v.Canonical + "\n"; !strings.HasPrefix(out.String(), want) {
+				t.Fatalf("--callback output %q does not start with %q", out.String(), want)
+			}
+			out.Reset()
+			if err := runSign(strings.NewReader(v.RawBody), v.Secret, signOpts{}, &out); err != nil {
+				t.Fatal(err)
+			}
+			if got := lastLine(t, out.String()); got == v.Embedded {
+				t.Fatal("sign mode left the embedded signature out of the canonical string")
+			}
+		})
+	}
+	if n == 0 {
+		t.Fatal("no valid callback vectors")
+	}
+}
+
+func TestRunSignErrors(t *testing.T) {
+	for name, body := range map[string]string{
+		"malformed": `{"a":`,
+		"array":     `[1,2]`,
+		"scalar":    `"x"`,
+		"empty":     ``,
+		"duplicate": `{"a":1,"a":2}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := runSign(strings.NewReader(body), "k", signOpts{}, &out)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("err = %v, want ErrMalformed", err)
+			}
+			if out.Len() != 0 {
+				t.Fatalf("printed %q on error", out.String())
+			}
+		})
+	}
+	var out bytes.Buffer
+	if err := runSign(strings.NewReader(`{"a":1}`), "", signOpts{}, &out); err == nil || out.Len() != 0 {
+		t.Fatalf("empty secret: err = %v, output %q", err, out.String())
+	}
+}
+
+func TestRunVerifyVectors(t *testing.T) {
+	n := 0
+	for _, v := range loadVectors(t) {
+		if v.Type != "callback" {
+			continue
+		}
+		n++
+		t.Run(v.Name, func(t *testing.T) {
+			var out bytes.Buffer
+			valid, err := runVerify(strings.NewReader(v.RawBody), v.Secret, &out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if valid != v.ExpectValid {
+				t.Fatalf("valid = %v, want %v; output %q", valid, v.ExpectValid, out.String())
+			}
+			got := out.String()
+			canonical, embedded, err := CallbackCanonical([]byte(v.RawBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if valid {
+				if got != "valid\n" {
+					t.Fatalf("output %q, want %q", got, "valid\n")
+				}
+			} else {
+				if !strings.HasPrefix(got, "invalid: ") {
+					t.Fatalf("output %q does not start with \"invalid: \"", got)
+				}
+				if !strings.HasSuffix(got, "\ncanonical: "+canonical+"\n") {
+					t.Fatalf("output %q does not end with the computed canonical %q", got, canonical)
+				}
+				if v.ReceivedCanon != "" && !strings.HasSuffix(got, "\ncanonical: "+v.ReceivedCanon+"\n") {
+					t.Fatalf("output %q does not end with the received canonical %q", got, v.ReceivedCanon)
+				}
+			}
+			assertNoSecret(t, got, v.Secret, v.RawBody)
+			if embedded != "" && strings.Contains(got, embedded) {
+				t.Fatalf("output shows the received signature: %q", got)
+			}
+			if expected := Sign(canonical, v.Secret); strings.Contains(got, expected) {
+				t.Fatalf("output shows the expected signature: %q", got)
+			}
+		})
+	}
+	if n != 12 {
+		t.Fatalf("ran %d callback vectors, want 12", n)
+	}
+}
+
+func TestRunVerifyReasons(t *testing.T) {
+	const secret = "k3y"
+	body := `{"project_id":1,"payment":{"id":"p","status":"success"}}`
+	canonical, err := CanonicalJSON([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := Sign(canonical, secret)
+	withSig := func(path, sig string) string {
+		if path == "general" {
+			return `{"project_id":1,"payment":{"id":"p","status":"success"},"general":{"signature":"` + sig + `"}}`
+		}
+		return `{"project_id":1,"payment":{"id":"p","status":"success"},"signature":"` + sig + `"}`
+	}
+	for _, tc := range []struct {
+		name, body, reason string
+		valid              bool
+	}{
+		{"top-level", withSig("", good), "", true},
+		{"general", withSig("general", good), "", true},
+		{"none", body, "no signature", false},
+		{"not a string", `{"project_id":1,"payment":{"id":"p","status":"success"},"signature":7}`, "no signature", false},
+		{"not base64", withSig("", "abc"), "not the base64", false},
+		{"truncated", withSig("", good[:len(good)-4]), "not the base64", false},
+		{"mismatch", withSig("", Sign(canonical+"x", secret)), "does not match", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			valid, err := runVerify(strings.NewReader(tc.body), secret, &out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if valid != tc.valid {
+				t.Fatalf("valid = %v, want %v; output %q", valid, tc.valid, out.String())
+			}
+			got := out.String()
+			if tc.valid {
+				if got != "valid\n" {
+					t.Fatalf("output %q", got)
+				}
+				return
+			}
+			first, rest, _ := strings.Cut(got, "\n")
+			if !strings.HasPrefix(first, "invalid: ") || !strings.Contains(first, tc.reason) {
+				t.Fatalf("first line %q, want \"invalid: ...%s...\"", first, tc.reason)
+			}
+			// The canonical string leaves out the signature members.
+			if rest != "canonical: "+canonical+"\n" {
+				t.Fatalf("after the reason %q, want the canonical %q", rest, canonical)
+			}
+			if strings.Contains(got, good) || strings.Contains(got, secret) {
+				t.Fatalf("output shows the secret or a signature: %q", got)
+			}
+		})
+	}
+}
+
+func TestRunVerifyErrors(t *testing.T) {
+	for name, body := range map[string]string{
+		"malformed": `{"signature":`,
+		"array":     `[{"signature":"x"}]`,
+		"trailing":  `{} {}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			valid, err := runVerify(strings.NewReader(body), "k", &out)
+			if valid || !errors.Is(err, ErrMalformed) {
+				t.Fatalf("valid = %v, err = %v; want false and ErrMalformed", valid, err)
+			}
+			if out.Len() != 0 {
+				t.Fatalf("printed %q on error", out.String())
+			}
+		})
+	}
+}
+
+func TestReadSecret(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	env := func(v string) func(string) string {
+		return func(name string) string {
+			if name == SecretEnv {
+				return v
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		name, env, file, want string
+		wantErr               bool
+	}{
+		{name: "env only", env: "from-env", want: "from-env"},
+		{name: "env keeps its newline", env: "from-env\n", want: "from-env\n"},
+		{name: "file only", file: file("plain", "from-file"), want: "from-file"},
+		{name: "file newline trimmed", file: file("nl", "from-file\n"), want: "from-file"},
+		{name: "file CRLF trimmed", file: file("crlf", "from-file\r\n"), want: "from-file"},
+		{name: "file one newline only", file: file("nlnl", "from-file\n\n"), want: "from-file\n"},
+		{name: "file keeps spaces", file: file("sp", " from-file \n"), want: " from-file "},
+		{name: "both", env: "from-env", file: file("both", "from-file\n"), wantErr: true},
+		{name: "neither", wantErr: true},
+		{name: "empty file", file: file("empty", ""), wantErr: true},
+		{name: "newline-only file", file: file("blank", "\n"), wantErr: true},
+		{name: "missing file", file: filepath.Join(dir, "missing"), wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readSecret(env(tc.env), tc.file)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("got %q, want an error", got)
+				}
+				if tc.env != "" && strings.Contains(err.Error(), tc.env) {
+					t.Fatalf("error shows the secret: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// vectorNamed returns the public vector called name.
+func vectorNamed(t *testing.T, name string) vector {
+	t.Helper()
+	for _, v := range loadVectors(t) {
+		if v.Name == name {
+			return v
+		}
+	}
+	t.Fatalf("no vector %q", name)
+	return vector{}
+}
+
+// runTree runs "caddy <args...>" in process on a command tree built the
+// way Caddy builds it from the registered command.
+func runTree(t *testing.T, stdin string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	reg, ok := caddycmd.Commands()["ecommpay"]
+	if !ok {
+		t.Fatal("the ecommpay command is not registered")
+	}
+	root := &cobra.Command{Use: "caddy", SilenceUsage: true}
+	sub := &cobra.Command{Use: reg.Name + " " + reg.Usage, Short: reg.Short, Long: reg.Long}
+	reg.CobraFunc(sub)
+	root.AddCommand(sub)
+	var out, errOut bytes.Buffer
+	root.SetIn(strings.NewReader(stdin))
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	err = root.Execute()
+	return out.String(), errOut.String(), err
+}
+
+func TestCommandTree(t *testing.T) {
+	valid := vectorNamed(t, "cb_card_sale_success")
+	tampered := vectorNamed(t, "cb_tampered_amount")
+	flat := vectorNamed(t, "pp_docs_scenario_flat")
+	dir := t.TempDir()
+	validFile := filepath.Join(dir, "valid.json")
+	if err := os.WriteFile(validFile, []byte(valid.RawBody), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte(flat.Secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Setenv(SecretEnv, valid.Secret)
+	out, _, err := runTree(t, "", "ecommpay", "verify", validFile)
+	if err != nil || out != "valid\n" {
+		t.Fatalf("verify valid: %q, %v", out, err)
+	}
+	out, errOut, err := runTree(t, tampered.RawBody, "ecommpay", "verify")
+	if !errors.Is(err, errInvalidSignature) {
+		t.Fatalf("verify tampered: err = %v, want errInvalidSignature", err)
+	}
+	if !strings.HasPrefix(out, "invalid: ") || !strings.HasSuffix(out, "\ncanonical: "+tampered.ReceivedCanon+"\n") {
+		t.Fatalf("verify tampered: output %q", out)
+	}
+	if errOut != "" {
+		t.Fatalf("verify tampered printed the error again: %q", errOut)
+	}
+	_, errOut, err = runTree(t, `{"signature":`, "ecommpay", "verify", "-")
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(errOut, "malformed JSON") {
+		t.Fatalf("verify malformed: err = %v, stderr %q", err, errOut)
+	}
+
+	t.Setenv(SecretEnv, flat.Secret)
+	out, _, err = runTree(t, flat.ParamsJSON, "ecommpay", "sign", "--canonical")
+	if err != nil || out != "canonical: "+flat.Canonical+"\n"+flat.Signature+"\n" {
+		t.Fatalf("sign --canonical: %q, %v", out, err)
+	}
+	// Both sources of the secret at once are refused.
+	if _, _, err = runTree(t, flat.ParamsJSON, "ecommpay", "sign", "--secret-file", secretFile); err == nil {
+		t.Fatal("sign with both ECOMMPAY_SECRET and --secret-file succeeded")
+	}
+	t.Setenv(SecretEnv, "")
+	out, _, err = runTree(t, flat.ParamsJSON, "ecommpay", "sign", "--secret-file", secretFile)
+	if err != nil || out != flat.Signature+"\n" {
+		t.Fatalf("sign --secret-file: %q, %v", out, err)
+	}
+	if _, _, err = runTree(t, flat.ParamsJSON, "ecommpay", "sign"); err == nil {
+		t.Fatal("sign without a secret succeeded")
+	}
+	// There is deliberately no flag that takes the secret itself.
+	if _, _, err = runTree(t, flat.ParamsJSON, "ecommpay", "sign", "--secret", flat.Secret); err == nil || !strings.Contains(err.Error(), "unknown flag") {
+		t.Fatalf("sign --secret: err = %v, want an unknown flag", err)
+	}
+	if _, _, err = runTree(t, "", "ecommpay", "bogus"); err == nil {
+		t.Fatal("an unknown subcommand succeeded")
+	}
+}
+
+// TestCaddyBinary builds a Caddy with the standard modules and this one,
+// as xcaddy would, and checks the exit statuses Caddy's main gives.
+func TestCaddyBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a whole Caddy binary")
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command")
+	}
+	root, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goLine := "go 1.25"
+	for _, l := range strings.Split(string(gomod), "\n") {
+		if strings.HasPrefix(l, "go ") {
+			goLine = strings.TrimSpace(l)
+		}
+	}
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("main.go", `package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddy-ecommpay/caddy-ecommpay"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func main() { caddycmd.Main() }
+`)
+	write("go.mod", "module ecommpaycli\n\n"+goLine+"\n\n"+
+		"require github.com/caddy-ecommpay/caddy-ecommpay v0.0.0\n\n"+
+		"replace github.com/caddy-ecommpay/caddy-ecommpay => "+root+"\n")
+	sum, err := os.ReadFile(filepath.Join(root, "go.sum"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("go.sum", string(sum))
+
+	caddy := filepath.Join(dir, "caddy")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, goBin, "build", "-o", caddy, ".")
+	build.Dir = dir
+	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off")
+	start := time.Now()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	t.Logf("built Caddy in %v", time.Since(start).Round(time.Second))
+
+	valid := vectorNamed(t, "cb_card_sale_success")
+	tampered := vectorNamed(t, "cb_tampered_amount")
+	flat := vectorNamed(t, "pp_docs_scenario_flat")
+	validFile := write("valid.json", valid.RawBody)
+	secretFile := write("secret", flat.Secret+"\n")
+
+	baseEnv := make([]string, 0, len(os.Environ()))
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, SecretEnv+"=") {
+			baseEnv = append(baseEnv, kv)
+		}
+	}
+	run := func(secret, stdin string, args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, caddy, append([]string{"ecommpay"}, args...)...)
+		cmd.Env = baseEnv
+		if secret != "" {
+			cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], SecretEnv+"="+secret)
+		}
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		var exit *exec.ExitError
+		switch {
+		case err == nil:
+		case errors.As(err, &exit):
+			code = exit.ExitCode()
+		default:
+			t.Fatalf("running caddy: %v", err)
+		}
+		return out.String(), errOut.String(), code
+	}
+
+	out, errOut, code := run(valid.Secret, "", "verify", validFile)
+	if code != 0 || out != "valid\n" {
+		t.Fatalf("verify valid: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run(tampered.Secret, tampered.RawBody, "verify")
+	if code != 1 || !strings.HasPrefix(out, "invalid: ") || !strings.HasSuffix(out, "\ncanonical: "+tampered.ReceivedCanon+"\n") {
+		t.Fatalf("verify tampered: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run(valid.Secret, `{"signature":`, "verify")
+	if code != 1 || out != "" || !strings.Contains(errOut, "malformed JSON") {
+		t.Fatalf("verify malformed: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run(flat.Secret, flat.ParamsJSON, "sign")
+	if code != 0 || out != flat.Signature+"\n" {
+		t.Fatalf("sign: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run("", flat.ParamsJSON, "sign", "--canonical", "--secret-file", secretFile)
+	if code != 0 || out != "canonical: "+flat.Canonical+"\n"+flat.Signature+"\n" {
+		t.Fatalf("sign --secret-file: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run("", flat.ParamsJSON, "sign")
+	if code != 1 || out != "" || !strings.Contains(errOut, SecretEnv) {
+		t.Fatalf("sign without a secret: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}

@@ -822,3 +822,46 @@ func TestSecretRotation(t *testing.T) {
 		t.Errorf("a callback signed with an unknown secret reached the shop")
 	}
 }
+
+// TestPlatformRefusesWrongSecret: when Caddy holds a secret the platform does
+// not, the platform refuses the signed Gate request and Payment Page URL, and
+// Caddy hands its error back to the shop unchanged. This also proves that
+// the fake's checks are real.
+func TestPlatformRefusesWrongSecret(t *testing.T) {
+	requireCaddy(t)
+	secret := newSecret()
+	fake := startFake(t, newSecret()) // the platform knows another secret
+	cfg := newCaddyConfig(t, fake.port(), 0)
+	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfg.Internal), secret, 0)
+	cfg.App = shop.port
+	caddy := startCaddy(t, "caddy", cfg, secret)
+	fake.setCallbackURLs(caddy.callbackURL())
+	t.Cleanup(fake.stopDeliveries)
+
+	out := shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": "wrong-secret", "amount": 1000, "currency": "CNY"})
+	if out.Status != http.StatusUnauthorized || str(jsonPath(out.Answer, "status")) != "error" || str(jsonPath(out.Answer, "code")) == "" {
+		t.Errorf("Gate sale signed with a secret the platform does not know: %d %v, want the platform's 401 error", out.Status, out.Answer)
+	}
+	reqs := fake.requestsTo("/v2/payment/wallet/wechat/sale")
+	if len(reqs) != 1 || reqs[0].SigOK || reqs[0].SigReason != "signature mismatch" {
+		t.Errorf("fake's view of the request: %+v", reqs)
+	}
+
+	out = shop.call(t, "/checkout", map[string]any{"payment_id": "wrong-secret-pp", "amount": 100, "currency": "EUR", "method": "alipay"})
+	rawURL := str(jsonPath(out.Answer, "url"))
+	if out.Status != 200 || mustLoopbackURL(rawURL) != nil {
+		t.Fatalf("payment-page: %d %v", out.Status, out.Answer)
+	}
+	resp, err := testClient.Get(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("Payment Page URL signed with another secret: fake answered %d, want 401", resp.StatusCode)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if cbs := fake.allCallbacks(); len(cbs) != 0 {
+		t.Errorf("the platform sent %d callbacks for refused requests", len(cbs))
+	}
+}

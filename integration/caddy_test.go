@@ -209,6 +209,7 @@ type caddyConfig struct {
 	PPRedirect              bool
 	OnStoreError            string
 	OldSecret               string // a second, older secret for project 210
+	TTL                     string // de-dup record lifetime; default 14d
 	Debug                   bool
 }
 
@@ -260,7 +261,7 @@ http://127.0.0.1:{{.Public}} {
 		ecommpay callback {
 			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 			dedupe {{.Dedupe}}
-			ttl 14d
+			ttl {{.TTL}}
 			forward_timeout 10s
 			on_store_error {{.OnStoreError}}
 			qr {{.QR}}
@@ -288,6 +289,9 @@ func renderCaddyfile(t testing.TB, c caddyConfig) string {
 	}
 	if c.QRSize == 0 {
 		c.QRSize = 256
+	}
+	if c.TTL == "" {
+		c.TTL = "14d"
 	}
 	if c.OnStoreError == "" {
 		c.OnStoreError = "reject"
@@ -366,7 +370,7 @@ func startCaddy(t testing.TB, name string, cfg caddyConfig, secret string) *cadd
 	}()
 	t.Cleanup(func() {
 		if took, killed := c.stop(); killed || took > 2*time.Second {
-			t.Logf("%s took %s to stop (killed: %v)", name, took.Round(time.Millisecond), killed)
+			t.Logf("%s took %s to stop (killed: %v); its last lines:\n%s", name, took.Round(time.Millisecond), killed, tailFile(logPath, 12))
 		}
 		if t.Failed() && c.ready {
 			t.Logf("---- Caddyfile of %s ----\n%s", name, caddyfile)

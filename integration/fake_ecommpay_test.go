@@ -122,6 +122,7 @@ type fakeEcommpay struct {
 	firstDelay  time.Duration // before the first callback of a flow (callback.delay)
 	copies      int           // how many copies of each callback go to each URL at once
 	signSecret  string        // signs callbacks when set (a key rotation); else secret
+	qrTimeout   string        // the "QR Code Timeout" add_info data, in seconds
 }
 
 func (f *fakeEcommpay) callbackSecret() string {
@@ -156,6 +157,7 @@ func startFake(t testing.TB, secret string) *fakeEcommpay {
 		retryWindow: 60 * time.Second,
 		finalDelay:  150 * time.Millisecond,
 		copies:      1,
+		qrTimeout:   "600",
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /payment", f.handlePaymentPage)
@@ -617,11 +619,12 @@ func (f *fakeEcommpay) purchaseFlow(p *fakePayment, requestIDs ...string) {
 		qr := "weixin://wxpay/bizpayurl?pr=" + randAlnum(7)
 		f.mu.Lock()
 		p.QR = qr
+		qrTimeout := f.qrTimeout
 		f.mu.Unlock()
 		body := base("awaiting customer", "awaiting customer", "0", "Success", pending)
 		body["display_data"] = []any{
 			map[string]any{"type": "qr_data", "title": "QR code", "data": qr},
-			map[string]any{"type": "add_info", "title": "QR Code Timeout", "data": "600"},
+			map[string]any{"type": "add_info", "title": "QR Code Timeout", "data": qrTimeout},
 		}
 		f.emit("sale intermediate", p.ID, body, false)
 	case "alipay", "mbway":

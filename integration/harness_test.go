@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -231,6 +233,16 @@ func sameContent(t testing.TB, cb fakeCallback, e *shopEvent, drop ...string) {
 	b := canonicalWithout(t, got, drop...)
 	if a != b {
 		t.Errorf("callback #%d %s: content changed on the way\n sent: %s\n  got: %s", cb.Seq, cb.identity(), a, b)
+	}
+}
+
+// sameBytes asserts the shop got exactly the bytes the fake sent (for
+// callbacks Caddy had no reason to rewrite).
+func sameBytes(t testing.TB, cb fakeCallback, e *shopEvent) {
+	t.Helper()
+	sum := sha256.Sum256(cb.Body)
+	if hex.EncodeToString(sum[:]) != e.RawSHA256 {
+		t.Errorf("callback #%d %s: the shop did not get the bytes the platform sent", cb.Seq, cb.identity())
 	}
 }
 

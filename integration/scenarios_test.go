@@ -128,6 +128,7 @@ func TestWeChatQRSale(t *testing.T) {
 	final := matched[cbs[1].Seq]
 	if final != nil {
 		sameContent(t, cbs[1], final)
+		sameBytes(t, cbs[1], final)
 		if final.PaymentStatus != "success" || str(jsonPath(final.Body, "operation", "code")) != "0" {
 			t.Errorf("final event: payment %s, code %v", final.PaymentStatus, jsonPath(final.Body, "operation", "code"))
 		}
@@ -159,6 +160,7 @@ func TestAlipayRedirectSale(t *testing.T) {
 			checkForwarded(t, e)
 			reverify(t, e, s.secret)
 			sameContent(t, cb, e) // nothing to rewrite: content unchanged
+			sameBytes(t, cb, e)
 		}
 	}
 	for _, d := range s.fake.deliveriesOf(nil) {
@@ -237,6 +239,7 @@ func TestMBWaySaleAndRefund(t *testing.T) {
 			checkForwarded(t, e)
 			reverify(t, e, s.secret)
 			sameContent(t, cb, e)
+			sameBytes(t, cb, e)
 		}
 	}
 	// Refund callbacks carry their signature at general.signature.
@@ -863,5 +866,64 @@ func TestPlatformRefusesWrongSecret(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if cbs := fake.allCallbacks(); len(cbs) != 0 {
 		t.Errorf("the platform sent %d callbacks for refused requests", len(cbs))
+	}
+}
+
+// TestHostedQRExpires: with `qr url`, the link lives as long as the
+// callback's "QR Code Timeout" says, then answers 404.
+func TestHostedQRExpires(t *testing.T) {
+	s := newStack(t, func(c *caddyConfig) { c.QR = fmt.Sprintf("url http://127.0.0.1:%d/ecommpay/qr", c.Public) })
+	s.fake.configure(func(f *fakeEcommpay) { f.qrTimeout = "2" })
+	pid := newPaymentID("qr-ttl")
+	checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": pid, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/wechat/sale", pid)
+	waitShopEvent(t, s.shop, pid, "sale", "awaiting customer", settleTimeout)
+	rewrittenAt := time.Now()
+	st := s.shop.state(t)
+	link := st.Payments[pid].QRURL
+	if !strings.HasPrefix(link, s.caddy.publicURL()+"/ecommpay/qr/") || mustLoopbackURL(link) != nil {
+		t.Fatalf("qr_url %q, want a link under %s/ecommpay/qr/", link, s.caddy.publicURL())
+	}
+	// <base>/<project>/<expires>/<tag>/<payload>.png
+	parts := strings.Split(strings.TrimPrefix(link, s.caddy.publicURL()+"/ecommpay/qr/"), "/")
+	if len(parts) != 4 || parts[0] != fmt.Sprint(projectID) {
+		t.Fatalf("qr_url %q does not look like <project>/<expires>/<tag>/<payload>.png", link)
+	}
+	var expires int64
+	if _, err := fmt.Sscan(parts[1], &expires); err != nil {
+		t.Fatalf("qr_url expiry %q: %v", parts[1], err)
+	}
+	if left := time.Until(time.Unix(expires, 0)); left > 4*time.Second || left < -time.Second {
+		t.Errorf("qr_url expires in %s, want about the callback's QR Code Timeout (2 s)", left.Round(time.Millisecond))
+	}
+
+	resp, err := testClient.Get(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	png, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "image/png") {
+		t.Fatalf("fresh QR link: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if cc := resp.Header.Get("Cache-Control"); !strings.Contains(cc, "private") {
+		t.Errorf("QR image Cache-Control %q, want private", cc)
+	}
+	if got := decodeQRGozxing(t, png); got != s.fake.payment(pid).QR {
+		t.Errorf("QR decodes to %q", got)
+	}
+
+	// Wait past the expiry (bounded: at most ~5 s after the rewrite).
+	wait := time.Until(time.Unix(expires+1, 0))
+	if limit := 5*time.Second - time.Since(rewrittenAt); wait > limit {
+		wait = limit
+	}
+	time.Sleep(wait)
+	resp, err = testClient.Get(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("expired QR link: %d, want 404", resp.StatusCode)
 	}
 }

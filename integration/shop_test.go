@@ -35,6 +35,7 @@ type shopEvent struct {
 	Count            int               `json:"count"`
 	ProjectHeader    string            `json:"project_header"`
 	Path             string            `json:"path"`
+	RawSHA256        string            `json:"raw_sha256"`
 	Verified         bool              `json:"verified"`
 	SecretIndex      int               `json:"secret_index"`
 	PaymentID        string            `json:"payment_id"`

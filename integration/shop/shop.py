@@ -406,6 +406,7 @@ def handle_callback(handler, raw):
             "project_header": project,
             "forwarded_headers": {k: v for k, v in handler.headers.items()},
             "path": handler.path,
+            "raw_sha256": hashlib.sha256(raw).hexdigest(),
             "verified": True,
             "secret_index": secret_index,
             "payment_id": pid,

@@ -349,9 +349,10 @@ func startCaddy(t testing.TB, name string, cfg caddyConfig, secret string) *cadd
 	}
 	cmd := exec.Command(caddyBin, "run", "--config", cfPath, "--adapter", "caddyfile")
 	cmd.Dir = dir
-	cmd.Env = append(filterEnv(os.Environ(), "ECOMMPAY_SECRET", "ECOMMPAY_OLD_SECRET", "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"),
+	cmd.Env = append(filterEnv(os.Environ(), "ECOMMPAY_SECRET", "ECOMMPAY_OLD_SECRET", "GOTRACEBACK", "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"),
 		"ECOMMPAY_SECRET="+secret,
 		"ECOMMPAY_OLD_SECRET="+cfg.OldSecret,
+		"GOTRACEBACK=all",
 		"HOME="+dir,
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
@@ -369,8 +370,9 @@ func startCaddy(t testing.TB, name string, cfg caddyConfig, secret string) *cadd
 		close(c.exited)
 	}()
 	t.Cleanup(func() {
-		if took, killed := c.stop(); killed || took > 2*time.Second {
-			t.Logf("%s took %s to stop (killed: %v); its last lines:\n%s", name, took.Round(time.Millisecond), killed, tailFile(logPath, 12))
+		if took, forced := c.stop(); forced {
+			t.Logf("%s did not stop within 2 s of SIGTERM (forced after %s); goroutines of the module and its stores:\n%s",
+				name, took.Round(time.Millisecond), goroutineDump(logPath, "caddy-ecommpay", "go-redis", "Shutdown", "conn).serve"))
 		}
 		if t.Failed() && c.ready {
 			t.Logf("---- Caddyfile of %s ----\n%s", name, caddyfile)
@@ -416,24 +418,53 @@ func dialOK(port int) bool {
 	return true
 }
 
-// stop ends Caddy: SIGTERM, then SIGKILL after 5 s. It reports how long
-// the graceful stop took and whether it had to kill.
+// stop ends Caddy: SIGTERM; if it is still running after 2 s, SIGABRT (the
+// Go runtime writes every goroutine's stack to the log and exits; Caddy
+// traps SIGQUIT itself); SIGKILL after 3 s more. It reports how long it took and whether it was forced.
 func (c *caddyProc) stop() (time.Duration, bool) {
 	select {
 	case <-c.exited:
 		return 0, false
 	default:
 	}
+	closeIdleConnections()
 	start := time.Now()
 	c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
 		return time.Since(start), false
-	case <-time.After(5 * time.Second):
+	case <-time.After(2 * time.Second):
+	}
+	c.cmd.Process.Signal(syscall.SIGABRT)
+	select {
+	case <-c.exited:
+	case <-time.After(3 * time.Second):
 		c.cmd.Process.Kill()
 		<-c.exited
-		return time.Since(start), true
 	}
+	return time.Since(start), true
+}
+
+// goroutineDump picks, from a SIGABRT dump in the log, the goroutines whose
+// stacks mention one of the words.
+func goroutineDump(path string, words ...string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for _, g := range strings.Split(string(data), "\n\n") {
+		if !strings.HasPrefix(g, "goroutine ") {
+			continue
+		}
+		for _, w := range words {
+			if strings.Contains(g, w) {
+				out = append(out, g)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
 
 // logContains reports whether the Caddy log has a line containing s.

@@ -147,7 +147,7 @@ func startFake(t testing.TB, secret string) *fakeEcommpay {
 		projectID:   projectID,
 		ln:          ln,
 		base:        "http://" + ln.Addr().String(),
-		client:      &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}},
+		client:      &http.Client{Timeout: 15 * time.Second, Transport: newTransport()},
 		ctx:         ctx,
 		cancel:      cancel,
 		payments:    map[string]*fakePayment{},

@@ -219,13 +219,39 @@ func (s *shopProc) restart() {
 	s.start(s.port)
 }
 
-var testClient = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: nil}}
+var testClient = &http.Client{Timeout: 20 * time.Second, Transport: newTransport()}
 
 // noRedirectClient does not follow redirects.
 var noRedirectClient = &http.Client{
 	Timeout:       20 * time.Second,
-	Transport:     &http.Transport{Proxy: nil},
+	Transport:     newTransport(),
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+var (
+	transportsMu sync.Mutex
+	transports   []*http.Transport
+)
+
+// newTransport makes a proxy-less transport whose idle connections
+// closeIdleConnections can close.
+func newTransport() *http.Transport {
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}
+	transportsMu.Lock()
+	transports = append(transports, tr)
+	transportsMu.Unlock()
+	return tr
+}
+
+// closeIdleConnections closes every idle client connection of the tests.
+// A connection a Transport dialled but never used is "new" to the server,
+// and Caddy's graceful stop waits up to 5 s for such connections.
+func closeIdleConnections() {
+	transportsMu.Lock()
+	defer transportsMu.Unlock()
+	for _, tr := range transports {
+		tr.CloseIdleConnections()
+	}
 }
 
 func (s *shopProc) state(t testing.TB) shopState {

@@ -361,17 +361,24 @@ func TestCallbackConformanceVectors(t *testing.T) {
 	}
 }
 
-func TestCallbackQRImage(t *testing.T) {
+// deliverQRCallback sends the awaiting-QR callback through a handler set
+// up by mod and returns the body the app got, which must verify.
+func deliverQRCallback(t *testing.T, mod func(*Handler)) []byte {
+	t.Helper()
 	app := newTestApp(t)
-	h := callbackHandler(t, nil)
-	next := proxyTo(t, app.srv.URL)
-	if w := serve(h, post("/cb", sign(t, testSecret, awaitingQR)), next); w.Code != http.StatusOK {
+	h := callbackHandler(t, mod)
+	if w := serve(h, post("/cb", sign(t, testSecret, awaitingQR)), proxyTo(t, app.srv.URL)); w.Code != http.StatusOK {
 		t.Fatal(w.Code)
 	}
 	body := app.received()[0].body
 	if !verifies(body, testSecret) {
 		t.Fatal("the rewritten body does not verify")
 	}
+	return body
+}
+
+func TestCallbackQRImage(t *testing.T) {
+	body := deliverQRCallback(t, nil)
 	if !bytes.Contains(body, []byte(`"rate":1.50`)) {
 		t.Fatalf("a number literal changed: %s", body)
 	}
@@ -419,16 +426,7 @@ func TestCallbackQRBadEntriesPassUnchanged(t *testing.T) {
 }
 
 func TestCallbackQRHostedLink(t *testing.T) {
-	app := newTestApp(t)
-	h := callbackHandler(t, func(h *Handler) { h.QR, h.QRBaseURL = "url", "https://shop.example/ecommpay/qr" })
-	next := proxyTo(t, app.srv.URL)
-	if w := serve(h, post("/cb", sign(t, testSecret, awaitingQR)), next); w.Code != http.StatusOK {
-		t.Fatal(w.Code)
-	}
-	body := app.received()[0].body
-	if !verifies(body, testSecret) {
-		t.Fatal("the rewritten body does not verify")
-	}
+	body := deliverQRCallback(t, func(h *Handler) { h.QR, h.QRBaseURL = "url", "https://shop.example/ecommpay/qr" })
 	var cb struct {
 		DisplayData []map[string]string `json:"display_data"`
 	}

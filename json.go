@@ -249,21 +249,29 @@ func (d *Doc) object(depth int) (int32, error) {
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
-		d.skipSpace()
-		if d.pos >= len(d.src) {
-			return none, d.errf("unexpected end of input")
-		}
-		switch d.src[d.pos] {
-		case ',':
-			d.pos++
-			d.skipSpace()
-		case '}':
-			d.pos++
-			return obj, nil
-		default:
-			return none, d.errf("expected ',' or '}'")
+		if done, err := d.afterElement('}'); done || err != nil {
+			return obj, err
 		}
 	}
+}
+
+// afterElement consumes the ',' or the closing byte after a member or an
+// item, and reports whether the container ended.
+func (d *Doc) afterElement(closing byte) (bool, error) {
+	d.skipSpace()
+	if d.pos >= len(d.src) {
+		return false, d.errf("unexpected end of input")
+	}
+	switch d.src[d.pos] {
+	case ',':
+		d.pos++
+		d.skipSpace()
+		return false, nil
+	case closing:
+		d.pos++
+		return true, nil
+	}
+	return false, d.errf("expected ',' or '%c'", closing)
 }
 
 func (d *Doc) array(depth int) (int32, error) {
@@ -280,19 +288,8 @@ func (d *Doc) array(depth int) (int32, error) {
 			return none, err
 		}
 		d.link(arr, v)
-		d.skipSpace()
-		if d.pos >= len(d.src) {
-			return none, d.errf("unexpected end of input")
-		}
-		switch d.src[d.pos] {
-		case ',':
-			d.pos++
-			d.skipSpace()
-		case ']':
-			d.pos++
-			return arr, nil
-		default:
-			return none, d.errf("expected ',' or ']'")
+		if done, err := d.afterElement(']'); done || err != nil {
+			return arr, err
 		}
 	}
 }

@@ -553,6 +553,7 @@ func TestDuplicateCallbacks(t *testing.T) {
 // TestAppDown: the shop answers 500 for a while, then is unreachable for a
 // while; no callback is lost and each reaches it exactly once.
 func TestAppDown(t *testing.T) {
+	requireCaddy(t)
 	t.Run("answers 500", func(t *testing.T) {
 		s := newStack(t, nil)
 		s.shop.admin(t, "down")
@@ -744,6 +745,7 @@ func TestForgedCallback(t *testing.T) {
 // TestSigningEndpointsAllow: with allow set to a range without 127.0.0.1,
 // the signing endpoints refuse the shop and nothing reaches the platform.
 func TestSigningEndpointsAllow(t *testing.T) {
+	requireCaddy(t)
 	t.Run("payment_page", func(t *testing.T) {
 		s := newStack(t, func(c *caddyConfig) { c.PPAllow = "10.0.0.0/8" })
 		out := s.shop.call(t, "/checkout", map[string]any{"payment_id": "deny-1", "amount": 100, "currency": "EUR"})

@@ -85,11 +85,13 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 	ev := event{project: "unknown"}
 	defer func() {
 		h.metrics.callback(ev.project, ev.result)
-		h.logger.Info("callback",
-			zap.String("project_id", ev.project), zap.String("payment_id", ev.paymentID),
-			zap.String("operation_id", ev.operationID), zap.String("operation_status", ev.opStatus),
-			zap.String("payment_status", ev.payStatus), zap.String("event_key", ev.key),
-			zap.String("result", ev.result), zap.Int("status", ev.status), zap.Duration("duration", time.Since(start)))
+		// Check first: the fields cost allocations even when Info is off.
+		if ce := h.logger.Check(zap.InfoLevel, "callback"); ce != nil {
+			ce.Write(zap.String("project_id", ev.project), zap.String("payment_id", ev.paymentID),
+				zap.String("operation_id", ev.operationID), zap.String("operation_status", ev.opStatus),
+				zap.String("payment_status", ev.payStatus), zap.String("event_key", ev.key),
+				zap.String("result", ev.result), zap.Int("status", ev.status), zap.Duration("duration", time.Since(start)))
+		}
 	}()
 	reject := func(status int, result, msg string) error {
 		ev.status, ev.result = status, result
@@ -110,7 +112,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 	if err != nil {
 		return reject(http.StatusBadRequest, "malformed", "reading the body failed")
 	}
-	d, err := Parse(body, h.limits)
+	d, err := parseBorrowed(body, h.limits)
 	if err != nil {
 		if errors.Is(err, ErrMalformed) {
 			return reject(http.StatusBadRequest, "malformed", err.Error())

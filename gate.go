@@ -19,9 +19,10 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	status, result, projectID, paymentID := 0, "signed", "", ""
 	defer func() {
 		h.metrics.signRequest(ModeGate, result)
-		h.logger.Info("gate request",
-			zap.String("path", r.URL.Path), zap.String("project_id", projectID), zap.String("payment_id", paymentID),
-			zap.String("result", result), zap.Int("status", status), zap.Duration("duration", time.Since(start)))
+		if ce := h.logger.Check(zap.InfoLevel, "gate request"); ce != nil {
+			ce.Write(zap.String("path", r.URL.Path), zap.String("project_id", projectID), zap.String("payment_id", paymentID),
+				zap.String("result", result), zap.Int("status", status), zap.Duration("duration", time.Since(start)))
+		}
 	}()
 	reject := func(code int, res, field, format string, args ...any) error {
 		status, result = code, res
@@ -42,7 +43,7 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return reject(http.StatusBadRequest, "invalid", "", "reading the body: %v", err)
 	}
-	d, err := Parse(body, h.limits)
+	d, err := parseBorrowed(body, h.limits)
 	if err != nil {
 		code := http.StatusBadRequest
 		if !errors.Is(err, ErrMalformed) {

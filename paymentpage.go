@@ -23,9 +23,10 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	status, result, projectID, paymentID := http.StatusOK, "signed", "", ""
 	defer func() {
 		h.metrics.signRequest(ModePaymentPage, result)
-		h.logger.Info("payment page request",
-			zap.String("project_id", projectID), zap.String("payment_id", paymentID),
-			zap.String("result", result), zap.Int("status", status), zap.Duration("duration", time.Since(start)))
+		if ce := h.logger.Check(zap.InfoLevel, "payment page request"); ce != nil {
+			ce.Write(zap.String("project_id", projectID), zap.String("payment_id", paymentID),
+				zap.String("result", result), zap.Int("status", status), zap.Duration("duration", time.Since(start)))
+		}
 	}()
 	if code, msg := h.signingRefusal(r); code != 0 {
 		status, result = code, "forbidden"
@@ -46,7 +47,8 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 				http.Redirect(w, r, signed, status)
 				return nil
 			}
-			out := append([]byte(`{"url":`), appendQuoted(nil, signed)...)
+			out := append(make([]byte, 0, len(signed)+len(sig)+32), `{"url":`...)
+			out = appendQuoted(out, signed)
 			out = append(out, `,"signature":`...)
 			out = appendQuoted(out, sig)
 			writeJSON(w, status, append(out, "}\n"...))
@@ -93,7 +95,7 @@ func (h *Handler) paymentParams(r *http.Request) ([][2]string, error) {
 	if ct != "application/json" && ct != "" {
 		return nil, &paramError{"Content-Type", "send application/json or application/x-www-form-urlencoded"}
 	}
-	d, err := Parse(body, h.limits)
+	d, err := parseBorrowed(body, h.limits)
 	if err != nil {
 		return nil, err
 	}
@@ -124,25 +126,44 @@ func (h *Handler) paymentParams(r *http.Request) ([][2]string, error) {
 }
 
 func parseQueryOrdered(q string) ([][2]string, error) {
-	var pairs [][2]string
-	seen := map[string]bool{}
+	pairs := make([][2]string, 0, strings.Count(q, "&")+1)
+	var seen map[string]bool // only for long queries; a scan is cheaper below
 	for part := range strings.SplitSeq(q, "&") {
 		if part == "" {
 			continue
 		}
 		k, v, _ := strings.Cut(part, "=")
-		key, err1 := url.QueryUnescape(k)
-		val, err2 := url.QueryUnescape(v)
+		key, err1 := queryUnescape(k)
+		val, err2 := queryUnescape(v)
 		if err1 != nil || err2 != nil {
 			return nil, &paramError{k, "bad URL encoding"}
 		}
-		if seen[key] {
+		dup := seen[key]
+		if seen == nil {
+			_, dup = findPair(pairs, key)
+		}
+		if dup {
 			return nil, &paramError{key, "given more than once"}
 		}
-		seen[key] = true
+		if seen == nil && len(pairs) == 32 {
+			seen = make(map[string]bool, 64)
+			for _, p := range pairs {
+				seen[p[0]] = true
+			}
+		}
+		if seen != nil {
+			seen[key] = true
+		}
 		pairs = append(pairs, [2]string{key, val})
 	}
 	return pairs, nil
+}
+
+func queryUnescape(s string) (string, error) {
+	if !strings.ContainsAny(s, "%+") {
+		return s, nil
+	}
+	return url.QueryUnescape(s)
 }
 
 func lookupPair(pairs [][2]string, key string) string {
@@ -194,6 +215,11 @@ func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature strin
 	}
 	signature = p.keys[0].Sign([]byte(CanonicalPairs(pairs)))
 	var q strings.Builder
+	size := len(h.paymentPage.String()) + 128
+	for _, kv := range pairs {
+		size += 3*(len(kv[0])+len(kv[1])) + 2
+	}
+	q.Grow(size)
 	for _, kv := range pairs {
 		q.WriteString(url.QueryEscape(kv[0]))
 		q.WriteByte('=')

@@ -11,6 +11,7 @@ import (
 	"image/png"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -537,4 +538,45 @@ func FuzzCallback(f *testing.F) {
 			t.Fatalf("accepted a body that does not verify: %q", body)
 		}
 	})
+}
+
+// BenchmarkCallbackForward is one distinct callback verified, claimed and
+// forwarded through Caddy's reverse_proxy to a real app; compare it with
+// BenchmarkProxyOnly, the same request through reverse_proxy alone.
+func BenchmarkCallbackForward(b *testing.B) {
+	app := newTestApp(b)
+	app.mu.Lock()
+	app.got = make([]received, 0, 1<<20)
+	app.mu.Unlock()
+	h := callbackHandler(b, func(h *Handler) { h.QR = "off" })
+	next := proxyTo(b, app.srv.URL)
+	bodies := make([][]byte, 0, 4096)
+	for i := range cap(bodies) {
+		bodies = append(bodies, sign(b, testSecret, strings.Replace(saleSuccess, `"ORDER-1"`, fmt.Sprintf(`"ORDER-%d"`, i), 1)))
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i == len(bodies) { // start over with fresh events
+			h.store = newMemoryStore(0, nil)
+			i = 0
+		}
+		if w := serve(h, post("/cb", bodies[i]), next); w.Code != http.StatusOK {
+			b.Fatal(w.Code)
+		}
+		i++
+	}
+}
+
+func BenchmarkProxyOnly(b *testing.B) {
+	app := newTestApp(b)
+	next := proxyTo(b, app.srv.URL)
+	body := sign(b, testSecret, saleSuccess)
+	b.ReportAllocs()
+	for b.Loop() {
+		r := caddyhttp.PrepareRequest(post("/cb", body), caddy.NewReplacer(), nil, &caddyhttp.Server{})
+		if err := next.ServeHTTP(httptest.NewRecorder(), r); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -71,16 +71,9 @@ malformed JSON).
 `,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			secret, err := readSecret(os.Getenv, secretFile)
-			if err != nil {
-				return err
-			}
-			in, err := openInput(cmd, args)
-			if err != nil {
-				return err
-			}
-			defer in.Close()
-			return runSign(in, secret, opts, cmd.OutOrStdout())
+			return withSecretAndInput(cmd, args, secretFile, func(in io.Reader, secret string) error {
+				return runSign(in, secret, opts, cmd.OutOrStdout())
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&opts.canonical, "canonical", false, "Also print the canonical string")
@@ -111,30 +104,34 @@ unreadable input, malformed JSON).
 `,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			secret, err := readSecret(os.Getenv, secretFile)
-			if err != nil {
+			return withSecretAndInput(cmd, args, secretFile, func(in io.Reader, secret string) error {
+				valid, err := runVerify(in, secret, cmd.OutOrStdout())
+				if err == nil && !valid {
+					// The reason is already printed; Caddy's main exits
+					// with 1 on any error.
+					cmd.SilenceErrors = true
+					err = errInvalidSignature
+				}
 				return err
-			}
-			in, err := openInput(cmd, args)
-			if err != nil {
-				return err
-			}
-			defer in.Close()
-			valid, err := runVerify(in, secret, cmd.OutOrStdout())
-			if err != nil {
-				return err
-			}
-			if !valid {
-				// The reason is already printed; Caddy's main exits with 1
-				// on any error.
-				cmd.SilenceErrors = true
-				return errInvalidSignature
-			}
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&secretFile, "secret-file", "", "Read the secret from this file instead of "+SecretEnv)
 	return cmd
+}
+
+// withSecretAndInput reads the secret, opens the input and runs fn.
+func withSecretAndInput(cmd *cobra.Command, args []string, secretFile string, fn func(io.Reader, string) error) error {
+	secret, err := readSecret(os.Getenv, secretFile)
+	if err != nil {
+		return err
+	}
+	in, err := openInput(cmd, args)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	return fn(in, secret)
 }
 
 // openInput opens the file argument, or stdin when there is none or it

@@ -253,20 +253,20 @@ func TestCallbackAppTimeoutReleasesTheClaim(t *testing.T) {
 
 func TestCallbackCrashedClaimExpires(t *testing.T) {
 	app := newTestApp(t)
-	h := callbackHandler(t, func(h *Handler) { h.ForwardTimeout = caddy.Duration(100 * time.Millisecond) })
+	h := callbackHandler(t, func(h *Handler) { h.ForwardTimeout = caddy.Duration(500 * time.Millisecond) })
 	next := proxyTo(t, app.srv.URL)
 	body := sign(t, testSecret, saleSuccess)
 	sum := sha256.Sum256([]byte(mustCanonical(t, body)))
 	eventKey := "210-" + hex.EncodeToString(sum[:16])
 	// A node claims the event and dies before committing or releasing.
-	if st, _, err := h.store.Claim(context.Background(), eventKey, 2*100*time.Millisecond); err != nil || st != Claimed {
+	if st, _, err := h.store.Claim(context.Background(), eventKey, 2*500*time.Millisecond); err != nil || st != Claimed {
 		t.Fatalf("claim: %v %v", st, err)
 	}
 	w := serve(h, post("/cb", body), next)
 	if w.Code != http.StatusConflict || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("while claimed: %d %v", w.Code, w.Header())
 	}
-	time.Sleep(250 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond) // the lease is twice forward_timeout
 	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" {
 		t.Fatalf("after the claim expired: %d", w.Code)
 	}

@@ -552,6 +552,36 @@ func TestDuplicateCallbacks(t *testing.T) {
 
 // TestAppDown: the shop answers 500 for a while, then is unreachable for a
 // while; no callback is lost and each reaches it exactly once.
+// waitRefused waits until the fake has n callbacks, each tried at least 4 times.
+func waitRefused(t *testing.T, f *fakeEcommpay, n int) {
+	t.Helper()
+	eventually(t, settleTimeout, fmt.Sprintf("%d callbacks refused at least 4 times", n), func() (bool, string) {
+		ds := f.deliveriesOf(nil)
+		if len(ds) < n {
+			return false, fmt.Sprintf("%d deliveries", len(ds))
+		}
+		for _, d := range ds {
+			if len(d.Attempts) < 4 {
+				return false, fmt.Sprintf("%s has %d attempts", d.CB.identity(), len(d.Attempts))
+			}
+		}
+		return true, ""
+	})
+}
+
+// checkAttempts asserts Caddy answered every delivery attempt so far with status.
+func checkAttempts(t *testing.T, f *fakeEcommpay, status int, when string) {
+	t.Helper()
+	for _, d := range f.deliveriesOf(nil) {
+		for _, a := range d.Attempts {
+			if a.Status != status {
+				t.Errorf("%s %s: Caddy answered %d %q, want %d", d.CB.identity(), when, a.Status, a.Answer, status)
+				break
+			}
+		}
+	}
+}
+
 func TestAppDown(t *testing.T) {
 	requireCaddy(t)
 	t.Run("answers 500", func(t *testing.T) {
@@ -560,26 +590,8 @@ func TestAppDown(t *testing.T) {
 		wx, ali := newPaymentID("down-wx"), newPaymentID("down-ali")
 		checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": wx, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/wechat/sale", wx)
 		checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "alipay", "payment_id": ali, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/alipay/sale", ali)
-		eventually(t, settleTimeout, "every callback refused at least 4 times", func() (bool, string) {
-			ds := s.fake.deliveriesOf(nil)
-			if len(ds) < 4 {
-				return false, fmt.Sprintf("%d deliveries", len(ds))
-			}
-			for _, d := range ds {
-				if len(d.Attempts) < 4 {
-					return false, fmt.Sprintf("%s has %d attempts", d.CB.identity(), len(d.Attempts))
-				}
-			}
-			return true, ""
-		})
-		for _, d := range s.fake.deliveriesOf(nil) {
-			for _, a := range d.Attempts {
-				if a.Status != 500 {
-					t.Errorf("%s while the shop answers 500: Caddy answered %d %s (want the app's 500)", d.CB.identity(), a.Status, a.Answer)
-					break
-				}
-			}
-		}
+		waitRefused(t, s.fake, 4)
+		checkAttempts(t, s.fake, 500, "while the shop answers 500")
 		s.shop.admin(t, "up")
 		upAt := time.Now()
 		waitSettled(t, s.fake, 4, settleTimeout)
@@ -605,26 +617,8 @@ func TestAppDown(t *testing.T) {
 		pid := newPaymentID("gone")
 		checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "mbway", "payment_id": pid, "amount": 1000, "currency": "EUR"}), "/v2/payment/wallet/mbway/sale", pid)
 		s.shop.stop()
-		eventually(t, settleTimeout, "both callbacks refused at least 4 times", func() (bool, string) {
-			ds := s.fake.deliveriesOf(nil)
-			if len(ds) < 2 {
-				return false, fmt.Sprintf("%d deliveries", len(ds))
-			}
-			for _, d := range ds {
-				if len(d.Attempts) < 4 {
-					return false, fmt.Sprintf("%s has %d attempts", d.CB.identity(), len(d.Attempts))
-				}
-			}
-			return true, ""
-		})
-		for _, d := range s.fake.deliveriesOf(nil) {
-			for _, a := range d.Attempts {
-				if a.Status != http.StatusBadGateway {
-					t.Errorf("%s while the shop is unreachable: Caddy answered %d %q, want 502", d.CB.identity(), a.Status, a.Answer)
-					break
-				}
-			}
-		}
+		waitRefused(t, s.fake, 2)
+		checkAttempts(t, s.fake, http.StatusBadGateway, "while the shop is unreachable")
 		s.shop.restart()
 		upAt := time.Now()
 		waitSettled(t, s.fake, 2, settleTimeout)

@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,101 +32,144 @@ const (
 // ecommpay's first retries come every 10 s anyway.
 const retryAfter = "10"
 
+// minRetryWindow is how long ecommpay keeps retrying a callback.
+const minRetryWindow = 11 * 24 * time.Hour
+
 func (h *Handler) provisionCallback() error {
 	if h.TTL <= 0 {
 		h.TTL = caddy.Duration(DefaultTTL)
 	}
+	if time.Duration(h.TTL) < minRetryWindow {
+		h.logger.Warn("ttl is shorter than ecommpay's 11 days of retries: a retry that comes later is delivered to the app again",
+			zap.Duration("ttl", time.Duration(h.TTL)))
+	}
 	if h.ForwardTimeout <= 0 {
 		h.ForwardTimeout = caddy.Duration(DefaultForwardTimeout)
+	}
+	if h.ReadTimeout <= 0 {
+		h.ReadTimeout = caddy.Duration(DefaultReadTimeout)
 	}
 	switch h.OnStoreError {
 	case "", "reject", "forward":
 	default:
 		return fmt.Errorf("on_store_error: want reject or forward, not %q", h.OnStoreError)
 	}
-	switch h.Dedupe {
-	case "", "memory", "redis":
-		kind := h.Dedupe
-		if kind == "" {
-			kind = "memory"
-		}
-		if kind == "redis" && h.RedisURL == "" {
-			return errors.New("dedupe redis needs a URL")
-		}
-		if kind == "memory" && h.RedisURL != "" {
-			return errors.New("redis_url is set but dedupe is not redis")
-		}
-		redisURL, err := resolvePlaceholders(h.RedisURL)
-		if err != nil {
-			return fmt.Errorf("dedupe redis: %w", err)
-		}
-		maxKeys := h.MaxKeys
-		if maxKeys <= 0 {
-			maxKeys = DefaultMemoryMaxKeys
-		}
-		if h.store, h.releaseStore, err = acquireStore(kind, redisURL, maxKeys, h.logger); err != nil {
-			return fmt.Errorf("dedupe %s: %w", kind, err)
-		}
-	case "off":
-	default:
-		return fmt.Errorf("dedupe: want memory, redis or off, not %q", h.Dedupe)
-	}
 	return h.provisionQRRewrite()
 }
 
-// event is what one callback turned out to be, for the log and metrics.
-type event struct {
-	project, paymentID, operationID, opStatus, payStatus, key, result string
-	status                                                            int
+// provisionStore opens the backend that holds de-dup state (callbacks) and
+// the journal (every mode but qr).
+func (h *Handler) provisionStore() error {
+	kind := h.Store
+	switch h.Dedupe {
+	case "", "off":
+	case "memory", "redis":
+		if kind != "" && kind != h.Dedupe {
+			return fmt.Errorf("dedupe %s contradicts store %s", h.Dedupe, kind)
+		}
+		kind = h.Dedupe
+	default:
+		return fmt.Errorf("dedupe: want memory, redis or off, not %q", h.Dedupe)
+	}
+	if kind == "" {
+		kind = "local"
+	}
+	switch kind {
+	case "local", "memory", "redis":
+	default:
+		return fmt.Errorf("store: want local, memory or redis, not %q", kind)
+	}
+	if (kind == "redis") != (h.RedisURL != "") {
+		return errors.New("a Redis URL goes with store redis, and only with it")
+	}
+	if h.StorePath != "" && kind != "local" {
+		return errors.New("a store path goes with store local only")
+	}
+	dedupe := h.Mode == ModeCallback && h.Dedupe != "off"
+	if !dedupe && h.Journal.Off {
+		return nil // nothing to keep
+	}
+	redisURL, err := resolvePlaceholders(h.RedisURL)
+	if err != nil {
+		return fmt.Errorf("store redis: %w", err)
+	}
+	b, release, err := acquireBackend(backendOptions{
+		Kind: kind, Path: h.StorePath, RedisURL: redisURL, MaxKeys: h.MaxKeys,
+		Journal: journalOptions{MaxAge: time.Duration(h.Journal.MaxAge), MaxSize: h.Journal.MaxSize, NoBodies: h.Journal.NoBodies},
+	}, h.logger)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", kind, err)
+	}
+	h.releaseStore = release
+	if dedupe {
+		h.store = b
+	}
+	if !h.Journal.Off {
+		h.journal = b
+	}
+	return nil
 }
 
 // serveCallback verifies, claims, rewrites, re-signs and forwards one
 // callback, then commits or releases the claim by the app's answer.
 func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	start := time.Now()
-	ev := event{project: "unknown"}
-	defer func() {
-		h.metrics.callback(ev.project, ev.result)
-		// Check first: the fields cost allocations even when Info is off.
-		if ce := h.logger.Check(zap.InfoLevel, "callback"); ce != nil {
-			ce.Write(zap.String("project_id", ev.project), zap.String("payment_id", ev.paymentID),
-				zap.String("operation_id", ev.operationID), zap.String("operation_status", ev.opStatus),
-				zap.String("payment_status", ev.payStatus), zap.String("event_key", ev.key),
-				zap.String("result", ev.result), zap.Int("status", ev.status), zap.Duration("duration", time.Since(start)))
-		}
-	}()
-	reject := func(status int, result, msg string) error {
-		ev.status, ev.result = status, result
-		writeError(w, status, "", "%s", msg)
-		return nil
-	}
+	x := h.newExchange(w, r, kindCallback)
+	defer x.finish()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		return reject(http.StatusMethodNotAllowed, "malformed", "callbacks are POSTed")
+		return x.answer(refuse(http.StatusMethodNotAllowed, "malformed", "callbacks are POSTed"))
 	}
 	if len(h.from) > 0 && !clientAllowed(r, h.from) {
-		return reject(http.StatusForbidden, "forbidden_source", "this source may not send callbacks")
+		return x.answer(refuse(http.StatusForbidden, "forbidden_source", "this source may not send callbacks"))
 	}
-	body, err := readBody(r, h.MaxBody)
-	if errors.Is(err, errTooLarge) {
-		return reject(http.StatusRequestEntityTooLarge, "too_large", "body too large")
-	}
-	if err != nil {
-		return reject(http.StatusBadRequest, "malformed", "reading the body failed")
-	}
-	d, err := parseBorrowed(body, h.limits)
-	if err != nil {
-		if errors.Is(err, ErrMalformed) {
-			return reject(http.StatusBadRequest, "malformed", err.Error())
-		}
-		return reject(http.StatusRequestEntityTooLarge, "too_large", err.Error())
+	d, body, rf := x.readObject()
+	if rf != nil {
+		return x.answer(rf)
 	}
 	defer d.Release()
-	root := d.Root()
-	if d.Kind(root) != Object {
-		return reject(http.StatusBadRequest, "malformed", "a callback is a JSON object")
+	p, key, rf := h.verifyCallback(d, &x.ev)
+	if rf != nil {
+		return x.answer(rf)
 	}
+
+	var token string
+	if h.store != nil {
+		state, tok, err := h.store.Claim(r.Context(), x.ev.EventKey, 2*time.Duration(h.ForwardTimeout))
+		switch {
+		case err != nil && h.OnStoreError == "forward":
+			h.logger.Warn("de-dup store failed; forwarding without de-duplication", zap.String("event_key", x.ev.EventKey), zap.Error(err))
+			h.metrics.storeError("claim")
+		case err != nil:
+			h.logger.Error("de-dup store failed; asking ecommpay to retry", zap.String("event_key", x.ev.EventKey), zap.Error(err))
+			h.metrics.storeError("claim")
+			w.Header().Set("Retry-After", retryAfter)
+			return x.answer(refuse(http.StatusServiceUnavailable, "store_error", "try again later"))
+		case state == Delivered:
+			x.ev.Status, x.ev.Result = http.StatusOK, "duplicate"
+			w.Header().Set(HeaderDuplicate, "1")
+			w.Header().Set(HeaderEventKey, x.ev.EventKey)
+			writeJSON(w, http.StatusOK, []byte(`{"status":"ok","duplicate":true}`+"\n"))
+			return nil
+		case state == InFlight:
+			w.Header().Set("Retry-After", retryAfter)
+			return x.answer(refuse(http.StatusConflict, "in_flight", "this callback is being delivered; retry later"))
+		default:
+			token = tok
+		}
+	}
+	if !h.Journal.NoBodies {
+		x.ev.Body = body // as received: what a replay sends again
+	}
+	return h.forwardCallback(x, next, h.rewriteCallback(d, body, p, key), token)
+}
+
+// verifyCallback finds the callback's project, verifies its signature and
+// notes what it says. Fields read before the signature is known to be
+// right are noted truncated and marked unverified.
+func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *refusal) {
+	root := d.Root()
 	general := d.Get(root, "general")
+	noteCallback(d, ev, false)
 	pid := d.Get(root, "project_id")
 	if pid == none {
 		pid = d.Get(general, "project_id")
@@ -134,74 +179,158 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 		p = h.lookupProject(d.Text(pid))
 	}
 	if p == nil {
-		return reject(http.StatusForbidden, "unknown_project", "unknown project")
+		return nil, nil, refuse(http.StatusForbidden, "unknown_project", "unknown project")
 	}
-	ev.project = p.id
-	ev.paymentID = textAt(d, root, "payment", "id")
-	if ev.paymentID == "" {
-		ev.paymentID = textAt(d, general, "payment_id")
-	}
-	ev.operationID = textAt(d, root, "operation", "id")
-	ev.opStatus = textAt(d, root, "operation", "status")
-	ev.payStatus = textAt(d, root, "payment", "status")
-
+	ev.ProjectID = p.id
 	signature := d.EmbeddedSignature()
-	if signature == "" {
-		return reject(http.StatusForbidden, "invalid_signature", "no signature")
+	if !wellFormedSignature(signature) {
+		// Checked before the canonical string is built: a body without a
+		// plausible signature costs no more than its parse.
+		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "no valid signature")
 	}
 	cb := canonBufs.Get().(*[]byte)
-	defer canonBufs.Put(cb)
 	canonical := d.Canonical((*cb)[:0], true)
-	*cb = canonical
 	key := verifyWith(p.keys, canonical, signature)
+	if key != nil {
+		sum := sha256.Sum256(canonical)
+		ev.EventKey = p.id + "-" + hex.EncodeToString(sum[:16])
+	}
+	if cap(canonical) <= maxPooledCanonical {
+		*cb = canonical
+		canonBufs.Put(cb)
+	}
 	if key == nil {
-		return reject(http.StatusForbidden, "invalid_signature", "signature does not verify")
+		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "signature does not verify")
 	}
-	sum := sha256.Sum256(canonical)
-	ev.key = p.id + "-" + hex.EncodeToString(sum[:16])
-
-	var token string
-	if h.store != nil {
-		state, tok, err := h.store.Claim(r.Context(), ev.key, 2*time.Duration(h.ForwardTimeout))
-		switch {
-		case err != nil && h.OnStoreError == "forward":
-			h.logger.Warn("de-dup store failed; forwarding without de-duplication", zap.String("event_key", ev.key), zap.Error(err))
-			h.metrics.callback(p.id, "store_error")
-		case err != nil:
-			h.logger.Error("de-dup store failed; asking ecommpay to retry", zap.String("event_key", ev.key), zap.Error(err))
-			w.Header().Set("Retry-After", retryAfter)
-			return reject(http.StatusServiceUnavailable, "store_error", "try again later")
-		case state == Delivered:
-			ev.status, ev.result = http.StatusOK, "duplicate"
-			w.Header().Set(HeaderDuplicate, "1")
-			w.Header().Set(HeaderEventKey, ev.key)
-			writeJSON(w, http.StatusOK, []byte(`{"status":"ok","duplicate":true}`+"\n"))
-			return nil
-		case state == InFlight:
-			w.Header().Set("Retry-After", retryAfter)
-			return reject(http.StatusConflict, "in_flight", "this callback is being delivered; retry later")
-		default:
-			token = tok
-		}
-	}
-
-	out := body
-	if h.rewriteQR(d, p) {
-		// The app's own verification must still pass: re-sign with the key
-		// that verified, in the place the signature came from.
-		resigned := key.Sign(d.Canonical(canonical[:0], true))
-		if s := d.Get(root, "signature"); s != none && d.Kind(s) == String {
-			d.Set(root, "signature", String, resigned)
-		} else {
-			d.Set(general, "signature", String, resigned)
-		}
-		h.metrics.resigned()
-		out = d.AppendJSON(make([]byte, 0, len(body)+2048))
-	}
-	return h.forwardCallback(w, r, next, out, p, &ev, token, start)
+	ev.Verified = true
+	noteCallback(d, ev, true)
+	return p, key, nil
 }
 
+// noteCallback copies the callback's identity into ev; unverified values
+// are cut short.
+func noteCallback(d *Doc, ev *journalEvent, verified bool) {
+	root := d.Root()
+	cut := truncateUnverified
+	if verified {
+		cut = func(s string) string { return s }
+	}
+	ev.PaymentID = cut(textAt(d, root, "payment", "id"))
+	if ev.PaymentID == "" {
+		ev.PaymentID = cut(textAt(d, root, "general", "payment_id"))
+	}
+	ev.OperationID = cut(textAt(d, root, "operation", "id"))
+	ev.OperationType = cut(textAt(d, root, "operation", "type"))
+	ev.OperationStatus = cut(textAt(d, root, "operation", "status"))
+	ev.PaymentStatus = cut(textAt(d, root, "payment", "status"))
+	if !verified {
+		if pid := textAt(d, root, "project_id"); pid != "" {
+			ev.ProjectID = cut(pid)
+		}
+	}
+}
+
+// rewriteCallback returns the body the app gets: the body as received when
+// nothing needs changing; else without what the signature does not cover,
+// with QR codes rendered, and re-signed when the signed content changed.
+func (h *Handler) rewriteCallback(d *Doc, body []byte, p *project, key *Key) []byte {
+	dropped := dropUnsigned(d)
+	if !h.rewriteQR(d, p) {
+		if !dropped {
+			return body
+		}
+		// What was dropped is outside the canonical string: the
+		// signature still holds.
+		return d.AppendJSON(make([]byte, 0, len(body)))
+	}
+	// The app's own verification must still pass: re-sign with the key
+	// that verified, in the place the signature came from.
+	root := d.Root()
+	cb := canonBufs.Get().(*[]byte)
+	canonical := d.Canonical((*cb)[:0], true)
+	resigned := key.Sign(canonical)
+	if cap(canonical) <= maxPooledCanonical {
+		*cb = canonical
+		canonBufs.Put(cb)
+	}
+	if s := d.Get(root, "signature"); s != none && d.Kind(s) == String {
+		d.Set(root, "signature", String, resigned)
+	} else {
+		d.Set(d.Get(root, "general"), "signature", String, resigned)
+	}
+	h.metrics.resigned()
+	return d.AppendJSON(make([]byte, 0, len(body)+2048))
+}
+
+// maxPooledCanonical keeps an unusually large canonical buffer out of the
+// pool, so one big body does not pin its memory.
+const maxPooledCanonical = 64 << 10
+
 var canonBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// dropUnsigned removes from d what the signature does not cover, so that
+// nothing unverified reaches the app: "frame_mode" members, "signature"
+// members except the one that was verified, and object members that add
+// nothing to the canonical string (empty objects and arrays). Array items
+// stay, since their positions are signed. It reports whether it removed
+// anything.
+func dropUnsigned(d *Doc) bool {
+	root := d.Root()
+	keep := root // the verified signature's object
+	if s := d.Get(root, "signature"); s == none || d.Kind(s) != String {
+		keep = d.Get(root, "general")
+	}
+	changed := false
+	d.prune(root, keep, &changed)
+	return changed
+}
+
+// prune drops unsigned members below n and reports whether n adds
+// anything to the canonical string.
+func (d *Doc) prune(n, keepSig int32, changed *bool) bool {
+	nd := &d.nodes[n]
+	switch nd.kind {
+	case Object:
+		covered := false
+		prev := none
+		for c := nd.child; c != none; c = d.nodes[c].next {
+			k := d.nodes[c].key
+			var keep bool
+			switch {
+			case k == "frame_mode":
+			case k == "signature":
+				keep = n == keepSig && d.nodes[c].kind == String
+			default:
+				keep = d.prune(c, keepSig, changed)
+				covered = covered || keep
+			}
+			if keep {
+				prev = c
+				continue
+			}
+			*changed = true
+			if prev == none {
+				d.nodes[n].child = d.nodes[c].next
+			} else {
+				d.nodes[prev].next = d.nodes[c].next
+			}
+			if d.nodes[n].last == c {
+				d.nodes[n].last = prev
+			}
+		}
+		// An object holding only the verified signature stays with it.
+		return covered || (n == keepSig && d.nodes[n].child != none)
+	case Array:
+		covered := false
+		for c := nd.child; c != none; c = d.nodes[c].next {
+			if d.prune(c, keepSig, changed) {
+				covered = true
+			}
+		}
+		return covered
+	}
+	return true
+}
 
 // verifyWith returns the key whose signature matches, trying every key.
 func verifyWith(keys []*Key, canonical []byte, signature string) *Key {
@@ -215,15 +344,15 @@ func verifyWith(keys []*Key, canonical []byte, signature string) *Key {
 }
 
 // forwardCallback delivers the body to the app, answers ecommpay by the
-// app's answer, and commits or releases the claim.
-func (h *Handler) forwardCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte, p *project, ev *event, token string, start time.Time) error {
-	for name := range r.Header {
-		if len(name) > 11 && http.CanonicalHeaderKey(name[:11]) == "X-Ecommpay-" {
-			r.Header.Del(name)
-		}
-	}
-	r.Header.Set(HeaderEventKey, ev.key)
-	r.Header.Set(HeaderProjectID, p.id)
+// app's answer, and commits or releases the claim. The delivery runs to
+// its end even when ecommpay hangs up, so that an app's late 2xx is still
+// committed and the retry gets a duplicate answer rather than a second
+// delivery.
+func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []byte, token string) error {
+	w, r, ev := x.w, x.r, &x.ev
+	prepareForApp(r.Header)
+	r.Header.Set(HeaderEventKey, ev.EventKey)
+	r.Header.Set(HeaderProjectID, ev.ProjectID)
 	r.Header.Set("Content-Type", "application/json")
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	r.Header.Del("Accept-Encoding") // the app's answer is buffered, not parsed; keep it plain anyway
@@ -231,20 +360,22 @@ func (h *Handler) forwardCallback(w http.ResponseWriter, r *http.Request, next c
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.ForwardTimeout))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Duration(h.ForwardTimeout))
 	defer cancel()
 	buf := responseBufs.Get().(*bytes.Buffer)
 	buf.Reset()
-	defer responseBufs.Put(buf)
+	defer func() {
+		if buf.Cap() <= maxPooledResponse {
+			responseBufs.Put(buf)
+		}
+	}()
 	rec := caddyhttp.NewResponseRecorder(w, buf, func(int, http.Header) bool { return true })
 	sent := time.Now()
 	err := next.ServeHTTP(rec, r.WithContext(ctx))
-	h.metrics.forwarded(p.id, time.Since(sent))
+	x.appLatency = time.Since(sent)
+	h.metrics.forwarded(ev.ProjectID, x.appLatency)
 
 	appStatus := rec.Status()
-	if appStatus == 0 {
-		appStatus = http.StatusOK // nothing written: Go's server would answer 200
-	}
 	if err != nil {
 		appStatus = http.StatusBadGateway
 		var he caddyhttp.HandlerError
@@ -255,42 +386,107 @@ func (h *Handler) forwardCallback(w http.ResponseWriter, r *http.Request, next c
 			appStatus = http.StatusGatewayTimeout
 		}
 	}
-	// Commit and release must happen even if ecommpay hung up meanwhile.
-	storeCtx, storeCancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
-	defer storeCancel()
+	ev.AppStatus = appStatus
 	delivered := err == nil && appStatus >= 200 && appStatus < 300
-	if h.store != nil && token != "" {
-		if delivered {
-			if cerr := h.store.Commit(storeCtx, ev.key, token, time.Duration(h.TTL)); cerr != nil {
-				// The app has it; a 200 stops retries that would deliver it again.
-				h.logger.Error("could not record a delivered callback", zap.String("event_key", ev.key), zap.Error(cerr))
-				h.metrics.callback(p.id, "store_error")
-			}
-		} else if rerr := h.store.Release(storeCtx, ev.key, token); rerr != nil {
-			h.logger.Error("could not release a failed delivery; it frees itself when the claim expires",
-				zap.String("event_key", ev.key), zap.Error(rerr))
-		}
-	}
+	h.settleClaim(r.Context(), ev.EventKey, token, delivered)
 	if delivered {
-		ev.status, ev.result = http.StatusOK, "forwarded"
-		w.Header().Set(HeaderEventKey, ev.key)
+		ev.Status, ev.Result = http.StatusOK, "forwarded"
+		w.Header().Set(HeaderEventKey, ev.EventKey)
 		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 		w.WriteHeader(http.StatusOK) // ecommpay wants exactly 200
 		_, _ = w.Write(buf.Bytes())
 		return nil
 	}
-	ev.status, ev.result = appStatus, "app_error"
-	if err != nil {
-		h.logger.Warn("delivering a callback to the app failed; ecommpay will retry", zap.String("event_key", ev.key), zap.Error(err))
+	ev.Result = "app_error"
+	if err != nil || appStatus == 0 {
+		if err != nil {
+			h.logger.Warn("delivering a callback to the app failed; ecommpay will retry", zap.String("event_key", ev.EventKey), zap.Error(err))
+		} else {
+			h.logger.Error("nothing after `ecommpay callback` answered the callback, so it was not delivered; "+
+				"put reverse_proxy to the app in the same route or handle block, after ecommpay callback",
+				zap.String("event_key", ev.EventKey))
+			ev.Status = http.StatusBadGateway
+		}
 		w.Header().Set("Retry-After", retryAfter)
-		writeError(w, appStatus, "", "the app could not be reached")
-		return nil
+		return x.answer(refuse(cmp.Or(ev.Status, appStatus), "app_error", "the app could not be reached"))
 	}
+	ev.Status = appStatus
 	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(appStatus)
 	_, _ = w.Write(buf.Bytes())
 	return nil
 }
+
+// settleClaim commits a delivered event or releases the claim of one that
+// was not. It runs even when ecommpay hung up meanwhile.
+func (h *Handler) settleClaim(parent context.Context, key, token string, delivered bool) {
+	if h.store == nil || token == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), 5*time.Second)
+	defer cancel()
+	if delivered {
+		if err := h.store.Commit(ctx, key, token, time.Duration(h.TTL)); err != nil {
+			// The app has it; a 200 stops retries that would deliver it again.
+			h.logger.Error("could not record a delivered callback", zap.String("event_key", key), zap.Error(err))
+			h.metrics.storeError("commit")
+		}
+	} else if err := h.store.Release(ctx, key, token); err != nil {
+		h.logger.Error("could not release a failed delivery; it frees itself when the claim expires",
+			zap.String("event_key", key), zap.Error(err))
+		h.metrics.storeError("release")
+	}
+}
+
+// prepareForApp removes what a client may have sent to pass for the
+// module's own headers: X-Ecommpay-* in any case and with '_' for '-' (CGI
+// and FastCGI map both to one variable), and Connection tokens that would
+// make the proxy drop the headers set here.
+func prepareForApp(hdr http.Header) {
+	for name := range hdr {
+		if isModuleHeader(name) {
+			delete(hdr, name)
+		}
+	}
+	conn := hdr.Values("Connection")
+	if len(conn) == 0 {
+		return
+	}
+	kept := make([]string, 0, len(conn))
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" && !isModuleHeader(tok) {
+				kept = append(kept, tok)
+			}
+		}
+	}
+	hdr.Del("Connection")
+	if len(kept) > 0 {
+		hdr.Set("Connection", strings.Join(kept, ", "))
+	}
+}
+
+const moduleHeaderPrefix = "x-ecommpay-"
+
+// isModuleHeader reports whether name is X-Ecommpay-* in any spelling.
+func isModuleHeader(name string) bool {
+	if len(name) < len(moduleHeaderPrefix) {
+		return false
+	}
+	for i := 0; i < len(moduleHeaderPrefix); i++ {
+		c := name[i] | 0x20 // ASCII lower case; '-' and '_' both fold below
+		if c == '_'|0x20 {
+			c = '-'
+		}
+		if c != moduleHeaderPrefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// maxPooledResponse keeps unusually large app answers out of the pool.
+const maxPooledResponse = 64 << 10
 
 var responseBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 

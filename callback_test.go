@@ -528,6 +528,7 @@ func FuzzCallback(f *testing.F) {
 			if !verifies(got, testSecret) {
 				t.Fatalf("forwarded a body that does not verify: %q", got)
 			}
+			w.WriteHeader(http.StatusOK)
 			return nil
 		})
 		w := serve(h, post("/cb", body), next)

@@ -26,11 +26,19 @@ const testSecret = "c0ffee-test-secret-01"
 // TestMain loads an empty Caddy config, so modules provisioned in tests
 // (reverse_proxy looks up the events app) have one to hang on.
 func TestMain(m *testing.M) {
+	// Local stores go to Caddy's data directory: keep them out of the
+	// user's.
+	dataHome, err := os.MkdirTemp("", "ecommpay-test-data-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_DATA_HOME", dataHome)
 	if err := caddy.Load([]byte(`{"admin":{"disabled":true},"logging":{"logs":{"default":{"level":"ERROR"}}}}`), false); err != nil {
 		panic(err)
 	}
 	code := m.Run()
 	_ = caddy.Stop()
+	os.RemoveAll(dataHome)
 	os.Exit(code)
 }
 

@@ -26,6 +26,10 @@ var (
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "qr_images_total",
 		Help: "QR images served or embedded, by cache outcome (hit, miss, error).",
 	}, []string{"cache"})
+	storeErrorsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "store_errors_total",
+		Help: "Failed store operations, by operation (claim, commit, release).",
+	}, []string{"op"})
 	forwardSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "forward_duration_seconds",
 		Help:    "Time spent delivering a callback to the app, by project.",
@@ -41,7 +45,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	if reg == nil {
 		return &metrics{}, nil
 	}
-	for _, c := range []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal, forwardSeconds} {
+	for _, c := range []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal, storeErrorsTotal, forwardSeconds} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -70,3 +74,5 @@ func (m *metrics) qrImage(outcome string) { qrImagesTotal.WithLabelValues(outcom
 func (m *metrics) forwarded(project string, d time.Duration) {
 	forwardSeconds.WithLabelValues(project).Observe(d.Seconds())
 }
+
+func (m *metrics) storeError(op string) { storeErrorsTotal.WithLabelValues(op).Inc() }

@@ -6,6 +6,7 @@ package ecommpay
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -36,6 +37,7 @@ const (
 	DefaultTTL            = 14 * 24 * time.Hour
 	DefaultForwardTimeout = 30 * time.Second
 	DefaultQRTTL          = time.Hour
+	DefaultReadTimeout    = 10 * time.Second
 )
 
 // Handler signs requests to ecommpay and guards callbacks from it. One
@@ -73,9 +75,18 @@ type Handler struct {
 	MaxString int `json:"max_string,omitempty"`
 
 	// Allow lists the client networks (CIDR or single addresses) that may
-	// use the signing modes. Default: loopback only (127.0.0.0/8, ::1).
-	// Anyone who reaches a signing endpoint can sign any amount.
+	// use the signing modes. It replaces the default, loopback only
+	// (127.0.0.0/8, ::1): list loopback too if you still want it. The
+	// address checked is the connection's own peer. Anyone who reaches a
+	// signing endpoint can sign any amount.
 	Allow []string `json:"allow,omitempty"`
+	// AllowProxied lets the signing modes accept requests that came through
+	// a proxy. By default a request carrying forwarding headers (Forwarded,
+	// X-Forwarded-*, X-Real-IP, Via, or a tunnel's client-IP header) is a
+	// proxied stranger and gets 403, even from loopback. With it, allow is
+	// checked against Caddy's client IP, which honours the server's
+	// trusted_proxies (make them strict).
+	AllowProxied bool `json:"allow_proxied,omitempty"`
 
 	// BaseURL is the Payment Page host (payment_page mode); the path
 	// /payment is appended. Default: https://paymentpage.ecommpay.com.
@@ -84,21 +95,37 @@ type Handler struct {
 	// instead of JSON.
 	Redirect bool `json:"redirect,omitempty"`
 
-	// Dedupe picks the de-duplication store of callback mode: "memory"
-	// (default; one process), "redis" (shared by a cluster) or "off".
-	Dedupe string `json:"dedupe,omitempty"`
-	// RedisURL is the Redis server for dedupe redis, such as
+	// Store is where callback de-dup state and the payment journal live:
+	// "local" (default: a file in Caddy's data directory that survives
+	// restarts and crashes), "memory" (one process; lost on restart) or
+	// "redis" (shared by a cluster). Every handler of a process that names
+	// the same store shares it.
+	Store string `json:"store,omitempty"`
+	// StorePath is the local store's file. Default: ecommpay/ecommpay.db
+	// in Caddy's data directory.
+	StorePath string `json:"store_path,omitempty"`
+	// RedisURL is the Redis server of store redis, such as
 	// redis://127.0.0.1:6379/0. Placeholders like {env.REDIS_URL} work.
 	RedisURL string `json:"redis_url,omitempty"`
+	// Dedupe "off" forwards every verified callback without
+	// de-duplication. "memory" and "redis" are older spellings of store
+	// memory and store redis.
+	Dedupe string `json:"dedupe,omitempty"`
 	// MaxKeys bounds the memory store; when full it evicts the oldest
 	// delivered keys. Default: 1000000.
 	MaxKeys int `json:"max_keys,omitempty"`
+	// Journal bounds the payment journal, or turns it off.
+	Journal JournalConfig `json:"journal,omitzero"`
 	// TTL is how long a delivered callback is remembered. Default: 14 days,
 	// longer than ecommpay's 11 days of retries.
 	TTL caddy.Duration `json:"ttl,omitempty"`
-	// ForwardTimeout bounds one delivery to the app. A claim left by a
-	// crashed delivery expires after twice this. Default: 30s.
+	// ForwardTimeout bounds one delivery to the app. The delivery runs to
+	// its end even if ecommpay hangs up. A claim left by a crashed
+	// delivery expires after twice this. Default: 30s.
 	ForwardTimeout caddy.Duration `json:"forward_timeout,omitempty"`
+	// ReadTimeout bounds reading a callback body, so that a slow sender
+	// cannot hold a connection. Default: 10s.
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
 	// OnStoreError is what callback mode does when the de-dup store fails:
 	// "reject" (default: 503, ecommpay retries) or "forward" (deliver
 	// without de-duplication, and log it).
@@ -135,6 +162,7 @@ type Handler struct {
 	qrOpts       QROptions
 	qrCache      *QRCache
 	store        Store
+	journal      journal
 	releaseStore func() error
 	logger       *zap.Logger
 	metrics      *metrics
@@ -149,6 +177,21 @@ type Project struct {
 	// Use placeholders such as {env.ECOMMPAY_SECRET} or
 	// {file./run/secrets/ecommpay}; they are resolved once at load.
 	Secrets []string `json:"secrets,omitempty"`
+}
+
+// JournalConfig bounds the payment journal: every callback attempt and
+// every signing request, by payment.
+type JournalConfig struct {
+	// Off turns the journal off.
+	Off bool `json:"off,omitempty"`
+	// MaxAge is how long entries are kept. Default: 30 days.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+	// MaxSize bounds the journal's stored bytes; the oldest entries go
+	// first. Default: 256 MiB.
+	MaxSize int64 `json:"max_size,omitempty"`
+	// NoBodies keeps metadata only, for shops that must not store the
+	// personal data callbacks carry. Replay then has nothing to send.
+	NoBodies bool `json:"no_bodies,omitempty"`
 }
 
 type project struct {
@@ -190,6 +233,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	switch h.Mode {
+	case ModePaymentPage, ModeGate:
+		h.warnTrustedProxies(ctx)
+	}
+	switch h.Mode {
 	case ModePaymentPage:
 		base := h.BaseURL
 		if base == "" {
@@ -210,6 +257,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	default:
 		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback or qr", h.Mode)
+	}
+	if h.Mode != ModeQR {
+		return h.provisionStore()
 	}
 	return nil
 }
@@ -265,9 +315,13 @@ func (h *Handler) Validate() error {
 	}
 	return errors.Join(
 		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate),
+		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate),
+		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", ModePaymentPage, ModeGate, ModeCallback),
+		misplaced(h.Journal != JournalConfig{}, "journal", ModePaymentPage, ModeGate, ModeCallback),
+		misplaced(h.ReadTimeout != 0, "read_timeout", ModeCallback),
 		misplaced(h.BaseURL != "", "base_url", ModePaymentPage),
 		misplaced(h.Redirect, "redirect", ModePaymentPage),
-		misplaced(h.Dedupe != "" || h.RedisURL != "" || h.MaxKeys != 0, "dedupe", ModeCallback),
+		misplaced(h.Dedupe != "" || h.MaxKeys != 0, "dedupe", ModeCallback),
 		misplaced(h.TTL != 0, "ttl", ModeCallback),
 		misplaced(h.ForwardTimeout != 0, "forward_timeout", ModeCallback),
 		misplaced(h.OnStoreError != "", "on_store_error", ModeCallback),
@@ -305,25 +359,67 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) lookupProject(id string) *project { return h.projects[id] }
 
 // signingRefusal says why a signing request must be refused, if it must:
-// a client outside allow, or TLS early data (replayable before the
-// handshake completes).
-func (h *Handler) signingRefusal(r *http.Request) (int, string) {
-	if !clientAllowed(r, h.allow) {
-		return http.StatusForbidden, "this client may not use the signing endpoint"
+// a proxied request (unless allow_proxied), a peer outside allow, or TLS
+// early data (replayable before the handshake completes).
+func (h *Handler) signingRefusal(r *http.Request) *refusal {
+	if !h.AllowProxied && isProxied(r.Header) {
+		return refuse(http.StatusForbidden, "forbidden",
+			"this request came through a proxy; the signing endpoint answers direct clients only (see allow_proxied)")
+	}
+	addr, ok := peerAddr(r)
+	if h.AllowProxied {
+		addr, ok = clientAddr(r)
+	}
+	if !ok || !inPrefixes(addr, h.allow) {
+		return refuse(http.StatusForbidden, "forbidden", "this client may not use the signing endpoint")
 	}
 	if r.TLS != nil && !r.TLS.HandshakeComplete {
-		return http.StatusTooEarly, "retry after the TLS handshake completes"
+		return refuse(http.StatusTooEarly, "forbidden", "retry after the TLS handshake completes")
 	}
-	return 0, ""
+	return nil
+}
+
+// forwardingHeaders are what proxies and tunnels add to say whom they
+// forward for, lower case with '-' for '_'.
+var forwardingHeaders = map[string]bool{
+	"forwarded": true, "via": true, "x-real-ip": true, "x-client-ip": true,
+	"x-cluster-client-ip": true, "cf-connecting-ip": true, "cf-connecting-ipv6": true,
+	"true-client-ip": true, "fastly-client-ip": true, "x-original-forwarded-for": true,
+	"x-envoy-external-address": true, "x-azure-clientip": true, "cdn-loop": true,
+}
+
+// isProxied reports whether the request carries a forwarding header, in
+// any spelling.
+func isProxied(hdr http.Header) bool {
+	for name := range hdr {
+		n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+		if forwardingHeaders[n] || strings.HasPrefix(n, "x-forwarded-") {
+			return true
+		}
+	}
+	return false
+}
+
+// peerAddr is the address of the connection's own peer, whatever headers
+// say. A Unix socket peer counts as loopback.
+func peerAddr(r *http.Request) (netip.Addr, bool) {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap(), true
+	}
+	if _, unix := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr); unix {
+		return netip.IPv6Loopback(), true
+	}
+	return netip.Addr{}, false
 }
 
 // clientAllowed reports whether the request's client is inside nets. It
 // uses Caddy's client IP, which honours trusted_proxies.
 func clientAllowed(r *http.Request, nets []netip.Prefix) bool {
 	addr, ok := clientAddr(r)
-	if !ok {
-		return false
-	}
+	return ok && inPrefixes(addr, nets)
+}
+
+func inPrefixes(addr netip.Addr, nets []netip.Prefix) bool {
 	for _, n := range nets {
 		if n.Contains(addr) {
 			return true
@@ -335,13 +431,23 @@ func clientAllowed(r *http.Request, nets []netip.Prefix) bool {
 func clientAddr(r *http.Request) (netip.Addr, bool) {
 	s, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	if s == "" {
-		s = r.RemoteAddr
-		if ap, err := netip.ParseAddrPort(s); err == nil {
-			return ap.Addr().Unmap(), true
-		}
+		return peerAddr(r)
 	}
 	a, err := netip.ParseAddr(s)
 	return a.Unmap(), err == nil
+}
+
+// warnTrustedProxies warns when allow_proxied meets a server whose client
+// IP a stranger can choose.
+func (h *Handler) warnTrustedProxies(ctx caddy.Context) {
+	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	switch {
+	case !h.AllowProxied || srv == nil:
+	case srv.TrustedProxiesRaw == nil:
+		h.logger.Warn("allow_proxied is set but the server has no trusted_proxies: allow is checked against the proxy's own address, so everyone behind the proxy may sign")
+	case srv.TrustedProxiesStrict == 0:
+		h.logger.Warn("allow_proxied is set but the server's trusted_proxies is not strict: the client picks the leftmost X-Forwarded-For value and so its own address; set trusted_proxies_strict")
+	}
 }
 
 // resolvePlaceholders resolves {env.*} and {file.*} once, at load.

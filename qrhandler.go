@@ -119,7 +119,9 @@ func (h *Handler) qrLifetime(d *Doc, list int32) time.Duration {
 		}
 		secs, err := strconv.ParseFloat(textAt(d, e, "data"), 64)
 		if err == nil && secs > 0 {
-			return min(time.Duration(secs*float64(time.Second)), maxQRTimeout)
+			// Clamp before converting: a huge value would overflow into
+			// an already expired link.
+			return time.Duration(min(secs, maxQRTimeout.Seconds()) * float64(time.Second))
 		}
 	}
 	return time.Duration(h.QRTTL)

@@ -1,0 +1,170 @@
+package ecommpay
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// exchange is one request to the handler, in any mode: the steps every mode
+// shares (read, parse, limits, project lookup) and the outcome that feeds
+// the log, the metrics and the journal, written once.
+type exchange struct {
+	h     *Handler
+	w     http.ResponseWriter
+	r     *http.Request
+	start time.Time
+	ev    journalEvent
+	// appLatency is how long the next handler took, when it was called.
+	appLatency time.Duration
+}
+
+func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
+	return &exchange{h: h, w: w, r: r, start: time.Now(), ev: journalEvent{Kind: kind}}
+}
+
+// refusal is an answer decided before anything was forwarded.
+type refusal struct {
+	status        int
+	result, field string
+	msg           string
+}
+
+func refuse(status int, result, msg string) *refusal {
+	return &refusal{status: status, result: result, msg: msg}
+}
+
+// answer writes a refusal as a small JSON error and notes the outcome.
+func (x *exchange) answer(rf *refusal) error {
+	x.ev.Status, x.ev.Result = rf.status, rf.result
+	writeError(x.w, rf.status, rf.field, "%s", rf.msg)
+	return nil
+}
+
+// readObject reads the body within max_body and parses it as a JSON object
+// within the limits. The caller releases the Doc.
+func (x *exchange) readObject() (*Doc, []byte, *refusal) {
+	body, rf := x.readBody()
+	if rf != nil {
+		return nil, nil, rf
+	}
+	d, rf := x.h.parseObject(body)
+	return d, body, rf
+}
+
+// readBody reads the body within max_body and, for callbacks, read_timeout.
+func (x *exchange) readBody() ([]byte, *refusal) {
+	if x.ev.Kind == kindCallback {
+		// A slow sender must not hold the connection: the body of a real
+		// callback arrives at once.
+		_ = http.NewResponseController(x.w).SetReadDeadline(time.Now().Add(time.Duration(x.h.ReadTimeout)))
+	}
+	body, err := readBody(x.r, x.h.MaxBody)
+	switch {
+	case errors.Is(err, errTooLarge):
+		return nil, refuse(http.StatusRequestEntityTooLarge, "too_large", "body too large")
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return nil, refuse(http.StatusRequestTimeout, "too_slow", "the body did not arrive in time")
+	case err != nil:
+		return nil, refuse(http.StatusBadRequest, "malformed", "reading the body failed")
+	}
+	return body, nil
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
+
+// parseObject parses body as a JSON object within the handler's limits.
+func (h *Handler) parseObject(body []byte) (*Doc, *refusal) {
+	d, err := parseBorrowed(body, h.limits)
+	if err != nil {
+		if errors.Is(err, ErrMalformed) {
+			return nil, refuse(http.StatusBadRequest, "malformed", err.Error())
+		}
+		return nil, refuse(http.StatusRequestEntityTooLarge, "too_large", err.Error())
+	}
+	if d.Kind(d.Root()) != Object {
+		d.Release()
+		return nil, refuse(http.StatusBadRequest, "malformed", "the body must be a JSON object")
+	}
+	return d, nil
+}
+
+// projectFor picks the project by the id the request gave. When it gave
+// none and one project is configured, that one is used, unless the mode
+// requires the id (callbacks must name theirs).
+func (h *Handler) projectFor(id string, given, required bool, field string) (*project, *refusal) {
+	switch {
+	case given && id == "":
+		return nil, &refusal{http.StatusBadRequest, "invalid", field, field + " is empty; leave it out or set it"}
+	case given:
+		if p := h.lookupProject(id); p != nil {
+			return p, nil
+		}
+		return nil, &refusal{http.StatusBadRequest, "unknown_project", field, "unknown project"}
+	case h.only != nil && !required:
+		return h.only, nil
+	}
+	return nil, &refusal{http.StatusBadRequest, "invalid", field, field + " is required when several projects are configured"}
+}
+
+// finish logs the outcome, counts it once and records it in the journal.
+func (x *exchange) finish() {
+	h, ev := x.h, &x.ev
+	if ev.ProjectID == "" && ev.Kind == kindCallback {
+		ev.ProjectID = "unknown"
+	}
+	if ev.Kind != kindCallback && ev.Result == "malformed" {
+		ev.Result = "invalid" // the signing modes' name for it
+	}
+	if ev.Kind == kindCallback {
+		h.metrics.callback(ev.ProjectID, ev.Result)
+	} else {
+		h.metrics.signRequest(ev.Kind, ev.Result)
+	}
+	if x.appLatency > 0 {
+		ev.AppLatencyMS = x.appLatency.Milliseconds()
+	}
+	// Check first: the fields cost allocations even when Info is off.
+	if ce := h.logger.Check(zap.InfoLevel, logMessages[ev.Kind]); ce != nil {
+		fields := []zap.Field{zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID)}
+		switch ev.Kind {
+		case kindCallback:
+			fields = append(fields, zap.String("operation_id", ev.OperationID), zap.String("operation_status", ev.OperationStatus),
+				zap.String("payment_status", ev.PaymentStatus), zap.String("event_key", ev.EventKey), zap.Bool("verified", ev.Verified))
+		case kindGate:
+			fields = append(fields, zap.String("path", truncateUnverified(x.r.URL.Path)))
+		}
+		if ev.AppStatus != 0 {
+			fields = append(fields, zap.Int("app_status", ev.AppStatus))
+		}
+		fields = append(fields, zap.String("result", ev.Result), zap.Int("status", ev.Status), zap.Duration("duration", time.Since(x.start)))
+		ce.Write(fields...)
+	}
+	if h.journal != nil && x.journaled() {
+		// The journal must not hold up the answer, nor fail it.
+		if err := h.journal.Record(context.WithoutCancel(x.r.Context()), *ev); err != nil {
+			h.logger.Error("could not record in the journal", zap.String("event_key", ev.EventKey), zap.Error(err))
+		}
+	}
+}
+
+var logMessages = map[string]string{
+	kindCallback:    "callback",
+	kindPaymentPage: "payment page request",
+	kindGate:        "gate request",
+}
+
+// journaled reports whether the outcome belongs in the journal: every
+// callback that named a project, and signing requests that were signed.
+func (x *exchange) journaled() bool {
+	if x.ev.Kind == kindCallback {
+		return x.ev.Result != "forbidden_source" && x.ev.Result != "too_slow"
+	}
+	return x.ev.Result == "signed" || x.ev.Result == "upstream_error"
+}

@@ -16,12 +16,12 @@ import (
 
 // Journal entry kinds.
 const (
-	kindCallback      = "callback"      // a callback from ecommpay
-	kindReplay        = "replay"        // an operator re-delivered a stored event
-	kindStatus        = "status"        // a status answer delivered to the app (reconciliation)
+	kindCallback      = "callback"       // a callback from ecommpay
+	kindReplay        = "replay"         // an operator re-delivered a stored event
+	kindStatus        = "status"         // a status answer delivered to the app (reconciliation)
 	kindStatusRequest = "status_request" // a status request to ecommpay (reconciliation)
-	kindPaymentPage   = ModePaymentPage // a signed Payment Page URL
-	kindGate          = ModeGate        // a signed Gate request
+	kindPaymentPage   = ModePaymentPage  // a signed Payment Page URL
+	kindGate          = ModeGate         // a signed Gate request
 )
 
 // Journal defaults.

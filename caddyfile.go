@@ -33,16 +33,26 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_leaves <n>
 //		max_string <size>
 //
+//		# payment_page, gate and callback: where state and the journal live
+//		store local [<path>] | memory [<max_keys>] | redis <url>
+//		journal off | {
+//			max_age  <duration>
+//			max_size <size>
+//			bodies   off
+//		}
+//
 //		# payment_page and gate
 //		allow <cidr>...
+//		allow_proxied
 //		# payment_page
 //		base_url <url>
 //		redirect
 //
 //		# callback
-//		dedupe memory [<max_keys>] | redis <url> | off
+//		dedupe off   (memory [<max_keys>] | redis <url>: older spellings of store)
 //		ttl             <duration>
 //		forward_timeout <duration>
+//		read_timeout    <duration>
 //		on_store_error  reject|forward
 //		from <cidr>...
 //		qr image | url <base_url> | off
@@ -135,6 +145,33 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "redirect":
 			err = want(0, 0)
 			h.Redirect = true
+		case "allow_proxied":
+			err = want(0, 0)
+			h.AllowProxied = true
+		case "store":
+			if err = want(1, 2); err != nil {
+				break
+			}
+			h.Store = args[0]
+			switch {
+			case args[0] == "local" && len(args) == 2:
+				h.StorePath = args[1]
+			case args[0] == "memory" && len(args) == 2:
+				n, perr := strconv.Atoi(args[1])
+				if perr != nil || n <= 0 {
+					return d.Errf("store memory: %q is not a number of keys", args[1])
+				}
+				h.MaxKeys = n
+			case args[0] == "redis" && len(args) == 2:
+				h.RedisURL = args[1]
+			case (args[0] == "local" || args[0] == "memory") && len(args) == 1:
+			default:
+				return d.Err("store takes: local [<path>] | memory [<max_keys>] | redis <url>")
+			}
+		case "journal":
+			if err = parseJournal(d, args, &h.Journal); err != nil {
+				return err
+			}
 		case "dedupe":
 			if err = want(1, 2); err != nil {
 				break
@@ -153,19 +190,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Err("dedupe takes: memory [<max_keys>] | redis <url> | off")
 			}
-		case "ttl", "forward_timeout", "qr_ttl":
+		case "ttl", "forward_timeout", "read_timeout", "qr_ttl":
 			if err = want(1, 1); err == nil {
-				dur, perr := caddy.ParseDuration(args[0])
-				if perr != nil || dur <= 0 {
-					return d.Errf("%s: %q is not a positive duration", name, args[0])
+				var dur caddy.Duration
+				if dur, err = parsePositiveDuration(d, name, args[0]); err != nil {
+					return err
 				}
 				switch name {
 				case "ttl":
-					h.TTL = caddy.Duration(dur)
+					h.TTL = dur
 				case "forward_timeout":
-					h.ForwardTimeout = caddy.Duration(dur)
+					h.ForwardTimeout = dur
+				case "read_timeout":
+					h.ReadTimeout = dur
 				default:
-					h.QRTTL = caddy.Duration(dur)
+					h.QRTTL = dur
 				}
 			}
 		case "on_store_error":
@@ -205,6 +244,57 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("at least one `project <project_id> <secret>` line is required")
 	}
 	return nil
+}
+
+// parseJournal reads `journal off` or a journal block.
+func parseJournal(d *caddyfile.Dispenser, args []string, j *JournalConfig) error {
+	switch {
+	case len(args) == 1 && args[0] == "off":
+		j.Off = true
+		if d.NextBlock(d.Nesting()) {
+			return d.Err("journal off takes no block")
+		}
+		return nil
+	case len(args) > 0:
+		return d.Err("journal takes: off, or a block of max_age, max_size and bodies")
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		args := d.RemainingArgs()
+		if len(args) != 1 {
+			return d.ArgErr()
+		}
+		switch name {
+		case "max_age":
+			dur, err := parsePositiveDuration(d, "journal max_age", args[0])
+			if err != nil {
+				return err
+			}
+			j.MaxAge = dur
+		case "max_size":
+			n, err := humanize.ParseBytes(args[0])
+			if err != nil || n == 0 || n > math.MaxInt64/2 {
+				return d.Errf("journal max_size: %q is not a size", args[0])
+			}
+			j.MaxSize = int64(n)
+		case "bodies":
+			if args[0] != "off" {
+				return d.Errf("journal bodies takes off, not %q", args[0])
+			}
+			j.NoBodies = true
+		default:
+			return d.Errf("unrecognized journal setting %q", name)
+		}
+	}
+	return nil
+}
+
+func parsePositiveDuration(d *caddyfile.Dispenser, name, arg string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(arg)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: %q is not a positive duration", name, arg)
+	}
+	return caddy.Duration(dur), nil
 }
 
 // Interface guard

@@ -93,6 +93,29 @@ func TestCaddyfileParses(t *testing.T) {
 		{"callback, dedupe off", "ecommpay callback {\n project 210 s\n dedupe off\n}",
 			Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Dedupe: "off"}},
 
+		{"callback, store and journal", `ecommpay callback {
+			project 210 s
+			store local /var/lib/caddy/ecommpay.db
+			journal {
+				max_age 7d
+				max_size 64MiB
+				bodies off
+			}
+			read_timeout 5s
+		}`, Handler{
+			Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}},
+			Store: "local", StorePath: "/var/lib/caddy/ecommpay.db",
+			Journal:     JournalConfig{MaxAge: caddy.Duration(7 * 24 * time.Hour), MaxSize: 64 << 20, NoBodies: true},
+			ReadTimeout: caddy.Duration(5 * time.Second),
+		}},
+
+		{"callback, store redis", "ecommpay callback {\n project 210 s\n store redis {env.REDIS_URL}\n}",
+			Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Store: "redis", RedisURL: "{env.REDIS_URL}"}},
+
+		{"gate, store memory, journal off, allow_proxied", "ecommpay gate {\n project 210 s\n store memory 50\n journal off\n allow_proxied\n}",
+			Handler{Mode: ModeGate, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Store: "memory", MaxKeys: 50,
+				Journal: JournalConfig{Off: true}, AllowProxied: true}},
+
 		{"qr", "ecommpay qr {\n project 210 s\n qr_size 128\n qr_level l\n qr_cache 1MB\n}",
 			Handler{Mode: ModeQR, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, QRSize: 128, QRLevel: "l", QRCacheSize: 1000000}},
 
@@ -129,6 +152,16 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"empty block", "ecommpay gate {\n}", "at least one `project"},
 
 		{"project without secret", "ecommpay gate {\n project 210\n}", "wrong argument count"},
+		{"store unknown", block("callback", "store disk"), "store takes"},
+		{"store redis without url", block("callback", "store redis"), "store takes"},
+		{"store memory not a number", block("callback", "store memory many"), "not a number of keys"},
+		{"journal bad word", block("callback", "journal on"), "journal takes"},
+		{"journal off with block", block("callback", "journal off {\n max_age 1d\n }"), "no block"},
+		{"journal unknown setting", block("callback", "journal {\n keep 1d\n }"), "unrecognized journal setting"},
+		{"journal max_age bad", block("callback", "journal {\n max_age soon\n }"), "not a positive duration"},
+		{"journal bodies on", block("callback", "journal {\n bodies on\n }"), "bodies takes off"},
+		{"read_timeout zero", block("callback", "read_timeout 0s"), "not a positive duration"},
+		{"allow_proxied with arg", block("gate", "allow_proxied yes"), "wrong argument count"},
 		{"project without id", "ecommpay gate {\n project\n}", "wrong argument count"},
 
 		{"max_body missing", block("gate", "max_body"), "wrong argument count"},

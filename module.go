@@ -166,6 +166,7 @@ type Handler struct {
 	releaseStore func() error
 	logger       *zap.Logger
 	metrics      *metrics
+	route        *callbackRoute // callback mode: where dispatches go
 }
 
 // Project is one ecommpay project and its secrets.
@@ -251,6 +252,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.provisionCallback(); err != nil {
 			return err
 		}
+		if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+			h.route = &callbackRoute{server: srv}
+			callbackHandlers.Store(h, h.route)
+		}
 	case ModeQR:
 		if err := h.provisionQR(); err != nil {
 			return err
@@ -333,6 +338,7 @@ func (h *Handler) Validate() error {
 
 // Cleanup releases the de-dup store and the QR cache.
 func (h *Handler) Cleanup() error {
+	callbackHandlers.Delete(h)
 	if h.qrCache != nil {
 		h.qrCache.Close()
 	}

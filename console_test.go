@@ -124,4 +124,3 @@ func TestConsoleAPIAndPages(t *testing.T) {
 		t.Fatalf("the timeline lacks verdicts: %s", page)
 	}
 }
-

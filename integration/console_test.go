@@ -171,4 +171,3 @@ func browser(t *testing.T, chromium string) context.Context {
 	t.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
 	return ctx
 }
-

@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,12 +99,12 @@ const none int32 = -1
 // node is one value of a Doc. Nodes sit in one arena slice and link to
 // children and siblings by index, so a parse allocates almost nothing.
 type node struct {
-	kind  Kind
 	key   string // member name, decoded, when the parent is an object
 	text  string // string: decoded; number: the literal as sent; bool: "true"/"false"
 	child int32
 	last  int32
 	next  int32
+	kind  Kind // last: 48 bytes a node, not 56
 }
 
 // Doc is a parsed JSON document that keeps member order and number
@@ -187,8 +188,20 @@ func (d *Doc) skipSpace() {
 }
 
 func (d *Doc) newNode(k Kind) int32 {
+	if len(d.nodes) == cap(d.nodes) && d.pos < len(d.src) {
+		d.grow()
+	}
 	d.nodes = append(d.nodes, node{kind: k, child: none, last: none, next: none})
 	return int32(len(d.nodes) - 1)
+}
+
+// grow makes room, once, for every node the rest of the body can hold, so
+// a large body costs one arena rather than append's many. Each node after
+// this one needs a ',', '[' or '{' before it, and two bytes of the body.
+func (d *Doc) grow() {
+	rest := d.src[d.pos:]
+	n := min(strings.Count(rest, ",")+strings.Count(rest, "[")+strings.Count(rest, "{"), len(rest)/2) + 1
+	d.nodes = slices.Grow(d.nodes, n)
 }
 
 func (d *Doc) leaf() error {

@@ -43,11 +43,12 @@ const (
 
 // The canonical string of an accepted body is at most canonPerByte bytes
 // per body byte plus canonSlack; Parse refuses more (ErrTooExpensive). A
-// typical callback's is about its own size; the slack lets small bodies
-// nest freely.
+// typical callback's is 1.2 times its size, and no signature vector's
+// over 1.9; the slack lets small bodies nest freely. Everything done
+// before the signature is checked is then linear in the body.
 const (
 	canonPerByte = 8
-	canonSlack   = 64 << 10
+	canonSlack   = 16 << 10
 )
 
 // maxRenderedNumber bounds len(renderNumber(lit)): an int64 is at most 20

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/binary"
 	"hash"
 	"math"
 	"slices"
@@ -199,7 +200,12 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 	case String:
 		c.add(c.path, nd.text)
 	case Number:
-		c.add(c.path, renderNumber(nd.text))
+		// As add, rendering in place: a body of floats allocates nothing.
+		start := int32(len(c.buf))
+		c.buf = append(c.buf, c.path...)
+		pathEnd := int32(len(c.buf))
+		c.buf = appendNumber(append(c.buf, ':'), nd.text)
+		c.items = append(c.items, item{start, pathEnd, int32(len(c.buf))})
 	case Bool:
 		if nd.text == "true" {
 			c.add(c.path, "1")
@@ -245,45 +251,66 @@ func CanonicalPairs(pairs [][2]string) string {
 // json_decode: integers that fit in int64 as themselves, all else as a float
 // with 14 significant digits.
 func renderNumber(lit string) string {
-	if strings.IndexAny(lit, ".eE") < 0 {
-		if _, err := strconv.ParseInt(lit, 10, 64); err == nil {
-			if lit == "-0" {
-				return "0"
-			}
-			return lit
+	if isInt64(lit) {
+		if lit == "-0" {
+			return "0"
 		}
+		return lit
 	}
-	f, _ := strconv.ParseFloat(lit, 64) // ±Inf on overflow, as PHP
-	return phpFloat(f)
+	return string(appendNumber(nil, lit))
 }
 
-// phpFloat is PHP's (string) cast of a float at precision 14.
-func phpFloat(f float64) string {
+// appendNumber appends renderNumber(lit) to dst.
+func appendNumber(dst []byte, lit string) []byte {
+	if isInt64(lit) {
+		if lit == "-0" {
+			return append(dst, '0')
+		}
+		return append(dst, lit...)
+	}
+	f, _ := strconv.ParseFloat(lit, 64) // ±Inf on overflow, as PHP
+	return appendPHPFloat(dst, f)
+}
+
+func isInt64(lit string) bool {
+	if strings.IndexAny(lit, ".eE") >= 0 {
+		return false
+	}
+	_, err := strconv.ParseInt(lit, 10, 64)
+	return err == nil
+}
+
+// appendPHPFloat appends PHP's (string) cast of f at precision 14.
+func appendPHPFloat(out []byte, f float64) []byte {
 	switch {
 	case math.IsInf(f, 1):
-		return "INF"
+		return append(out, "INF"...)
 	case math.IsInf(f, -1):
-		return "-INF"
+		return append(out, "-INF"...)
 	case math.IsNaN(f):
-		return "NAN"
+		return append(out, "NAN"...)
 	case f == 0:
 		if math.Signbit(f) {
-			return "-0"
+			return append(out, "-0"...)
 		}
-		return "0"
+		return append(out, '0')
 	}
 	var b [32]byte
 	e := strconv.AppendFloat(b[:0], math.Abs(f), 'e', 13, 64) // d.ddddddddddddde±XX
 	mark := slices.Index(e, 'e')
-	exp, _ := strconv.Atoi(string(e[mark+1:]))
-	digits := make([]byte, 0, 14)
-	digits = append(digits, e[0])
-	digits = append(digits, e[2:mark]...)
+	exp := 0
+	for _, c := range e[mark+2:] {
+		exp = exp*10 + int(c-'0')
+	}
+	if e[mark+1] == '-' {
+		exp = -exp
+	}
+	var db [14]byte
+	digits := append(append(db[:0], e[0]), e[2:mark]...)
 	for len(digits) > 1 && digits[len(digits)-1] == '0' {
 		digits = digits[:len(digits)-1]
 	}
 	decpt := exp + 1
-	out := make([]byte, 0, 24)
 	if f < 0 {
 		out = append(out, '-')
 	}
@@ -302,7 +329,7 @@ func phpFloat(f float64) string {
 			out = append(out, '+')
 			out = strconv.AppendInt(out, int64(decpt-1), 10)
 		}
-		return string(out)
+		return out
 	}
 	switch {
 	case decpt <= 0:
@@ -321,7 +348,7 @@ func phpFloat(f float64) string {
 		out = append(out, '.')
 		out = append(out, digits[decpt:]...)
 	}
-	return string(out)
+	return out
 }
 
 // natCompare is PHP 8's strnatcmp_ex (case-sensitive) on bytes: digit runs
@@ -331,11 +358,14 @@ func natCompare(a, b []byte) int {
 	if len(a) == 0 || len(b) == 0 {
 		return len(a) - len(b)
 	}
-	// Fast path: over equal bytes that are neither digits nor spaces every
-	// step of the algorithm is one byte, so it can resume after them.
-	i := 0
-	for i < len(a) && i < len(b) && a[i] == b[i] && !isDigit(a[i]) && !isSpace(a[i]) {
-		i++
+	// Fast path: over an equal prefix both sides take the same steps, and
+	// a step starts on both just after any byte that is neither digit nor
+	// space (no digit run or skipped space goes past it). Paths share long
+	// prefixes, so find the prefix a word at a time and resume after its
+	// last such byte.
+	i := commonPrefix(a, b)
+	for i > 0 && (isDigit(a[i-1]) || isSpace(a[i-1])) {
+		i--
 	}
 	if i > 0 {
 		switch {
@@ -357,6 +387,19 @@ func natCompare(a, b []byte) int {
 		bi++
 	}
 	return natSteps(a, ai, b, bi)
+}
+
+// commonPrefix is the length of the longest common prefix of a and b.
+func commonPrefix(a, b []byte) int {
+	n := min(len(a), len(b))
+	i := 0
+	for i+8 <= n && binary.LittleEndian.Uint64(a[i:]) == binary.LittleEndian.Uint64(b[i:]) {
+		i += 8
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
 }
 
 // natSteps runs strnatcmp's main loop from ai and bi.

@@ -137,6 +137,17 @@ func callbackWork(body, dst []byte) ([]byte, error) {
 	return d.Canonical(dst, true), nil
 }
 
+// checkNodeBound checks what Doc.grow relies on to size the arena once:
+// a body holds at most one node more than its ',', '[' and '{', and than
+// half its length.
+func checkNodeBound(t testing.TB, d *Doc, body []byte) {
+	t.Helper()
+	delims := bytes.Count(body, []byte(",")) + bytes.Count(body, []byte("[")) + bytes.Count(body, []byte("{"))
+	if n := len(d.nodes); n > delims+1 || n > len(body)/2+1 {
+		t.Fatalf("%d nodes in %d bytes with %d delimiters", n, len(body), delims)
+	}
+}
+
 // gateWork is what Gate does with a body before it forwards it signed.
 func gateWork(body, dst []byte) ([]byte, error) {
 	d, err := parseBorrowed(body, Limits{})
@@ -225,6 +236,7 @@ func TestBoundsHostileShapes(t *testing.T) {
 				return
 			}
 			defer d.Release()
+			checkNodeBound(t, d, body)
 			c := d.Canonical(nil, false)
 			if len(c) > d.canon || d.canon > d.budget {
 				t.Errorf("canonical string of %d bytes, estimated %d, budget %d", len(c), d.canon, d.budget)
@@ -402,6 +414,7 @@ func FuzzParseBounds(f *testing.F) {
 		if d.canon > d.budget {
 			t.Fatalf("estimate %d over budget %d", d.canon, d.budget)
 		}
+		checkNodeBound(t, d, body)
 		c1 := d.Canonical(nil, true)
 		if len(d.Canonical(nil, false)) > d.canon {
 			t.Fatalf("canonical string of %d bytes, estimated %d", len(c1), d.canon)

@@ -26,6 +26,11 @@ const (
 	HeaderEventKey  = "X-Ecommpay-Event-Key"
 	HeaderProjectID = "X-Ecommpay-Project-Id"
 	HeaderDuplicate = "X-Ecommpay-Duplicate"
+	// HeaderReplay marks an event an operator sent again from the console.
+	HeaderReplay = "X-Ecommpay-Replay"
+	// HeaderSource is "status" on a payment status that reconciliation
+	// asked ecommpay for, because the callback never came.
+	HeaderSource = "X-Ecommpay-Source"
 )
 
 // retryAfter is what in-flight duplicates and store failures are told;
@@ -113,6 +118,9 @@ func (h *Handler) provisionStore() error {
 // serveCallback verifies, claims, rewrites, re-signs and forwards one
 // callback, then commits or releases the claim by the app's answer.
 func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if dsp, ok := r.Context().Value(dispatchKey{}).(*dispatched); ok && dsp.target == h {
+		return h.serveDispatched(w, r, next, dsp)
+	}
 	x := h.newExchange(w, r, kindCallback)
 	defer x.finish()
 	if r.Method != http.MethodPost {
@@ -131,9 +139,39 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 	if rf != nil {
 		return x.answer(rf)
 	}
+	return h.deliver(x, next, d, body, p, key)
+}
 
+// serveDispatched serves an in-process delivery: a replay, which is
+// deliberate and so not de-duplicated, or a status answer, which is
+// claimed and committed like a callback.
+func (h *Handler) serveDispatched(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, dsp *dispatched) error {
+	dsp.reached = true
+	if dsp.kind == "" { // a probe of the route
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	x := h.newExchange(w, r, dsp.kind)
+	defer func() { dsp.ev = x.ev }()
+	defer x.finish()
+	d, rf := h.parseObject(dsp.body)
+	if rf != nil {
+		return x.answer(rf)
+	}
+	defer d.Release()
+	p, key, rf := h.verifyCallback(d, &x.ev)
+	if rf != nil {
+		return x.answer(rf)
+	}
+	return h.deliver(x, next, d, dsp.body, p, key)
+}
+
+// deliver claims a verified event (replays excepted), rewrites it,
+// forwards it and settles the claim.
+func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *Doc, body []byte, p *project, key *Key) error {
+	w, r := x.w, x.r
 	var token string
-	if h.store != nil {
+	if h.store != nil && x.ev.Kind != kindReplay {
 		state, tok, err := h.store.Claim(r.Context(), x.ev.EventKey, 2*time.Duration(h.ForwardTimeout))
 		switch {
 		case err != nil && h.OnStoreError == "forward":
@@ -157,7 +195,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 			token = tok
 		}
 	}
-	if !h.Journal.NoBodies {
+	if !h.Journal.NoBodies && x.ev.Kind != kindReplay {
 		x.ev.Body = body // as received: what a replay sends again
 	}
 	return h.forwardCallback(x, next, h.rewriteCallback(d, body, p, key), token)
@@ -353,6 +391,12 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	prepareForApp(r.Header)
 	r.Header.Set(HeaderEventKey, ev.EventKey)
 	r.Header.Set(HeaderProjectID, ev.ProjectID)
+	switch ev.Kind {
+	case kindReplay:
+		r.Header.Set(HeaderReplay, "1")
+	case kindStatus:
+		r.Header.Set(HeaderSource, "status")
+	}
 	r.Header.Set("Content-Type", "application/json")
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	r.Header.Del("Accept-Encoding") // the app's answer is buffered, not parsed; keep it plain anyway

@@ -51,7 +51,7 @@ func newSignCommand() *cobra.Command {
 	var opts signOpts
 	var secretFile string
 	cmd := &cobra.Command{
-		Use:   "sign [--canonical] [--callback] [--secret-file <path>] [<file>]",
+		Use:   "sign [--canonical] [--callback] [--body] [--secret-file <path>] [<file>]",
 		Short: "Prints the signature of a JSON object",
 		Long: `
 Signs a JSON object as ecommpay's PHP SDK sign() does: the canonical string
@@ -63,6 +63,14 @@ base64. The signature is printed as the last line of output.
 
 --callback signs as a callback is verified: every "signature" member, at
 any depth, is left out too. Use it to make test callbacks.
+
+--body prints the whole signed body instead of the signature: with
+--callback the signature goes to the top-level "signature" (a callback, as
+ecommpay sends it), else to "general.signature" (a Gate request). Nothing
+else is printed, so the output can go straight to a file or to curl:
+
+  echo '{"project_id":210,"payment":{"id":"X1","status":"success"}}' |
+    caddy ecommpay sign --callback --body > callback.json
 
 The secret comes from ` + SecretEnv + ` or --secret-file, exactly one of them.
 
@@ -78,6 +86,7 @@ malformed JSON).
 	}
 	cmd.Flags().BoolVar(&opts.canonical, "canonical", false, "Also print the canonical string")
 	cmd.Flags().BoolVar(&opts.callback, "callback", false, `Leave out every "signature" member, as callback verification does`)
+	cmd.Flags().BoolVar(&opts.body, "body", false, "Print the whole signed body instead of the signature")
 	cmd.Flags().StringVar(&secretFile, "secret-file", "", "Read the secret from this file instead of "+SecretEnv)
 	return cmd
 }
@@ -174,6 +183,7 @@ func readSecret(env func(string) string, secretFile string) (string, error) {
 type signOpts struct {
 	canonical bool // also print the canonical string
 	callback  bool // leave out "signature" members, as for callbacks
+	body      bool // print the signed body, not the signature
 }
 
 // parseObject reads in and parses it as a JSON object with the default
@@ -201,21 +211,43 @@ func runSign(in io.Reader, secret string, opts signOpts, out io.Writer) error {
 	if secret == "" {
 		return errors.New("empty secret")
 	}
+	if opts.body && opts.canonical {
+		return errors.New("--body prints only the body: leave out --canonical")
+	}
 	d, err := parseObject(in)
 	if err != nil {
 		return err
 	}
-	canonical := d.Canonical(nil, opts.callback)
-	d.Release()
-	var b strings.Builder
-	if opts.canonical {
-		b.WriteString("canonical: ")
-		b.Write(canonical)
-		b.WriteByte('\n')
+	defer d.Release()
+	root, general := d.Root(), none
+	if opts.body && !opts.callback {
+		// A Gate request is signed without any signature, which then goes
+		// to general.signature.
+		if general = d.Object(root, "general"); general == none {
+			return fmt.Errorf("%w: general is not an object", ErrMalformed)
+		}
+		d.Delete(root, "signature")
+		d.Delete(general, "signature")
 	}
-	b.WriteString(NewKey(secret).Sign(canonical))
-	b.WriteByte('\n')
-	_, err = io.WriteString(out, b.String())
+	canonical := d.Canonical(nil, opts.callback)
+	signature := NewKey(secret).Sign(canonical)
+	var b []byte
+	switch {
+	case opts.body && opts.callback:
+		d.Set(root, "signature", String, signature)
+		b = append(d.AppendJSON(nil), '\n')
+	case opts.body:
+		d.Set(general, "signature", String, signature)
+		b = append(d.AppendJSON(nil), '\n')
+	default:
+		if opts.canonical {
+			b = append(b, "canonical: "...)
+			b = append(b, canonical...)
+			b = append(b, '\n')
+		}
+		b = append(append(b, signature...), '\n')
+	}
+	_, err = out.Write(b)
 	return err
 }
 

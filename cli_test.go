@@ -102,6 +102,46 @@ func TestRunSignCallbackMode(t *testing.T) {
 	}
 }
 
+// --body prints a whole signed body: a callback that verifies, or a Gate
+// request whose general.signature covers the rest.
+func TestRunSignBody(t *testing.T) {
+	var out bytes.Buffer
+	in := `{"project_id":210,"payment":{"id":"X1","status":"success","signature":"old"},"signature":"stale"}`
+	if err := runSign(strings.NewReader(in), testSecret, signOpts{callback: true, body: true}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var res bytes.Buffer
+	if valid, err := runVerify(bytes.NewReader(out.Bytes()), testSecret, &res); err != nil || !valid {
+		t.Fatalf("the signed callback does not verify: %v %s\n%s", err, res.String(), out.String())
+	}
+	if strings.Count(out.String(), "\n") != 1 || strings.Contains(out.String(), "stale") {
+		t.Fatalf("--body printed more than the body, or kept the stale signature: %q", out.String())
+	}
+
+	out.Reset()
+	gate := `{"general":{"project_id":210,"payment_id":"P","signature":"stale"},"payment":{"amount":1000,"currency":"CNY"}}`
+	if err := runSign(strings.NewReader(gate), testSecret, signOpts{body: true}, &out); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Parse(out.Bytes(), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := textAt(d, d.Root(), "general", "signature")
+	d.Delete(d.Get(d.Root(), "general"), "signature")
+	if want := NewKey(testSecret).Sign(d.Canonical(nil, false)); sig != want {
+		t.Fatalf("general.signature %q, want %q over %s", sig, want, out.String())
+	}
+	d.Release()
+
+	if err := runSign(strings.NewReader(gate), testSecret, signOpts{body: true, canonical: true}, &out); err == nil {
+		t.Fatal("--body with --canonical was accepted")
+	}
+	if err := runSign(strings.NewReader(`{"general":1}`), testSecret, signOpts{body: true}, &out); err == nil {
+		t.Fatal("a Gate body whose general is not an object was signed")
+	}
+}
+
 func TestRunSignErrors(t *testing.T) {
 	for name, body := range map[string]string{
 		"malformed": `{"a":`,

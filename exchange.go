@@ -122,9 +122,10 @@ func (x *exchange) finish() {
 	if ev.Kind != kindCallback && ev.Result == "malformed" {
 		ev.Result = "invalid" // the signing modes' name for it
 	}
-	if ev.Kind == kindCallback {
+	switch ev.Kind {
+	case kindCallback:
 		h.metrics.callback(ev.ProjectID, ev.Result)
-	} else {
+	case kindPaymentPage, kindGate:
 		h.metrics.signRequest(ev.Kind, ev.Result)
 	}
 	if x.appLatency > 0 {
@@ -134,7 +135,7 @@ func (x *exchange) finish() {
 	if ce := h.logger.Check(zap.InfoLevel, logMessages[ev.Kind]); ce != nil {
 		fields := []zap.Field{zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID)}
 		switch ev.Kind {
-		case kindCallback:
+		case kindCallback, kindReplay, kindStatus:
 			fields = append(fields, zap.String("operation_id", ev.OperationID), zap.String("operation_status", ev.OperationStatus),
 				zap.String("payment_status", ev.PaymentStatus), zap.String("event_key", ev.EventKey), zap.Bool("verified", ev.Verified))
 		case kindGate:
@@ -156,15 +157,19 @@ func (x *exchange) finish() {
 
 var logMessages = map[string]string{
 	kindCallback:    "callback",
+	kindReplay:      "replay",
+	kindStatus:      "status event",
 	kindPaymentPage: "payment page request",
 	kindGate:        "gate request",
 }
 
 // journaled reports whether the outcome belongs in the journal: every
-// callback that named a project, and signing requests that were signed.
+// callback attempt, replay and status event, and signing requests that
+// were signed.
 func (x *exchange) journaled() bool {
-	if x.ev.Kind == kindCallback {
-		return x.ev.Result != "forbidden_source" && x.ev.Result != "too_slow"
+	switch x.ev.Kind {
+	case kindPaymentPage, kindGate:
+		return x.ev.Result == "signed" || x.ev.Result == "upstream_error"
 	}
-	return x.ev.Result == "signed" || x.ev.Result == "upstream_error"
+	return true
 }

@@ -199,7 +199,7 @@ type appRecorder struct {
 
 type appRequest struct {
 	Arrived, Answered time.Time
-	Path              string
+	Path, Query       string
 	Header, Trailer   http.Header
 	Body              []byte
 	Status            int
@@ -221,7 +221,7 @@ func startAppRecorder(t *testing.T, answer func(n int) (int, time.Duration)) *ap
 
 func (a *appRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 4<<20))
-	rec := &appRequest{Arrived: time.Now(), Path: r.URL.Path, Header: r.Header.Clone(), Trailer: r.Trailer.Clone(), Body: body}
+	rec := &appRequest{Arrived: time.Now(), Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone(), Trailer: r.Trailer.Clone(), Body: body}
 	a.mu.Lock()
 	a.reqs = append(a.reqs, rec)
 	n := len(a.reqs)
@@ -1060,6 +1060,135 @@ func TestHostileForgedHeaders(t *testing.T) {
 		if ok, why := verifyCallbackBody(r.Body, s.secret); !ok {
 			t.Errorf("delivery %d does not verify: %s", i+1, why)
 		}
+	}
+}
+
+// TestHostileUnsignedRequestParts: around a genuine body, a sender controls
+// the query string and headers such as Content-Encoding, which the
+// signature does not cover. They must not reach the app, on the harness's
+// route (reverse_proxy with rewrite) nor on the README's (without).
+func TestHostileUnsignedRequestParts(t *testing.T) {
+	var app *appRecorder
+	var bare int
+	s := newStack(t, func(c *caddyConfig) {
+		app = startAppRecorder(t, nil)
+		c.App = app.port
+		bare = freePort(t)
+		c.ExtraPorts = []int{bare}
+		c.ExtraSites = fmt.Sprintf(`# the README's callback route: reverse_proxy without a rewrite
+http://127.0.0.1:%d {
+	handle /ecommpay/callback {
+		ecommpay callback {
+			project %d {env.ECOMMPAY_SECRET}
+			dedupe memory
+		}
+		reverse_proxy 127.0.0.1:%d
+	}
+}`, bare, projectID, app.port)
+	})
+	const query = "payment_status=success&operation%5Bstatus%5D=success&admin=1"
+	for _, route := range []struct{ name, url string }{
+		{"the harness's route (rewrite /callback)", s.caddy.callbackURL()},
+		{"the README's route (no rewrite)", fmt.Sprintf("http://127.0.0.1:%d/ecommpay/callback", bare)},
+	} {
+		n := len(app.requests())
+		body := genuineCallback(s.secret, newPaymentID("query"), nil)
+		a := send(route.url+"?"+query, body, map[string]string{"Content-Encoding": "gzip"})
+		if a.status != 200 || a.duplicate {
+			t.Errorf("%s: a genuine callback with a query and Content-Encoding: %s, want 200", route.name, a)
+			continue
+		}
+		reqs := app.requests()
+		if len(reqs) != n+1 {
+			t.Fatalf("%s: the app got %d requests, want 1", route.name, len(reqs)-n)
+		}
+		r := reqs[n]
+		t.Logf("%s: the app got %s?%s, Content-Encoding %q", route.name, r.Path, r.Query, r.Header.Get("Content-Encoding"))
+		if r.Query != "" {
+			t.Errorf("%s: the sender's query string reached the app: %q", route.name, r.Query)
+		}
+		if ce := r.Header.Get("Content-Encoding"); ce != "" {
+			t.Errorf("%s: the app got Content-Encoding %q on the plain JSON body Caddy verified", route.name, ce)
+		}
+		if ok, why := verifyCallbackBody(r.Body, s.secret); !ok {
+			t.Errorf("%s: the app's body does not verify: %s", route.name, why)
+		}
+	}
+}
+
+// TestHostileCrossProjectReplays: with two projects on one route, a
+// callback of one replayed under the other's id is refused, and a callback
+// that verifies for the other project reaches the app under that
+// project's id and key, never as the first project's event.
+func TestHostileCrossProjectReplays(t *testing.T) {
+	const otherSecret = "another-project-secret-0123456789"
+	var app *appRecorder
+	var two int
+	s := newStack(t, func(c *caddyConfig) {
+		app = startAppRecorder(t, nil)
+		two = freePort(t)
+		c.ExtraPorts = []int{two}
+		c.ExtraSites = fmt.Sprintf(`# two projects on one callback route
+http://127.0.0.1:%d {
+	handle /cb {
+		ecommpay callback {
+			project %d {env.ECOMMPAY_SECRET}
+			project 211 %s
+			dedupe memory
+		}
+		reverse_proxy 127.0.0.1:%d
+	}
+}`, two, projectID, otherSecret, app.port)
+	})
+	url := fmt.Sprintf("http://127.0.0.1:%d/cb", two)
+	pid := newPaymentID("cross")
+	var base map[string]any
+	g := genuineCallback(s.secret, pid, func(m map[string]any) { base = m })
+	if a := send(url, g, nil); a.status != 200 || a.duplicate {
+		t.Fatalf("the genuine callback of project %d: %s", projectID, a)
+	}
+	as211 := func(m map[string]any) { m["project_id"] = 211 }
+	resign := func(secret string, mut func(map[string]any)) []byte {
+		raw, _ := json.Marshal(base)
+		var m map[string]any
+		_ = json.Unmarshal(raw, &m)
+		mut(m)
+		return signJSONWithSignatureAt(m, secret, false)
+	}
+	refused := []struct {
+		name string
+		body []byte
+	}{
+		{"project 210's callback with project_id 211", []byte(strings.Replace(string(g), `"project_id":210`, `"project_id":211`, 1))},
+		{"project_id 210, signed with 211's secret", resign(otherSecret, func(map[string]any) {})},
+		{"project_id 211 with general.project_id 210, signed with 210's secret", resign(s.secret, func(m map[string]any) {
+			as211(m)
+			m["general"] = map[string]any{"project_id": projectID}
+		})},
+	}
+	for _, c := range refused {
+		if a := send(url, c.body, nil); a.status != http.StatusForbidden {
+			t.Errorf("%s: %s, want 403", c.name, a)
+		}
+	}
+	// The same payment data, genuinely signed by project 211.
+	other := resign(otherSecret, as211)
+	if a := send(url, other, nil); a.status != 200 || a.duplicate {
+		t.Errorf("project 211's own callback: %s, want 200", a)
+	}
+	reqs := app.requests()
+	if len(reqs) != 2 {
+		t.Fatalf("the app got %d callbacks, want 2 (one per project)", len(reqs))
+	}
+	k0, k1 := reqs[0].Header.Get("X-Ecommpay-Event-Key"), reqs[1].Header.Get("X-Ecommpay-Event-Key")
+	if p := reqs[0].Header.Get("X-Ecommpay-Project-Id"); p != fmt.Sprint(projectID) || !strings.HasPrefix(k0, p+"-") {
+		t.Errorf("project 210's callback reached the app as project %q, key %q", p, k0)
+	}
+	if p := reqs[1].Header.Get("X-Ecommpay-Project-Id"); p != "211" || !strings.HasPrefix(k1, "211-") {
+		t.Errorf("project 211's callback reached the app as project %q, key %q", p, k1)
+	}
+	if ok, _ := verifyCallbackBody(reqs[1].Body, s.secret); ok {
+		t.Errorf("project 211's callback verifies with project 210's secret")
 	}
 }
 

@@ -505,6 +505,28 @@ http://127.0.0.1:%d {
 	if a := do("POST", hopURL+gatePath, gateBody(pid), nil); a.status != http.StatusForbidden {
 		t.Errorf("gate through the reverse_proxy hop: %s, want 403", a)
 	}
+	// Naming the forwarding headers in Connection does not make the hop
+	// leave them out: it drops the client's copies and adds its own.
+	conn := map[string]string{"Connection": "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Via"}
+	if a := do("GET", hopURL+pageQuery(pid), nil, conn); a.status != http.StatusForbidden {
+		t.Errorf("payment_page through the hop with %v: %s, want 403", conn, a)
+	}
+	if a := do("POST", hopURL+gatePath, gateBody(pid), conn); a.status != http.StatusForbidden {
+		t.Errorf("gate through the hop with %v: %s, want 403", conn, a)
+	}
+	// A proxied Gate request is refused before its body is read.
+	{
+		c := dialRaw(t, s.caddy.cfg.Internal)
+		start := time.Now()
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\nContent-Type: application/json\r\nContent-Length: 52428800\r\n\r\n{", gatePath)
+		resp, _, err := readRaw(c, bufio.NewReader(c), 5*time.Second)
+		switch {
+		case err != nil:
+			t.Errorf("a proxied Gate request declaring 50 MB: no answer: %v", err)
+		case resp.StatusCode != http.StatusForbidden || time.Since(start) > time.Second:
+			t.Errorf("a proxied Gate request declaring 50 MB: %d after %s, want 403 at once", resp.StatusCode, time.Since(start).Round(time.Millisecond))
+		}
+	}
 
 	// Direct from loopback, but carrying forwarding headers.
 	for _, h := range []map[string]string{
@@ -1324,6 +1346,45 @@ func TestHostileSlowAndOversizedBodies(t *testing.T) {
 	if n := s.shop.state(t).CallbackPosts - before; n != 0 {
 		t.Errorf("the shop got %d POSTs from the slow and oversized senders, want 0", n)
 	}
+
+	t.Run("fifty stalled senders and a genuine one", func(t *testing.T) {
+		// Stalled senders hold a connection each until read_timeout; a
+		// genuine callback sent meanwhile is delivered at once.
+		var conns []net.Conn
+		for i := 0; i < 50; i++ {
+			c := dialRaw(t, port)
+			io.WriteString(c, head("Content-Length: 1000\r\n")+`{"project_id":210,`)
+			conns = append(conns, c)
+		}
+		pid := newPaymentID("amid-stalls")
+		if a := send(s.caddy.callbackURL(), genuineCallback(s.secret, pid, nil), nil); a.status != 200 || a.took > time.Second {
+			t.Errorf("a genuine callback amid 50 stalled senders: %s, want 200 at once", a)
+		}
+		expectStoredOnce(t, s, pid)
+		var wg sync.WaitGroup
+		statuses := make([]int, len(conns))
+		start := time.Now()
+		for i, c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if resp, _, err := readRaw(c, bufio.NewReader(c), 8*time.Second); err == nil {
+					statuses[i] = resp.StatusCode
+				}
+			}()
+		}
+		wg.Wait()
+		for i, st := range statuses {
+			if st != http.StatusRequestTimeout {
+				t.Errorf("stalled sender %d: %d, want 408", i+1, st)
+				break
+			}
+		}
+		t.Logf("50 stalled senders all answered within %s", time.Since(start).Round(time.Millisecond))
+		if time.Since(start) > readTimeout+2*time.Second {
+			t.Errorf("the stalled senders were cut off after %s, want about %s", time.Since(start).Round(time.Millisecond), readTimeout)
+		}
+	})
 
 	t.Run("keep-alive outlives read_timeout", func(t *testing.T) {
 		// One connection: a callback, a pause longer than read_timeout,

@@ -960,6 +960,23 @@ func TestHostileDisguisedReplays(t *testing.T) {
 	if jsonPath(e.Body, "display", "list") == nil || str(jsonPath(e.Body, "display", "list", 1)) != "2" {
 		t.Errorf("a signed array lost its positions: %s", got)
 	}
+
+	// JSON types are outside the signature: a fresh callback whose types
+	// were swapped before ecommpay's copy arrived verifies and is delivered
+	// as sent; ecommpay's own copy is then a duplicate, so the app still
+	// gets the event once.
+	pid3 := newPaymentID("swapped")
+	g3 := string(genuineCallback(s.secret, pid3, nil))
+	swapped := strings.Replace(strings.Replace(g3, `"amount":1000`, `"amount":"1000"`, 1), `"code":"0"`, `"code":0`, 1)
+	if a := send(s.caddy.callbackURL(), []byte(swapped), nil); a.status != 200 || a.duplicate {
+		t.Fatalf("a fresh callback with swapped types: %s, want 200", a)
+	}
+	if a := send(s.caddy.callbackURL(), []byte(g3), nil); a.status != 200 || !a.duplicate {
+		t.Errorf("ecommpay's copy after the type-swapped one: %s, want a duplicate 200", a)
+	}
+	e3 := expectStoredOnce(t, s, pid3)
+	t.Logf("the app got operation.sum_initial.amount as %T and operation.code as %T (types as the first sender wrote them)",
+		jsonPath(e3.Body, "operation", "sum_initial", "amount"), jsonPath(e3.Body, "operation", "code"))
 }
 
 // orderedJSON writes an ordered value back as JSON.

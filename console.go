@@ -261,12 +261,15 @@ func (h *Handler) answerJSON(w http.ResponseWriter, v any, err error) {
 		h.logger.Error("console", zap.Error(err))
 		writeError(w, http.StatusInternalServerError, "", "the journal failed; see the log")
 	default:
-		out, err := json.Marshal(v)
-		if err != nil {
+		// Bodies as received: no HTML escaping of their text.
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(v); err != nil {
 			writeError(w, http.StatusInternalServerError, "", "encoding failed")
 			return
 		}
-		writeJSON(w, http.StatusOK, append(out, '\n'))
+		writeJSON(w, http.StatusOK, buf.Bytes())
 	}
 }
 

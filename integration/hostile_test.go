@@ -249,6 +249,16 @@ func (a *appRecorder) requests() []appRequest {
 	return out
 }
 
+// storeLine is the de-dup setting of the extra sites' callback handlers:
+// the public callback route's own, so that every handler of the process
+// shares one store.
+func storeLine(c *caddyConfig) string {
+	if c.Dedupe == "" {
+		return "# the default store"
+	}
+	return "dedupe " + c.Dedupe
+}
+
 // moduleHeaderName reports whether a header name is X-Ecommpay-* in any
 // case, with '_' for '-'.
 func moduleHeaderName(name string) bool {
@@ -408,7 +418,7 @@ http://127.0.0.1:%d {
 	handle /cb {
 		ecommpay callback {
 			project %d {env.ECOMMPAY_SECRET}
-			dedupe memory
+			%s
 		}
 	}
 	handle {
@@ -416,7 +426,7 @@ http://127.0.0.1:%d {
 			rewrite /callback
 		}
 	}
-}`, broken, projectID, c.App)
+}`, broken, projectID, storeLine(c), c.App)
 	})
 	before := s.shop.state(t).CallbackPosts
 	pid := newPaymentID("nothing-after")
@@ -434,7 +444,7 @@ http://127.0.0.1:%d {
 	if !s.caddy.logContains("nothing after `ecommpay callback`") {
 		t.Errorf("Caddy did not log the config mistake")
 	}
-	// Both handlers share the memory store: had the 502 been committed,
+	// Both handlers share one de-dup store: had the 502 been committed,
 	// this would be a duplicate.
 	a := send(s.caddy.callbackURL(), body, nil)
 	if a.status != http.StatusOK || a.duplicate {
@@ -513,6 +523,16 @@ http://127.0.0.1:%d {
 	}
 	if a := do("POST", hopURL+gatePath, gateBody(pid), conn); a.status != http.StatusForbidden {
 		t.Errorf("gate through the hop with %v: %s, want 403", conn, a)
+	}
+	// The console (journal, payments, replay) refuses the hop too.
+	if a := do("GET", hopURL+"/ecommpay/api/events", nil, nil); a.status != http.StatusForbidden {
+		t.Errorf("the console's events through the hop: %s, want 403", a)
+	}
+	if a := do("POST", hopURL+"/ecommpay/api/events/210-00000000000000000000000000000000/replay", []byte(`{}`), nil); a.status != http.StatusForbidden {
+		t.Errorf("a console replay through the hop: %s, want 403", a)
+	}
+	if a := do("GET", s.caddy.internalURL()+"/ecommpay/api/events", nil, nil); a.status != http.StatusOK {
+		t.Errorf("the console's events direct from loopback: %s, want 200", a)
 	}
 	// A proxied Gate request is refused before its body is read.
 	{
@@ -839,6 +859,24 @@ func TestHostileRefusedBodies(t *testing.T) {
 	}
 	expectStoredOnce(t, s, pid)
 
+	// The journal, as the console serves it, does not carry them at
+	// length either.
+	if resp, err := testClient.Get(s.caddy.internalURL() + "/ecommpay/api/events?limit=100"); err != nil {
+		t.Errorf("the console's events: %v", err)
+	} else {
+		events, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Logf("the console's events: %d, %d bytes", resp.StatusCode, len(events))
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("the console's events: status %d", resp.StatusCode)
+		}
+		for _, long := range []string{strings.Repeat("Z", 1024), strings.Repeat(mark, 16)} {
+			if bytes.Contains(events, []byte(long)) {
+				t.Errorf("the journal serves unverified input at length (%.16s...)", long)
+			}
+		}
+	}
+
 	// The log names the refusals but never carries unverified values at
 	// length.
 	if !s.caddy.logContains(`invalid_signature`) {
@@ -1119,11 +1157,11 @@ http://127.0.0.1:%d {
 	handle /ecommpay/callback {
 		ecommpay callback {
 			project %d {env.ECOMMPAY_SECRET}
-			dedupe memory
+			%s
 		}
 		reverse_proxy 127.0.0.1:%d
 	}
-}`, bare, projectID, app.port)
+}`, bare, projectID, storeLine(c), app.port)
 	})
 	const query = "payment_status=success&operation%5Bstatus%5D=success&admin=1"
 	for _, route := range []struct{ name, url string }{
@@ -1173,11 +1211,11 @@ http://127.0.0.1:%d {
 		ecommpay callback {
 			project %d {env.ECOMMPAY_SECRET}
 			project 211 %s
-			dedupe memory
+			%s
 		}
 		reverse_proxy 127.0.0.1:%d
 	}
-}`, two, projectID, otherSecret, app.port)
+}`, two, projectID, otherSecret, storeLine(c), app.port)
 	})
 	url := fmt.Sprintf("http://127.0.0.1:%d/cb", two)
 	pid := newPaymentID("cross")

@@ -161,17 +161,15 @@ func (c *caddyProc) memKB(t testing.TB) (rss, peak int64) {
 	return rss, peak
 }
 
-// shopEventsFor lists the shop's events for one payment.
-func shopEventsFor(t *testing.T, s *stack, paymentID string) []*shopEvent {
-	t.Helper()
-	return s.shop.state(t).eventsFor(paymentID)
-}
-
 // expectStoredOnce asserts the shop stored the payment's one event once,
-// verified, and returns it.
+// verified, that it rejected nothing forwarded, and returns the event.
 func expectStoredOnce(t *testing.T, s *stack, paymentID string) *shopEvent {
 	t.Helper()
-	evs := shopEventsFor(t, s, paymentID)
+	st := s.shop.state(t)
+	if len(st.Rejected) > 0 {
+		t.Errorf("the shop rejected %d forwarded callbacks (its own verification failed), first: %v", len(st.Rejected), st.Rejected[0])
+	}
+	evs := st.eventsFor(paymentID)
 	if len(evs) != 1 {
 		t.Fatalf("shop stored %d events for %s, want 1", len(evs), paymentID)
 	}
@@ -385,6 +383,42 @@ func TestHostileHangUpDuringSlowForward(t *testing.T) {
 		}
 		if n := len(app.requests()); n != 2 {
 			t.Errorf("the app got %d deliveries after the duplicate, want 2", n)
+		}
+	})
+
+	t.Run("app slower than forward_timeout", func(t *testing.T) {
+		// Caddy gives up on the app after forward_timeout and tells
+		// ecommpay to retry; the app's late 2xx is not committed, so the
+		// retry is delivered again, under the same event key for the
+		// app's own idempotency.
+		var app *appRecorder
+		s := newStack(t, func(c *caddyConfig) {
+			app = startAppRecorder(t, func(n int) (int, time.Duration) {
+				if n == 1 {
+					return http.StatusOK, 2 * time.Second
+				}
+				return http.StatusOK, 0
+			})
+			c.App = app.port
+			c.ForwardTimeout = "1s"
+		})
+		body := genuineCallback(s.secret, newPaymentID("timeout"), nil)
+		a := send(s.caddy.callbackURL(), body, nil)
+		if a.status != http.StatusGatewayTimeout || a.retryAfter == "" || a.took > 2*time.Second {
+			t.Errorf("a delivery that outlasts forward_timeout: %s, want 504 with Retry-After after about 1 s", a)
+		}
+		if a := send(s.caddy.callbackURL(), body, nil); a.status != http.StatusOK || a.duplicate {
+			t.Errorf("the retry: %s, want 200 delivered (the late 2xx was not committed)", a)
+		}
+		if a := send(s.caddy.callbackURL(), body, nil); a.status != http.StatusOK || !a.duplicate {
+			t.Errorf("a retry after the acknowledged delivery: %s, want a duplicate 200", a)
+		}
+		reqs := app.requests()
+		if len(reqs) != 2 {
+			t.Fatalf("the app got %d deliveries, want 2", len(reqs))
+		}
+		if k0, k1 := reqs[0].Header.Get("X-Ecommpay-Event-Key"), reqs[1].Header.Get("X-Ecommpay-Event-Key"); k0 == "" || k0 != k1 {
+			t.Errorf("event keys %q and %q, want one key for both deliveries", k0, k1)
 		}
 	})
 

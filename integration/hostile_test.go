@@ -808,6 +808,66 @@ func TestHostileAmplification(t *testing.T) {
 	}
 }
 
+// TestHostileConcurrentMaxBodies: fifty bodies of max_body at once, each
+// shaped to stay just inside the bound on the canonical string (a 1,000-byte
+// key over some 7,000 strings of 140 bytes: about 7.6 times the body), with a
+// well-formed signature that verifies nothing. Each alone is cheap; at once
+// they must not take Caddy's memory past the bound either. Reading fifty
+// 1 MiB bodies costs 50 MiB whatever the module does.
+func TestHostileConcurrentMaxBodies(t *testing.T) {
+	const (
+		copies   = 50
+		rssBound = 300 << 10 // KiB
+		answerIn = 10 * time.Second
+	)
+	s := newStack(t, nil)
+	before := s.shop.state(t).CallbackPosts
+	var b strings.Builder
+	b.WriteString(`{"project_id":210,"signature":"` + wellFormedJunkSignature + `","` + strings.Repeat("k", 1000) + `":{`)
+	val := strings.Repeat("v", 140)
+	for i := 0; b.Len() < 1<<20-300; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"%d":"%s"`, i, val)
+	}
+	b.WriteString("}}")
+	body := []byte(b.String())
+	_, peak0 := s.caddy.memKB(t)
+	answers := make([]answer, copies)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range answers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i] = send(s.caddy.callbackURL(), body, nil)
+		}()
+	}
+	wg.Wait()
+	all := time.Since(start)
+	rss, peak := s.caddy.memKB(t)
+	statuses := map[int]int{}
+	for _, a := range answers {
+		statuses[a.status]++
+		if a.status != http.StatusForbidden && a.status != http.StatusRequestEntityTooLarge {
+			t.Errorf("a %d-byte body: %s, want 403 or 413", len(body), a)
+		}
+		if a.took > answerIn {
+			t.Errorf("a %d-byte body answered in %s, want within %s", len(body), a.took.Round(time.Millisecond), answerIn)
+		}
+	}
+	t.Logf("%d bodies of %d bytes at once: %v in %s; Caddy's peak RSS %d MiB (was %d MiB, now %d MiB), bound %d MiB",
+		copies, len(body), statuses, all.Round(time.Millisecond), peak>>10, peak0>>10, rss>>10, rssBound>>10)
+	if peak > rssBound {
+		t.Errorf("Caddy's peak resident set was %d MiB, want under %d MiB: about %d MiB a concurrent %d-byte body",
+			peak>>10, rssBound>>10, (peak-peak0)>>10/copies, len(body))
+	}
+	if n := s.shop.state(t).CallbackPosts - before; n != 0 {
+		t.Errorf("the shop got %d POSTs, want 0", n)
+	}
+}
+
 // TestHostileRefusedBodies: malformed, oversized and forged bodies are
 // refused with the right status, never echoed, never logged at length, and
 // never reach the app.

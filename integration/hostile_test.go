@@ -1046,6 +1046,7 @@ func TestHostileDisguisedReplays(t *testing.T) {
 		{"letters as \\u escapes", replace(`"status":"success"`, `"st\u0061tus":"succ\u0065ss"`)},
 		{"1000 as 1000.0", replace(`"amount":1000`, `"amount":1000.0`)},
 		{"1000 as 1e3", replace(`"amount":1000`, `"amount":1e3`)},
+		{"1000 as 1000.0000000000001 (past PHP's 14 digits)", replace(`"amount":1000`, `"amount":1000.0000000000001`)},
 		{"amount as a string", replace(`"amount":1000`, `"amount":"1000"`)},
 		{"project_id as a string", replace(`"project_id":210`, `"project_id":"210"`)},
 		{"code as a number", replace(`"code":"0"`, `"code":0`)},

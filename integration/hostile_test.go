@@ -658,8 +658,10 @@ http://127.0.0.1:%d {
 // ---- 4. attacks ----
 
 // TestHostileAmplification: bodies built so that the canonical string
-// would be hundreds of times their size, sent at once. Caddy must refuse
-// each quickly without its memory growing past a bound.
+// would be up to thousands of times their size (one long key above many
+// values), sent one at a time and then two of each at once. Caddy must
+// refuse each within 3 s, and its peak resident set must stay under
+// 300 MiB.
 func TestHostileAmplification(t *testing.T) {
 	const (
 		rssBound = 300 << 10 // KiB: the bound on Caddy's peak resident set
@@ -1138,7 +1140,8 @@ func orderedJSON(v any) string {
 
 // TestHostileForgedHeaders: headers a sender adds to pass for the module's
 // own, in any spelling, as Connection tokens or as trailers, never reach
-// the app; the module's own headers always do.
+// the app; the headers the module sets (its own, and the body's
+// Content-Type) always do.
 func TestHostileForgedHeaders(t *testing.T) {
 	var app *appRecorder
 	s := newStack(t, func(c *caddyConfig) {

@@ -317,7 +317,7 @@ func (h *Handler) rewriteCallback(d *Doc, body []byte, p *project, key *Key) []b
 // never wait.
 const (
 	bigCanonical     = 64 << 10
-	maxCanonInFlight = 64 << 20
+	maxCanonInFlight = 32 << 20
 	canonWait        = 2 * time.Second
 )
 

@@ -33,6 +33,7 @@ func TestDeliveredSurvivesRestart(t *testing.T) {
 				s.caddy = restartCaddy(t, s.caddy, syscall.SIGTERM)
 			default:
 				reload(t, s.caddy)
+				closeIdleConnections() // a reload closes the old server's connections
 			}
 			code, hdr, _, err := s.fake.postRaw(s.caddy.callbackURL(), body, nil)
 			if err != nil || code != http.StatusOK || hdr.Get("X-Ecommpay-Duplicate") != "1" {

@@ -334,7 +334,9 @@ func redactRedisURL(raw string) string {
 var redisSecretParam = regexp.MustCompile(`([?&]sentinel_password=)[^&#]*`)
 
 // Claim implements Store with SET NX PX; when the key exists, a GET tells
-// in flight from delivered.
+// in flight from delivered. A GET that finds this claim's own token means
+// the SET was applied but its reply was lost (go-redis retried it, or it
+// failed after Redis ran it): the claim is ours.
 func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
 	if lease <= 0 {
 		return InFlight, "", errBadDuration
@@ -343,22 +345,25 @@ func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration)
 	defer cancel()
 	k := s.prefix + key
 	token := rand.Text()
+	mine := redisInFlight + token
 	// The key can vanish between SET and GET (released or expired); then
 	// the claim is simply tried again.
 	for range 3 {
-		ok, err := s.client.SetNX(ctx, k, redisInFlight+token, roundMs(lease)).Result()
-		if err != nil {
-			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", err)
-		}
+		ok, setErr := s.client.SetNX(ctx, k, mine, roundMs(lease)).Result()
 		if ok {
 			return Claimed, token, nil
 		}
 		v, err := s.client.Get(ctx, k).Result()
 		switch {
+		case setErr != nil && (err != nil || v != mine):
+			// Nothing shows that the SET was applied.
+			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", setErr)
 		case errors.Is(err, redis.Nil):
 			continue
 		case err != nil:
 			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", err)
+		case v == mine:
+			return Claimed, token, nil
 		case v == redisDelivered:
 			return Delivered, "", nil
 		default:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"reflect"
@@ -343,6 +344,137 @@ func TestRedisURLRedacted(t *testing.T) {
 		if strings.Contains(r, "s3cret") || !strings.Contains(r, "xxxxx") || !strings.Contains(r, "bogus") {
 			t.Errorf("redactRedisURL(%s) = %s", u, r)
 		}
+	}
+}
+
+// dropProxy forwards TCP connections to a Redis and drops the reply to the
+// first SET that passes through it, closing that connection: Redis applied
+// the SET but the client never hears of it.
+type dropProxy struct {
+	ln      net.Listener
+	target  string
+	dropped atomic.Bool
+}
+
+func startDropProxy(t *testing.T, target string) *dropProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) serve(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	var drop atomic.Bool
+	closeBoth := func() { c.Close(); s.Close() }
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if bytes.Contains(bytes.ToLower(buf[:n]), []byte("\r\nset\r\n")) && p.dropped.CompareAndSwap(false, true) {
+					drop.Store(true) // before Redis can answer
+				}
+				if _, err := s.Write(buf[:n]); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		closeBoth()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.Read(buf)
+		if n > 0 {
+			if drop.Load() {
+				break
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	closeBoth()
+}
+
+// TestRedisClaimSurvivesLostReply: the reply to the claim's SET NX is lost
+// after Redis applied it. Whether go-redis retries the SET (which then
+// finds the key taken) or gives up with an error, the claim is ours.
+func TestRedisClaimSurvivesLostReply(t *testing.T) {
+	target := testRedisURL(t)
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, query := range map[string]string{"retried": "", "not retried": "max_retries=-1"} {
+		t.Run(name, func(t *testing.T) {
+			p := startDropProxy(t, u.Host)
+			pu := *u
+			pu.Host = p.ln.Addr().String()
+			pu.RawQuery = query
+			s := newTestRedisStore(t, pu.String(), testPrefix())
+			tok := mustClaim(t, s, "lost", Claimed)
+			if !p.dropped.Load() {
+				t.Fatal("the proxy saw no SET")
+			}
+			if err := s.Commit(context.Background(), "lost", tok, testTTL); err != nil {
+				t.Fatal(err)
+			}
+			mustClaim(t, s, "lost", Delivered)
+		})
+	}
+}
+
+func TestAcquireRedisStore(t *testing.T) {
+	url := "redis://" + closedPort(t) + "/0" // pooling needs no server
+	a, releaseA, err := acquireStore("redis", url, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, releaseB, err := acquireStore("redis", url, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a != b {
+		t.Fatal("same URL gave two stores")
+	}
+	if err := releaseA(); err != nil {
+		t.Fatal(err)
+	}
+	if err := releaseB(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Claim(context.Background(), "k", testLease); !errors.Is(err, redis.ErrClosed) {
+		t.Fatalf("Claim after the last release = %v, want a closed client", err)
+	}
+
+	if _, _, err := acquireStore("redis", "redis://h/x", 0, nil); err == nil {
+		t.Fatal("bad URL accepted")
+	}
+	if _, ok := storePool.References("redis|redis://h/x"); ok {
+		t.Fatal("failed construction left a pool entry")
 	}
 }
 

@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -222,11 +223,7 @@ func hexTime(s string) time.Time {
 	if err != nil || len(raw) != 8 {
 		return time.Time{}
 	}
-	var n int64
-	for _, c := range raw {
-		n = n<<8 | int64(c)
-	}
-	return time.Unix(0, n).UTC()
+	return time.Unix(0, int64(binary.BigEndian.Uint64(raw))).UTC()
 }
 
 func micros(t time.Time) float64 { return float64(t.UnixMicro()) }
@@ -280,8 +277,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		pipe.ZAddGT(ctx, b.key("pay:p:", e.ProjectID), redis.Z{Score: score, Member: member})
 		pipe.SAdd(ctx, b.key("projects"), e.ProjectID)
 	}
-	pipe.Set(ctx, b.key("e:", e.ID), js, 0)
-	pipe.PExpireAt(ctx, b.key("e:", e.ID), expire)
+	pipe.SetArgs(ctx, b.key("e:", e.ID), js, redis.SetArgs{ExpireAt: expire})
 	pipe.ZAdd(ctx, b.key("ev"), redis.Z{Member: e.ID})
 	for _, ix := range b.indexes(&e) {
 		pipe.ZAdd(ctx, ix, redis.Z{Member: e.ID})
@@ -369,11 +365,11 @@ func evalSha(ctx context.Context, pipe redis.Pipeliner, s *redis.Script, keys []
 // execScripts runs pipe and then, one by one, the scripts that failed with
 // NOSCRIPT: they did not run, so running them again is safe.
 func execScripts(ctx context.Context, c redis.UniversalClient, pipe redis.Pipeliner, calls []*scriptCall) error {
-	_, err := pipe.Exec(ctx)
+	cmds, err := pipe.Exec(ctx)
 	if err == nil {
 		return nil
 	}
-	for _, cmd := range pipe.(interface{ Cmds() []redis.Cmder }).Cmds() {
+	for _, cmd := range cmds {
 		if e := cmd.Err(); e != nil && !isNoScript(e) && !errors.Is(e, redis.Nil) {
 			return e
 		}
@@ -742,8 +738,13 @@ func (b *redisBackend) pruneOnce(ctx context.Context) error {
 	for target := b.opts.MaxSize * 9 / 10; size > target; {
 		// As many as the average entry says, in batches.
 		n, err := b.client.ZCard(ctx, b.key("ev")).Result()
-		if err != nil || n == 0 {
+		if err != nil {
 			return err
+		}
+		if n == 0 {
+			// Nothing left to prune: the count drifted (keys that Redis
+			// expired or evicted before the pruner saw them).
+			return b.client.Set(ctx, b.key("bytes"), 0, 0).Err()
 		}
 		k := min(max((size-target)*n/size+1, 1), redisPruneBatch)
 		ids, err := b.client.ZRange(ctx, b.key("ev"), 0, k-1).Result()

@@ -288,3 +288,23 @@ func TestRedisPaymentScriptIsApply(t *testing.T) {
 		}
 	}
 }
+
+// After a restart or failover Redis has forgotten the scripts: Record
+// sends them again.
+func TestRedisJournalAfterScriptFlush(t *testing.T) {
+	b := openRedisBackend(t, testRedisURL(t), journalOptions{})
+	ctx := context.Background()
+	for i := range 3 {
+		if err := b.client.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "f",
+			EventKey: "k" + strconv.Itoa(i), Body: []byte("body"), PaymentStatus: "success", Result: "forwarded"})
+	}
+	if v := mustTimeline(t, b, "1", "f").Payment; v.Events != 3 || v.Status != "success" {
+		t.Fatalf("view after script flushes: %+v", v)
+	}
+	if got, err := b.Body(ctx, "k2"); err != nil || string(got) != "body" {
+		t.Fatalf("Body = %q, %v", got, err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -164,7 +165,7 @@ return 0`)
 type redisBackend struct {
 	*redisStore
 	jp    string // journal key prefix
-	opts  journalOptions
+	opts  atomic.Pointer[journalOptions]
 	prune pruneLog
 
 	pruneNow chan struct{}
@@ -187,13 +188,24 @@ func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journ
 	b := &redisBackend{
 		redisStore: s,
 		jp:         journalPrefix,
-		opts:       jo.withDefaults(),
 		pruneNow:   make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
+	b.setOptions(jo)
 	b.done.Add(1)
 	go b.pruneLoop()
 	return b, nil
+}
+
+// setOptions changes the bounds in place (a config reload); the next
+// prune applies them.
+func (b *redisBackend) setOptions(jo journalOptions) {
+	jo = jo.withDefaults()
+	b.opts.Store(&jo)
+	select {
+	case b.pruneNow <- struct{}{}:
+	default:
+	}
 }
 
 // Destruct implements caddy.Destructor.
@@ -235,9 +247,10 @@ func (b *redisBackend) ctx(ctx context.Context) (context.Context, context.Cancel
 // Record implements journal. It writes at once; an entry already older
 // than MaxAge is pruned as it comes.
 func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
+	o := b.opts.Load()
 	now := time.Now()
 	e.prepare(now)
-	if e.Time.Before(now.Add(-b.opts.MaxAge)) {
+	if e.Time.Before(now.Add(-o.MaxAge)) {
 		b.prune.add(pruneAge, 1, now)
 		return nil
 	}
@@ -253,7 +266,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 	if e.isUnverified() {
 		pipe := b.client.Pipeline()
 		pipe.ZAdd(ctx, b.key("uv"), redis.Z{Member: e.ID + " " + string(js)})
-		trimmed := pipe.ZRemRangeByRank(ctx, b.key("uv"), 0, int64(-b.opts.MaxUnverified-1))
+		trimmed := pipe.ZRemRangeByRank(ctx, b.key("uv"), 0, int64(-o.MaxUnverified-1))
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("ecommpay: redis journal: %w", err)
 		}
@@ -261,7 +274,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		return nil
 	}
 
-	expire := e.Time.Add(b.opts.MaxAge + redisGrace)
+	expire := e.Time.Add(o.MaxAge + redisGrace)
 	var calls []*scriptCall
 	pipe := b.client.Pipeline()
 	var apply *scriptCall
@@ -288,7 +301,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		ek := b.key("ev:x:", e.EventKey)
 		pipe.ZAdd(ctx, ek, redis.Z{Member: e.ID})
 		calls = append(calls, evalSha(ctx, pipe, redisExtendOnly, []string{ek}, expire.UnixMilli()))
-		if !b.opts.NoBodies {
+		if !o.NoBodies {
 			bodyRef = evalSha(ctx, pipe, redisBodyRef, []string{b.key("b:", e.EventKey)},
 				string(body), e.ID, expire.UnixMilli(), boolDigit(len(body) > 0))
 			calls = append(calls, bodyRef)
@@ -319,7 +332,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 			return fmt.Errorf("ecommpay: redis journal: %w", err)
 		}
 	}
-	if size.Val() > b.opts.MaxSize {
+	if size.Val() > o.MaxSize {
 		select {
 		case b.pruneNow <- struct{}{}:
 		default:
@@ -426,7 +439,7 @@ func (b *redisBackend) Events(ctx context.Context, f eventFilter) ([]journalEven
 }
 
 // cutID is the least ID within MaxAge.
-func (b *redisBackend) cutID() string { return idBound(time.Now().Add(-b.opts.MaxAge)) }
+func (b *redisBackend) cutID() string { return idBound(time.Now().Add(-b.opts.Load().MaxAge)) }
 
 // scan pages through a sorted set of IDs (or "<id> <JSON>"), newest
 // first, and returns up to limit entries that match f.
@@ -514,6 +527,7 @@ func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string
 
 // parseView reads a view hash; a missing or aged-out view is not ok.
 func (b *redisBackend) parseView(h map[string]string) (paymentView, bool) {
+	o := b.opts.Load()
 	if h["started"] == "" {
 		return paymentView{}, false
 	}
@@ -528,7 +542,7 @@ func (b *redisBackend) parseView(h map[string]string) (paymentView, bool) {
 	if h["signed"] != "" {
 		v.Signed = hexTime(h["signed"])
 	}
-	return v, !v.Updated.Before(time.Now().Add(-b.opts.MaxAge))
+	return v, !v.Updated.Before(time.Now().Add(-o.MaxAge))
 }
 
 // views loads payment views by member, in order, skipping those gone; it
@@ -559,6 +573,7 @@ func (b *redisBackend) views(ctx context.Context, members []string) ([]paymentVi
 
 // Payments implements journal.
 func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
+	o := b.opts.Load()
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	limit := limitOr(f.Limit)
@@ -574,7 +589,7 @@ func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]payment
 		key = b.key("pay:p:", f.ProjectID)
 	}
 	// Scores are microseconds: widen the bounds and let match decide.
-	lo := time.Now().Add(-b.opts.MaxAge).UnixMicro() - 1
+	lo := time.Now().Add(-o.MaxAge).UnixMicro() - 1
 	if !f.Since.IsZero() {
 		lo = max(lo, f.Since.UnixMicro()-1)
 	}
@@ -684,7 +699,13 @@ func (b *redisBackend) pruneOnce(ctx context.Context) error {
 		return err
 	}
 	defer redisUnlock.Run(context.WithoutCancel(ctx), b.client, []string{lock}, token)
+	return b.pruneAll(ctx)
+}
 
+// pruneAll prunes by age and size. Nodes that run it at once waste work
+// but keep the count right (see drop).
+func (b *redisBackend) pruneAll(ctx context.Context) error {
+	o := b.opts.Load()
 	now := time.Now()
 	cut := b.cutID()
 	for {
@@ -717,7 +738,7 @@ func (b *redisBackend) pruneOnce(ctx context.Context) error {
 	for _, ix := range ixs {
 		pipe.ZRemRangeByLex(ctx, ix, "-", "("+cut)
 	}
-	old := strconv.FormatInt(now.Add(-b.opts.MaxAge).UnixMicro(), 10)
+	old := strconv.FormatInt(now.Add(-o.MaxAge).UnixMicro(), 10)
 	pipe.ZRemRangeByScore(ctx, b.key("pay"), "-inf", "("+old)
 	for _, p := range projects {
 		pipe.ZRemRangeByScore(ctx, b.key("pay:p:", p), "-inf", "("+old)
@@ -732,10 +753,10 @@ func (b *redisBackend) pruneOnce(ctx context.Context) error {
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
 	}
-	if size <= b.opts.MaxSize {
+	if size <= o.MaxSize {
 		return nil
 	}
-	for target := b.opts.MaxSize * 9 / 10; size > target; {
+	for target := o.MaxSize * 9 / 10; size > target; {
 		// As many as the average entry says, in batches.
 		n, err := b.client.ZCard(ctx, b.key("ev")).Result()
 		if err != nil {

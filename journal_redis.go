@@ -49,15 +49,20 @@ const DefaultRedisJournalPrefix = "ecommpay:journal:"
 // other writes of a Record go in one pipeline and are not atomic together:
 // readers skip index members whose entry is gone, and pruning clears them.
 //
-// Size is an approximate byte count: each genuine entry adds its JSON
-// length plus redisEntryOverhead, each stored body its length plus its
-// key plus redisBodyOverhead. Over MaxSize, the oldest genuine entries are
+// Size is an approximate byte count of Redis memory: each genuine entry
+// adds its JSON length plus redisEntryOverhead, each payment
+// redisPaymentOverhead, each stored body its length plus its key plus
+// redisBodyOverhead. Over MaxSize, the oldest genuine entries are
 // pruned until it is below nine tenths of it. Unverified entries are
 // bounded by MaxUnverified alone.
 
+// Overheads beyond the JSON and body bytes, measured with used_memory on
+// Redis 7.0: an entry's keys and index members, a payment's view, set and
+// index members, a body's key.
 const (
-	redisEntryOverhead = 200 // keys, index members, Redis's own per-key cost
-	redisBodyOverhead  = 100
+	redisEntryOverhead   = 1200
+	redisPaymentOverhead = 500
+	redisBodyOverhead    = 350
 	// redisGrace keeps keys past MaxAge, so that the pruner (not Redis)
 	// removes them and can account for their bytes. Reads apply MaxAge
 	// exactly.
@@ -84,7 +89,7 @@ var (
 	// redisPaymentApply is paymentView.apply on the view hash, with the
 	// entry's ID added to the payment's set. Times are 16 hex digits of
 	// Unix nanoseconds, which compare as strings. It returns the view's
-	// signed time ("" if never) and final flag.
+	// signed time ("" if never), final flag and number of entries.
 	redisPaymentApply = redis.NewScript(redisExtend + `
 local v, ev = KEYS[1], KEYS[2]
 local id, t, kind, result = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
@@ -114,7 +119,7 @@ if (kind == 'callback' or kind == 'status') and ARGV[10] ~= '' then
 end
 extend(v, at)
 extend(ev, at)
-return {redis.call('HGET', v, 'signed') or '', redis.call('HGET', v, 'final') or '0'}`)
+return {redis.call('HGET', v, 'signed') or '', redis.call('HGET', v, 'final') or '0', redis.call('HGET', v, 'events')}`)
 
 	// redisPaymentDrop removes a pruned entry from its payment, and the
 	// payment with its last entry. It returns 1 when the payment went.
@@ -314,18 +319,22 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 
 	// What the scripts found decides the rest.
 	pipe = b.client.Pipeline()
-	if apply != nil {
-		res, _ := apply.cmd.StringSlice()
-		if len(res) == 2 && res[1] == "1" {
+	var grown int64
+	if res := scriptStrings(apply); len(res) == 3 {
+		if res[1] == "1" {
 			pipe.ZRem(ctx, b.key("open"), member)
-		} else if len(res) == 2 && res[0] != "" {
+		} else if res[0] != "" {
 			pipe.ZAddLT(ctx, b.key("open"), redis.Z{Score: micros(hexTime(res[0])), Member: member})
 		}
-	}
-	if bodyRef != nil {
-		if n, _ := bodyRef.cmd.Int(); n == 1 {
-			size = pipe.IncrBy(ctx, b.key("bytes"), int64(len(body)+len(e.EventKey)+redisBodyOverhead))
+		if res[2] == "1" {
+			grown += redisPaymentOverhead
 		}
+	}
+	if bodyRef != nil && bodyRef.cmd.Val() == int64(1) {
+		grown += int64(len(body) + len(e.EventKey) + redisBodyOverhead)
+	}
+	if grown > 0 {
+		size = pipe.IncrBy(ctx, b.key("bytes"), grown)
 	}
 	if pipe.Len() > 0 {
 		if _, err := pipe.Exec(ctx); err != nil {
@@ -396,6 +405,15 @@ func execScripts(ctx context.Context, c redis.UniversalClient, pipe redis.Pipeli
 		}
 	}
 	return nil
+}
+
+// scriptStrings is the reply of a script that may not have been called.
+func scriptStrings(sc *scriptCall) []string {
+	if sc == nil {
+		return nil
+	}
+	res, _ := sc.cmd.StringSlice()
+	return res
 }
 
 func isNoScript(err error) bool {
@@ -844,6 +862,7 @@ func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) er
 	}
 	for i, c := range pays {
 		if gone, _ := c.cmd.Int(); gone == 1 {
+			freed += redisPaymentOverhead
 			pipe.ZRem(ctx, b.key("pay"), payMembers[i])
 			pipe.ZRem(ctx, b.key("pay:p:", payProjects[i]), payMembers[i])
 			pipe.ZRem(ctx, b.key("open"), payMembers[i])

@@ -320,3 +320,32 @@ func TestRedisJournalAfterScriptFlush(t *testing.T) {
 		t.Fatalf("Body = %q, %v", got, err)
 	}
 }
+
+func TestAcquireRedisBackend(t *testing.T) {
+	url := testRedisURL(t)
+	opts := backendOptions{Kind: "redis", RedisURL: url, Journal: journalOptions{MaxUnverified: 7}}
+	a, releaseA, err := acquireBackend(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, releaseB, err := acquireBackend(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, ok := a.(*redisBackend)
+	if !ok || a != b {
+		t.Fatalf("acquired %T and %T, want one *redisBackend", a, b)
+	}
+	if rb.opts.Load().MaxUnverified != 7 || rb.jp != DefaultRedisJournalPrefix || rb.prefix != DefaultRedisPrefix {
+		t.Fatalf("backend built with %+v, prefixes %q and %q", *rb.opts.Load(), rb.prefix, rb.jp)
+	}
+	tok := mustClaim(t, a, "acquire:"+testPrefix(), Claimed)
+	if tok == "" {
+		t.Fatal("no token")
+	}
+	releaseA()
+	releaseB()
+	if err := a.Record(context.Background(), journalEvent{Kind: kindCallback, Verified: true}); err == nil {
+		t.Fatal("Record after the last release worked")
+	}
+}

@@ -510,3 +510,79 @@ func claimCommit(b *testing.B, s Store, ctx context.Context, k string) {
 		b.Fatal(err)
 	}
 }
+
+// TestRedisURLFormsLive: one redis-server on a TCP port and a Unix socket,
+// watched by one Sentinel; each URL form reaches it, in its database.
+func TestRedisURLFormsLive(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("redis-server not in PATH")
+		}
+		t.Skip("skipping: redis-server not in PATH")
+	}
+	dir := t.TempDir()
+	sock := dir + "/redis.sock"
+	port := closedPort(t)
+	_, p, _ := net.SplitHostPort(port)
+	runRedis(t, bin, "--port", p, "--bind", "127.0.0.1", "--unixsocket", sock, "--unixsocketperm", "700",
+		"--save", "", "--appendonly", "no", "--dir", dir)
+	sentinel := closedPort(t)
+	_, sp, _ := net.SplitHostPort(sentinel)
+	conf := dir + "/sentinel.conf"
+	if err := os.WriteFile(conf, []byte("port "+sp+"\nbind 127.0.0.1\ndir "+dir+"\n"+
+		"sentinel monitor mymaster 127.0.0.1 "+p+" 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runRedis(t, bin, conf, "--sentinel")
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinel, MaxRetries: -1})
+	defer sc.Close()
+	ctx := context.Background()
+	master := redis.NewClient(&redis.Options{Addr: port, MaxRetries: -1})
+	defer master.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if addr, err := sc.GetMasterAddrByName(ctx, "mymaster").Result(); err == nil && addr[1] == p &&
+			master.Ping(ctx).Err() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the master or the Sentinel did not start")
+		}
+	}
+
+	for url, db := range map[string]int{
+		"redis://" + port + "/3":                       3,
+		"unix://" + sock + "?db=4":                     4,
+		"redis+sentinel://" + sentinel + "/mymaster/5": 5,
+	} {
+		prefix := testPrefix()
+		s := newTestRedisStore(t, url, prefix)
+		tok := mustClaim(t, s, "k", Claimed)
+		if err := s.Commit(ctx, "k", tok, testTTL); err != nil {
+			t.Fatalf("%s: %v", url, err)
+		}
+		mustClaim(t, s, "k", Delivered)
+		raw := redis.NewClient(&redis.Options{Addr: port, DB: db})
+		if v, err := raw.Get(ctx, prefix+"k").Result(); v != "d" {
+			t.Errorf("%s: the delivered key is not in db %d: %q, %v", url, db, v, err)
+		}
+		raw.Close()
+	}
+}
+
+// runRedis runs redis-server with args until t ends.
+func runRedis(t *testing.T, bin string, args ...string) {
+	var out bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s %v:\n%s", bin, args, out.String())
+		}
+	})
+}

@@ -98,4 +98,38 @@ func TestRedisCluster(t *testing.T) {
 		t.Errorf("de-dup keys on %d master(s) of 3: %v", spread, keys)
 	}
 
+	// A master goes. Callbacks whose keys it served get 503 and never reach
+	// the shop; the others are forwarded. 24 new callbacks all miss a third
+	// of the slots with a chance of 6e-5.
+	cluster.Stop(0)
+	shop.admin(t, "slow?ms=0")
+	before := shop.state(t).CallbackPosts
+	codes := make([]int, 24)
+	var wg sync.WaitGroup
+	for i := range codes {
+		node := []*caddyProc{nodeA, nodeB}[i%2]
+		body := fake.signedCallback(wechat[i%len(wechat)], "refund", "success")
+		wg.Go(func() {
+			code, _, ans, err := fake.postRaw(node.callbackURL(), body, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			if code != 200 && code != 503 {
+				t.Errorf("%s with a master down: %d %q, want 200 or 503", node.name, code, ans)
+			}
+			codes[i] = code
+		})
+	}
+	wg.Wait()
+	count := map[int]int{}
+	for _, c := range codes {
+		count[c]++
+	}
+	t.Logf("with a master down: %v", count)
+	if count[503] == 0 || count[200] == 0 {
+		t.Errorf("with a master down: %v, want both 200 and 503", count)
+	}
+	if got := shop.state(t).CallbackPosts - before; got != count[200] {
+		t.Errorf("the shop got %d callbacks, %d were answered 200", got, count[200])
+	}
 }

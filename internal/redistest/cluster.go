@@ -139,6 +139,12 @@ func start(tb testing.TB, server, cli, dir string) (*Cluster, error) {
 	return c, nil
 }
 
+// Stop kills master i; the other masters keep their slots.
+func (c *Cluster) Stop(i int) {
+	c.procs[i].Process.Kill()
+	c.procs[i].Wait()
+}
+
 func waitFor(ctx context.Context, addr string, ok func(*redis.Client) bool) error {
 	n := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialerRetries: 1})
 	defer n.Close()

@@ -245,59 +245,42 @@ func TestRedisJournalPruneTwice(t *testing.T) {
 	}
 }
 
-// BenchmarkRedisBackend measures what a callback costs the backend:
-// Claim and Commit, and the Record of its entry with a 1 KB body.
+// BenchmarkRedisBackend measures what a callback costs the backend, on
+// one server and on a three-master Cluster: Claim and Commit, and the
+// Record of its entry with a 1 KB body (a new payment each time).
 func BenchmarkRedisBackend(b *testing.B) {
-	be := openRedisBackend(b, testRedisURL(b), journalOptions{})
-	ctx := context.Background()
-	body := bytes.Repeat([]byte("x"), 1024)
-	b.Run("ClaimCommit", func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			i++
-			claimCommit(b, be, ctx, "bench:"+strconv.Itoa(i))
-		}
-	})
-	b.Run("Record", func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			i++
-			k := strconv.Itoa(i)
-			if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p" + k,
-				EventKey: "k" + k, Body: body, Result: "forwarded", PaymentStatus: "success"}); err != nil {
-				b.Fatal(err)
+	for _, target := range []string{"single", "cluster"} {
+		b.Run(target, func(b *testing.B) {
+			url := ""
+			if target == "single" {
+				url = testRedisURL(b)
+			} else {
+				url = redistest.StartCluster(b).URL
 			}
-		}
-	})
-}
-
-// The payment script is paymentView.apply in Lua: random entries give the
-// same view both ways.
-func TestRedisPaymentScriptIsApply(t *testing.T) {
-	b := openRedisBackend(t, testRedisURL(t), journalOptions{})
-	rnd := rand.New(rand.NewPCG(1, 2))
-	pick := func(s ...string) string { return s[rnd.IntN(len(s))] }
-	base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
-	for p := range 40 {
-		id := "r" + strconv.Itoa(p)
-		var want paymentView
-		for range 1 + rnd.IntN(8) {
-			e := journalEvent{
-				Kind: pick(kindCallback, kindCallback, kindStatus, kindPaymentPage, kindGate, kindReplay, kindStatusRequest),
-				Time: base.Add(time.Duration(rnd.IntN(3600)) * time.Second), ProjectID: "7", PaymentID: id, Verified: true,
-				Result:        pick("forwarded", "app_error", "duplicate", "signed", ""),
-				PaymentStatus: pick("", "processing", "success", "decline", "partially refunded", "refunded"),
-				Amount:        pick("", "100", "250"), Currency: pick("", "EUR", "USD"), Method: pick("", "card", "sbp"),
-			}
-			record(t, b, e)
-			e.prepare(time.Now())
-			want.apply(&e)
-		}
-		if got := mustTimeline(t, b, "7", id).Payment; !sameView(got, want) {
-			t.Fatalf("payment %s:\nredis %+v\napply %+v", id, got, want)
-		}
+			be := openRedisBackend(b, url, journalOptions{})
+			ctx := context.Background()
+			body := bytes.Repeat([]byte("x"), 1024)
+			b.Run("ClaimCommit", func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					i++
+					claimCommit(b, be, ctx, "bench:"+strconv.Itoa(i))
+				}
+			})
+			b.Run("Record", func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					i++
+					k := strconv.Itoa(i)
+					if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p" + k,
+						EventKey: "k" + k, Body: body, Result: "forwarded", PaymentStatus: "success"}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
 	}
 }
 
@@ -347,5 +330,33 @@ func TestAcquireRedisBackend(t *testing.T) {
 	releaseB()
 	if err := a.Record(context.Background(), journalEvent{Kind: kindCallback, Verified: true}); err == nil {
 		t.Fatal("Record after the last release worked")
+	}
+}
+
+// The payment script is paymentView.apply in Lua: random entries give the
+// same view both ways.
+func TestRedisPaymentScriptIsApply(t *testing.T) {
+	b := openRedisBackend(t, testRedisURL(t), journalOptions{})
+	rnd := rand.New(rand.NewPCG(1, 2))
+	pick := func(s ...string) string { return s[rnd.IntN(len(s))] }
+	base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	for p := range 40 {
+		id := "r" + strconv.Itoa(p)
+		var want paymentView
+		for range 1 + rnd.IntN(8) {
+			e := journalEvent{
+				Kind: pick(kindCallback, kindCallback, kindStatus, kindPaymentPage, kindGate, kindReplay, kindStatusRequest),
+				Time: base.Add(time.Duration(rnd.IntN(3600)) * time.Second), ProjectID: "7", PaymentID: id, Verified: true,
+				Result:        pick("forwarded", "app_error", "duplicate", "signed", ""),
+				PaymentStatus: pick("", "processing", "success", "decline", "partially refunded", "refunded"),
+				Amount:        pick("", "100", "250"), Currency: pick("", "EUR", "USD"), Method: pick("", "card", "sbp"),
+			}
+			record(t, b, e)
+			e.prepare(time.Now())
+			want.apply(&e)
+		}
+		if got := mustTimeline(t, b, "7", id).Payment; !sameView(got, want) {
+			t.Fatalf("payment %s:\nredis %+v\napply %+v", id, got, want)
+		}
 	}
 }

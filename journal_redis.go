@@ -35,13 +35,15 @@ const DefaultRedisJournalPrefix = "ecommpay:journal:"
 //	uv                  unverified callbacks, "<id> <JSON>" each, sorted by ID,
 //	                    capped at MaxUnverified
 //	{<proj>:<pay>}:v    a payment's view (hash); the hash tag puts it in
-//	{<proj>:<pay>}:ev   one slot with its entry IDs, so one script updates both
+//	{<proj>:<pay>}:ev   one slot with its entry IDs, so one script updates
+//	                    both; they expire with the payment's newest entry.
+//	                    %, {, } and : in the IDs are %-escaped
 //	pay, pay:p:<proj>   payments ("<proj>:<pay>") scored by Updated in µs
 //	open                payments signed and not final, scored by Signed in µs
 //	projects            the projects seen, to age out their pay:p: sets
 //	b:<event key>       a body (hash: d the bytes, last the newest entry that
 //	                    refers to it); expires with that entry
-//	bytes               the approximate size of entries and bodies
+//	bytes               the approximate size of entries, payments and bodies
 //	prune               the lock of the node that prunes
 //
 // Only the payment script and the body scripts touch several fields or
@@ -233,8 +235,6 @@ func (b *redisBackend) payKeys(member string) (view, events string) {
 	return b.key("{", member, "}:v"), b.key("{", member, "}:ev")
 }
 
-func nanoHex(t time.Time) string { return idBound(t) }
-
 func hexTime(s string) time.Time {
 	raw, err := hex.DecodeString(s)
 	if err != nil || len(raw) != 8 {
@@ -286,7 +286,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 	member := payMember(e.ProjectID, e.PaymentID)
 	if e.joinsPayment() {
 		v, ev := b.payKeys(member)
-		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, nanoHex(e.Time), e.Kind,
+		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, idBound(e.Time), e.Kind,
 			e.ProjectID, e.PaymentID, e.Result, e.Amount, e.Currency, e.Method, e.PaymentStatus,
 			boolDigit(isFinalStatus(e.PaymentStatus)), expire.UnixMilli())
 		calls = append(calls, apply)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 // DefaultRedisJournalPrefix is prepended to every journal key in Redis.
@@ -184,10 +185,10 @@ type redisBackend struct {
 // parseRedisURL) with the default key prefixes. Like newRedisStore, it
 // does not connect; it starts the pruning goroutine that Destruct stops.
 func newRedisBackend(redisURL string, jo journalOptions) (backend, error) {
-	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo)
+	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo, nil)
 }
 
-func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journalOptions) (*redisBackend, error) {
+func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journalOptions, logger *zap.Logger) (*redisBackend, error) {
 	s, err := newRedisStore(redisURL, storePrefix)
 	if err != nil {
 		return nil, err
@@ -198,6 +199,7 @@ func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journ
 		pruneNow:   make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
+	b.prune.logger = logger
 	b.setOptions(jo)
 	b.done.Add(1)
 	go b.pruneLoop()

@@ -24,7 +24,7 @@ func openRedisBackend(tb testing.TB, url string, o journalOptions) *redisBackend
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	b, err := newRedisBackendPrefix(url+sep+"read_timeout=10s&write_timeout=10s", prefix+"d:", prefix+"j:", o)
+	b, err := newRedisBackendPrefix(url+sep+"read_timeout=10s&write_timeout=10s", prefix+"d:", prefix+"j:", o, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestRedisClusterBackend(t *testing.T) {
 
 // A payment's keys share a slot whatever its project and payment IDs hold.
 func TestRedisPaymentKeysOneSlot(t *testing.T) {
-	b, err := newRedisBackendPrefix("redis://127.0.0.1:1/0", "", DefaultRedisJournalPrefix, journalOptions{})
+	b, err := newRedisBackendPrefix("redis://127.0.0.1:1/0", "", DefaultRedisJournalPrefix, journalOptions{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestRedisJournalSizeBound(t *testing.T) {
 		t.Fatalf("%d payments for %d entries: %v", len(vs), len(evs), err)
 	}
 	// The count is what is left: pruning everything brings it to zero.
-	tiny, err := newRedisBackendPrefix(url, "", b.jp, journalOptions{MaxSize: 1})
+	tiny, err := newRedisBackendPrefix(url, "", b.jp, journalOptions{MaxSize: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func eventuallyRedis(t *testing.T, cond func() bool) {
 func TestRedisJournalPruneTwice(t *testing.T) {
 	url := testRedisURL(t)
 	a := openRedisBackend(t, url, journalOptions{})
-	b, err := newRedisBackendPrefix(url, "", a.jp, journalOptions{})
+	b, err := newRedisBackendPrefix(url, "", a.jp, journalOptions{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -464,11 +464,11 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() er
 	case "redis":
 		key = "backend|redis|" + opts.RedisURL
 		construct = func() (caddy.Destructor, error) {
-			b, err := newRedisBackend(opts.RedisURL, opts.Journal)
+			b, err := newRedisBackendPrefix(opts.RedisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, opts.Journal, logger)
 			if err != nil {
 				return nil, err
 			}
-			return destructible(b), nil
+			return b, nil
 		}
 	default:
 		return nil, nil, fmt.Errorf("ecommpay: unknown store %q (want local, memory or redis)", opts.Kind)
@@ -495,6 +495,8 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() er
 			b.memoryJournal.setOptions(opts.Journal)
 		case *localBackend:
 			b.mem.setMaxKeys(cmp.Or(opts.MaxKeys, localMemoryKeys))
+			b.setOptions(opts.Journal)
+		case *redisBackend:
 			b.setOptions(opts.Journal)
 		}
 	}

@@ -45,7 +45,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	if reg == nil {
 		return &metrics{}, nil
 	}
-	for _, c := range []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal, storeErrorsTotal, forwardSeconds} {
+	for _, c := range append([]prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal, storeErrorsTotal, forwardSeconds}, reconcileCollectors...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

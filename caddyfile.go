@@ -26,7 +26,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
 //
-//	ecommpay payment_page|gate|callback|qr {
+//	ecommpay payment_page|gate|callback|qr|console {
 //		project <project_id> <secret> [<older_secret>...]
 //		max_body   <size>
 //		max_depth  <n>
@@ -41,9 +41,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			bodies   off
 //		}
 //
-//		# payment_page and gate
+//		# payment_page, gate and console
 //		allow <cidr>...
 //		allow_proxied
+//		# console
+//		attention_after <duration>
 //		# payment_page
 //		base_url <url>
 //		redirect
@@ -76,9 +78,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	h.Mode = d.Val()
 	switch h.Mode {
-	case ModePaymentPage, ModeGate, ModeCallback, ModeQR:
+	case ModePaymentPage, ModeGate, ModeCallback, ModeQR, ModeConsole:
 	default:
-		return d.Errf("unknown mode %q: want payment_page, gate, callback or qr", h.Mode)
+		return d.Errf("unknown mode %q: want payment_page, gate, callback, qr or console", h.Mode)
 	}
 	if d.NextArg() {
 		return d.ArgErr()
@@ -201,7 +203,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Err("dedupe takes: memory [<max_keys>] | redis <url> | off")
 			}
-		case "ttl", "forward_timeout", "read_timeout", "qr_ttl":
+		case "ttl", "forward_timeout", "read_timeout", "qr_ttl", "attention_after":
 			if err = want(1, 1); err == nil {
 				var dur caddy.Duration
 				if dur, err = parsePositiveDuration(d, name, args[0]); err != nil {
@@ -214,6 +216,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					h.ForwardTimeout = dur
 				case "read_timeout":
 					h.ReadTimeout = dur
+				case "attention_after":
+					h.AttentionAfter = dur
 				default:
 					h.QRTTL = dur
 				}
@@ -251,7 +255,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if len(h.Projects) == 0 {
+	if len(h.Projects) == 0 && h.Mode != ModeConsole {
 		return d.Err("at least one `project <project_id> <secret>` line is required")
 	}
 	return nil

@@ -25,12 +25,18 @@ var errInvalidSignature = errors.New("invalid signature")
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ecommpay",
-		Usage: "sign|verify [--secret-file <path>] [<file>]",
-		Short: "Signs ecommpay requests and verifies callbacks, for debugging",
+		Usage: "sign|verify|events|replay ...",
+		Short: "Signs and verifies for debugging; lists and replays journal events",
 		Long: `
 Offline helpers to debug ecommpay signatures with the same canonicaliser the
 ecommpay handlers use. Both read a JSON object from <file>, or from stdin
 when <file> is omitted or "-".
+
+events and replay talk to a running console (ecommpay console) through its
+JSON API, at --console <url> or $` + ConsoleEnv + ` (default ` + DefaultConsoleURL + `).
+
+  caddy ecommpay events [--project-id <id>] [--payment-id <id>] [--result <r>] [--limit <n>] [--json]
+  caddy ecommpay replay <event_key>
 
 The project secret comes from the ` + SecretEnv + ` environment variable or from
 --secret-file <path> (one trailing newline is trimmed), never from a flag
@@ -42,7 +48,7 @@ value. Giving both, or neither, is an error.
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Args = cobra.NoArgs
 			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-			cmd.AddCommand(newSignCommand(), newVerifyCommand())
+			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand())
 		},
 	})
 }

@@ -55,7 +55,7 @@ type journalEvent struct {
 	OperationStatus string `json:"operation_status"`
 	PaymentStatus   string `json:"payment_status"`
 	// EventKey is the de-dup key: retries of one callback share it.
-	EventKey string `json:"event_key,omitempty"`
+	EventKey string `json:"event_key"`
 	// Result is the handler's verdict, as in callbacks_total and the log.
 	Result string `json:"result"`
 	// Status is what the handler answered the sender.

@@ -3,7 +3,9 @@ package ecommpay
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"unicode/utf8"
 	"unsafe"
@@ -15,6 +17,11 @@ var (
 	ErrTooDeep       = errors.New("JSON nested too deeply")
 	ErrTooManyLeaves = errors.New("JSON has too many values")
 	ErrStringTooLong = errors.New("JSON string too long")
+	ErrKeyTooLong    = errors.New("JSON member name too long")
+	// ErrTooExpensive: the canonical string would be out of proportion to
+	// the body, as when a long key sits above many values (each value's
+	// item repeats its whole path). Refused before any of it is built.
+	ErrTooExpensive = errors.New("JSON flattens to too large a canonical string")
 )
 
 // Limits bound what Parse accepts from untrusted input. Zero fields take
@@ -22,7 +29,8 @@ var (
 type Limits struct {
 	MaxDepth  int // deepest nesting of objects and arrays
 	MaxLeaves int // scalars plus empty containers
-	MaxString int // bytes in one string or key, as sent
+	MaxString int // bytes in one string or number, as sent
+	MaxKey    int // bytes in one member name, as sent
 }
 
 // Default limits: far above any real ecommpay message, far below what hurts.
@@ -30,7 +38,32 @@ const (
 	DefaultMaxDepth  = 32
 	DefaultMaxLeaves = 10000
 	DefaultMaxString = 256 << 10
+	DefaultMaxKey    = 1 << 10 // ecommpay's names are under 64 bytes
 )
+
+// The canonical string of an accepted body is at most canonPerByte bytes
+// per body byte plus canonSlack; Parse refuses more (ErrTooExpensive). A
+// typical callback's is 1.2 times its size, and no signature vector's
+// over 1.9; the slack lets small bodies nest freely. Everything done
+// before the signature is checked is then linear in the body.
+const (
+	canonPerByte = 8
+	canonSlack   = 16 << 10
+)
+
+// maxRenderedNumber bounds len(renderNumber(lit)): an int64 is at most 20
+// bytes, a float at most 21 ("-1.2345678901234E-308").
+const maxRenderedNumber = 21
+
+// renderedBound bounds len(renderNumber(lit)) without rendering it. An
+// integer literal never grows: it is itself, or a float of at most as many
+// bytes once it no longer fits an int64 (19 digits and more).
+func renderedBound(lit string) int {
+	if strings.IndexAny(lit, ".eE") < 0 {
+		return len(lit)
+	}
+	return maxRenderedNumber
+}
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxDepth <= 0 {
@@ -41,6 +74,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxString <= 0 {
 		l.MaxString = DefaultMaxString
+	}
+	if l.MaxKey <= 0 {
+		l.MaxKey = DefaultMaxKey
 	}
 	return l
 }
@@ -64,12 +100,12 @@ const none int32 = -1
 // node is one value of a Doc. Nodes sit in one arena slice and link to
 // children and siblings by index, so a parse allocates almost nothing.
 type node struct {
-	kind  Kind
 	key   string // member name, decoded, when the parent is an object
 	text  string // string: decoded; number: the literal as sent; bool: "true"/"false"
 	child int32
 	last  int32
 	next  int32
+	kind  Kind // last: 48 bytes a node, not 56
 }
 
 // Doc is a parsed JSON document that keeps member order and number
@@ -80,7 +116,13 @@ type Doc struct {
 	pos    int
 	lim    Limits
 	leaves int
+	canon  int // upper bound of the canonical string's length so far
+	budget int // the most canon may reach
 }
+
+// maxPooledNodes caps the arenas kept for reuse (a typical callback needs
+// under 100 nodes): a hostile body must not pin its arena in the pool.
+const maxPooledNodes = 4096
 
 var docPool = sync.Pool{New: func() any { return &Doc{nodes: make([]node, 0, 128)} }}
 
@@ -103,8 +145,10 @@ func parse(src string, lim Limits) (*Doc, error) {
 	d.pos = 0
 	d.lim = lim.withDefaults()
 	d.leaves = 0
+	d.canon = 0
+	d.budget = canonPerByte*len(src) + canonSlack
 	d.skipSpace()
-	if _, err := d.value(0); err != nil {
+	if _, err := d.value(0, 0); err != nil {
 		d.Release()
 		return nil, err
 	}
@@ -118,15 +162,19 @@ func parse(src string, lim Limits) (*Doc, error) {
 
 // Release returns the Doc to a pool; it must not be used afterwards.
 func (d *Doc) Release() {
-	if cap(d.nodes) > 1<<16 {
+	if cap(d.nodes) > maxPooledNodes {
 		return // let the GC take unusually large arenas
 	}
+	clear(d.nodes) // nodes point into the body: do not keep it alive
+	d.nodes = d.nodes[:0]
 	d.src = ""
 	docPool.Put(d)
 }
 
-func (d *Doc) errf(format string, args ...any) error {
-	return fmt.Errorf("%w at byte %d: %s", ErrMalformed, d.pos, fmt.Sprintf(format, args...))
+// errf reports malformed input at d.pos. Handlers send the message back,
+// so it must never quote the input: say what was wrong and where.
+func (d *Doc) errf(what string) error {
+	return fmt.Errorf("%w at byte %d: %s", ErrMalformed, d.pos, what)
 }
 
 func (d *Doc) skipSpace() {
@@ -141,8 +189,20 @@ func (d *Doc) skipSpace() {
 }
 
 func (d *Doc) newNode(k Kind) int32 {
+	if len(d.nodes) == cap(d.nodes) && d.pos < len(d.src) {
+		d.grow()
+	}
 	d.nodes = append(d.nodes, node{kind: k, child: none, last: none, next: none})
 	return int32(len(d.nodes) - 1)
+}
+
+// grow makes room, once, for every node the rest of the body can hold, so
+// a large body costs one arena rather than append's many. Each node after
+// this one needs a ',', '[' or '{' before it, and two bytes of the body.
+func (d *Doc) grow() {
+	rest := d.src[d.pos:]
+	n := min(strings.Count(rest, ",")+strings.Count(rest, "[")+strings.Count(rest, "{"), len(rest)/2) + 1
+	d.nodes = slices.Grow(d.nodes, n)
 }
 
 func (d *Doc) leaf() error {
@@ -151,6 +211,30 @@ func (d *Doc) leaf() error {
 		return fmt.Errorf("%w: more than %d", ErrTooManyLeaves, d.lim.MaxLeaves)
 	}
 	return nil
+}
+
+// scalar counts a scalar at a path of plen bytes whose canonical value is
+// at most vlen bytes: its item "path:value;" is what the canonical string
+// spends on it.
+func (d *Doc) scalar(plen, vlen int) error {
+	if err := d.leaf(); err != nil {
+		return err
+	}
+	d.canon += plen + vlen + 2
+	if d.canon > d.budget {
+		return fmt.Errorf("%w: over %d bytes for a body of %d", ErrTooExpensive, d.budget, len(d.src))
+	}
+	return nil
+}
+
+// childPath is the canonical path length of a child reached by a segment
+// of seg bytes from a parent path of plen bytes, as canon.walk builds it
+// (no ':' after an empty path).
+func childPath(plen, seg int) int {
+	if plen > 0 {
+		plen++
+	}
+	return plen + seg
 }
 
 func (d *Doc) link(parent, child int32) {
@@ -163,8 +247,9 @@ func (d *Doc) link(parent, child int32) {
 	p.last = child
 }
 
-// value parses one value at d.pos; depth counts enclosing containers.
-func (d *Doc) value(depth int) (int32, error) {
+// value parses one value at d.pos; depth counts enclosing containers and
+// plen is the length of the value's canonical path.
+func (d *Doc) value(depth, plen int) (int32, error) {
 	if d.pos >= len(d.src) {
 		return none, d.errf("unexpected end of input")
 	}
@@ -174,17 +259,17 @@ func (d *Doc) value(depth int) (int32, error) {
 			return none, fmt.Errorf("%w: more than %d levels", ErrTooDeep, d.lim.MaxDepth)
 		}
 		if c == '{' {
-			return d.object(depth + 1)
+			return d.object(depth+1, plen)
 		}
-		return d.array(depth + 1)
+		return d.array(depth+1, plen)
 	case c == '"':
-		s, err := d.str()
+		s, err := d.str(d.lim.MaxString, ErrStringTooLong)
 		if err != nil {
 			return none, err
 		}
 		n := d.newNode(String)
 		d.nodes[n].text = s
-		return n, d.leaf()
+		return n, d.scalar(plen, len(s))
 	case c == '-' || (c >= '0' && c <= '9'):
 		lit, err := d.number()
 		if err != nil {
@@ -192,7 +277,7 @@ func (d *Doc) value(depth int) (int32, error) {
 		}
 		n := d.newNode(Number)
 		d.nodes[n].text = lit
-		return n, d.leaf()
+		return n, d.scalar(plen, renderedBound(lit))
 	default:
 		for _, w := range [...]struct {
 			lit  string
@@ -204,14 +289,14 @@ func (d *Doc) value(depth int) (int32, error) {
 				if w.kind == Bool {
 					d.nodes[n].text = w.lit
 				}
-				return n, d.leaf()
+				return n, d.scalar(plen, 1)
 			}
 		}
-		return none, d.errf("unexpected character %q", c)
+		return none, d.errf("unexpected character")
 	}
 }
 
-func (d *Doc) object(depth int) (int32, error) {
+func (d *Doc) object(depth, plen int) (int32, error) {
 	obj := d.newNode(Object)
 	d.pos++ // {
 	d.skipSpace()
@@ -225,19 +310,22 @@ func (d *Doc) object(depth int) (int32, error) {
 		if d.pos >= len(d.src) || d.src[d.pos] != '"' {
 			return none, d.errf("expected a member name")
 		}
-		key, err := d.str()
+		at := d.pos
+		key, err := d.str(d.lim.MaxKey, ErrKeyTooLong)
 		if err != nil {
 			return none, err
 		}
 		if seen != nil {
 			if _, dup := seen[key]; dup {
-				return none, d.errf("duplicate key %q", key)
+				d.pos = at
+				return none, d.errf("duplicate key")
 			}
 			seen[key] = struct{}{}
 		} else {
 			for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
 				if d.nodes[c].key == key {
-					return none, d.errf("duplicate key %q", key)
+					d.pos = at
+					return none, d.errf("duplicate key")
 				}
 			}
 			if count++; count == 32 {
@@ -254,7 +342,7 @@ func (d *Doc) object(depth int) (int32, error) {
 		}
 		d.pos++
 		d.skipSpace()
-		v, err := d.value(depth)
+		v, err := d.value(depth, childPath(plen, len(key)+strings.Count(key, ":")))
 		if err != nil {
 			return none, err
 		}
@@ -282,10 +370,10 @@ func (d *Doc) afterElement(closing byte) (bool, error) {
 		d.pos++
 		return true, nil
 	}
-	return false, d.errf("expected ',' or '%c'", closing)
+	return false, d.errf("expected ',' or '" + string(closing) + "'")
 }
 
-func (d *Doc) array(depth int) (int32, error) {
+func (d *Doc) array(depth, plen int) (int32, error) {
 	arr := d.newNode(Array)
 	d.pos++ // [
 	d.skipSpace()
@@ -293,8 +381,11 @@ func (d *Doc) array(depth int) (int32, error) {
 		d.pos++
 		return arr, d.leaf()
 	}
-	for {
-		v, err := d.value(depth)
+	for i, digits, next := 0, 1, 10; ; i++ {
+		if i == next { // the index's decimal digits, without formatting it
+			digits, next = digits+1, next*10
+		}
+		v, err := d.value(depth, childPath(plen, digits))
 		if err != nil {
 			return none, err
 		}
@@ -350,8 +441,9 @@ func (d *Doc) number() (string, error) {
 }
 
 // str parses a string at d.pos (on the opening quote) and returns it
-// decoded. Strings without escapes are slices of the source: no copy.
-func (d *Doc) str() (string, error) {
+// decoded; more than max bytes as sent fail with tooLong. Strings without
+// escapes are slices of the source: no copy.
+func (d *Doc) str(max int, tooLong error) (string, error) {
 	s := d.src
 	start := d.pos + 1
 	ascii := true
@@ -362,7 +454,7 @@ func (d *Doc) str() (string, error) {
 			break
 		}
 		if c == '\\' {
-			return d.strSlow(start)
+			return d.strSlow(start, max, tooLong)
 		}
 		if c < 0x20 {
 			d.pos = i
@@ -376,8 +468,8 @@ func (d *Doc) str() (string, error) {
 		d.pos = i
 		return "", d.errf("unterminated string")
 	}
-	if i-start > d.lim.MaxString {
-		return "", fmt.Errorf("%w: more than %d bytes", ErrStringTooLong, d.lim.MaxString)
+	if i-start > max {
+		return "", fmt.Errorf("%w: more than %d bytes", tooLong, max)
 	}
 	out := s[start:i]
 	if !ascii && !utf8.ValidString(out) {
@@ -388,7 +480,7 @@ func (d *Doc) str() (string, error) {
 	return out, nil
 }
 
-func (d *Doc) strSlow(start int) (string, error) {
+func (d *Doc) strSlow(start, max int, tooLong error) (string, error) {
 	s := d.src
 	buf := make([]byte, 0, 64)
 	i := start
@@ -397,8 +489,8 @@ func (d *Doc) strSlow(start int) (string, error) {
 			d.pos = i
 			return "", d.errf("unterminated string")
 		}
-		if i-start > d.lim.MaxString {
-			return "", fmt.Errorf("%w: more than %d bytes", ErrStringTooLong, d.lim.MaxString)
+		if i-start > max {
+			return "", fmt.Errorf("%w: more than %d bytes", tooLong, max)
 		}
 		c := s[i]
 		switch {
@@ -461,7 +553,7 @@ func (d *Doc) strSlow(start int) (string, error) {
 			buf = utf8.AppendRune(buf, r)
 		default:
 			d.pos = i - 1
-			return "", d.errf("bad escape \\%c", esc)
+			return "", d.errf("bad escape")
 		}
 	}
 }

@@ -37,6 +37,11 @@ var (
 	}, []string{"project"})
 )
 
+// collectors are every metric the module registers.
+var collectors = []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal,
+	storeErrorsTotal, forwardSeconds, journalPrunedTotal, statusRequestsTotal, reconciledTotal,
+	unresolvedTotal, abandonedTotal}
+
 // metrics is a handler's handle on the package collectors, obtained by
 // registering them into the config's registry.
 type metrics struct{}
@@ -45,7 +50,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	if reg == nil {
 		return &metrics{}, nil
 	}
-	for _, c := range append([]prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal, storeErrorsTotal, forwardSeconds}, reconcileCollectors...) {
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

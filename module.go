@@ -28,6 +28,7 @@ const (
 	ModeGate        = "gate"
 	ModeCallback    = "callback"
 	ModeQR          = "qr"
+	ModeConsole     = "console"
 )
 
 // Defaults for the optional settings.
@@ -51,16 +52,18 @@ const (
 //     codes, and passes each genuine event to the next handler (the app)
 //     exactly once; it answers ecommpay 200 only once the app has it.
 //   - qr: serves the hosted QR images that callback mode links to.
+//   - console: the operator console over the payment journal, with replay.
 //
 // The signing modes answer only clients on loopback unless allow widens it.
 // Callback mode sets the request headers X-Ecommpay-Event-Key and
 // X-Ecommpay-Project-Id for the app, after removing any copies a client sent.
 type Handler struct {
-	// Mode is one of payment_page, gate, callback or qr.
+	// Mode is one of payment_page, gate, callback, qr or console.
 	Mode string `json:"mode"`
 
 	// Projects are the ecommpay projects this handler signs or verifies
-	// for, each with its secrets. At least one is required.
+	// for, each with its secrets. At least one is required, except by the
+	// console, which needs none.
 	Projects []Project `json:"projects,omitempty"`
 
 	// MaxBody is the largest request body accepted, in bytes; larger ones
@@ -156,6 +159,10 @@ type Handler struct {
 	// Default: 16 MiB.
 	QRCacheSize int64 `json:"qr_cache_size,omitempty"`
 
+	// AttentionAfter is how long after its start a payment without a final
+	// status is shown as stuck in the console. Default: 30m.
+	AttentionAfter caddy.Duration `json:"attention_after,omitempty"`
+
 	projects     map[string]*project
 	only         *project // the single project, when exactly one is configured
 	allow        []netip.Prefix
@@ -171,7 +178,8 @@ type Handler struct {
 	logger       *zap.Logger
 	metrics      *metrics
 	route        *callbackRoute // callback mode: where dispatches go
-	reconciler   *reconciler    // callback mode with reconcile
+	console      http.Handler
+	reconciler   *reconciler // callback mode with reconcile
 }
 
 // Project is one ecommpay project and its secrets.
@@ -217,8 +225,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets, applies defaults and opens the de-dup store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if err := h.provisionProjects(); err != nil {
-		return err
+	if h.Mode != ModeConsole || len(h.Projects) > 0 {
+		if err := h.provisionProjects(); err != nil {
+			return err
+		}
 	}
 	if h.MaxBody <= 0 {
 		h.MaxBody = DefaultMaxBody
@@ -239,7 +249,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	switch h.Mode {
-	case ModePaymentPage, ModeGate:
+	case ModePaymentPage, ModeGate, ModeConsole:
 		h.warnTrustedProxies(ctx)
 	}
 	switch h.Mode {
@@ -265,8 +275,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.provisionQR(); err != nil {
 			return err
 		}
+	case ModeConsole:
+		if h.AttentionAfter <= 0 {
+			h.AttentionAfter = caddy.Duration(DefaultAttentionAfter)
+		}
+		h.provisionConsole()
 	default:
-		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback or qr", h.Mode)
+		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr or console", h.Mode)
 	}
 	if h.Mode != ModeQR {
 		if err := h.provisionStore(); err != nil {
@@ -327,10 +342,11 @@ func (h *Handler) Validate() error {
 		return nil
 	}
 	return errors.Join(
-		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate),
-		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate),
-		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", ModePaymentPage, ModeGate, ModeCallback),
-		misplaced(h.Journal != JournalConfig{}, "journal", ModePaymentPage, ModeGate, ModeCallback),
+		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate, ModeConsole),
+		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate, ModeConsole),
+		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
+		misplaced(h.Journal != JournalConfig{}, "journal", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
+		misplaced(h.AttentionAfter != 0, "attention_after", ModeConsole),
 		misplaced(h.ReadTimeout != 0, "read_timeout", ModeCallback),
 		misplaced(h.BaseURL != "", "base_url", ModePaymentPage),
 		misplaced(h.Redirect, "redirect", ModePaymentPage),
@@ -367,6 +383,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveGate(w, r, next)
 	case ModeCallback:
 		return h.serveCallback(w, r, next)
+	case ModeConsole:
+		return h.serveConsole(w, r)
 	default:
 		return h.serveQR(w, r)
 	}

@@ -75,21 +75,24 @@ const (
 
 var (
 	statusRequestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "ecommpay", Name: "status_requests_total",
-		Help: "Status requests to ecommpay by reconciliation, by result (found, not_found, error).",
-	}, []string{"result"})
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_requests_total",
+		Help: "Status requests to ecommpay by reconciliation, by outcome (found, not_found, error).",
+	}, []string{"outcome"})
 	reconciledTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "ecommpay", Name: "payments_reconciled_total",
-		Help: "Payment statuses that reconciliation delivered to the app, by whether the status was final.",
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_delivered_total",
+		Help: "Payment statuses reconciliation delivered to the app, by whether the status was final.",
 	}, []string{"final"})
-	unresolvedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "ecommpay", Name: "payments_unresolved_total",
-		Help: "Payments reconciliation gave up on, by result (abandoned, unresolved).",
-	}, []string{"result"})
+	unresolvedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_unresolved_total",
+		Help: "Payments reconciliation gave up on without a final status.",
+	})
+	// Abandoned payments are counted apart: a customer who never opened
+	// the Payment Page is no fault.
+	abandonedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_abandoned_total",
+		Help: "Payments ecommpay never knew of until give_up: Payment Pages never opened.",
+	})
 )
-
-// reconcileCollectors are registered with the other collectors.
-var reconcileCollectors = []prometheus.Collector{statusRequestsTotal, reconciledTotal, unresolvedTotal}
 
 // ReconcileConfig turns on reconciliation in callback mode.
 type ReconcileConfig struct {
@@ -512,7 +515,11 @@ func latest(a, b time.Time) time.Time {
 
 // close marks a payment given up on, in the journal and the metrics.
 func (rc *reconciler) close(ctx context.Context, projectID, paymentID, result, method string) {
-	unresolvedTotal.WithLabelValues(result).Inc()
+	if result == statusAbandoned {
+		abandonedTotal.Inc()
+	} else {
+		unresolvedTotal.Inc()
+	}
 	rc.record(ctx, journalEvent{Kind: kindStatusRequest, ProjectID: projectID, PaymentID: paymentID, Result: result, Method: method})
 	rc.logger.Warn("reconcile: gave up on a payment without a final status", zap.String("project_id", projectID),
 		zap.String("payment_id", paymentID), zap.String("result", result))

@@ -207,10 +207,10 @@ func TestReconcileDeliversAnOverdueStatusOnce(t *testing.T) {
 		}
 	}
 	if d := testutil.ToFloat64(statusRequestsTotal.WithLabelValues(statusFound)) - found0; d != 1 {
-		t.Errorf("status_requests_total{found} moved by %v", d)
+		t.Errorf("reconcile_requests_total{found} moved by %v", d)
 	}
 	if d := testutil.ToFloat64(reconciledTotal.WithLabelValues("true")) - rec0; d != 1 {
-		t.Errorf("payments_reconciled_total moved by %v", d)
+		t.Errorf("reconcile_delivered_total moved by %v", d)
 	}
 }
 
@@ -292,7 +292,7 @@ func TestReconcileRetriesWhileTheAppFails(t *testing.T) {
 func TestReconcileAbandonsAPaymentNeverOpened(t *testing.T) {
 	e := newRecEnv(t, ReconcileConfig{After: caddy.Duration(time.Minute), Every: caddy.Duration(time.Minute), GiveUp: caddy.Duration(time.Hour)}, nil)
 	e.started(kindPaymentPage, "PP-gone", "", 2*time.Minute, 0, "")
-	ab0 := testutil.ToFloat64(unresolvedTotal.WithLabelValues(statusAbandoned))
+	ab0 := testutil.ToFloat64(abandonedTotal)
 	for m := 0; m <= 120; m++ {
 		e.at(time.Duration(m) * time.Minute)
 	}
@@ -308,8 +308,8 @@ func TestReconcileAbandonsAPaymentNeverOpened(t *testing.T) {
 	if countKind(tl, kindStatusRequest, statusAbandoned) != 1 || countKind(tl, kindStatusRequest, statusNotFound) != len(asked) {
 		t.Errorf("timeline: %+v", tl)
 	}
-	if d := testutil.ToFloat64(unresolvedTotal.WithLabelValues(statusAbandoned)) - ab0; d != 1 {
-		t.Errorf("payments_unresolved_total{abandoned} moved by %v", d)
+	if d := testutil.ToFloat64(abandonedTotal) - ab0; d != 1 {
+		t.Errorf("reconcile_abandoned_total moved by %v", d)
 	}
 	// A new process (its memory empty) reads the journal and stays quiet.
 	e.rc.seen = map[string]*recState{}

@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/binary"
 	"hash"
 	"math"
 	"slices"
@@ -23,15 +24,24 @@ type item struct{ start, pathEnd, end int32 }
 
 // canon builds one canonical string; pooled so signing allocates nothing.
 type canon struct {
-	buf   []byte
-	items []item
-	path  []byte
-	out   []byte
+	buf     []byte
+	items   []item
+	scratch []item // for merging, when there are many items
+	path    []byte
+	out     []byte
 }
 
 var canonPool = sync.Pool{New: func() any {
 	return &canon{buf: make([]byte, 0, 2048), items: make([]item, 0, 64), path: make([]byte, 0, 64), out: make([]byte, 0, 2048)}
 }}
+
+// Buffers above these sizes are left to the GC rather than pooled, so one
+// large body does not pin its memory (a typical callback needs 2 KiB and
+// 60 items).
+const (
+	maxPooledBytes = 64 << 10
+	maxPooledItems = 4096
+)
 
 func getCanon() *canon {
 	c := canonPool.Get().(*canon)
@@ -40,7 +50,8 @@ func getCanon() *canon {
 }
 
 func (c *canon) release() {
-	if cap(c.buf) <= 1<<20 && cap(c.out) <= 1<<20 {
+	if cap(c.buf) <= maxPooledBytes && cap(c.out) <= maxPooledBytes && cap(c.path) <= maxPooledBytes &&
+		cap(c.items) <= maxPooledItems && cap(c.scratch) <= maxPooledItems {
 		canonPool.Put(c)
 	}
 }
@@ -68,38 +79,94 @@ func (c *canon) add(path []byte, value string) {
 	c.items = append(c.items, item{start, pathEnd, int32(len(c.buf))})
 }
 
-// finish sorts the items and joins them into c.out.
-func (c *canon) finish() []byte {
-	buf := c.buf
-	path := func(it item) []byte { return buf[it.start:it.pathEnd] }
-	if n := len(c.items); n <= 256 {
-		// Binary insertion sort: stable, and fewest comparisons, which
-		// dominate (moving 12-byte items is cheap at this size).
-		for i := 1; i < n; i++ {
-			x := c.items[i]
-			px := path(x)
-			lo, hi := 0, i
-			for lo < hi {
-				m := int(uint(lo+hi) >> 1)
-				if natCompare(px, path(c.items[m])) < 0 {
-					hi = m
-				} else {
-					lo = m + 1
-				}
-			}
-			copy(c.items[lo+1:i+1], c.items[lo:i])
-			c.items[lo] = x
-		}
-	} else {
-		slices.SortStableFunc(c.items, func(a, b item) int { return natCompare(path(a), path(b)) })
+// finish sorts the items and appends them, joined, to dst.
+func (c *canon) finish(dst []byte) []byte {
+	c.sort()
+	if n := len(c.items); n > 0 {
+		dst = slices.Grow(dst, len(c.buf)+n-1) // exactly: grow once
 	}
 	for i, it := range c.items {
 		if i > 0 {
-			c.out = append(c.out, ';')
+			dst = append(dst, ';')
 		}
-		c.out = append(c.out, buf[it.start:it.end]...)
+		dst = append(dst, c.buf[it.start:it.end]...)
 	}
-	return c.out
+	return dst
+}
+
+// sort orders the items stably by path in PHP's natural order.
+//
+// Paths share long prefixes (every item under a key repeats it), so what
+// costs is the bytes comparisons read, not their number. Both sorts below
+// charge each comparison to the item it places, and place an item at most
+// ⌈log2 n⌉+1 times: the sort reads O((C+n)·log2 n) bytes for a canonical
+// string of C bytes and n items, 14·(C+n) at the default MaxLeaves.
+// (slices.SortStableFunc makes O(n·log n) comparisons too, but its
+// rotations compare one pivot against many items, each time reading the
+// pivot's path again.)
+func (c *canon) sort() {
+	n := len(c.items)
+	if n <= 256 {
+		// Fewest comparisons, which dominate; moving 12-byte items is
+		// cheap at this size.
+		c.insertion(c.items)
+		return
+	}
+	// Bottom-up merge sort over runs of 32 sorted as above.
+	const run = 32
+	for lo := 0; lo < n; lo += run {
+		c.insertion(c.items[lo:min(lo+run, n)])
+	}
+	if cap(c.scratch) < n {
+		c.scratch = make([]item, n)
+	}
+	src, dst := c.items, c.scratch[:n]
+	for width := run; width < n; width *= 2 {
+		for lo := 0; lo < n; lo += 2 * width {
+			mid, hi := min(lo+width, n), min(lo+2*width, n)
+			c.merge(dst[lo:hi], src[lo:mid], src[mid:hi])
+		}
+		src, dst = dst, src
+	}
+	copy(c.items, src) // a no-op when the last pass wrote c.items
+}
+
+func (c *canon) pathOf(it item) []byte { return c.buf[it.start:it.pathEnd] }
+
+// insertion is a stable binary insertion sort.
+func (c *canon) insertion(items []item) {
+	for i := 1; i < len(items); i++ {
+		x := items[i]
+		px := c.pathOf(x)
+		lo, hi := 0, i
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if natCompare(px, c.pathOf(items[m])) < 0 {
+				hi = m
+			} else {
+				lo = m + 1
+			}
+		}
+		copy(items[lo+1:i+1], items[lo:i])
+		items[lo] = x
+	}
+}
+
+// merge merges sorted a and b into dst, a's items first among equals.
+func (c *canon) merge(dst, a, b []item) {
+	i, j, k := 0, 0, 0
+	for i < len(a) && j < len(b) {
+		if natCompare(c.pathOf(b[j]), c.pathOf(a[i])) < 0 {
+			dst[k] = b[j]
+			j++
+		} else {
+			dst[k] = a[i]
+			i++
+		}
+		k++
+	}
+	k += copy(dst[k:], a[i:])
+	copy(dst[k:], b[j:])
 }
 
 // walk flattens node n under c.path. stripSignatures drops every member
@@ -133,7 +200,12 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 	case String:
 		c.add(c.path, nd.text)
 	case Number:
-		c.add(c.path, renderNumber(nd.text))
+		// As add, rendering in place: a body of floats allocates nothing.
+		start := int32(len(c.buf))
+		c.buf = append(c.buf, c.path...)
+		pathEnd := int32(len(c.buf))
+		c.buf = appendNumber(append(c.buf, ':'), nd.text)
+		c.items = append(c.items, item{start, pathEnd, int32(len(c.buf))})
 	case Bool:
 		if nd.text == "true" {
 			c.add(c.path, "1")
@@ -149,8 +221,11 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 // With stripSignatures every "signature" member is left out (callbacks).
 func (d *Doc) Canonical(dst []byte, stripSignatures bool) []byte {
 	c := getCanon()
+	// Parse bounded the items' size and count: allocate them once.
+	c.buf = slices.Grow(c.buf, d.canon)
+	c.items = slices.Grow(c.items, d.leaves)
 	c.walk(d, d.Root(), stripSignatures)
-	dst = append(dst, c.finish()...)
+	dst = c.finish(dst)
 	c.release()
 	return dst
 }
@@ -166,7 +241,8 @@ func CanonicalPairs(pairs [][2]string) string {
 		c.path = appendKey(c.path[:0], p[0])
 		c.add(c.path, p[1])
 	}
-	s := string(c.finish())
+	c.out = c.finish(c.out)
+	s := string(c.out)
 	c.release()
 	return s
 }
@@ -175,45 +251,66 @@ func CanonicalPairs(pairs [][2]string) string {
 // json_decode: integers that fit in int64 as themselves, all else as a float
 // with 14 significant digits.
 func renderNumber(lit string) string {
-	if strings.IndexAny(lit, ".eE") < 0 {
-		if _, err := strconv.ParseInt(lit, 10, 64); err == nil {
-			if lit == "-0" {
-				return "0"
-			}
-			return lit
+	if isInt64(lit) {
+		if lit == "-0" {
+			return "0"
 		}
+		return lit
 	}
-	f, _ := strconv.ParseFloat(lit, 64) // ±Inf on overflow, as PHP
-	return phpFloat(f)
+	return string(appendNumber(nil, lit))
 }
 
-// phpFloat is PHP's (string) cast of a float at precision 14.
-func phpFloat(f float64) string {
+// appendNumber appends renderNumber(lit) to dst.
+func appendNumber(dst []byte, lit string) []byte {
+	if isInt64(lit) {
+		if lit == "-0" {
+			return append(dst, '0')
+		}
+		return append(dst, lit...)
+	}
+	f, _ := strconv.ParseFloat(lit, 64) // ±Inf on overflow, as PHP
+	return appendPHPFloat(dst, f)
+}
+
+func isInt64(lit string) bool {
+	if strings.IndexAny(lit, ".eE") >= 0 {
+		return false
+	}
+	_, err := strconv.ParseInt(lit, 10, 64)
+	return err == nil
+}
+
+// appendPHPFloat appends PHP's (string) cast of f at precision 14.
+func appendPHPFloat(out []byte, f float64) []byte {
 	switch {
 	case math.IsInf(f, 1):
-		return "INF"
+		return append(out, "INF"...)
 	case math.IsInf(f, -1):
-		return "-INF"
+		return append(out, "-INF"...)
 	case math.IsNaN(f):
-		return "NAN"
+		return append(out, "NAN"...)
 	case f == 0:
 		if math.Signbit(f) {
-			return "-0"
+			return append(out, "-0"...)
 		}
-		return "0"
+		return append(out, '0')
 	}
 	var b [32]byte
 	e := strconv.AppendFloat(b[:0], math.Abs(f), 'e', 13, 64) // d.ddddddddddddde±XX
 	mark := slices.Index(e, 'e')
-	exp, _ := strconv.Atoi(string(e[mark+1:]))
-	digits := make([]byte, 0, 14)
-	digits = append(digits, e[0])
-	digits = append(digits, e[2:mark]...)
+	exp := 0
+	for _, c := range e[mark+2:] {
+		exp = exp*10 + int(c-'0')
+	}
+	if e[mark+1] == '-' {
+		exp = -exp
+	}
+	var db [14]byte
+	digits := append(append(db[:0], e[0]), e[2:mark]...)
 	for len(digits) > 1 && digits[len(digits)-1] == '0' {
 		digits = digits[:len(digits)-1]
 	}
 	decpt := exp + 1
-	out := make([]byte, 0, 24)
 	if f < 0 {
 		out = append(out, '-')
 	}
@@ -232,7 +329,7 @@ func phpFloat(f float64) string {
 			out = append(out, '+')
 			out = strconv.AppendInt(out, int64(decpt-1), 10)
 		}
-		return string(out)
+		return out
 	}
 	switch {
 	case decpt <= 0:
@@ -251,7 +348,7 @@ func phpFloat(f float64) string {
 		out = append(out, '.')
 		out = append(out, digits[decpt:]...)
 	}
-	return string(out)
+	return out
 }
 
 // natCompare is PHP 8's strnatcmp_ex (case-sensitive) on bytes: digit runs
@@ -261,11 +358,14 @@ func natCompare(a, b []byte) int {
 	if len(a) == 0 || len(b) == 0 {
 		return len(a) - len(b)
 	}
-	// Fast path: over equal bytes that are neither digits nor spaces every
-	// step of the algorithm is one byte, so it can resume after them.
-	i := 0
-	for i < len(a) && i < len(b) && a[i] == b[i] && !isDigit(a[i]) && !isSpace(a[i]) {
-		i++
+	// Fast path: over an equal prefix both sides take the same steps, and
+	// a step starts on both just after any byte that is neither digit nor
+	// space (no digit run or skipped space goes past it). Paths share long
+	// prefixes, so find the prefix a word at a time and resume after its
+	// last such byte.
+	i := commonPrefix(a, b)
+	for i > 0 && (isDigit(a[i-1]) || isSpace(a[i-1])) {
+		i--
 	}
 	if i > 0 {
 		switch {
@@ -287,6 +387,19 @@ func natCompare(a, b []byte) int {
 		bi++
 	}
 	return natSteps(a, ai, b, bi)
+}
+
+// commonPrefix is the length of the longest common prefix of a and b.
+func commonPrefix(a, b []byte) int {
+	n := min(len(a), len(b))
+	i := 0
+	for i+8 <= n && binary.LittleEndian.Uint64(a[i:]) == binary.LittleEndian.Uint64(b[i:]) {
+		i += 8
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
 }
 
 // natSteps runs strnatcmp's main loop from ai and bi.

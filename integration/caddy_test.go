@@ -202,7 +202,7 @@ func freePort(t testing.TB) int {
 type caddyConfig struct {
 	Admin, Internal, Public int
 	Fake, App               int
-	Dedupe                  string // "memory", "off", "redis redis://..."
+	Dedupe                  string // "" (the default local store), "memory", "off", "redis redis://..."
 	QR                      string // "image", "off", "url <base>"
 	QRSize                  int
 	PPAllow, GateAllow      string
@@ -253,6 +253,9 @@ http://127.0.0.1:{{.Internal}} {
 		}
 		reverse_proxy 127.0.0.1:{{.Fake}}
 	}
+	handle_path /ecommpay/* {
+		ecommpay console
+	}
 }
 
 # public listener: the (fake) platform calls it
@@ -260,7 +263,9 @@ http://127.0.0.1:{{.Public}} {
 	handle /ecommpay/callback {
 		ecommpay callback {
 			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
+{{- if .Dedupe}}
 			dedupe {{.Dedupe}}
+{{- end}}
 			ttl {{.TTL}}
 			forward_timeout 10s
 			on_store_error {{.OnStoreError}}
@@ -281,9 +286,6 @@ http://127.0.0.1:{{.Public}} {
 
 func renderCaddyfile(t testing.TB, c caddyConfig) string {
 	t.Helper()
-	if c.Dedupe == "" {
-		c.Dedupe = "memory"
-	}
 	if c.QR == "" {
 		c.QR = "image"
 	}

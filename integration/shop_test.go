@@ -45,6 +45,7 @@ type shopEvent struct {
 	OperationStatus  string            `json:"operation_status"`
 	Body             map[string]any    `json:"body"`
 	ForwardedHeaders map[string]string `json:"forwarded_headers"`
+	Replays          int               `json:"replays"` // arrivals marked X-Ecommpay-Replay: 1
 }
 
 type shopPayment struct {

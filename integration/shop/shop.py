@@ -391,6 +391,10 @@ def handle_callback(handler, raw):
             return 400, {"error": reason}
         if key in STATE["events"]:
             ev = STATE["events"][key]
+            if handler.headers.get("X-Ecommpay-Replay") == "1":
+                ev["replays"] = ev.get("replays", 0) + 1
+                save_state()
+                return MODE["ok_status"], {"stored": False, "replay": True}
             ev["count"] += 1
             ev["arrivals"].append(time.time())
             save_state()

@@ -1,0 +1,173 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// The operator console, driven in a real headless Chromium: a payment run
+// through the fake ecommpay is found in the list, its timeline shows each
+// callback's verdict, and Replay delivers the event to the shop again.
+// Screenshots go to the test's temp dir (the log says where), or to
+// $ECOMMPAY_CONSOLE_SCREENSHOTS when set (that is how docs/ gets its
+// pictures).
+func TestConsoleInBrowser(t *testing.T) {
+	chromium := needTool(t, "chromium", "chromium")
+	s := newStack(t, nil)
+	pid := newPaymentID("wx")
+	out := s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": pid, "amount": 1000, "currency": "CNY"})
+	checkGateAccepted(t, s, out, "/v2/payment/wallet/wechat/sale", pid)
+	final := waitShopEvent(t, s.shop, pid, "sale", "success", settleTimeout)
+	waitSettled(t, s.fake, 2, settleTimeout)
+
+	// A verified callback carrying markup of the customer's: the console
+	// must show it as text.
+	const evil = `<img src=x onerror="document.title='pwned'">`
+	xssID := newPaymentID("xss")
+	injected := signJSONWithSignatureAt(map[string]any{
+		"project_id": projectID,
+		"payment":    map[string]any{"id": xssID, "type": "purchase", "status": "success", "description": evil},
+		"operation":  map[string]any{"id": 1, "type": "sale", "status": "success"},
+	}, s.fake.callbackSecret(), false)
+	if code, _, body, err := s.fake.postRaw(s.caddy.callbackURL(), injected, nil); err != nil || code != http.StatusOK {
+		t.Fatalf("injected callback: %d %v %s", code, err, body)
+	}
+
+	shots := os.Getenv("ECOMMPAY_CONSOLE_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	t.Logf("console screenshots in %s", shots)
+
+	ctx := browser(t, chromium)
+	base := s.caddy.internalURL() + "/ecommpay"
+	do := func(steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatalf("browser: %v", err)
+		}
+	}
+	text := func(sel string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("browser: text of %s: %v", sel, err)
+		}
+		return s
+	}
+	shot := func(name string) {
+		t.Helper()
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(shots, name), png, 0o644)
+		}
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+	}
+
+	do(chromedp.EmulateViewport(1200, 800), chromedp.Navigate(base+"/payments"), chromedp.WaitVisible(chromedp.CSS("table")))
+	listText := text("main")
+	shot("console-payments.png")
+	do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`a[href$="/%s"]`, url.PathEscape(pid)))), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
+	timelineText := text("main")
+	shot("console-timeline.png")
+	do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`a[href$="/events/%s"]`, url.PathEscape(final.Key)))), chromedp.WaitVisible(chromedp.CSS("pre.body")))
+	eventText := text("main")
+	shot("console-event.png")
+	do(chromedp.Click(chromedp.CSS("button.replay")), chromedp.WaitVisible(chromedp.CSS("p.notice")))
+	notice := text("p.notice")
+	shot("console-replayed.png")
+	if !strings.Contains(listText, pid) || !strings.Contains(listText, "success") {
+		t.Errorf("the payments list lacks the payment: %q", listText)
+	}
+	for _, want := range []string{"gate", "/v2/payment/wallet/wechat/sale", "awaiting customer", "success", "forwarded"} {
+		if !strings.Contains(timelineText, want) {
+			t.Errorf("the timeline lacks %q: %q", want, timelineText)
+		}
+	}
+	if !strings.Contains(eventText, pid) || !strings.Contains(eventText, `"status": "success"`) {
+		t.Errorf("the event page lacks the body: %q", eventText)
+	}
+	if !strings.Contains(notice, "Replayed: forwarded") {
+		t.Fatalf("replay notice %q", notice)
+	}
+	eventually(t, 5*time.Second, "the replay at the shop", func() (bool, string) {
+		e := s.shop.state(t).Events[final.Key]
+		if e == nil {
+			return false, "event gone"
+		}
+		return e.Replays == 1 && e.Count == 1, fmt.Sprintf("replays %d, count %d", e.Replays, e.Count)
+	})
+
+	// The injected markup is text on the event page, not an element.
+	injectedKey := ""
+	for key, e := range s.shop.state(t).Events {
+		if e.PaymentID == xssID {
+			injectedKey = key
+		}
+	}
+	if injectedKey == "" {
+		t.Fatal("the injected callback did not reach the shop")
+	}
+	do(chromedp.Navigate(base+"/events/"+url.PathEscape(injectedKey)), chromedp.WaitVisible(chromedp.CSS("pre.body")))
+	imgs, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('img[onerror]').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	title, err := chromedp.Run(ctx, chromedp.Title())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventText = text("pre.body")
+	if imgs != 0 || strings.Contains(title, "pwned") || !strings.Contains(eventText, `<img src=x`) {
+		t.Fatalf("markup from a callback ran or vanished: %d img elements, title %q, text %q", imgs, title, eventText)
+	}
+
+	// A form posted from another site's page is refused.
+	form := url.Values{"token": {"anything"}}
+	req, _ := http.NewRequest(http.MethodPost, base+"/events/"+url.PathEscape(final.Key)+"/replay", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", "https://evil.example")
+	req.Header.Set("Sec-Fetch-Site", "cross-site")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("cross-origin form replay: %d, want 403", resp.StatusCode)
+	}
+	if e := s.shop.state(t).Events[final.Key]; e.Replays != 1 {
+		t.Fatalf("a refused replay reached the shop: %d replays", e.Replays)
+	}
+}
+
+// browser starts a headless Chromium for the test.
+func browser(t *testing.T, chromium string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
+	return ctx
+}

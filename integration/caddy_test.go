@@ -203,6 +203,8 @@ type caddyConfig struct {
 	Admin, Internal, Public int
 	Fake, App               int
 	Dedupe                  string // "" (the default local store), "memory", "off", "redis redis://..."
+	Store                   string // a store line for every handler: "memory", "redis redis://..."; "" for the default
+	Reconcile               string // lines inside the callback block, such as a reconcile block
 	QR                      string // "image", "off", "url <base>"
 	QRSize                  int
 	PPAllow, GateAllow      string
@@ -230,6 +232,9 @@ http://127.0.0.1:{{.Internal}} {
 		ecommpay payment_page {
 			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 			base_url http://127.0.0.1:{{.Fake}}
+{{- if .Store}}
+			store {{.Store}}
+{{- end}}
 {{- if .PPAllow}}
 			allow {{.PPAllow}}
 {{- end}}
@@ -247,6 +252,9 @@ http://127.0.0.1:{{.Internal}} {
 	handle /v2/* {
 		ecommpay gate {
 			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
+{{- if .Store}}
+			store {{.Store}}
+{{- end}}
 {{- if .GateAllow}}
 			allow {{.GateAllow}}
 {{- end}}
@@ -271,6 +279,12 @@ http://127.0.0.1:{{.Public}} {
 			on_store_error {{.OnStoreError}}
 			qr {{.QR}}
 			qr_size {{.QRSize}}
+{{- if .Store}}
+			store {{.Store}}
+{{- end}}
+{{- if .Reconcile}}
+{{.Reconcile}}
+{{- end}}
 		}
 		reverse_proxy 127.0.0.1:{{.App}} {
 			rewrite /callback

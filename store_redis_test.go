@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -98,14 +102,28 @@ func newTestRedisStore(tb testing.TB, url, prefix string) *redisStore {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		ctx := context.Background()
-		iter := s.client.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			s.client.Del(ctx, iter.Val())
-		}
+		deleteRedisKeys(s.client, prefix)
 		s.Destruct()
 	})
 	return s
+}
+
+// deleteRedisKeys deletes the keys starting with prefix, on every master
+// of a cluster.
+func deleteRedisKeys(c redis.UniversalClient, prefix string) {
+	ctx := context.Background()
+	del := func(ctx context.Context, n redis.UniversalClient) error {
+		iter := n.Scan(ctx, 0, prefix+"*", 100).Iterator()
+		for iter.Next(ctx) {
+			n.Del(ctx, iter.Val())
+		}
+		return iter.Err()
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return del(ctx, n) })
+		return
+	}
+	del(ctx, c)
 }
 
 func testPrefix() string { return "ecommpay-test:" + rand.Text() + ":" }
@@ -216,9 +234,26 @@ func TestRedisUnreachableFailsFast(t *testing.T) {
 func TestRedisBadURL(t *testing.T) {
 	for _, u := range []string{
 		"http://127.0.0.1:6379",
+		"127.0.0.1:6379",
+		"redis+ring://127.0.0.1:6379",
+		"unix+cluster:///tmp/redis.sock",
 		"redis://:s3cret@127.0.0.1:6379/notadb",
+		"redis://:s3cret@127.0.0.1:6379/0/1",
+		"redis://:s3cret@127.0.0.1:6379/-1",
 		"redis://:s3cret@127.0.0.1:6379/0?bogus=1",
+		"redis://:s3cret@127.0.0.1:6379/0?dial_timeout=soon",
+		"redis://:s3cret@127.0.0.1:6379/0?pool_size=many",
+		"redis://:s3cret@127.0.0.1:6379/0?skip_verify=true",
+		"redis://:s3cret@127.0.0.1:6379/0#frag",
 		"redis://:s3cret@[::1",
+		"redis://:s3cret@127.0.0.1:99999",
+		"redis://:s3cret@127.0.0.1:1,:2",
+		"redis+cluster://:s3cret@127.0.0.1:1,127.0.0.1:2/3",
+		"redis://:s3cret@127.0.0.1:1,127.0.0.1:2/3",
+		"redis+sentinel://:s3cret@127.0.0.1:26379",
+		"redis+sentinel://127.0.0.1:26379/m?sentinel_password=s3cret&bogus=1",
+		"unix://:s3cret@",
+		"unix://:s3cret@host/tmp/redis.sock",
 	} {
 		_, err := newRedisStore(u, "")
 		if err == nil {
@@ -226,6 +261,189 @@ func TestRedisBadURL(t *testing.T) {
 		} else if strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("error reveals the password: %v", err)
 		}
+	}
+}
+
+func TestRedisURLForms(t *testing.T) {
+	tlsTo := func(host string, skip bool) *tls.Config {
+		return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, InsecureSkipVerify: skip}
+	}
+	for _, c := range []struct {
+		url  string
+		want redis.UniversalOptions
+	}{
+		{"redis://127.0.0.1:6379/0", redis.UniversalOptions{Addrs: []string{"127.0.0.1:6379"}}},
+		{"redis://redis.internal", redis.UniversalOptions{Addrs: []string{"redis.internal:6379"}}},
+		{"redis://u:p%40ss@h:7000/3?dial_timeout=3&read_timeout=500ms&write_timeout=0&max_retries=-1&pool_size=20&client_name=shop",
+			redis.UniversalOptions{Addrs: []string{"h:7000"}, Username: "u", Password: "p@ss", DB: 3,
+				DialTimeout: 3 * time.Second, ReadTimeout: 500 * time.Millisecond, WriteTimeout: -1,
+				MaxRetries: -1, PoolSize: 20, ClientName: "shop"}},
+		{"redis://:pw@[::1]:6380?db=2", redis.UniversalOptions{Addrs: []string{"[::1]:6380"}, Password: "pw", DB: 2}},
+		{"rediss://:pw@cache.example:6380/1", redis.UniversalOptions{Addrs: []string{"cache.example:6380"}, Password: "pw", DB: 1,
+			TLSConfig: tlsTo("cache.example", false)}},
+		{"rediss://cache.example?skip_verify=true", redis.UniversalOptions{Addrs: []string{"cache.example:6379"},
+			TLSConfig: tlsTo("cache.example", true)}},
+		{"unix:///run/redis/redis.sock", redis.UniversalOptions{Addrs: []string{"/run/redis/redis.sock"}}},
+		{"unix://:pw@/run/redis/redis.sock?db=4", redis.UniversalOptions{Addrs: []string{"/run/redis/redis.sock"}, Password: "pw", DB: 4}},
+		{"redis+cluster://10.0.0.1:7000", redis.UniversalOptions{Addrs: []string{"10.0.0.1:7000"}, IsClusterMode: true}},
+		{"redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000/0?max_redirects=5",
+			redis.UniversalOptions{Addrs: []string{"10.0.0.1:7000", "10.0.0.2:7000"}, Password: "pw", MaxRedirects: 5, IsClusterMode: true}},
+		{"redis://[::1]:7000,[::1]:7001,[::1]:7002", redis.UniversalOptions{Addrs: []string{"[::1]:7000", "[::1]:7001", "[::1]:7002"},
+			IsClusterMode: true}},
+		{"rediss+cluster://n1.example:7000,n2.example:7000", redis.UniversalOptions{Addrs: []string{"n1.example:7000", "n2.example:7000"},
+			IsClusterMode: true, TLSConfig: tlsTo("n1.example", false)}},
+		{"redis+sentinel://s1,s2:26380/mymaster", redis.UniversalOptions{Addrs: []string{"s1:26379", "s2:26380"}, MasterName: "mymaster"}},
+		{"redis+sentinel://:pw@s1:26379/mymaster/2?sentinel_username=sen&sentinel_password=spw",
+			redis.UniversalOptions{Addrs: []string{"s1:26379"}, MasterName: "mymaster", DB: 2, Password: "pw",
+				SentinelUsername: "sen", SentinelPassword: "spw"}},
+	} {
+		got, err := parseRedisURL(c.url)
+		if err != nil {
+			t.Errorf("%s: %v", c.url, err)
+			continue
+		}
+		if !reflect.DeepEqual(*got, c.want) {
+			t.Errorf("%s:\n got %+v\nwant %+v", c.url, *got, c.want)
+		}
+	}
+}
+
+func TestRedisURLClients(t *testing.T) {
+	for url, want := range map[string]string{
+		"redis://127.0.0.1:1/0":                      "*redis.Client",
+		"unix:///tmp/none.sock":                      "*redis.Client",
+		"redis+cluster://127.0.0.1:1":                "*redis.ClusterClient",
+		"redis://127.0.0.1:1,127.0.0.1:2":            "*redis.ClusterClient",
+		"redis+sentinel://127.0.0.1:1/mymaster":      "*redis.Client", // a failover client
+		"redis://127.0.0.1:1/0?read_timeout=5s":      "*redis.Client",
+		"rediss+sentinel://127.0.0.1:1,[::1]:2/main": "*redis.Client",
+	} {
+		s, err := newRedisStore(url, "")
+		if err != nil {
+			t.Errorf("%s: %v", url, err)
+			continue
+		}
+		if got := fmt.Sprintf("%T", s.client); got != want {
+			t.Errorf("%s: client %s, want %s", url, got, want)
+		}
+		if wantTimeout := map[bool]time.Duration{true: 5 * time.Second, false: redisTimeout}[strings.Contains(url, "5s")]; s.timeout != wantTimeout {
+			t.Errorf("%s: timeout %v, want %v", url, s.timeout, wantTimeout)
+		}
+		s.Destruct()
+	}
+}
+
+func TestRedisURLRedacted(t *testing.T) {
+	for _, u := range []string{
+		"redis://user:s3cret@127.0.0.1:6379/0?bogus=1",
+		"redis+cluster://:s3cret@[::1]:1,[::1]:2/0?bogus=1",
+		"redis+sentinel://s1:1/m?sentinel_password=s3cret&bogus=1",
+		"redis+sentinel://s1:1/m?bogus=1&sentinel_password=s3cret",
+	} {
+		r := redactRedisURL(u)
+		if strings.Contains(r, "s3cret") || !strings.Contains(r, "xxxxx") || !strings.Contains(r, "bogus") {
+			t.Errorf("redactRedisURL(%s) = %s", u, r)
+		}
+	}
+}
+
+// dropProxy forwards TCP connections to a Redis and drops the reply to the
+// first SET that passes through it, closing that connection: Redis applied
+// the SET but the client never hears of it.
+type dropProxy struct {
+	ln      net.Listener
+	target  string
+	dropped atomic.Bool
+}
+
+func startDropProxy(t *testing.T, target string) *dropProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) serve(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	var drop atomic.Bool
+	closeBoth := func() { c.Close(); s.Close() }
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if bytes.Contains(bytes.ToLower(buf[:n]), []byte("\r\nset\r\n")) && p.dropped.CompareAndSwap(false, true) {
+					drop.Store(true) // before Redis can answer
+				}
+				if _, err := s.Write(buf[:n]); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		closeBoth()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := s.Read(buf)
+		if n > 0 {
+			if drop.Load() {
+				break
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	closeBoth()
+}
+
+// TestRedisClaimSurvivesLostReply: the reply to the claim's SET NX is lost
+// after Redis applied it. Whether go-redis retries the SET (which then
+// finds the key taken) or gives up with an error, the claim is ours.
+func TestRedisClaimSurvivesLostReply(t *testing.T) {
+	target := testRedisURL(t)
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, query := range map[string]string{"retried": "", "not retried": "max_retries=-1"} {
+		t.Run(name, func(t *testing.T) {
+			p := startDropProxy(t, u.Host)
+			pu := *u
+			pu.Host = p.ln.Addr().String()
+			pu.RawQuery = query
+			s := newTestRedisStore(t, pu.String(), testPrefix())
+			tok := mustClaim(t, s, "lost", Claimed)
+			if !p.dropped.Load() {
+				t.Fatal("the proxy saw no SET")
+			}
+			if err := s.Commit(context.Background(), "lost", tok, testTTL); err != nil {
+				t.Fatal(err)
+			}
+			mustClaim(t, s, "lost", Delivered)
+		})
 	}
 }
 

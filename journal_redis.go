@@ -1,0 +1,851 @@
+package ecommpay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultRedisJournalPrefix is prepended to every journal key in Redis.
+const DefaultRedisJournalPrefix = "ecommpay:journal:"
+
+// The Redis journal. Keys, after the prefix:
+//
+//	e:<id>              an entry, JSON; expires MaxAge after its time (+ grace)
+//	ev                  IDs of all genuine entries: a sorted set, all scores 0,
+//	                    so that it sorts by ID, which is time order
+//	ev:p:<project>      the same for one project, one result (ev:r:),
+//	ev:r:<result>       one kind (ev:k:) and one event key (ev:x:, which
+//	ev:k:<kind>         expires with its newest entry)
+//	ev:x:<event key>
+//	ix                  the names of the ev:p:, ev:r: and ev:k: sets
+//	uv                  unverified callbacks, "<id> <JSON>" each, sorted by ID,
+//	                    capped at MaxUnverified
+//	{<proj>:<pay>}:v    a payment's view (hash); the hash tag puts it in
+//	{<proj>:<pay>}:ev   one slot with its entry IDs, so one script updates both
+//	pay, pay:p:<proj>   payments ("<proj>:<pay>") scored by Updated in µs
+//	open                payments signed and not final, scored by Signed in µs
+//	projects            the projects seen, to age out their pay:p: sets
+//	b:<event key>       a body (hash: d the bytes, last the newest entry that
+//	                    refers to it); expires with that entry
+//	bytes               the approximate size of entries and bodies
+//	prune               the lock of the node that prunes
+//
+// Only the payment script and the body scripts touch several fields or
+// keys, and each touches keys of one slot, so Redis Cluster works. The
+// other writes of a Record go in one pipeline and are not atomic together:
+// readers skip index members whose entry is gone, and pruning clears them.
+//
+// Size is an approximate byte count: each genuine entry adds its JSON
+// length plus redisEntryOverhead, each stored body its length plus its
+// key plus redisBodyOverhead. Over MaxSize, the oldest genuine entries are
+// pruned until it is below nine tenths of it. Unverified entries are
+// bounded by MaxUnverified alone.
+
+const (
+	redisEntryOverhead = 200 // keys, index members, Redis's own per-key cost
+	redisBodyOverhead  = 100
+	// redisGrace keeps keys past MaxAge, so that the pruner (not Redis)
+	// removes them and can account for their bytes. Reads apply MaxAge
+	// exactly.
+	redisGrace = time.Hour
+	// redisPruneEvery is how often a node prunes by age and size.
+	redisPruneEvery = time.Minute
+	redisPruneBatch = 256
+	redisScanPage   = 256
+)
+
+// Scripts. extend sets a key's expiry to at (ms) unless it already ends
+// later; PEXPIREAT GT would need Redis 7.
+const redisExtend = `
+local function extend(k, at)
+	local ttl = redis.call('PTTL', k)
+	local t = redis.call('TIME')
+	if ttl < 0 or t[1] * 1000 + math.floor(t[2] / 1000) + ttl < at then
+		redis.call('PEXPIREAT', k, at)
+	end
+end
+`
+
+var (
+	// redisPaymentApply is paymentView.apply on the view hash, with the
+	// entry's ID added to the payment's set. Times are 16 hex digits of
+	// Unix nanoseconds, which compare as strings. It returns the view's
+	// signed time ("" if never) and final flag.
+	redisPaymentApply = redis.NewScript(redisExtend + `
+local v, ev = KEYS[1], KEYS[2]
+local id, t, kind, result = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
+local at = tonumber(ARGV[12])
+redis.call('ZADD', ev, 0, id)
+if redis.call('HSETNX', v, 'started', t) == 1 then
+	redis.call('HSET', v, 'project', ARGV[4], 'payment', ARGV[5], 'updated', t)
+else
+	if t < redis.call('HGET', v, 'started') then redis.call('HSET', v, 'started', t) end
+	if t > redis.call('HGET', v, 'updated') then redis.call('HSET', v, 'updated', t) end
+end
+redis.call('HINCRBY', v, 'events', 1)
+if result == 'app_error' then redis.call('HINCRBY', v, 'app_errors', 1) end
+local signing = kind == 'payment_page' or kind == 'gate'
+if signing then
+	local s = redis.call('HGET', v, 'signed')
+	if not s or t < s then redis.call('HSET', v, 'signed', t) end
+	redis.call('HSET', v, 'mode', kind)
+end
+for i, f in ipairs({'amount', 'currency', 'method'}) do
+	local src = ARGV[6 + i]
+	if src ~= '' and (signing or redis.call('HEXISTS', v, f) == 0) then redis.call('HSET', v, f, src) end
+end
+if kind == 'callback' then redis.call('HINCRBY', v, 'callbacks', 1) end
+if (kind == 'callback' or kind == 'status') and ARGV[10] ~= '' then
+	redis.call('HSET', v, 'status', ARGV[10], 'final', ARGV[11])
+end
+extend(v, at)
+extend(ev, at)
+return {redis.call('HGET', v, 'signed') or '', redis.call('HGET', v, 'final') or '0'}`)
+
+	// redisPaymentDrop removes a pruned entry from its payment, and the
+	// payment with its last entry. It returns 1 when the payment went.
+	redisPaymentDrop = redis.NewScript(`
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('ZCARD', KEYS[2]) == 0 then
+	redis.call('DEL', KEYS[1])
+	return 1
+end
+return 0`)
+
+	// redisBodyRef stores a body unless its event key has one (when
+	// ARGV[4] is 1) and records entry ARGV[2] as referring to it. It
+	// returns 1 when it stored the body.
+	redisBodyRef = redis.NewScript(redisExtend + `
+local stored = 0
+if ARGV[4] == '1' and redis.call('HSETNX', KEYS[1], 'd', ARGV[1]) == 1 then stored = 1 end
+if redis.call('HEXISTS', KEYS[1], 'd') == 1 then
+	local last = redis.call('HGET', KEYS[1], 'last')
+	if not last or last < ARGV[2] then redis.call('HSET', KEYS[1], 'last', ARGV[2]) end
+	extend(KEYS[1], tonumber(ARGV[3]))
+end
+return stored`)
+
+	// redisBodyDrop deletes a body when the pruned entry ARGV[1] is the
+	// newest that refers to it, and returns its length.
+	redisBodyDrop = redis.NewScript(`
+local last = redis.call('HGET', KEYS[1], 'last')
+if last and last <= ARGV[1] then
+	local n = redis.call('HSTRLEN', KEYS[1], 'd')
+	redis.call('DEL', KEYS[1])
+	return n
+end
+return 0`)
+
+	// redisUnlock deletes the prune lock if it is still ours.
+	redisUnlock = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+
+	// redisKeyEscaper keeps braces out of hash tags and colons out of the
+	// project/payment pair.
+	redisKeyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D", ":", "%3A")
+)
+
+// redisBackend is the Redis de-dup store and journal, shared by a cluster
+// of Caddy instances.
+type redisBackend struct {
+	*redisStore
+	jp    string // journal key prefix
+	opts  journalOptions
+	prune pruneLog
+
+	pruneNow chan struct{}
+	stop     chan struct{}
+	done     sync.WaitGroup
+}
+
+// newRedisBackend returns the Redis backend for rawURL (see
+// parseRedisURL) with the default key prefixes. Like newRedisStore, it
+// does not connect; it starts the pruning goroutine that Destruct stops.
+func newRedisBackend(redisURL string, jo journalOptions) (backend, error) {
+	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo)
+}
+
+func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journalOptions) (*redisBackend, error) {
+	s, err := newRedisStore(redisURL, storePrefix)
+	if err != nil {
+		return nil, err
+	}
+	b := &redisBackend{
+		redisStore: s,
+		jp:         journalPrefix,
+		opts:       jo.withDefaults(),
+		pruneNow:   make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+	}
+	b.done.Add(1)
+	go b.pruneLoop()
+	return b, nil
+}
+
+// Destruct implements caddy.Destructor.
+func (b *redisBackend) Destruct() error {
+	close(b.stop)
+	b.done.Wait()
+	b.prune.flush(time.Now())
+	return b.redisStore.Destruct()
+}
+
+func (b *redisBackend) key(parts ...string) string { return b.jp + strings.Join(parts, "") }
+
+// payMember names a payment in the payment sets.
+func payMember(projectID, paymentID string) string {
+	return redisKeyEscaper.Replace(projectID) + ":" + redisKeyEscaper.Replace(paymentID)
+}
+
+// payKeys are a payment's view and entry set, in one slot.
+func (b *redisBackend) payKeys(member string) (view, events string) {
+	return b.key("{", member, "}:v"), b.key("{", member, "}:ev")
+}
+
+func nanoHex(t time.Time) string { return idBound(t) }
+
+func hexTime(s string) time.Time {
+	raw, err := hex.DecodeString(s)
+	if err != nil || len(raw) != 8 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(raw))).UTC()
+}
+
+func micros(t time.Time) float64 { return float64(t.UnixMicro()) }
+
+func (b *redisBackend) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, b.timeout)
+}
+
+// Record implements journal. It writes at once; an entry already older
+// than MaxAge is pruned as it comes.
+func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
+	now := time.Now()
+	e.prepare(now)
+	if e.Time.Before(now.Add(-b.opts.MaxAge)) {
+		b.prune.add(pruneAge, 1, now)
+		return nil
+	}
+	body := e.Body
+	e.Body = nil
+	js, err := json.Marshal(&e)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+
+	if e.isUnverified() {
+		pipe := b.client.Pipeline()
+		pipe.ZAdd(ctx, b.key("uv"), redis.Z{Member: e.ID + " " + string(js)})
+		trimmed := pipe.ZRemRangeByRank(ctx, b.key("uv"), 0, int64(-b.opts.MaxUnverified-1))
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		b.prune.add(pruneUnverified, int(trimmed.Val()), now)
+		return nil
+	}
+
+	expire := e.Time.Add(b.opts.MaxAge + redisGrace)
+	var calls []*scriptCall
+	pipe := b.client.Pipeline()
+	var apply *scriptCall
+	member := payMember(e.ProjectID, e.PaymentID)
+	if e.joinsPayment() {
+		v, ev := b.payKeys(member)
+		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, nanoHex(e.Time), e.Kind,
+			e.ProjectID, e.PaymentID, e.Result, e.Amount, e.Currency, e.Method, e.PaymentStatus,
+			boolDigit(isFinalStatus(e.PaymentStatus)), expire.UnixMilli())
+		calls = append(calls, apply)
+		score := micros(e.Time)
+		pipe.ZAddGT(ctx, b.key("pay"), redis.Z{Score: score, Member: member})
+		pipe.ZAddGT(ctx, b.key("pay:p:", e.ProjectID), redis.Z{Score: score, Member: member})
+		pipe.SAdd(ctx, b.key("projects"), e.ProjectID)
+	}
+	pipe.SetArgs(ctx, b.key("e:", e.ID), js, redis.SetArgs{ExpireAt: expire})
+	pipe.ZAdd(ctx, b.key("ev"), redis.Z{Member: e.ID})
+	for _, ix := range b.indexes(&e) {
+		pipe.ZAdd(ctx, ix, redis.Z{Member: e.ID})
+		pipe.SAdd(ctx, b.key("ix"), ix)
+	}
+	var bodyRef *scriptCall
+	if e.EventKey != "" {
+		ek := b.key("ev:x:", e.EventKey)
+		pipe.ZAdd(ctx, ek, redis.Z{Member: e.ID})
+		calls = append(calls, evalSha(ctx, pipe, redisExtendOnly, []string{ek}, expire.UnixMilli()))
+		if !b.opts.NoBodies {
+			bodyRef = evalSha(ctx, pipe, redisBodyRef, []string{b.key("b:", e.EventKey)},
+				string(body), e.ID, expire.UnixMilli(), boolDigit(len(body) > 0))
+			calls = append(calls, bodyRef)
+		}
+	}
+	size := pipe.IncrBy(ctx, b.key("bytes"), int64(len(js)+redisEntryOverhead))
+	if err := execScripts(ctx, b.client, pipe, calls); err != nil {
+		return fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+
+	// What the scripts found decides the rest.
+	pipe = b.client.Pipeline()
+	if apply != nil {
+		res, _ := apply.cmd.StringSlice()
+		if len(res) == 2 && res[1] == "1" {
+			pipe.ZRem(ctx, b.key("open"), member)
+		} else if len(res) == 2 && res[0] != "" {
+			pipe.ZAddLT(ctx, b.key("open"), redis.Z{Score: micros(hexTime(res[0])), Member: member})
+		}
+	}
+	if bodyRef != nil {
+		if n, _ := bodyRef.cmd.Int(); n == 1 {
+			size = pipe.IncrBy(ctx, b.key("bytes"), int64(len(body)+len(e.EventKey)+redisBodyOverhead))
+		}
+	}
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+	}
+	if size.Val() > b.opts.MaxSize {
+		select {
+		case b.pruneNow <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// redisExtendOnly extends one key's expiry (see redisExtend).
+var redisExtendOnly = redis.NewScript(redisExtend + `extend(KEYS[1], tonumber(ARGV[1])) return 0`)
+
+// indexes are the ev:p:, ev:r: and ev:k: sets that list e.
+func (b *redisBackend) indexes(e *journalEvent) []string {
+	var out []string
+	for _, ix := range [...]struct{ name, v string }{{"ev:p:", e.ProjectID}, {"ev:r:", e.Result}, {"ev:k:", e.Kind}} {
+		if ix.v != "" {
+			out = append(out, b.key(ix.name, ix.v))
+		}
+	}
+	return out
+}
+
+func boolDigit(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// scriptCall is a script sent by EVALSHA in a pipeline, to be sent again
+// in full if Redis does not know it (after a restart or failover).
+type scriptCall struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+	cmd    *redis.Cmd
+}
+
+func evalSha(ctx context.Context, pipe redis.Pipeliner, s *redis.Script, keys []string, args ...any) *scriptCall {
+	return &scriptCall{script: s, keys: keys, args: args, cmd: s.EvalSha(ctx, pipe, keys, args...)}
+}
+
+// execScripts runs pipe and then, one by one, the scripts that failed with
+// NOSCRIPT: they did not run, so running them again is safe.
+func execScripts(ctx context.Context, c redis.UniversalClient, pipe redis.Pipeliner, calls []*scriptCall) error {
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	for _, cmd := range cmds {
+		if e := cmd.Err(); e != nil && !isNoScript(e) && !errors.Is(e, redis.Nil) {
+			return e
+		}
+	}
+	for _, sc := range calls {
+		if isNoScript(sc.cmd.Err()) {
+			sc.cmd = sc.script.Run(ctx, c, sc.keys, sc.args...)
+			if err := sc.cmd.Err(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// Events implements journal.
+func (b *redisBackend) Events(ctx context.Context, f eventFilter) ([]journalEvent, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	limit := limitOr(f.Limit)
+	hi := "+"
+	if s := f.startID(); s != "" {
+		hi = "(" + s
+	}
+	lo := max(f.stopID(), b.cutID())
+	var ix string
+	switch {
+	case f.ProjectID != "" && f.PaymentID != "":
+		_, ix = b.payKeys(payMember(f.ProjectID, f.PaymentID))
+	case f.EventKey != "":
+		ix = b.key("ev:x:", f.EventKey)
+	case f.ProjectID != "":
+		ix = b.key("ev:p:", f.ProjectID)
+	case f.Result != "":
+		ix = b.key("ev:r:", f.Result)
+	case f.Kind != "":
+		ix = b.key("ev:k:", f.Kind)
+	default:
+		ix = b.key("ev")
+	}
+	genuine, err := b.scan(ctx, ix, hi, "["+lo, limit, &f, b.entries)
+	if err != nil {
+		return nil, err
+	}
+	strangers, err := b.scan(ctx, b.key("uv"), hi, "["+lo, limit, &f, inlineEntries)
+	if err != nil {
+		return nil, err
+	}
+	return mergeNewest(genuine, strangers, limit), nil
+}
+
+// cutID is the least ID within MaxAge.
+func (b *redisBackend) cutID() string { return idBound(time.Now().Add(-b.opts.MaxAge)) }
+
+// scan pages through a sorted set of IDs (or "<id> <JSON>"), newest
+// first, and returns up to limit entries that match f.
+func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, f *eventFilter,
+	load func(context.Context, []string) ([]journalEvent, error)) ([]journalEvent, error) {
+	var out []journalEvent
+	for len(out) < limit {
+		members, err := b.client.ZRevRangeByLex(ctx, key, &redis.ZRangeBy{Max: hi, Min: lo, Count: redisScanPage}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		evs, err := load(ctx, members)
+		if err != nil {
+			return nil, err
+		}
+		for i := range evs {
+			if len(out) < limit && f.match(&evs[i]) {
+				out = append(out, evs[i])
+			}
+		}
+		if len(members) < redisScanPage {
+			break
+		}
+		hi = "(" + members[len(members)-1]
+	}
+	return out, nil
+}
+
+// entries loads entries by ID in order, skipping those gone.
+func (b *redisBackend) entries(ctx context.Context, ids []string) ([]journalEvent, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	pipe := b.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Get(ctx, b.key("e:", id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+	out := make([]journalEvent, 0, len(ids))
+	for _, c := range cmds {
+		var e journalEvent
+		if raw, err := c.Bytes(); err == nil && json.Unmarshal(raw, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// inlineEntries decodes members of uv.
+func inlineEntries(_ context.Context, members []string) ([]journalEvent, error) {
+	out := make([]journalEvent, 0, len(members))
+	for _, m := range members {
+		var e journalEvent
+		if _, js, ok := strings.Cut(m, " "); ok && json.Unmarshal([]byte(js), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// Timeline implements journal.
+func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string) (timeline, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	vk, ek := b.payKeys(payMember(projectID, paymentID))
+	pipe := b.client.Pipeline()
+	vc := pipe.HGetAll(ctx, vk)
+	ic := pipe.ZRangeByLex(ctx, ek, &redis.ZRangeBy{Min: "[" + b.cutID(), Max: "+"})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return timeline{}, fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+	v, ok := b.parseView(vc.Val())
+	if !ok || len(ic.Val()) == 0 {
+		return timeline{}, errNotFound
+	}
+	evs, err := b.entries(ctx, ic.Val())
+	if err != nil {
+		return timeline{}, err
+	}
+	return timeline{Payment: v, Events: evs}, nil
+}
+
+// parseView reads a view hash; a missing or aged-out view is not ok.
+func (b *redisBackend) parseView(h map[string]string) (paymentView, bool) {
+	if h["started"] == "" {
+		return paymentView{}, false
+	}
+	n := func(k string) int { i, _ := strconv.Atoi(h[k]); return i }
+	v := paymentView{
+		ProjectID: h["project"], PaymentID: h["payment"],
+		Started: hexTime(h["started"]), Updated: hexTime(h["updated"]),
+		Mode: h["mode"], Amount: h["amount"], Currency: h["currency"], Method: h["method"],
+		Status: h["status"], Final: h["final"] == "1",
+		Callbacks: n("callbacks"), AppErrors: n("app_errors"), Events: n("events"),
+	}
+	if h["signed"] != "" {
+		v.Signed = hexTime(h["signed"])
+	}
+	return v, !v.Updated.Before(time.Now().Add(-b.opts.MaxAge))
+}
+
+// views loads payment views by member, in order, skipping those gone; it
+// also returns the members whose views are gone.
+func (b *redisBackend) views(ctx context.Context, members []string) ([]paymentView, []string, error) {
+	pipe := b.client.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(members))
+	for i, m := range members {
+		vk, _ := b.payKeys(m)
+		cmds[i] = pipe.HGetAll(ctx, vk)
+	}
+	if len(members) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+	}
+	var out []paymentView
+	var gone []string
+	for i, c := range cmds {
+		if v, ok := b.parseView(c.Val()); ok {
+			out = append(out, v)
+		} else {
+			gone = append(gone, members[i])
+		}
+	}
+	return out, gone, nil
+}
+
+// Payments implements journal.
+func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	limit := limitOr(f.Limit)
+	if f.ProjectID != "" && f.PaymentID != "" {
+		vs, _, err := b.views(ctx, []string{payMember(f.ProjectID, f.PaymentID)})
+		if err != nil || len(vs) == 0 || !f.match(&vs[0]) {
+			return nil, err
+		}
+		return vs, nil
+	}
+	key := b.key("pay")
+	if f.ProjectID != "" {
+		key = b.key("pay:p:", f.ProjectID)
+	}
+	// Scores are microseconds: widen the bounds and let match decide.
+	lo := time.Now().Add(-b.opts.MaxAge).UnixMicro() - 1
+	if !f.Since.IsZero() {
+		lo = max(lo, f.Since.UnixMicro()-1)
+	}
+	hi := "+inf"
+	if !f.Until.IsZero() {
+		hi = strconv.FormatInt(f.Until.UnixMicro()+1, 10)
+	}
+	var out []paymentView
+	for off := int64(0); len(out) < limit; off += redisScanPage {
+		members, err := b.client.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{
+			Max: hi, Min: strconv.FormatInt(lo, 10), Offset: off, Count: redisScanPage}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		vs, _, err := b.views(ctx, members)
+		if err != nil {
+			return nil, err
+		}
+		for i := range vs {
+			if f.match(&vs[i]) {
+				out = append(out, vs[i])
+			}
+		}
+		if len(members) < redisScanPage {
+			break
+		}
+	}
+	slices.SortFunc(out, newestUpdatedFirst)
+	return out[:min(len(out), limit)], nil
+}
+
+// OpenPayments implements journal.
+func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]paymentView, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	limit = limitOr(limit)
+	hi := strconv.FormatInt(startedBefore.UnixMicro()+1, 10)
+	var out []paymentView
+	var gone []string
+	for off := int64(0); len(out) < limit; off += redisScanPage {
+		members, err := b.client.ZRangeByScore(ctx, b.key("open"), &redis.ZRangeBy{
+			Min: "-inf", Max: hi, Offset: off, Count: redisScanPage}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		vs, g, err := b.views(ctx, members)
+		if err != nil {
+			return nil, err
+		}
+		gone = append(gone, g...)
+		for i := range vs {
+			if vs[i].isOpenSince(startedBefore) {
+				out = append(out, vs[i])
+			}
+		}
+		if len(members) < redisScanPage {
+			break
+		}
+	}
+	if len(gone) > 0 {
+		// Aged out; their keys expire by themselves.
+		b.client.ZRem(ctx, b.key("open"), toAny(gone)...)
+	}
+	slices.SortFunc(out, oldestSignedFirst)
+	return out[:min(len(out), limit)], nil
+}
+
+// Body implements journal.
+func (b *redisBackend) Body(ctx context.Context, eventKey string) ([]byte, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	vals, err := b.client.HMGet(ctx, b.key("b:", eventKey), "d", "last").Result()
+	if err != nil {
+		return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+	d, _ := vals[0].(string)
+	last, _ := vals[1].(string)
+	if vals[0] == nil || last < b.cutID() {
+		return nil, errNotFound
+	}
+	return []byte(d), nil
+}
+
+// pruneLoop prunes every redisPruneEvery, and at once when a Record finds
+// the journal over MaxSize.
+func (b *redisBackend) pruneLoop() {
+	defer b.done.Done()
+	t := time.NewTicker(redisPruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		case <-b.pruneNow:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), redisPruneEvery)
+		_ = b.pruneOnce(ctx) // a Redis that is down is retried next time
+		cancel()
+	}
+}
+
+// pruneOnce prunes by age and size, unless another node is at it.
+func (b *redisBackend) pruneOnce(ctx context.Context) error {
+	lock, token := b.key("prune"), rand.Text()
+	if ok, err := b.client.SetNX(ctx, lock, token, redisPruneEvery).Result(); err != nil || !ok {
+		return err
+	}
+	defer redisUnlock.Run(context.WithoutCancel(ctx), b.client, []string{lock}, token)
+
+	now := time.Now()
+	cut := b.cutID()
+	for {
+		ids, err := b.client.ZRangeByLex(ctx, b.key("ev"), &redis.ZRangeBy{Min: "-", Max: "(" + cut, Count: redisPruneBatch}).Result()
+		if err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			break
+		}
+		if err := b.drop(ctx, ids, pruneAge); err != nil {
+			return err
+		}
+	}
+	// What the entries' own pruning may have missed.
+	n, err := b.client.ZRemRangeByLex(ctx, b.key("uv"), "-", "("+cut).Result()
+	if err != nil {
+		return err
+	}
+	b.prune.add(pruneAge, int(n), now)
+	ixs, err := b.client.SMembers(ctx, b.key("ix")).Result()
+	if err != nil {
+		return err
+	}
+	projects, err := b.client.SMembers(ctx, b.key("projects")).Result()
+	if err != nil {
+		return err
+	}
+	pipe := b.client.Pipeline()
+	for _, ix := range ixs {
+		pipe.ZRemRangeByLex(ctx, ix, "-", "("+cut)
+	}
+	old := strconv.FormatInt(now.Add(-b.opts.MaxAge).UnixMicro(), 10)
+	pipe.ZRemRangeByScore(ctx, b.key("pay"), "-inf", "("+old)
+	for _, p := range projects {
+		pipe.ZRemRangeByScore(ctx, b.key("pay:p:", p), "-inf", "("+old)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+
+	// Size: the oldest entries go until the journal is below nine tenths
+	// of MaxSize.
+	size, err := b.client.Get(ctx, b.key("bytes")).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	if size <= b.opts.MaxSize {
+		return nil
+	}
+	for target := b.opts.MaxSize * 9 / 10; size > target; {
+		// As many as the average entry says, in batches.
+		n, err := b.client.ZCard(ctx, b.key("ev")).Result()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			// Nothing left to prune: the count drifted (keys that Redis
+			// expired or evicted before the pruner saw them).
+			return b.client.Set(ctx, b.key("bytes"), 0, 0).Err()
+		}
+		k := min(max((size-target)*n/size+1, 1), redisPruneBatch)
+		ids, err := b.client.ZRange(ctx, b.key("ev"), 0, k-1).Result()
+		if err != nil || len(ids) == 0 {
+			return err
+		}
+		if err := b.drop(ctx, ids, pruneSize); err != nil {
+			return err
+		}
+		if size, err = b.client.Get(ctx, b.key("bytes")).Int64(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drop prunes the entries ids and what only they held. Of several nodes
+// dropping one entry, the one whose DEL removed it does the rest, so the
+// byte count is lowered once.
+func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) error {
+	evs, err := b.entries(ctx, ids)
+	if err != nil {
+		return err
+	}
+	pipe := b.client.Pipeline()
+	pipe.ZRem(ctx, b.key("ev"), toAny(ids)...)
+	dels := make([]*redis.IntCmd, len(evs))
+	for i := range evs {
+		dels[i] = pipe.Del(ctx, b.key("e:", evs[i].ID))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+
+	pipe = b.client.Pipeline()
+	var freed int64
+	var calls, pays, bodies []*scriptCall
+	var payMembers, payProjects, bodyKeys []string
+	n := 0
+	for i := range evs {
+		e := &evs[i]
+		if dels[i].Val() != 1 {
+			continue
+		}
+		n++
+		js, _ := json.Marshal(e)
+		freed += int64(len(js) + redisEntryOverhead)
+		for _, ix := range b.indexes(e) {
+			pipe.ZRem(ctx, ix, e.ID)
+		}
+		if e.EventKey != "" {
+			pipe.ZRem(ctx, b.key("ev:x:", e.EventKey), e.ID)
+			c := evalSha(ctx, pipe, redisBodyDrop, []string{b.key("b:", e.EventKey)}, e.ID)
+			bodies, bodyKeys = append(bodies, c), append(bodyKeys, e.EventKey)
+			calls = append(calls, c)
+		}
+		if e.joinsPayment() {
+			m := payMember(e.ProjectID, e.PaymentID)
+			v, ev := b.payKeys(m)
+			c := evalSha(ctx, pipe, redisPaymentDrop, []string{v, ev}, e.ID)
+			pays, payMembers, payProjects = append(pays, c), append(payMembers, m), append(payProjects, e.ProjectID)
+			calls = append(calls, c)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := execScripts(ctx, b.client, pipe, calls); err != nil {
+		return err
+	}
+	pipe = b.client.Pipeline()
+	for i, c := range bodies {
+		if l, _ := c.cmd.Int64(); l > 0 {
+			freed += l + int64(len(bodyKeys[i])+redisBodyOverhead)
+		}
+	}
+	for i, c := range pays {
+		if gone, _ := c.cmd.Int(); gone == 1 {
+			pipe.ZRem(ctx, b.key("pay"), payMembers[i])
+			pipe.ZRem(ctx, b.key("pay:p:", payProjects[i]), payMembers[i])
+			pipe.ZRem(ctx, b.key("open"), payMembers[i])
+		}
+	}
+	pipe.DecrBy(ctx, b.key("bytes"), freed)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	b.prune.add(reason, n, time.Now())
+	return nil
+}
+
+func toAny(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+// Interface guards
+var (
+	_ backend          = (*redisBackend)(nil)
+	_ caddy.Destructor = (*redisBackend)(nil)
+)

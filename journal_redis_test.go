@@ -1,0 +1,310 @@
+package ecommpay
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
+	"github.com/redis/go-redis/v9"
+)
+
+// openRedisBackend returns a backend on url under key prefixes of its
+// own, whose keys are deleted when t ends.
+func openRedisBackend(tb testing.TB, url string, o journalOptions) *redisBackend {
+	tb.Helper()
+	prefix := testPrefix()
+	b, err := newRedisBackendPrefix(url, prefix+"d:", prefix+"j:", o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		deleteRedisKeys(b.client, prefix)
+		b.Destruct()
+	})
+	return b
+}
+
+func TestRedisBackend(t *testing.T) {
+	url := testRedisURL(t)
+	runBackendSuite(t, func(t *testing.T) backend { return openRedisBackend(t, url, backendSuiteOptions(t)) })
+}
+
+func TestRedisClusterBackend(t *testing.T) {
+	c := redistest.StartCluster(t)
+	b := openRedisBackend(t, c.URL, journalOptions{})
+	if _, ok := b.client.(*redis.ClusterClient); !ok {
+		t.Fatalf("%s gave a %T", c.URL, b.client)
+	}
+	runBackendSuite(t, func(t *testing.T) backend { return openRedisBackend(t, c.URL, backendSuiteOptions(t)) })
+
+	// The suite's payments are spread over the masters.
+	t.Run("Spread", func(t *testing.T) {
+		b := openRedisBackend(t, c.URL, journalOptions{})
+		ctx := context.Background()
+		for i := range 30 {
+			record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "s" + strconv.Itoa(i),
+				EventKey: "k" + strconv.Itoa(i), Body: []byte("x"), Result: "forwarded"})
+		}
+		var mu sync.Mutex
+		perNode := map[string]int{}
+		b.client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			keys, err := n.Keys(ctx, b.jp+"{*").Result()
+			mu.Lock()
+			perNode[n.Options().Addr] = len(keys)
+			mu.Unlock()
+			return err
+		})
+		for addr, n := range perNode {
+			if n == 0 {
+				t.Errorf("no payment keys on %s: %v", addr, perNode)
+			}
+		}
+	})
+}
+
+// A payment's keys share a slot whatever its project and payment IDs hold.
+func TestRedisPaymentKeysOneSlot(t *testing.T) {
+	b, err := newRedisBackendPrefix("redis://127.0.0.1:1/0", "", DefaultRedisJournalPrefix, journalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Destruct()
+	for _, id := range [][2]string{{"10", "p1"}, {"}", "x"}, {"{", "}"}, {"a:b", "c"}, {"a", "b:c"}, {"", ""}, {"%7D", "}{"}} {
+		v, ev := b.payKeys(payMember(id[0], id[1]))
+		if redisSlot(v) != redisSlot(ev) {
+			t.Errorf("%q: %s and %s in slots %d and %d", id, v, ev, redisSlot(v), redisSlot(ev))
+		}
+		if !strings.HasPrefix(v, DefaultRedisJournalPrefix+"{") {
+			t.Errorf("%q: view key %s", id, v)
+		}
+	}
+	if payMember("a:b", "c") == payMember("a", "b:c") {
+		t.Error("two payments share a name")
+	}
+}
+
+// redisSlot is Redis Cluster's key slot: CRC16 of the hash tag, or of the
+// key when it has none.
+func redisSlot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for _, c := range []byte(key) {
+		crc ^= uint16(c) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc % 16384)
+}
+
+func TestRedisSlotAgreesWithRedis(t *testing.T) {
+	s := newTestRedisStore(t, testRedisURL(t), testPrefix())
+	for _, k := range []string{"foo", "ecommpay:journal:{10:p1}:v", "a{}b", "{x}y", "x{y"} {
+		// CLUSTER KEYSLOT works without cluster mode too.
+		got, err := s.client.ClusterKeySlot(context.Background(), k).Result()
+		if err != nil {
+			t.Skipf("CLUSTER KEYSLOT: %v", err)
+		}
+		if int(got) != redisSlot(k) {
+			t.Errorf("slot of %q: redis %d, ours %d", k, got, redisSlot(k))
+		}
+	}
+}
+
+// The size bound counts approximate bytes and prunes the oldest entries
+// with their payments and bodies.
+func TestRedisJournalSizeBound(t *testing.T) {
+	const bound = 64 << 10
+	url := testRedisURL(t)
+	b := openRedisBackend(t, url, journalOptions{MaxSize: bound})
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("x"), 1000)
+	base := time.Now().Add(-time.Hour)
+	for i := range 300 {
+		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
+			Time: base.Add(time.Duration(i) * time.Second), EventKey: "k" + strconv.Itoa(i), Body: body, Result: "forwarded"})
+	}
+	// Records woke the pruner: let it, or this test, finish. Pruning stops
+	// at nine tenths of the bound and does not start again below it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := b.pruneOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		size, _ := b.client.Get(ctx, b.key("bytes")).Int64()
+		if size <= bound*9/10 && b.client.Exists(ctx, b.key("prune")).Val() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after pruning the journal counts %d bytes, bound %d", size, bound)
+		}
+	}
+	evs := mustEvents(t, b, eventFilter{Limit: 1000})
+	// An entry counts about 1.7 KB: the journal keeps 30 or so.
+	if len(evs) < 25 || len(evs) > 40 || evs[0].PaymentID != "299" {
+		t.Fatalf("kept %d entries, newest %s", len(evs), evs[0].PaymentID)
+	}
+	oldest, _ := strconv.Atoi(evs[len(evs)-1].PaymentID)
+	if _, err := b.Timeline(ctx, "1", strconv.Itoa(oldest-1)); err != errNotFound {
+		t.Fatalf("the payment of a pruned entry: %v", err)
+	}
+	if _, err := b.Body(ctx, "k"+strconv.Itoa(oldest-1)); err != errNotFound {
+		t.Fatalf("the body of a pruned entry: %v", err)
+	}
+	if got, err := b.Body(ctx, "k"+strconv.Itoa(oldest)); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("the body of a kept entry: %v", err)
+	}
+	vs, err := b.Payments(ctx, paymentFilter{Limit: 1000})
+	if err != nil || len(vs) != len(evs) {
+		t.Fatalf("%d payments for %d entries: %v", len(vs), len(evs), err)
+	}
+	// The count is what is left: pruning everything brings it to zero.
+	tiny, err := newRedisBackendPrefix(url, "", b.jp, journalOptions{MaxSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tiny.Destruct()
+	if err := tiny.pruneOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if size, _ := b.client.Get(ctx, b.key("bytes")).Int64(); size != 0 {
+		t.Fatalf("an empty journal counts %d bytes", size)
+	}
+	if n := b.client.ZCard(ctx, b.key("pay")).Val(); n != 0 {
+		t.Fatalf("%d payments left", n)
+	}
+}
+
+// Two nodes pruning the same journal lower its byte count once.
+func TestRedisJournalPruneTwice(t *testing.T) {
+	url := testRedisURL(t)
+	a := openRedisBackend(t, url, journalOptions{})
+	b, err := newRedisBackendPrefix(url, "", a.jp, journalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Destruct()
+	ctx := context.Background()
+	for i := range 10 {
+		record(t, a, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p",
+			EventKey: "k", Body: []byte("body"), Result: "forwarded", OperationID: strconv.Itoa(i)})
+	}
+	before, _ := a.client.Get(ctx, a.key("bytes")).Int64()
+	ids := a.client.ZRange(ctx, a.key("ev"), 0, 4).Val()
+	var wg sync.WaitGroup
+	for _, n := range []*redisBackend{a, b} {
+		wg.Go(func() {
+			if err := n.drop(ctx, ids, pruneSize); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	after, _ := a.client.Get(ctx, a.key("bytes")).Int64()
+	evs := mustEvents(t, a, eventFilter{})
+	if len(evs) != 5 {
+		t.Fatalf("%d entries left, want 5", len(evs))
+	}
+	if before-after <= 0 || after <= 0 {
+		t.Fatalf("bytes %d → %d", before, after)
+	}
+	// The rest goes: the count comes to zero, once.
+	if err := b.drop(ctx, a.client.ZRange(ctx, a.key("ev"), 0, -1).Val(), pruneSize); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.client.Get(ctx, a.key("bytes")).Int64(); n != 0 {
+		t.Fatalf("bytes %d after dropping everything", n)
+	}
+	if _, err := a.Body(ctx, "k"); err != errNotFound {
+		t.Fatalf("body after its entries went: %v", err)
+	}
+}
+
+// BenchmarkRedisBackend measures what a callback costs the backend:
+// Claim and Commit, and the Record of its entry with a 1 KB body.
+func BenchmarkRedisBackend(b *testing.B) {
+	be := openRedisBackend(b, testRedisURL(b), journalOptions{})
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("x"), 1024)
+	b.Run("ClaimCommit", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			i++
+			claimCommit(b, be, ctx, "bench:"+strconv.Itoa(i))
+		}
+	})
+	b.Run("Record", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			i++
+			k := strconv.Itoa(i)
+			if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p" + k,
+				EventKey: "k" + k, Body: body, Result: "forwarded", PaymentStatus: "success"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// The payment script is paymentView.apply in Lua: random entries give the
+// same view both ways.
+func TestRedisPaymentScriptIsApply(t *testing.T) {
+	b := openRedisBackend(t, testRedisURL(t), journalOptions{})
+	rnd := rand.New(rand.NewPCG(1, 2))
+	pick := func(s ...string) string { return s[rnd.IntN(len(s))] }
+	base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	for p := range 40 {
+		id := "r" + strconv.Itoa(p)
+		var want paymentView
+		for range 1 + rnd.IntN(8) {
+			e := journalEvent{
+				Kind: pick(kindCallback, kindCallback, kindStatus, kindPaymentPage, kindGate, kindReplay, kindStatusRequest),
+				Time: base.Add(time.Duration(rnd.IntN(3600)) * time.Second), ProjectID: "7", PaymentID: id, Verified: true,
+				Result:        pick("forwarded", "app_error", "duplicate", "signed", ""),
+				PaymentStatus: pick("", "processing", "success", "decline", "partially refunded", "refunded"),
+				Amount:        pick("", "100", "250"), Currency: pick("", "EUR", "USD"), Method: pick("", "card", "sbp"),
+			}
+			record(t, b, e)
+			e.prepare(time.Now())
+			want.apply(&e)
+		}
+		if got := mustTimeline(t, b, "7", id).Payment; !sameView(got, want) {
+			t.Fatalf("payment %s:\nredis %+v\napply %+v", id, got, want)
+		}
+	}
+}
+
+// After a restart or failover Redis has forgotten the scripts: Record
+// sends them again.
+func TestRedisJournalAfterScriptFlush(t *testing.T) {
+	b := openRedisBackend(t, testRedisURL(t), journalOptions{})
+	ctx := context.Background()
+	for i := range 3 {
+		if err := b.client.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "f",
+			EventKey: "k" + strconv.Itoa(i), Body: []byte("body"), PaymentStatus: "success", Result: "forwarded"})
+	}
+	if v := mustTimeline(t, b, "1", "f").Payment; v.Events != 3 || v.Status != "success" {
+		t.Fatalf("view after script flushes: %+v", v)
+	}
+	if got, err := b.Body(ctx, "k2"); err != nil || string(got) != "body" {
+		t.Fatalf("Body = %q, %v", got, err)
+	}
+}

@@ -253,6 +253,7 @@ func (rc *reconciler) stop() {
 		return
 	}
 	rc.cancel()
+	defer rc.client.CloseIdleConnections()
 	select {
 	case <-rc.done:
 	case <-time.After(2 * time.Second):
@@ -327,10 +328,25 @@ func jitter(d time.Duration) time.Duration {
 func (rc *reconciler) scan(ctx context.Context, n int) {
 	now := rc.now()
 	j := rc.h.journal
-	open, err := j.OpenPayments(ctx, now.Add(-rc.minAfter()), reconcileScanLimit)
+	cut := now.Add(-rc.minAfter())
+	open, err := j.OpenPayments(ctx, cut, reconcileScanLimit)
 	if err != nil {
 		rc.logger.Error("reconcile: listing open payments failed", zap.Error(err))
 		return
+	}
+	if len(open) == reconcileScanLimit {
+		// The journal keeps listing abandoned and unresolved payments,
+		// oldest first: look at the recent ones too, so that old ones do
+		// not crowd them out.
+		recent, err := j.Payments(ctx, paymentFilter{Open: true, Since: now.Add(-rc.maxGiveUp()), Limit: reconcileScanLimit})
+		if err != nil {
+			rc.logger.Error("reconcile: listing recent payments failed", zap.Error(err))
+		}
+		for _, v := range recent {
+			if !v.Signed.IsZero() && v.Signed.Before(cut) {
+				open = append(open, v)
+			}
+		}
 	}
 	// A status event the app refused made the payment's view final; it is
 	// asked about and delivered again until the app takes it.

@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -325,6 +326,7 @@ func TestReconcileErrorsThenUnresolved(t *testing.T) {
 	e := newRecEnv(t, ReconcileConfig{After: caddy.Duration(time.Minute), Every: caddy.Duration(time.Minute), GiveUp: caddy.Duration(30 * time.Minute)}, nil)
 	e.started(kindGate, "WX-3", "wechat", 2*time.Minute, 200, "/v2/payment/wallet/wechat/sale")
 	e.status.set("WX-3", http.StatusBadGateway, `<html>bad gateway</html>`)
+	un0 := testutil.ToFloat64(unresolvedTotal)
 	for m := 0; m <= 60; m++ {
 		e.at(time.Duration(m) * time.Minute)
 	}
@@ -337,6 +339,12 @@ func TestReconcileErrorsThenUnresolved(t *testing.T) {
 		if ev.Kind == kindStatusRequest && ev.Result == statusError && ev.AppStatus != http.StatusBadGateway {
 			t.Errorf("status_request entry without ecommpay's HTTP status: %+v", ev)
 		}
+	}
+	if d := testutil.ToFloat64(unresolvedTotal) - un0; d != 1 {
+		t.Errorf("reconcile_unresolved_total moved by %v", d)
+	}
+	if n := len(e.app.received()); n != 0 {
+		t.Errorf("the app got %d events", n)
 	}
 }
 
@@ -454,5 +462,25 @@ func TestReconcileSigning(t *testing.T) {
 		if a.result != c.want {
 			t.Errorf("%d %s: %s, want %s", c.status, c.body, a.result, c.want)
 		}
+	}
+}
+
+// Abandoned payments, which the journal keeps listing oldest first, do not
+// crowd out a new one.
+func TestReconcileOldPaymentsDoNotCrowdOutNewOnes(t *testing.T) {
+	e := newRecEnv(t, ReconcileConfig{After: caddy.Duration(time.Minute)}, nil)
+	for i := 0; i < reconcileScanLimit; i++ {
+		id := "OLD-" + fmt.Sprintf("%04d", i)
+		e.started(kindPaymentPage, id, "", 48*time.Hour, 0, "")
+		if err := e.b.Record(context.Background(), journalEvent{Time: e.base.Add(-24 * time.Hour), Kind: kindStatusRequest,
+			ProjectID: "210", PaymentID: id, Result: statusAbandoned, Verified: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.started(kindGate, "NEW-1", "wechat", 2*time.Minute, 200, "/v2/payment/wallet/wechat/sale")
+	e.status.set("NEW-1", 200, statusSuccess)
+	e.at(0)
+	if got := e.status.requests(); len(got) != 1 || got[0] != "NEW-1" {
+		t.Fatalf("status requests %v, want NEW-1 only", got)
 	}
 }

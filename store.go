@@ -1,11 +1,13 @@
 package ecommpay
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -413,6 +415,100 @@ func acquireStore(kind, redisURL string, maxKeys int, logger *zap.Logger) (Store
 	}
 	return v.(Store), release, nil
 }
+
+// backendOptions choose and bound a backend.
+type backendOptions struct {
+	Kind     string // "local" (default), "memory", "redis"
+	Path     string // local: the database file ("" = default in caddy.AppDataDir())
+	RedisURL string // redis
+	MaxKeys  int    // memory: de-dup bound; local: recent deliveries kept in memory
+	Journal  journalOptions
+}
+
+// acquireBackend returns the process-wide backend for opts and a func that
+// drops this reference; the last release destructs it, which for the local
+// backend writes what is queued and closes the file. Handlers with the
+// same kind (and file or URL) share one backend, across config reloads too;
+// a later acquire's bounds are applied to it in place.
+func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() error, error) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	var key string
+	var construct caddy.Constructor
+	switch opts.Kind {
+	case "", "local":
+		path := opts.Path
+		if path == "" {
+			path = defaultLocalPath()
+		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ecommpay: local store path %s: %w", path, err)
+		}
+		key = "backend|local|" + abs
+		construct = func() (caddy.Destructor, error) {
+			return openLocalBackend(abs, opts.MaxKeys, opts.Journal, logger)
+		}
+	case "memory":
+		key = "backend|memory"
+		construct = func() (caddy.Destructor, error) {
+			return newMemoryBackend(opts.MaxKeys, opts.Journal, logger), nil
+		}
+	case "redis":
+		key = "backend|redis|" + opts.RedisURL
+		construct = func() (caddy.Destructor, error) {
+			b, err := newRedisBackend(opts.RedisURL, opts.Journal)
+			if err != nil {
+				return nil, err
+			}
+			return destructible(b), nil
+		}
+	default:
+		return nil, nil, fmt.Errorf("ecommpay: unknown store %q (want local, memory or redis)", opts.Kind)
+	}
+
+	v, loaded, err := storePool.LoadOrNew(key, construct)
+	if err != nil {
+		return nil, nil, err
+	}
+	var once sync.Once
+	release := func() error {
+		var err error
+		once.Do(func() { _, err = storePool.Delete(key) })
+		return err
+	}
+	if loaded {
+		switch b := v.(type) {
+		case *memoryBackend:
+			if want := cmp.Or(int64(max(opts.MaxKeys, 0)), DefaultMemoryMaxKeys); b.maxKeys.Load() != want {
+				logger.Info("changing the shared de-duplication memory store's bound in place",
+					zap.Int64("old_max_keys", b.maxKeys.Load()), zap.Int64("max_keys", want))
+				b.setMaxKeys(opts.MaxKeys)
+			}
+			b.memoryJournal.setOptions(opts.Journal)
+		case *localBackend:
+			b.mem.setMaxKeys(cmp.Or(opts.MaxKeys, localMemoryKeys))
+			b.setOptions(opts.Journal)
+		}
+	}
+	return v.(backend), release, nil
+}
+
+// destructible makes b poolable, with a no-op Destruct if it has none.
+func destructible(b backend) caddy.Destructor {
+	if d, ok := b.(caddy.Destructor); ok {
+		return d
+	}
+	return struct {
+		backend
+		caddy.Destructor
+	}{b, noDestruct{}}
+}
+
+type noDestruct struct{}
+
+func (noDestruct) Destruct() error { return nil }
 
 // Interface guards
 var (

@@ -32,9 +32,9 @@ const (
 	localFlushEvery = 100 * time.Millisecond
 	// localFlushBatch queued writes start a flush before the tick.
 	localFlushBatch = 1024
-	// localMaxQueued journal records may wait for the disk; beyond that
-	// Record fails rather than let a stuck disk eat the heap.
-	localMaxQueued = 100_000
+	// localMaxQueued writes may wait for the disk; beyond that Commit and
+	// Record wait for a flush.
+	localMaxQueued = 50_000
 	// localSweepEvery is how often an idle backend still writes, to drop
 	// expired delivered marks and entries past their age.
 	localSweepEvery = time.Minute
@@ -234,6 +234,9 @@ func (b *localBackend) Commit(ctx context.Context, key, token string, ttl time.D
 		return err
 	}
 	exp := b.now().Add(ttl).UnixNano()
+	if err := b.makeRoom(ctx); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -254,7 +257,7 @@ func (b *localBackend) Release(ctx context.Context, key, token string) error {
 }
 
 // Record implements journal. The entry is on disk within a flush.
-func (b *localBackend) Record(_ context.Context, e journalEvent) error {
+func (b *localBackend) Record(ctx context.Context, e journalEvent) error {
 	e.prepare(b.now())
 	if len(e.Body) > 0 {
 		if e.isUnverified() || b.opts.Load().NoBodies {
@@ -263,14 +266,13 @@ func (b *localBackend) Record(_ context.Context, e journalEvent) error {
 			e.Body = bytes.Clone(e.Body) // the caller may reuse its buffer
 		}
 	}
+	if err := b.makeRoom(ctx); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return errLocalClosed
-	}
-	if len(b.records) >= localMaxQueued {
-		b.mu.Unlock()
-		return errors.New("ecommpay: local journal: too many entries waiting for the disk")
 	}
 	b.records = append(b.records, e)
 	n := len(b.pending) + len(b.records)
@@ -279,6 +281,19 @@ func (b *localBackend) Record(_ context.Context, e journalEvent) error {
 		b.kick()
 	}
 	return nil
+}
+
+// makeRoom waits for a flush when localMaxQueued writes are waiting: a
+// disk slower than the callbacks slows them down rather than let the
+// queue eat the heap.
+func (b *localBackend) makeRoom(ctx context.Context) error {
+	b.mu.Lock()
+	full := len(b.pending)+len(b.records) >= localMaxQueued
+	b.mu.Unlock()
+	if !full {
+		return nil
+	}
+	return b.flushWait(ctx)
 }
 
 func (b *localBackend) kick() {
@@ -317,6 +332,11 @@ func (b *localBackend) sync(ctx context.Context) error {
 	if idle {
 		return nil
 	}
+	return b.flushWait(ctx)
+}
+
+// flushWait has the writer flush now and waits for it.
+func (b *localBackend) flushWait(ctx context.Context) error {
 	ch := make(chan error, 1)
 	select {
 	case b.syncReq <- ch:
@@ -405,6 +425,12 @@ func (w *ltx) put(bk *bolt.Bucket, k, v []byte) error {
 	if old, ok := lookup(bk, k); ok {
 		w.size -= cost(k, old)
 	}
+	w.size += cost(k, v)
+	return bk.Put(k, v)
+}
+
+// putNew is put for a key known to be new: IDs are unique.
+func (w *ltx) putNew(bk *bolt.Bucket, k, v []byte) error {
 	w.size += cost(k, v)
 	return bk.Put(k, v)
 }
@@ -517,7 +543,7 @@ func (w *ltx) record(e *journalEvent) error {
 			return err
 		}
 		w.unverifiedN++
-		return w.put(w.tx.Bucket(bktUnverified), []byte(e.ID), data)
+		return w.putNew(w.tx.Bucket(bktUnverified), []byte(e.ID), data)
 	}
 	if e.EventKey != "" {
 		bodies := w.tx.Bucket(bktBodies)
@@ -540,14 +566,14 @@ func (w *ltx) record(e *journalEvent) error {
 	if err != nil {
 		return err
 	}
-	if err := w.put(w.tx.Bucket(bktEvents), []byte(e.ID), data); err != nil {
+	if err := w.putNew(w.tx.Bucket(bktEvents), []byte(e.ID), data); err != nil {
 		return err
 	}
 	if !e.joinsPayment() {
 		return nil
 	}
 	pk := boltPayKey(e.ProjectID, e.PaymentID)
-	if err := w.put(w.tx.Bucket(bktPayEvents), append(bytes.Clone(pk), e.ID...), nil); err != nil {
+	if err := w.putNew(w.tx.Bucket(bktPayEvents), append(bytes.Clone(pk), e.ID...), nil); err != nil {
 		return err
 	}
 	var v paymentView
@@ -605,21 +631,25 @@ func (w *ltx) applyBounds(now time.Time) error {
 	cut := []byte(idBound(now.Add(-w.opts.MaxAge)))
 	for _, bk := range []*bolt.Bucket{ev, un} {
 		for {
-			k, _ := bk.Cursor().First()
-			if k == nil || bytes.Compare(k, cut) >= 0 {
+			old := oldest(bk, pruneBatch, cut)
+			if len(old) == 0 {
 				break
 			}
-			if err := w.dropOldest(bk); err != nil {
-				return err
+			for _, kv := range old {
+				if err := w.drop(bk, kv); err != nil {
+					return err
+				}
 			}
-			w.n.age++
+			w.n.age += len(old)
 		}
 	}
-	for w.unverifiedN > w.opts.MaxUnverified {
-		if err := w.dropOldest(un); err != nil {
-			return err
+	if excess := w.unverifiedN - w.opts.MaxUnverified; excess > 0 {
+		for _, kv := range oldest(un, excess, nil) {
+			if err := w.drop(un, kv); err != nil {
+				return err
+			}
+			w.n.unverified++
 		}
-		w.n.unverified++
 	}
 	if w.size <= w.opts.MaxSize {
 		return nil
@@ -627,40 +657,57 @@ func (w *ltx) applyBounds(now time.Time) error {
 	return w.pruneSize()
 }
 
+// pruneBatch is how many entries a prune reads before deleting: a cursor
+// over deleted keys walks their emptied nodes until the commit, so
+// seeking the oldest afresh for every entry would be quadratic.
+const pruneBatch = 256
+
 // pruneSize drops the oldest entries, genuine or not, until the journal is
 // at nine tenths of MaxSize.
 func (w *ltx) pruneSize() error {
 	ev, un := w.tx.Bucket(bktEvents), w.tx.Bucket(bktUnverified)
 	for w.size > w.opts.MaxSize*9/10 {
-		ke, _ := ev.Cursor().First()
-		ku, _ := un.Cursor().First()
-		bk := ev
-		switch {
-		case ke == nil && ku == nil:
+		es, us := oldest(ev, pruneBatch, nil), oldest(un, pruneBatch, nil)
+		if len(es) == 0 && len(us) == 0 {
 			return nil
-		case ke == nil || (ku != nil && bytes.Compare(ku, ke) < 0):
-			bk = un
 		}
-		if err := w.dropOldest(bk); err != nil {
-			return err
+		for w.size > w.opts.MaxSize*9/10 && (len(es) > 0 || len(us) > 0) {
+			var err error
+			if len(us) == 0 || (len(es) > 0 && bytes.Compare(es[0].k, us[0].k) < 0) {
+				err, es = w.drop(ev, es[0]), es[1:]
+			} else {
+				err, us = w.drop(un, us[0]), us[1:]
+			}
+			if err != nil {
+				return err
+			}
+			w.n.size++
 		}
-		w.n.size++
 	}
 	return nil
 }
 
-// dropOldest deletes bk's oldest entry and what only it held: its payment
-// when it was the last entry, its body when it was the last reference.
-func (w *ltx) dropOldest(bk *bolt.Bucket) error {
-	k, data := bk.Cursor().First()
-	if k == nil {
-		return nil
+type kv struct{ k, v []byte }
+
+// oldest returns copies of bk's first n entries, only those before cut if
+// cut is set.
+func oldest(bk *bolt.Bucket, n int, cut []byte) []kv {
+	var out []kv
+	c := bk.Cursor()
+	for k, v := c.First(); k != nil && len(out) < n && (cut == nil || bytes.Compare(k, cut) < 0); k, v = c.Next() {
+		out = append(out, kv{bytes.Clone(k), bytes.Clone(v)})
 	}
+	return out
+}
+
+// drop deletes the entry e of bk and what only it held: its payment when
+// it was the last entry, its body when it was the last reference.
+func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
 	var se storedEvent
-	if err := json.Unmarshal(data, &se); err != nil {
-		return fmt.Errorf("journal entry %s: %w", k, err)
+	if err := json.Unmarshal(e.v, &se); err != nil {
+		return fmt.Errorf("journal entry %s: %w", e.k, err)
 	}
-	if err := w.del(bk, bytes.Clone(k)); err != nil {
+	if err := w.del(bk, e.k); err != nil {
 		return err
 	}
 	if se.isUnverified() {

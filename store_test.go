@@ -1,9 +1,12 @@
 package ecommpay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -640,4 +643,210 @@ func BenchmarkMemoryClaimCommit(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestAcquireBackend(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", dir)
+
+	t.Run("LocalDefaultPathSharedAndReloaded", func(t *testing.T) {
+		a, releaseA, err := acquireBackend(backendOptions{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := filepath.Join(dir, "caddy", "ecommpay", "ecommpay.db")
+		if lb, ok := a.(*localBackend); !ok || lb.path != want {
+			t.Fatalf("default backend %T at %v, want local at %s", a, a, want)
+		}
+		tok := mustClaim(t, a, "k", Claimed)
+		// A reload acquires before it releases; the same file by its
+		// relative name is the same backend.
+		rel, err := filepath.Rel(mustGetwd(t), want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, releaseB, err := acquireBackend(backendOptions{Kind: "local", Path: rel,
+			Journal: journalOptions{MaxAge: time.Hour}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b != a {
+			t.Fatal("the same file gave two backends")
+		}
+		if got := b.(*localBackend).opts.Load().MaxAge; got != time.Hour {
+			t.Fatalf("reload's MaxAge not applied: %v", got)
+		}
+		if err := releaseA(); err != nil {
+			t.Fatal(err)
+		}
+		_ = releaseA()
+		mustClaim(t, b, "k", InFlight)
+		if err := b.Commit(ctx, "k", tok, testTTL); err != nil {
+			t.Fatal(err)
+		}
+		if err := releaseB(); err != nil {
+			t.Fatal(err)
+		}
+		// The last release closed the file: a new acquire reopens it.
+		c, releaseC, err := acquireBackend(backendOptions{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer releaseC()
+		if c == a {
+			t.Fatal("a released backend was reused")
+		}
+		mustClaim(t, c, "k", Delivered)
+	})
+
+	t.Run("LocalPathsApart", func(t *testing.T) {
+		a, ra, err := acquireBackend(backendOptions{Path: filepath.Join(dir, "a.db")}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ra()
+		b, rb, err := acquireBackend(backendOptions{Path: filepath.Join(dir, "b.db")}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rb()
+		deliver(t, a, "k", testTTL)
+		mustClaim(t, b, "k", Claimed)
+	})
+
+	t.Run("MemorySharedWithBoundsInPlace", func(t *testing.T) {
+		a, ra, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 100}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, rb, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 200,
+			Journal: journalOptions{NoBodies: true}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb := a.(*memoryBackend)
+		if b != a || mb.maxKeys.Load() != 200 || !mb.memoryJournal.opts.NoBodies {
+			t.Fatal("memory backend not shared or its bounds not applied")
+		}
+		_ = ra()
+		_ = rb()
+		c, rc, err := acquireBackend(backendOptions{Kind: "memory"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc()
+		if c == a {
+			t.Fatal("a released memory backend was reused")
+		}
+	})
+
+	t.Run("Errors", func(t *testing.T) {
+		if _, _, err := acquireBackend(backendOptions{Kind: "bbolt"}, nil); err == nil {
+			t.Fatal("unknown kind accepted")
+		}
+		if _, _, err := acquireBackend(backendOptions{Kind: "redis", RedisURL: "redis://localhost"}, nil); err == nil {
+			t.Fatal("redis gave no error")
+		}
+		if _, ok := storePool.References("backend|redis|redis://localhost"); ok {
+			t.Fatal("a failed construction stayed pooled")
+		}
+	})
+}
+
+func mustGetwd(t *testing.T) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wd
+}
+
+// BenchmarkBackend measures a delivery (Claim then Commit of a new key) and
+// a journal Record per backend.
+func BenchmarkBackend(b *testing.B) {
+	for _, kind := range []string{"memory", "local"} {
+		open := func(b *testing.B, o journalOptions) backend {
+			if kind == "memory" {
+				return newMemoryBackend(0, o, nil)
+			}
+			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, o, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return lb
+		}
+		b.Run(kind+"/ClaimCommit", func(b *testing.B) {
+			be := open(b, journalOptions{})
+			defer destructible(be).Destruct()
+			ctx := context.Background()
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				k := key(i)
+				i++
+				st, tok, err := be.Claim(ctx, k, time.Minute)
+				if err != nil || st != Claimed {
+					b.Fatal(st, err)
+				}
+				if err := be.Commit(ctx, k, tok, 14*24*time.Hour); err != nil {
+					b.Fatal(err)
+				}
+			}
+			waitWritten(b, be)
+		})
+		b.Run(kind+"/Record", func(b *testing.B) {
+			be := open(b, journalOptions{})
+			defer destructible(be).Destruct()
+			ctx := context.Background()
+			body := bytes.Repeat([]byte("x"), 1000)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
+					PaymentID: strconv.Itoa(i % 1000), EventKey: "k" + strconv.Itoa(i), Body: body,
+					PaymentStatus: "success", Result: "forwarded"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			waitWritten(b, be)
+		})
+		// A full journal prunes an entry for each one recorded.
+		b.Run(kind+"/RecordFull", func(b *testing.B) {
+			be := open(b, journalOptions{MaxSize: 4 << 20})
+			defer destructible(be).Destruct()
+			ctx := context.Background()
+			body := bytes.Repeat([]byte("x"), 1000)
+			rec := func(i int) {
+				if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
+					PaymentID: strconv.Itoa(i % 1000), EventKey: "k" + strconv.Itoa(i), Body: body,
+					PaymentStatus: "success", Result: "forwarded"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for i := range 5000 { // fill it
+				rec(-i)
+			}
+			waitWritten(b, be)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				rec(i)
+			}
+			waitWritten(b, be)
+		})
+	}
+}
+
+// waitWritten counts the disk writes in a local benchmark's figure: Commit
+// and Record only queue them.
+func waitWritten(b *testing.B, be backend) {
+	if lb, ok := be.(*localBackend); ok {
+		if err := lb.flushWait(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

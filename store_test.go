@@ -745,10 +745,10 @@ func TestAcquireBackend(t *testing.T) {
 		if _, _, err := acquireBackend(backendOptions{Kind: "bbolt"}, nil); err == nil {
 			t.Fatal("unknown kind accepted")
 		}
-		if _, _, err := acquireBackend(backendOptions{Kind: "redis", RedisURL: "redis://localhost"}, nil); err == nil {
-			t.Fatal("redis gave no error")
+		if _, _, err := acquireBackend(backendOptions{Kind: "redis", RedisURL: "mysql://localhost"}, nil); err == nil {
+			t.Fatal("a bad Redis URL gave no error")
 		}
-		if _, ok := storePool.References("backend|redis|redis://localhost"); ok {
+		if _, ok := storePool.References("backend|redis|mysql://localhost"); ok {
 			t.Fatal("a failed construction stayed pooled")
 		}
 	})

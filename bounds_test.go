@@ -14,11 +14,12 @@ import (
 )
 
 // The work done on a body before its signature is checked is bounded by
-// its size. Allocations at most allocPerByte bytes per body byte plus
-// allocSlack: the node arena is 48 bytes a node and "0," is a node in two
-// bytes (24), items and merge scratch 24 bytes a value (12), the canonical
-// string at most canonPerByte per byte twice (item buffer and result, 16),
-// decoded escapes (3), with room to spare.
+// its size: at most allocPerByte bytes allocated per body byte, plus
+// allocSlack. Where it goes: the node arena, 48 bytes a node and "0," is a
+// node in two bytes (24); items and merge scratch, 24 bytes a value (12);
+// the canonical string, at most canonPerByte a byte, twice (item buffer
+// and result: 16). NineByteKeyManyLeaves, which has all three at once,
+// measures 55; the slack is the 16 KiB canonical slack twice, and pools.
 const (
 	allocPerByte = 64
 	allocSlack   = 128 << 10
@@ -63,6 +64,11 @@ var bigKey = strings.Repeat("k", DefaultMaxKey)
 var hostileShapes = []shape{
 	{"LongKeyManyLeaves", func(n int) []byte {
 		return fmt.Appendf(nil, `{"signature":"x","%s":[%s]}`, bigKey, zeros(n))
+	}},
+	// A 9-byte key spends the whole canonical budget (16 bytes an item, for
+	// 2 bytes of body) just as MaxLeaves is reached: the most memory a byte.
+	{"NineByteKeyManyLeaves", func(n int) []byte {
+		return fmt.Appendf(nil, `{"signature":"x","kkkkkkkkk":[%s]}`, zeros(n))
 	}},
 	{"OverlongKey", func(n int) []byte {
 		return fmt.Appendf(nil, `{"signature":"x","%s":[%s]}`, strings.Repeat("k", 64<<10), zeros(n))
@@ -131,6 +137,53 @@ func callbackWork(body, dst []byte) ([]byte, error) {
 	return d.Canonical(dst, true), nil
 }
 
+// checkNodeBound checks what Doc.grow relies on to size the arena once:
+// a body holds at most one node more than its ',', '[' and '{', and than
+// half its length.
+func checkNodeBound(t testing.TB, d *Doc, body []byte) {
+	t.Helper()
+	delims := bytes.Count(body, []byte(",")) + bytes.Count(body, []byte("[")) + bytes.Count(body, []byte("{"))
+	if n := len(d.nodes); n > delims+1 || n > len(body)/2+1 {
+		t.Fatalf("%d nodes in %d bytes with %d delimiters", n, len(body), delims)
+	}
+}
+
+// gateWork is what Gate does with a body before it forwards it signed.
+func gateWork(body, dst []byte) ([]byte, error) {
+	d, err := parseBorrowed(body, Limits{})
+	if err != nil {
+		return dst, err
+	}
+	defer d.Release()
+	root := d.Root()
+	d.Delete(root, "signature")
+	if g := d.Object(root, "general"); g != none {
+		d.Set(g, "project_id", Number, "238")
+	}
+	dst = d.Canonical(dst, false)
+	return d.AppendJSON(make([]byte, 0, len(body)+128)), nil
+}
+
+// pageWork is what the Payment Page mode does with a JSON body: its
+// top-level scalars, rendered, make the pairs to sign.
+func pageWork(body, _ []byte) ([]byte, error) {
+	d, err := parseBorrowed(body, Limits{})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Release()
+	var pairs [][2]string
+	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+		switch d.Kind(n) {
+		case Number:
+			pairs = append(pairs, [2]string{d.Key(n), renderNumber(d.Text(n))})
+		case String, Bool, Null:
+			pairs = append(pairs, [2]string{d.Key(n), d.Text(n)})
+		}
+	}
+	return []byte(CanonicalPairs(pairs)), nil
+}
+
 // worstOf is the largest body of a shape that is accepted (or, if none
 // is, the smallest), found by bisection on n, within the handler's body
 // limit; and the next larger one.
@@ -151,14 +204,14 @@ func worstOf(s shape) (worst, next []byte) {
 	return s.gen(lo), s.gen(lo + 1)
 }
 
-// allocated is the bytes allocated by one callbackWork on body, with the
-// pools emptied first so nothing is reused.
-func allocated(body []byte) (uint64, error) {
+// allocated is the bytes allocated by one work on body, with the pools
+// emptied first so nothing is reused.
+func allocated(work func(body, dst []byte) ([]byte, error), body []byte) (uint64, error) {
 	runtime.GC() // twice: pooled objects survive one
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	_, err := callbackWork(body, nil)
+	_, err := work(body, nil)
 	runtime.ReadMemStats(&after)
 	return after.TotalAlloc - before.TotalAlloc, err
 }
@@ -168,10 +221,14 @@ func TestBoundsHostileShapes(t *testing.T) {
 		t.Run(s.name, func(t *testing.T) {
 			body, next := worstOf(s)
 			for _, b := range [][]byte{body, next} {
-				n, err := allocated(b)
-				t.Logf("%7d bytes: allocated %9d (%.1f a byte), %v", len(b), n, float64(n)/float64(len(b)), err)
-				if limit := uint64(allocPerByte*len(b) + allocSlack); n > limit {
-					t.Errorf("allocated %d bytes for a body of %d, over %d", n, len(b), limit)
+				for mode, work := range map[string]func(body, dst []byte) ([]byte, error){
+					"callback": callbackWork, "gate": gateWork, "page": pageWork,
+				} {
+					n, err := allocated(work, b)
+					t.Logf("%-8s %7d bytes: allocated %9d (%.1f a byte), %v", mode, len(b), n, float64(n)/float64(len(b)), err)
+					if limit := uint64(allocPerByte*len(b) + allocSlack); n > limit {
+						t.Errorf("%s: allocated %d bytes for a body of %d, over %d", mode, n, len(b), limit)
+					}
 				}
 			}
 			d, err := parseBorrowed(body, Limits{})
@@ -179,6 +236,7 @@ func TestBoundsHostileShapes(t *testing.T) {
 				return
 			}
 			defer d.Release()
+			checkNodeBound(t, d, body)
 			c := d.Canonical(nil, false)
 			if len(c) > d.canon || d.canon > d.budget {
 				t.Errorf("canonical string of %d bytes, estimated %d, budget %d", len(c), d.canon, d.budget)
@@ -356,6 +414,7 @@ func FuzzParseBounds(f *testing.F) {
 		if d.canon > d.budget {
 			t.Fatalf("estimate %d over budget %d", d.canon, d.budget)
 		}
+		checkNodeBound(t, d, body)
 		c1 := d.Canonical(nil, true)
 		if len(d.Canonical(nil, false)) > d.canon {
 			t.Fatalf("canonical string of %d bytes, estimated %d", len(c1), d.canon)

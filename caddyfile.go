@@ -32,6 +32,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_depth  <n>
 //		max_leaves <n>
 //		max_string <size>
+//		max_key    <size>
 //
 //		# payment_page, gate and callback: where state and the journal live
 //		store local [<path>] | memory [<max_keys>] | redis <url>
@@ -105,7 +106,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err = want(2, -1); err == nil {
 				h.Projects = append(h.Projects, Project{ID: args[0], Secrets: args[1:]})
 			}
-		case "max_body", "max_string", "qr_cache":
+		case "max_body", "max_string", "max_key", "qr_cache":
 			if err = want(1, 1); err == nil {
 				var n uint64
 				if n, err = humanize.ParseBytes(args[0]); err != nil || n == 0 || n > math.MaxInt32 {
@@ -116,6 +117,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					h.MaxBody = int64(n)
 				case "max_string":
 					h.MaxString = int(n)
+				case "max_key":
+					h.MaxKey = int(n)
 				default:
 					h.QRCacheSize = int64(n)
 				}

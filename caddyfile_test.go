@@ -40,6 +40,7 @@ func TestCaddyfileParses(t *testing.T) {
 			max_depth 8
 			max_leaves 200
 			max_string 4KB
+			max_key 512B
 			allow 10.0.0.0/8 192.168.1.7 ::1
 			base_url https://pp.example.test/sub
 			redirect
@@ -49,7 +50,7 @@ func TestCaddyfileParses(t *testing.T) {
 				{ID: "210", Secrets: []string{"{env.ECOMMPAY_SECRET}", "{file./run/secrets/old}", "third"}},
 				{ID: "shop-eu", Secrets: []string{"s2"}},
 			},
-			MaxBody: 64 << 10, MaxDepth: 8, MaxLeaves: 200, MaxString: 4000,
+			MaxBody: 64 << 10, MaxDepth: 8, MaxLeaves: 200, MaxString: 4000, MaxKey: 512,
 			Allow:   []string{"10.0.0.0/8", "192.168.1.7", "::1"},
 			BaseURL: "https://pp.example.test/sub", Redirect: true,
 		}},

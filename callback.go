@@ -11,13 +11,13 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 // Headers set on what the app receives (client-sent copies are removed)
@@ -229,6 +229,17 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 		// plausible signature costs no more than its parse.
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "no valid signature")
 	}
+	if d.canon > bigCanonical {
+		// One large body's canonical work is bounded; many at once are
+		// bounded here, in total, so that strangers cannot add them up.
+		ctx, cancel := context.WithTimeout(context.Background(), canonWait)
+		err := canonInFlight.Acquire(ctx, int64(2*d.canon))
+		cancel()
+		if err != nil {
+			return nil, nil, refuse(http.StatusServiceUnavailable, "busy", "too many large callbacks at once; retry later")
+		}
+		defer canonInFlight.Release(int64(2 * d.canon))
+	}
 	cb := canonBufs.Get().(*[]byte)
 	canonical := d.Canonical((*cb)[:0], true)
 	key := verifyWith(p.keys, canonical, signature)
@@ -302,6 +313,18 @@ func (h *Handler) rewriteCallback(d *Doc, body []byte, p *project, key *Key) []b
 	h.metrics.resigned()
 	return d.AppendJSON(make([]byte, 0, len(body)+2048))
 }
+
+// Callbacks whose canonical string may exceed bigCanonical share a budget
+// of maxCanonInFlight bytes (the items and the string, so twice its size)
+// and wait at most canonWait for room. Real callbacks are a few KB and
+// never wait.
+const (
+	bigCanonical     = 64 << 10
+	maxCanonInFlight = 32 << 20
+	canonWait        = 2 * time.Second
+)
+
+var canonInFlight = semaphore.NewWeighted(maxCanonInFlight)
 
 // maxPooledCanonical keeps an unusually large canonical buffer out of the
 // pool, so one big body does not pin its memory.
@@ -392,6 +415,9 @@ func verifyWith(keys []*Key, canonical []byte, signature string) *Key {
 func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []byte, token string) error {
 	w, r, ev := x.w, x.r, &x.ev
 	prepareForApp(r.Header)
+	// The query is not signed: frameworks that merge it into the request's
+	// parameters would take a stranger's values for ecommpay's.
+	r.URL.RawQuery, r.URL.ForceQuery = "", false
 	r.Header.Set(HeaderEventKey, ev.EventKey)
 	r.Header.Set(HeaderProjectID, ev.ProjectID)
 	switch ev.Kind {
@@ -486,31 +512,20 @@ func (h *Handler) settleClaim(parent context.Context, key, token string, deliver
 }
 
 // prepareForApp removes what a client may have sent to pass for the
-// module's own headers: X-Ecommpay-* in any case and with '_' for '-' (CGI
-// and FastCGI map both to one variable), and Connection tokens that would
-// make the proxy drop the headers set here.
+// module's own headers or to change how the app reads the body:
+// X-Ecommpay-* in any case and with '_' for '-' (CGI and FastCGI map both
+// to one variable), Connection, which would make the proxy drop headers
+// set here, and Content-Encoding.
 func prepareForApp(hdr http.Header) {
 	for name := range hdr {
 		if isModuleHeader(name) {
 			delete(hdr, name)
 		}
 	}
-	conn := hdr.Values("Connection")
-	if len(conn) == 0 {
-		return
-	}
-	kept := make([]string, 0, len(conn))
-	for _, v := range conn {
-		for tok := range strings.SplitSeq(v, ",") {
-			if tok = strings.TrimSpace(tok); tok != "" && !isModuleHeader(tok) {
-				kept = append(kept, tok)
-			}
-		}
-	}
+	// The proxy drops whatever Connection names (Content-Type included),
+	// and the body forwarded is the plain JSON that was parsed here.
 	hdr.Del("Connection")
-	if len(kept) > 0 {
-		hdr.Set("Connection", strings.Join(kept, ", "))
-	}
+	hdr.Del("Content-Encoding")
 }
 
 const moduleHeaderPrefix = "x-ecommpay-"

@@ -67,6 +67,7 @@ func provision(t testing.TB, h *Handler) *observer.ObservedLogs {
 type received struct {
 	body   []byte
 	header http.Header
+	uri    string
 }
 
 // testApp is a merchant app: it records every callback and answers with
@@ -88,7 +89,7 @@ func newTestApp(t testing.TB) *testApp {
 			time.Sleep(time.Duration(d))
 		}
 		a.mu.Lock()
-		a.got = append(a.got, received{body, r.Header.Clone()})
+		a.got = append(a.got, received{body, r.Header.Clone(), r.RequestURI})
 		a.mu.Unlock()
 		w.WriteHeader(int(a.status.Load()))
 		_, _ = w.Write([]byte("OK"))

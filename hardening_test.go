@@ -341,3 +341,51 @@ func TestSlowCallbackBodyTimesOut(t *testing.T) {
 		t.Fatalf("status %d after %v, want 408 soon after read_timeout", resp.StatusCode, time.Since(start))
 	}
 }
+
+// Nothing of the request around a genuine body that the signature does not
+// cover changes what the app reads: the query is dropped, Connection cannot
+// strip the module's Content-Type, and a false Content-Encoding goes.
+func TestCallbackRequestAroundTheBody(t *testing.T) {
+	app := newTestApp(t)
+	h := callbackHandler(t, func(h *Handler) { h.Dedupe = "off" })
+	r := post("/cb?payment_status=success&admin=1", sign(t, testSecret, saleSuccess))
+	r.Header.Set("Connection", "keep-alive, Content-Type, Content-Length")
+	r.Header.Set("Content-Encoding", "gzip")
+	if w := serve(h, r, proxyTo(t, app.srv.URL)); w.Code != http.StatusOK {
+		t.Fatalf("status %d", w.Code)
+	}
+	got := app.received()[0]
+	if got.header.Get("Content-Type") != "application/json" || got.header.Get("Content-Encoding") != "" {
+		t.Fatalf("the app got Content-Type %q, Content-Encoding %q", got.header.Get("Content-Type"), got.header.Get("Content-Encoding"))
+	}
+	if got.uri != "/cb" {
+		t.Fatalf("the app got %q, want the path without the query", got.uri)
+	}
+}
+
+// Large canonical strings share one budget: when it is spent, a large
+// callback waits briefly and then gets 503, while small ones go through.
+func TestLargeCallbacksShareABudget(t *testing.T) {
+	app := newTestApp(t)
+	h := callbackHandler(t, func(h *Handler) { h.Dedupe = "off" })
+	var items []string
+	for i := 0; i < 3000; i++ {
+		items = append(items, fmt.Sprintf(`"%s"`, strings.Repeat("v", 30)))
+	}
+	large := sign(t, testSecret, strings.Replace(saleSuccess, `"operation":{`, `"operation":{"list":[`+strings.Join(items, ",")+`],`, 1))
+	if !canonInFlight.TryAcquire(maxCanonInFlight) {
+		t.Fatal("the budget is in use")
+	}
+	start := time.Now()
+	w := serve(h, post("/cb", large), proxyTo(t, app.srv.URL))
+	if w.Code != http.StatusServiceUnavailable || time.Since(start) < canonWait/2 {
+		t.Fatalf("large callback with the budget spent: %d after %v", w.Code, time.Since(start))
+	}
+	if w := serve(h, post("/cb", sign(t, testSecret, saleSuccess)), proxyTo(t, app.srv.URL)); w.Code != http.StatusOK {
+		t.Fatalf("a small callback was held up: %d", w.Code)
+	}
+	canonInFlight.Release(maxCanonInFlight)
+	if w := serve(h, post("/cb", large), proxyTo(t, app.srv.URL)); w.Code != http.StatusOK {
+		t.Fatalf("large callback with room: %d %s", w.Code, w.Body)
+	}
+}

@@ -74,8 +74,12 @@ type Handler struct {
 	// MaxLeaves is the most JSON values (scalars and empty containers)
 	// accepted in one body. Default: 10000.
 	MaxLeaves int `json:"max_leaves,omitempty"`
-	// MaxString is the longest JSON string accepted, in bytes. Default: 256 KiB.
+	// MaxString is the longest JSON string or number accepted, in bytes.
+	// Default: 256 KiB.
 	MaxString int `json:"max_string,omitempty"`
+	// MaxKey is the longest JSON member name accepted, in bytes. Default:
+	// 1 KiB.
+	MaxKey int `json:"max_key,omitempty"`
 
 	// Allow lists the client networks (CIDR or single addresses) that may
 	// use the signing modes. It replaces the default, loopback only
@@ -233,7 +237,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBody <= 0 {
 		h.MaxBody = DefaultMaxBody
 	}
-	h.limits = Limits{MaxDepth: h.MaxDepth, MaxLeaves: h.MaxLeaves, MaxString: h.MaxString}.withDefaults()
+	h.limits = Limits{MaxDepth: h.MaxDepth, MaxLeaves: h.MaxLeaves, MaxString: h.MaxString, MaxKey: h.MaxKey}.withDefaults()
 	var err error
 	allow := h.Allow
 	if len(allow) == 0 {

@@ -17,9 +17,12 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 	if r.ContentLength > max {
 		return nil, errTooLarge
 	}
+	// A declared size within max is read into one buffer: growing by
+	// doubling would leave three times the body as garbage. An undeclared
+	// one grows as it comes.
 	size := r.ContentLength
-	if size < 0 || size > 64<<10 {
-		size = 4 << 10 // grow as it comes; a declared size is only a hint
+	if size < 0 {
+		size = 4 << 10
 	}
 	buf := make([]byte, 0, size+1)
 	lr := io.LimitReader(r.Body, max+1)

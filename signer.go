@@ -98,12 +98,15 @@ func (c *canon) finish(dst []byte) []byte {
 //
 // Paths share long prefixes (every item under a key repeats it), so what
 // costs is the bytes comparisons read, not their number. Both sorts below
-// charge each comparison to the item it places, and place an item at most
-// ⌈log2 n⌉+1 times: the sort reads O((C+n)·log2 n) bytes for a canonical
-// string of C bytes and n items, 14·(C+n) at the default MaxLeaves.
-// (slices.SortStableFunc makes O(n·log n) comparisons too, but its
-// rotations compare one pivot against many items, each time reading the
-// pivot's path again.)
+// charge each comparison to the item it places and place an item at most
+// ⌈log2 n⌉+2 times (16 at the default MaxLeaves); items already in order,
+// as an array's are, take about one comparison each. A comparison reads the
+// common prefix a word at a time, and past it no more of either path than
+// of the placed one, save whitespace the natural order skips in the
+// other (a run lies within one key: at most MaxKey). So the sort reads
+// O((C+n)·log2 n) bytes for a canonical string of C bytes and n items.
+// slices.SortStableFunc also makes O(n·log n) comparisons, but its
+// rotations compare one pivot with many items, reading its path each time.
 func (c *canon) sort() {
 	n := len(c.items)
 	if n <= 256 {
@@ -124,6 +127,10 @@ func (c *canon) sort() {
 	for width := run; width < n; width *= 2 {
 		for lo := 0; lo < n; lo += 2 * width {
 			mid, hi := min(lo+width, n), min(lo+2*width, n)
+			if mid == hi || natCompare(c.pathOf(src[mid]), c.pathOf(src[mid-1])) >= 0 {
+				copy(dst[lo:hi], src[lo:hi]) // in order already, as array items are
+				continue
+			}
 			c.merge(dst[lo:hi], src[lo:mid], src[mid:hi])
 		}
 		src, dst = dst, src
@@ -138,7 +145,10 @@ func (c *canon) insertion(items []item) {
 	for i := 1; i < len(items); i++ {
 		x := items[i]
 		px := c.pathOf(x)
-		lo, hi := 0, i
+		if natCompare(px, c.pathOf(items[i-1])) >= 0 {
+			continue // in place already, as array items are
+		}
+		lo, hi := 0, i-1
 		for lo < hi {
 			m := int(uint(lo+hi) >> 1)
 			if natCompare(px, c.pathOf(items[m])) < 0 {

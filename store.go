@@ -373,6 +373,8 @@ var storePool = caddy.NewUsagePool()
 // or "redis") and a func that drops this reference; the last release
 // destructs the store. All memory users share one set; a different maxKeys
 // changes that set's bound in place.
+// Handlers still use it for de-duplication alone; acquireBackend replaces
+// it once they move.
 func acquireStore(kind, redisURL string, maxKeys int, logger *zap.Logger) (Store, func() error, error) {
 	if logger == nil {
 		logger = zap.NewNop()
@@ -448,7 +450,11 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() er
 		}
 		key = "backend|local|" + abs
 		construct = func() (caddy.Destructor, error) {
-			return openLocalBackend(abs, opts.MaxKeys, opts.Journal, logger)
+			b, err := openLocalBackend(abs, opts.MaxKeys, opts.Journal, logger)
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return b, nil
 		}
 	case "memory":
 		key = "backend|memory"

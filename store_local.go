@@ -857,6 +857,18 @@ func (b *localBackend) Payments(ctx context.Context, f paymentFilter) ([]payment
 	var out []paymentView
 	err := b.db.View(func(tx *bolt.Tx) error {
 		pays := tx.Bucket(bktPayments)
+		if f.ProjectID != "" && f.PaymentID != "" { // one payment: no scan
+			var v paymentView
+			if data := pays.Get(boltPayKey(f.ProjectID, f.PaymentID)); data != nil {
+				if err := json.Unmarshal(data, &v); err != nil {
+					return err
+				}
+				if f.match(&v) {
+					out = append(out, v)
+				}
+			}
+			return nil
+		}
 		c := tx.Bucket(bktPayUpdated).Cursor()
 		var k []byte
 		if !f.Until.IsZero() {

@@ -782,10 +782,9 @@ func BenchmarkBackend(b *testing.B) {
 			defer destructible(be).Destruct()
 			ctx := context.Background()
 			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
+			b.ResetTimer()
+			for i := range b.N {
 				k := key(i)
-				i++
 				st, tok, err := be.Claim(ctx, k, time.Minute)
 				if err != nil || st != Claimed {
 					b.Fatal(st, err)
@@ -802,9 +801,8 @@ func BenchmarkBackend(b *testing.B) {
 			ctx := context.Background()
 			body := bytes.Repeat([]byte("x"), 1000)
 			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				i++
+			b.ResetTimer()
+			for i := range b.N {
 				if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
 					PaymentID: strconv.Itoa(i % 1000), EventKey: "k" + strconv.Itoa(i), Body: body,
 					PaymentStatus: "success", Result: "forwarded"}); err != nil {
@@ -831,10 +829,9 @@ func BenchmarkBackend(b *testing.B) {
 			}
 			waitWritten(b, be)
 			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				i++
-				rec(i)
+			b.ResetTimer()
+			for i := range b.N {
+				rec(i + 1)
 			}
 			waitWritten(b, be)
 		})

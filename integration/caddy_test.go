@@ -212,6 +212,10 @@ type caddyConfig struct {
 	OnStoreError            string
 	OldSecret               string // a second, older secret for project 210
 	TTL                     string // de-dup record lifetime; default 14d
+	ForwardTimeout          string // the callback's forward_timeout; default 10s
+	CallbackOptions         string // more lines inside the public callback block
+	ExtraSites              string // raw Caddyfile sites appended after the two above
+	ExtraPorts              []int  // listeners of ExtraSites that startCaddy waits for
 	Debug                   bool
 }
 
@@ -275,10 +279,13 @@ http://127.0.0.1:{{.Public}} {
 			dedupe {{.Dedupe}}
 {{- end}}
 			ttl {{.TTL}}
-			forward_timeout 10s
+			forward_timeout {{.ForwardTimeout}}
 			on_store_error {{.OnStoreError}}
 			qr {{.QR}}
 			qr_size {{.QRSize}}
+{{- if .CallbackOptions}}
+			{{.CallbackOptions}}
+{{- end}}
 {{- if .Store}}
 			store {{.Store}}
 {{- end}}
@@ -296,6 +303,10 @@ http://127.0.0.1:{{.Public}} {
 		}
 	}
 }
+{{- if .ExtraSites}}
+
+{{.ExtraSites}}
+{{- end}}
 `))
 
 func renderCaddyfile(t testing.TB, c caddyConfig) string {
@@ -308,6 +319,9 @@ func renderCaddyfile(t testing.TB, c caddyConfig) string {
 	}
 	if c.TTL == "" {
 		c.TTL = "14d"
+	}
+	if c.ForwardTimeout == "" {
+		c.ForwardTimeout = "10s"
 	}
 	if c.OnStoreError == "" {
 		c.OnStoreError = "reject"
@@ -416,13 +430,22 @@ func (c *caddyProc) waitReady(timeout time.Duration) error {
 		if err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode == 200 && dialOK(c.cfg.Internal) && dialOK(c.cfg.Public) {
+			if resp.StatusCode == 200 && dialOK(c.cfg.Internal) && dialOK(c.cfg.Public) && allDialOK(c.cfg.ExtraPorts) {
 				return nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("timeout after %s", timeout)
+}
+
+func allDialOK(ports []int) bool {
+	for _, p := range ports {
+		if !dialOK(p) {
+			return false
+		}
+	}
+	return true
 }
 
 func dialOK(port int) bool {

@@ -28,6 +28,11 @@
 //
 //	go test ./integration -run TestWeChatQRSale -v
 //
+// Run the hostile suite (hostile_test.go: faults and attacks, each checked
+// against what the sender got and what the app received):
+//
+//	go test -race -run 'Hostile' ./integration
+//
 // Needs python3, zbarimg (zbar-tools) and redis-server. Without zbarimg or
 // redis-server the tests that need them skip, except when CI=true, where they
 // fail. `go test -short ./...` skips the Caddy build and every end-to-end test.

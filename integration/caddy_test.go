@@ -204,7 +204,6 @@ type caddyConfig struct {
 	Fake, App               int
 	Dedupe                  string // "" (the default local store), "memory", "off", "redis redis://..."
 	Store                   string // a store line for every handler: "memory", "redis redis://..."; "" for the default
-	Reconcile               string // lines inside the callback block, such as a reconcile block
 	QR                      string // "image", "off", "url <base>"
 	QRSize                  int
 	PPAllow, GateAllow      string
@@ -289,9 +288,7 @@ http://127.0.0.1:{{.Public}} {
 {{- if .Store}}
 			store {{.Store}}
 {{- end}}
-{{- if .Reconcile}}
-{{.Reconcile}}
-{{- end}}
+
 		}
 		reverse_proxy 127.0.0.1:{{.App}} {
 			rewrite /callback

@@ -19,14 +19,14 @@ const reconcileFloorEnv = "ECOMMPAY_TEST_RECONCILE_FLOOR"
 const reconcileAfter = 3 * time.Second
 
 func reconcileBlock(fakePort int, after, every, giveUp time.Duration) string {
-	return fmt.Sprintf("\t\t\treconcile {\n\t\t\t\tafter %s\n\t\t\t\tevery %s\n\t\t\t\tgive_up %s\n\t\t\t\tstatus_url http://127.0.0.1:%d/v2/payment/status\n\t\t\t}",
+	return fmt.Sprintf("reconcile {\n\t\t\t\tafter %s\n\t\t\t\tevery %s\n\t\t\t\tgive_up %s\n\t\t\t\tstatus_url http://127.0.0.1:%d/v2/payment/status\n\t\t\t}",
 		after, every, giveUp, fakePort)
 }
 
 // reconcileStack is a stack whose callback handler reconciles.
 func reconcileStack(t *testing.T, every, giveUp time.Duration) *stack {
 	t.Setenv(reconcileFloorEnv, "1s")
-	return newStack(t, func(c *caddyConfig) { c.Reconcile = reconcileBlock(c.Fake, reconcileAfter, every, giveUp) })
+	return newStack(t, func(c *caddyConfig) { c.CallbackOptions = reconcileBlock(c.Fake, reconcileAfter, every, giveUp) })
 }
 
 // statusEvents are the shop's events for the payment that came from a
@@ -233,7 +233,7 @@ func TestReconcileClusterAsksOncePerInterval(t *testing.T) {
 		c.Dedupe = "redis " + redis.url
 		c.Store = "redis " + redis.url
 		c.TTL = "10m"
-		c.Reconcile = reconcileBlock(fake.port(), reconcileAfter, every, time.Minute)
+		c.CallbackOptions = reconcileBlock(fake.port(), reconcileAfter, every, time.Minute)
 	}
 	nodeA := startCaddy(t, "node A", cfgA, secret)
 	nodeB := startCaddy(t, "node B", cfgB, secret)

@@ -298,3 +298,21 @@ func consoleTimeline(t *testing.T, s *stack, paymentID string) consoleTimelineAn
 	})
 	return tl
 }
+
+// A config reload stops the old loop and starts a new one: the lost
+// status still reaches the shop once, and nobody asks twice per interval.
+func TestReconcileAcrossReload(t *testing.T) {
+	s := reconcileStack(t, time.Second, time.Minute)
+	pid, signedAt := buyWithLostFinal(t, s, "rc-reload")
+	reload(t, s.caddy)
+	time.Sleep(reconcileAfter / 2)
+	reload(t, s.caddy)
+	waitStatusEvent(t, s, pid, 20*time.Second)
+	checkStatusEvent(t, s, pid, signedAt)
+	reqs := s.fake.statusRequests(pid)
+	for i := 1; i < len(reqs); i++ {
+		if gap := reqs[i].At.Sub(reqs[i-1].At); gap < 900*time.Millisecond {
+			t.Errorf("status requests %d and %d came %s apart, want at least every (1s)", i, i+1, gap.Round(time.Millisecond))
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,11 @@ func testContext(t testing.TB) caddy.Context {
 // provision provisions h and validates it, with its logs captured.
 func provision(t testing.TB, h *Handler) *observer.ObservedLogs {
 	t.Helper()
+	if h.Mode != ModeQR && h.Store == "" && h.Dedupe != "memory" && h.Dedupe != "redis" && h.StorePath == "" {
+		// Each test its own local store: a shared file would carry one
+		// test's delivered callbacks into the next.
+		h.StorePath = filepath.Join(t.TempDir(), "ecommpay.db")
+	}
 	if err := h.Provision(testContext(t)); err != nil {
 		t.Fatalf("provision: %v", err)
 	}

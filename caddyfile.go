@@ -60,6 +60,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		from <cidr>...
 //		qr image | url <base_url> | off
 //		qr_ttl <duration>
+//		reconcile [{
+//			after      <duration>
+//			every      <duration>
+//			give_up    <duration>
+//			status_url <url>
+//		}]
 //
 //		# callback and qr
 //		qr_size  <pixels>
@@ -177,6 +183,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err = parseJournal(d, args, &h.Journal); err != nil {
 				return err
 			}
+		case "reconcile":
+			if err = want(0, 0); err == nil {
+				h.Reconcile = new(ReconcileConfig)
+				err = parseReconcile(d, h.Reconcile)
+			}
 		case "dedupe":
 			if err = want(1, 2); err != nil {
 				break
@@ -291,6 +302,40 @@ func parseJournal(d *caddyfile.Dispenser, args []string, j *JournalConfig) error
 			j.NoBodies = true
 		default:
 			return d.Errf("unrecognized journal setting %q", name)
+		}
+	}
+	return nil
+}
+
+// parseReconcile reads the optional block of `reconcile`.
+func parseReconcile(d *caddyfile.Dispenser, c *ReconcileConfig) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		args := d.RemainingArgs()
+		if len(args) != 1 {
+			return d.ArgErr()
+		}
+		switch name {
+		case "after", "every", "give_up":
+			dur, err := parsePositiveDuration(d, "reconcile "+name, args[0])
+			if err != nil {
+				return err
+			}
+			switch name {
+			case "after":
+				c.After = dur
+			case "every":
+				c.Every = dur
+			default:
+				c.GiveUp = dur
+			}
+		case "status_url":
+			if _, err := parseBaseURL(args[0]); err != nil {
+				return d.Errf("reconcile status_url: %v", err)
+			}
+			c.StatusURL = args[0]
+		default:
+			return d.Errf("unrecognized reconcile setting %q", name)
 		}
 	}
 	return nil

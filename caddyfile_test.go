@@ -519,3 +519,44 @@ func FuzzCaddyfile(f *testing.F) {
 		}
 	})
 }
+
+// reconcile is a bare word or a block, in callback mode only.
+func TestCaddyfileReconcile(t *testing.T) {
+	h, err := parseDirective("ecommpay callback {\n project 210 s\n reconcile\n}")
+	if err != nil || h.Reconcile == nil || *h.Reconcile != (ReconcileConfig{}) {
+		t.Fatalf("bare reconcile: %+v %v", h.Reconcile, err)
+	}
+	h, err = parseDirective(`ecommpay callback {
+		project 210 s
+		reconcile {
+			after 20m
+			every 30s
+			give_up 48h
+			status_url https://api.example.test/v2/payment/status
+		}
+	}`)
+	want := ReconcileConfig{After: caddy.Duration(20 * time.Minute), Every: caddy.Duration(30 * time.Second),
+		GiveUp: caddy.Duration(48 * time.Hour), StatusURL: "https://api.example.test/v2/payment/status"}
+	if err != nil || h.Reconcile == nil || *h.Reconcile != want {
+		t.Fatalf("reconcile block: %+v %v", h.Reconcile, err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	const proj = "\n project 210 s\n"
+	for _, c := range []struct{ name, input, want string }{
+		{"argument", "ecommpay callback {" + proj + " reconcile on\n}", "wrong argument count"},
+		{"unknown setting", "ecommpay callback {" + proj + " reconcile {\n often 1m\n }\n}", "unrecognized reconcile setting"},
+		{"bad duration", "ecommpay callback {" + proj + " reconcile {\n after soon\n }\n}", "not a positive duration"},
+		{"bad url", "ecommpay callback {" + proj + " reconcile {\n status_url api.ecommpay.com\n }\n}", "status_url"},
+		{"twice", "ecommpay callback {" + proj + " reconcile\n reconcile\n}", "set twice"},
+	} {
+		if _, err := parseDirective(c.input); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+	}
+	h, _ = parseDirective("ecommpay gate {" + proj + " reconcile\n}")
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "reconcile does not apply") {
+		t.Errorf("reconcile in gate mode: %v", err)
+	}
+}

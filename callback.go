@@ -59,6 +59,9 @@ func (h *Handler) provisionCallback() error {
 	default:
 		return fmt.Errorf("on_store_error: want reject or forward, not %q", h.OnStoreError)
 	}
+	if err := h.provisionReconcile(); err != nil {
+		return err
+	}
 	return h.provisionQRRewrite()
 }
 

@@ -39,7 +39,8 @@ var (
 
 // collectors are every metric the module registers.
 var collectors = []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal,
-	storeErrorsTotal, forwardSeconds, journalPrunedTotal}
+	storeErrorsTotal, forwardSeconds, journalPrunedTotal, statusRequestsTotal, reconciledTotal,
+	unresolvedTotal, abandonedTotal}
 
 // metrics is a handler's handle on the package collectors, obtained by
 // registering them into the config's registry.

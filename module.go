@@ -140,6 +140,10 @@ type Handler struct {
 	// From optionally restricts callback sources to these networks; others
 	// get 403. Off by default: the signature is the real control.
 	From []string `json:"from,omitempty"`
+	// Reconcile asks ecommpay for the status of payments whose final
+	// callback is overdue, and delivers a status the app has not had like
+	// a callback, marked X-Ecommpay-Source: status. Off unless set.
+	Reconcile *ReconcileConfig `json:"reconcile,omitempty"`
 
 	// QR is what callback mode does with display_data entries of type
 	// qr_data: "image" (default; inline base64 PNG as type qr_img), "url"
@@ -179,6 +183,7 @@ type Handler struct {
 	metrics      *metrics
 	route        *callbackRoute // callback mode: where dispatches go
 	console      http.Handler
+	reconciler   *reconciler // callback mode with reconcile
 }
 
 // Project is one ecommpay project and its secrets.
@@ -283,8 +288,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr or console", h.Mode)
 	}
 	if h.Mode != ModeQR {
-		return h.provisionStore()
+		if err := h.provisionStore(); err != nil {
+			return err
+		}
 	}
+	h.reconciler.start() // once the journal is open
 	return nil
 }
 
@@ -351,6 +359,7 @@ func (h *Handler) Validate() error {
 		misplaced(h.ForwardTimeout != 0, "forward_timeout", ModeCallback),
 		misplaced(h.OnStoreError != "", "on_store_error", ModeCallback),
 		misplaced(len(h.From) > 0, "from", ModeCallback),
+		misplaced(h.Reconcile != nil, "reconcile", ModeCallback),
 		misplaced(h.QR != "" || h.QRBaseURL != "" || h.QRTTL != 0, "qr", ModeCallback),
 		misplaced(h.QRSize != 0 || h.QRLevel != "" || h.QRCacheSize != 0, "qr_size, qr_level and qr_cache", ModeCallback, ModeQR),
 	)
@@ -359,6 +368,7 @@ func (h *Handler) Validate() error {
 // Cleanup releases the de-dup store and the QR cache.
 func (h *Handler) Cleanup() error {
 	callbackHandlers.Delete(h)
+	h.reconciler.stop()
 	if h.qrCache != nil {
 		h.qrCache.Close()
 	}

@@ -203,6 +203,7 @@ type caddyConfig struct {
 	Admin, Internal, Public int
 	Fake, App               int
 	Dedupe                  string // "" (the default local store), "memory", "off", "redis redis://..."
+	Store                   string // a store line for every handler: "memory", "redis redis://..."; "" for the default
 	QR                      string // "image", "off", "url <base>"
 	QRSize                  int
 	PPAllow, GateAllow      string
@@ -234,6 +235,9 @@ http://127.0.0.1:{{.Internal}} {
 		ecommpay payment_page {
 			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
 			base_url http://127.0.0.1:{{.Fake}}
+{{- if .Store}}
+			store {{.Store}}
+{{- end}}
 {{- if .PPAllow}}
 			allow {{.PPAllow}}
 {{- end}}
@@ -251,6 +255,9 @@ http://127.0.0.1:{{.Internal}} {
 	handle /v2/* {
 		ecommpay gate {
 			project {{.ProjectID}} {env.ECOMMPAY_SECRET}{{if .OldSecret}} {env.ECOMMPAY_OLD_SECRET}{{end}}
+{{- if .Store}}
+			store {{.Store}}
+{{- end}}
 {{- if .GateAllow}}
 			allow {{.GateAllow}}
 {{- end}}
@@ -278,6 +285,10 @@ http://127.0.0.1:{{.Public}} {
 {{- if .CallbackOptions}}
 			{{.CallbackOptions}}
 {{- end}}
+{{- if .Store}}
+			store {{.Store}}
+{{- end}}
+
 		}
 		reverse_proxy 127.0.0.1:{{.App}} {
 			rewrite /callback

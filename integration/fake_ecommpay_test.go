@@ -123,6 +123,13 @@ type fakeEcommpay struct {
 	copies      int           // how many copies of each callback go to each URL at once
 	signSecret  string        // signs callbacks when set (a key rotation); else secret
 	qrTimeout   string        // the "QR Code Timeout" add_info data, in seconds
+
+	// Status requests (/v2/payment/status) answer from what the callbacks
+	// said, including callbacks dropped on purpose.
+	dropFinal   map[string]bool             // payment_id → its final sale callback is never sent
+	statusPay   map[string]any              // payment_id → the last payment object
+	statusOps   map[string][]map[string]any // payment_id → its operations, latest state, in order
+	statusSigOK int                         // status requests with a valid signature
 }
 
 func (f *fakeEcommpay) callbackSecret() string {
@@ -164,6 +171,7 @@ func startFake(t testing.TB, secret string) *fakeEcommpay {
 	mux.HandleFunc("POST /v2/payment/wallet/{method}/sale", f.handleSale)
 	mux.HandleFunc("POST /v2/payment/wallet/{method}/refund", f.handleRefund)
 	mux.HandleFunc("POST /v2/payment/refund", f.handleRefund)
+	mux.HandleFunc("POST /v2/payment/status", f.handleStatus)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		rec := f.record(r, body)
@@ -730,6 +738,9 @@ func (f *fakeEcommpay) signedCallback(paymentID, opType, opStatus string) []byte
 
 // emit signs a callback body and delivers it to every callback URL.
 func (f *fakeEcommpay) emit(name, paymentID string, body map[string]any, sigInGeneral bool) *fakeCallback {
+	if f.noteStatus(name, paymentID, body) {
+		return nil
+	}
 	raw := signJSONWithSignatureAt(body, f.callbackSecret(), sigInGeneral)
 	pay, _ := body["payment"].(map[string]any)
 	op, _ := body["operation"].(map[string]any)
@@ -864,6 +875,100 @@ func (f *fakeEcommpay) postRaw(url string, body []byte, header http.Header) (int
 	defer resp.Body.Close()
 	ans, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	return resp.StatusCode, resp.Header, string(ans), nil
+}
+
+// ---- payment status (spec §3) ----
+
+// dropFinalCallback makes the platform lose the final sale callback of a
+// payment: its status changes, but no callback is sent.
+func (f *fakeEcommpay) dropFinalCallback(paymentID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dropFinal == nil {
+		f.dropFinal = map[string]bool{}
+	}
+	f.dropFinal[paymentID] = true
+}
+
+// noteStatus keeps what a callback says for status answers, and reports
+// whether the callback is to be dropped.
+func (f *fakeEcommpay) noteStatus(name, paymentID string, body map[string]any) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.statusPay == nil {
+		f.statusPay, f.statusOps = map[string]any{}, map[string][]map[string]any{}
+	}
+	f.statusPay[paymentID] = body["payment"]
+	if op, ok := body["operation"].(map[string]any); ok {
+		ops := f.statusOps[paymentID]
+		replaced := false
+		for i, o := range ops {
+			if o["id"] == op["id"] {
+				ops[i], replaced = op, true
+			}
+		}
+		if !replaced {
+			ops = append(ops, op)
+		}
+		f.statusOps[paymentID] = ops
+	}
+	return name == "sale final" && f.dropFinal[paymentID]
+}
+
+// handleStatus answers POST /v2/payment/status, signed like any Gate
+// request: for a registered payment, 200 with project_id, payment,
+// customer, operations[] and errors[]; for a payment the platform never
+// registered (a Payment Page never opened), an error saying it was not
+// found.
+func (f *fakeEcommpay) handleStatus(w http.ResponseWriter, r *http.Request) {
+	rec, obj, ok := f.gateCheck(w, r)
+	if !ok {
+		return
+	}
+	general, _ := getObj(obj, "general")
+	pid := getString(general, "payment_id")
+	if pid == "" {
+		f.answerError(w, rec, http.StatusBadRequest, "1401", "general.payment_id is required")
+		return
+	}
+	f.mu.Lock()
+	f.statusSigOK++
+	p := f.payments[pid]
+	var answer map[string]any
+	if p != nil {
+		pay := f.statusPay[pid]
+		if pay == nil {
+			pay = map[string]any{"id": p.ID, "type": "purchase", "status": p.Status, "date": platformDate(p.Created),
+				"method": methodName(p.Method), "sum": sum(p.Amount, p.Currency), "description": "order " + p.ID}
+		}
+		ops := append([]map[string]any{}, f.statusOps[pid]...)
+		errs := []any{}
+		for _, op := range ops {
+			if op["status"] == "decline" {
+				errs = append(errs, map[string]any{"code": op["code"], "message": op["message"]})
+			}
+		}
+		answer = map[string]any{"project_id": f.projectID, "payment": pay, "customer": map[string]any{"id": p.CustomerID},
+			"operations": ops, "errors": errs}
+	}
+	f.mu.Unlock()
+	if answer == nil {
+		f.answerJSON(w, rec, http.StatusNotFound, map[string]any{"status": "error", "code": "3061", "message": "Payment not found",
+			"errors": []any{map[string]any{"code": "3061", "message": "Payment " + pid + " not found"}}})
+		return
+	}
+	f.answerJSON(w, rec, http.StatusOK, answer)
+}
+
+// statusRequests lists the status requests for a payment.
+func (f *fakeEcommpay) statusRequests(paymentID string) []fakeRequest {
+	var out []fakeRequest
+	for _, r := range f.requestsTo("/v2/payment/status") {
+		if strings.Contains(string(r.Body), `"`+paymentID+`"`) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // ---- accessors for assertions ----

@@ -193,7 +193,7 @@ func TestRedisJournalSizeBound(t *testing.T) {
 // eventuallyRedis polls cond for up to 10 seconds.
 func eventuallyRedis(t *testing.T, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("timed out")
 		}

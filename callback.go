@@ -332,68 +332,51 @@ const maxPooledCanonical = 64 << 10
 
 var canonBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// dropUnsigned removes from d what the signature does not cover, so that
-// nothing unverified reaches the app: "frame_mode" members, "signature"
-// members except the one that was verified, and object members that add
-// nothing to the canonical string (empty objects and arrays). Array items
-// stay, since their positions are signed. It reports whether it removed
-// anything.
+// dropUnsigned removes from d the members the signature does not cover
+// that could carry data, so that nothing unverified reaches the app:
+// "frame_mode" members and "signature" members other than the one that
+// was verified. Empty objects and arrays are not signed either but carry
+// nothing, and ecommpay sends some (redirect_data.body), so they stay. It
+// reports whether it removed anything.
 func dropUnsigned(d *Doc) bool {
 	root := d.Root()
 	keep := root // the verified signature's object
 	if s := d.Get(root, "signature"); s == none || d.Kind(s) != String {
 		keep = d.Get(root, "general")
 	}
-	changed := false
-	d.prune(root, keep, &changed)
-	return changed
+	return d.prune(root, keep)
 }
 
-// prune drops unsigned members below n and reports whether n adds
-// anything to the canonical string.
-func (d *Doc) prune(n, keepSig int32, changed *bool) bool {
+// prune drops frame_mode and stray signature members below n.
+func (d *Doc) prune(n, keepSig int32) bool {
+	changed := false
 	nd := &d.nodes[n]
-	switch nd.kind {
-	case Object:
-		covered := false
-		prev := none
-		for c := nd.child; c != none; c = d.nodes[c].next {
+	if nd.kind != Object && nd.kind != Array {
+		return false
+	}
+	prev := none
+	for c := nd.child; c != none; c = d.nodes[c].next {
+		if nd.kind == Object {
 			k := d.nodes[c].key
-			var keep bool
-			switch {
-			case k == "frame_mode":
-			case k == "signature":
-				keep = n == keepSig && d.nodes[c].kind == String
-			default:
-				keep = d.prune(c, keepSig, changed)
-				covered = covered || keep
-			}
-			if keep {
-				prev = c
+			if k == "frame_mode" || (k == "signature" && (n != keepSig || d.nodes[c].kind != String)) {
+				changed = true
+				if prev == none {
+					d.nodes[n].child = d.nodes[c].next
+				} else {
+					d.nodes[prev].next = d.nodes[c].next
+				}
+				if d.nodes[n].last == c {
+					d.nodes[n].last = prev
+				}
 				continue
 			}
-			*changed = true
-			if prev == none {
-				d.nodes[n].child = d.nodes[c].next
-			} else {
-				d.nodes[prev].next = d.nodes[c].next
-			}
-			if d.nodes[n].last == c {
-				d.nodes[n].last = prev
-			}
 		}
-		// An object holding only the verified signature stays with it.
-		return covered || (n == keepSig && d.nodes[n].child != none)
-	case Array:
-		covered := false
-		for c := nd.child; c != none; c = d.nodes[c].next {
-			if d.prune(c, keepSig, changed) {
-				covered = true
-			}
+		if d.prune(c, keepSig) {
+			changed = true
 		}
-		return covered
+		prev = c
 	}
-	return true
+	return changed
 }
 
 // verifyWith returns the key whose signature matches, trying every key.

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -545,11 +546,34 @@ func FuzzCallback(f *testing.F) {
 // forwarded through Caddy's reverse_proxy to a real app; compare it with
 // BenchmarkProxyOnly, the same request through reverse_proxy alone.
 func BenchmarkCallbackForward(b *testing.B) {
+	for _, store := range []string{"memory", "local"} {
+		b.Run(store, func(b *testing.B) { benchCallbackForward(b, store) })
+	}
+}
+
+// benchCallbackForward forwards distinct callbacks with a fresh backend of
+// the kind, journal on, as the default configuration has it.
+func benchCallbackForward(b *testing.B, store string) {
 	app := newTestApp(b)
 	app.mu.Lock()
 	app.got = make([]received, 0, 1<<20)
 	app.mu.Unlock()
-	h := callbackHandler(b, func(h *Handler) { h.QR = "off" })
+	h := callbackHandler(b, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
+	fresh := func() {
+		var nb backend
+		if store == "local" {
+			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = lb.Destruct() })
+			nb = lb
+		} else {
+			nb = newMemoryBackend(0, journalOptions{}, nil)
+		}
+		h.store, h.journal = nb, nb
+	}
+	fresh()
 	next := proxyTo(b, app.srv.URL)
 	bodies := make([][]byte, 0, 4096)
 	for i := range cap(bodies) {
@@ -559,7 +583,9 @@ func BenchmarkCallbackForward(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		if i == len(bodies) { // start over with fresh events
-			h.store = newMemoryStore(0, nil)
+			b.StopTimer()
+			fresh()
+			b.StartTimer()
 			i = 0
 		}
 		if w := serve(h, post("/cb", bodies[i]), next); w.Code != http.StatusOK {

@@ -283,7 +283,13 @@ func appendNumber(dst []byte, lit string) []byte {
 }
 
 func isInt64(lit string) bool {
-	if strings.IndexAny(lit, ".eE") >= 0 {
+	digits := strings.TrimPrefix(lit, "-")
+	switch {
+	case strings.IndexAny(lit, ".eE") >= 0:
+		return false
+	case len(digits) < 19: // fits whatever the digits: no ParseInt, no error to allocate
+		return true
+	case len(digits) > 19:
 		return false
 	}
 	_, err := strconv.ParseInt(lit, 10, 64)

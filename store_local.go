@@ -733,10 +733,14 @@ func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
 	}
 	pk := boltPayKey(se.ProjectID, se.PaymentID)
 	pe := w.tx.Bucket(bktPayEvents)
-	if err := w.del(pe, append(bytes.Clone(pk), se.ID...)); err != nil {
+	at := append(bytes.Clone(pk), se.ID...)
+	if err := w.del(pe, at); err != nil {
 		return err
 	}
-	if k, _ := pe.Cursor().Seek(pk); k != nil && bytes.HasPrefix(k, pk) {
+	// Entries go oldest first, so the payment's others sort after this
+	// one: seeking from here skips the leaves emptied before it, which a
+	// seek from the payment's start would walk again each time.
+	if k, _ := pe.Cursor().Seek(at); k != nil && bytes.HasPrefix(k, pk) {
 		return nil // the payment has entries left
 	}
 	var v paymentView

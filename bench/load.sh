@@ -150,7 +150,7 @@ echo "   built in $((SECONDS - START)) s"
 # From here on the run is bounded: it stops a minute after the time that
 # measuring should take with these settings (about 200 s with the defaults).
 PLAN=$((6 * WARMUP + 6 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 20))
-[[ -z $PROFILE ]] || PLAN=$((PLAN + 2 * (PROFILE_SECONDS + 8)))
+[[ -z $PROFILE ]] || PLAN=$((PLAN + 2 * (PROFILE_SECONDS + 10)))
 BUDGET=$((PLAN + 60))
 (
 	trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
@@ -344,11 +344,11 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---- 3. profiles ------------------------------------------------------------
 if [[ -n $PROFILE ]]; then
 	for t in callback callback_memory; do
-		echo "== profiling $t: wrk for $((PROFILE_SECONDS + 2)) s, CPU profile of the middle $PROFILE_SECONDS s"
-		gen "$TMP/prof.txt" "$(awk -v r="$warm_rps" -v d="$PROFILE_SECONDS" -v h="$HEADROOM" 'BEGIN { print int(r * (d + 2) * h) + 1000 }')"
-		run_wrk "$t" $((PROFILE_SECONDS + 2)) "$TMP/prof.txt" >/dev/null &
+		echo "== profiling $t: wrk for $((PROFILE_SECONDS + 4)) s, CPU profile of $PROFILE_SECONDS s from its 2nd"
+		gen "$TMP/prof.txt" "$(awk -v r="$warm_rps" -v d="$PROFILE_SECONDS" -v h="$HEADROOM" 'BEGIN { print int(r * (d + 4) * h) + 1000 }')"
+		run_wrk "$t" $((PROFILE_SECONDS + 4)) "$TMP/prof.txt" >/dev/null &
 		wrk_pid=$!
-		sleep 1
+		sleep 2
 		PPROF_TMPDIR=$TMP timeout $((PROFILE_SECONDS + 60)) go tool pprof -proto -output "$PROFILE/$t.pb.gz" \
 			-seconds "$PROFILE_SECONDS" "http://127.0.0.1:$P_ADMIN/debug/pprof/profile" 2>/dev/null ||
 			echo "   warning: no profile of $t"

@@ -9,7 +9,8 @@
 # starts empty in every run. Targets:
 #   callback        ecommpay callback with the default configuration (no
 #                   store line: the local store, journal on) + reverse_proxy
-#   callback_memory the same with `store memory`
+#   callback_memory the same with `store memory` (de-dup marks and journal
+#                   in memory)
 #   reverse_proxy   the same reverse_proxy alone, sent the same bodies
 #   reverse_proxy_b an identical copy of reverse_proxy (the A/A control)
 #   payment_page    ecommpay payment_page, GET with a typical query
@@ -19,15 +20,18 @@
 # 1. Throughput, closed loop: wrk with identical settings runs each target
 #    in turn, ROUNDS times, in the order above in odd rounds and in reverse
 #    in even ones, so that drift on the machine falls on all alike.
-# 2. Latency, open loop: bench/openloop sends OL_RATE callbacks a second to
-#    callback, reverse_proxy, callback_memory and reverse_proxy_b in turn,
-#    OL_SECONDS each, OL_ROUNDS times (order reversed in even rounds), on a
-#    fixed schedule whatever the answers, and reports the median and 99th
-#    percentile of each, counted from when each request was due.
-# 3. With PROFILE=DIR, Caddy's CPU profile (admin /debug/pprof/profile)
-#    while wrk loads callback, then callback_memory, for PROFILE_SECONDS
-#    each; it prints `go tool pprof -top` of each and keeps the profiles in
-#    DIR as callback.pb.gz and callback_memory.pb.gz.
+# 2. Latency, open loop: bench/openloop sends OL_RATE signed callbacks a
+#    second to callback, reverse_proxy, callback_memory and reverse_proxy_b
+#    in turn, OL_SECONDS each, OL_ROUNDS times (order reversed in even
+#    rounds), on a fixed schedule whatever the answers, and reports the
+#    median (p50), 99th percentile (p99) and maximum latency of each,
+#    counted from when each request was due, and how late the sender itself
+#    was at its 99th percentile (if that is large, the machine starved it).
+# 3. With PROFILE=DIR: while wrk loads callback for PROFILE_SECONDS + 4 s,
+#    Caddy's CPU profile (admin /debug/pprof/profile) of PROFILE_SECONDS
+#    from the run's 2nd second; then the same for callback_memory. It prints
+#    `go tool pprof -top` (flat, then cumulative) of each and keeps the
+#    profiles in DIR as callback.pb.gz and callback_memory.pb.gz.
 # Every callback is a distinct signed event (bench/gencallbacks) that no
 # target has seen, so none is answered as a cheap duplicate; the script
 # checks that against Caddy's metrics and counts non-200 answers.
@@ -57,9 +61,12 @@
 # PROFILE= (a directory: profile as in 3.) PROFILE_SECONDS=10
 # PORT_BASE=19000 (uses PORT_BASE..+6 and +19 for the admin API)
 # CADDY=/path/to/caddy (skip the build and use that binary).
-# With the defaults it measures for about 3 minutes, plus the build (about
+# With the defaults it measures for about 4 minutes, plus the build (under
 # a minute once Go's module cache is warm). It stops itself if measuring
-# takes a minute longer than planned, and kills what it started on exit.
+# takes a minute longer than planned (planned: 6 x WARMUP + 6 x ROUNDS x
+# (DURATION + 1) + 4 x OL_ROUNDS x (OL_SECONDS + 1) + 60 s for generating
+# callbacks, and 2 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
+# it started on exit.
 set -euo pipefail
 
 THREADS=${THREADS:-2}
@@ -148,8 +155,8 @@ fi
 echo "   built in $((SECONDS - START)) s"
 
 # From here on the run is bounded: it stops a minute after the time that
-# measuring should take with these settings (about 200 s with the defaults).
-PLAN=$((6 * WARMUP + 6 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 20))
+# measuring should take with these settings (244 s with the defaults).
+PLAN=$((6 * WARMUP + 6 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 60))
 [[ -z $PROFILE ]] || PLAN=$((PLAN + 2 * (PROFILE_SECONDS + 10)))
 BUDGET=$((PLAN + 60))
 (

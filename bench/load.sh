@@ -46,9 +46,9 @@
 #   callback(memory)/reverse_proxy   the same; against 0.95 (issue 13)
 #   payment_page/respond             the same; against 0.95 (issue 13)
 #   A/A reverse_proxy_b/reverse_proxy the same; "steady" when the ratio of
-#                                    medians is within 0.95-1.05, else
-#                                    "NOISY" (then no ratio of the run is
-#                                    to be trusted)
+#                                    medians and every round's ratio are
+#                                    within 0.95-1.05, else "NOISY" (then no
+#                                    ratio of the run is to be trusted)
 #   latency lines                    p50 and p99 of each target in
 #                                    microseconds, and what callback,
 #                                    callback_memory and reverse_proxy_b add
@@ -417,7 +417,8 @@ added() { # added p50/p99 of open-loop target $1 over reverse_proxy
 	done
 }
 aa=$(ratio "${MED[reverse_proxy_b]}" "${MED[reverse_proxy]}")
-steady=$(awk -v r="$aa" 'BEGIN { print (r >= 0.95 && r <= 1.05) ? "steady" : "NOISY" }')
+steady=$(awk -v r="$aa $(paired reverse_proxy_b reverse_proxy)" \
+	'BEGIN { n = split(r, a, " "); for (i = 1; i <= n; i++) if (a[i] < 0.95 || a[i] > 1.05) { print "NOISY"; exit } print "steady" }')
 echo
 echo "== summary (req/s: ratio of medians over $ROUNDS rounds, then each round's; CPU: ratio of median CPU time per request)"
 sumline() { # NAME A B VERDICT
@@ -431,7 +432,7 @@ r=$(ratio "${MED[callback_memory]}" "${MED[reverse_proxy]}")
 sumline "callback(memory)/reverse_proxy" callback_memory reverse_proxy "$(verdict "$r" 0.95) 0.95 (issue 13)"
 r=$(ratio "${MED[payment_page]}" "${MED[respond]}")
 sumline "payment_page/respond" payment_page respond "$(verdict "$r" 0.95) 0.95 (issue 13)"
-sumline "A/A reverse_proxy_b/reverse_proxy" reverse_proxy_b reverse_proxy "$steady (within 0.95-1.05 is steady)"
+sumline "A/A reverse_proxy_b/reverse_proxy" reverse_proxy_b reverse_proxy "$steady (steady: all within 0.95-1.05)"
 printf '%-34s p50 %6d  p99 %6d us\n' "latency reverse_proxy @$OL_RATE/s" \
 	"$(field p50_us "${OL[reverse_proxy]}")" "$(field p99_us "${OL[reverse_proxy]}")"
 for t in callback callback_memory reverse_proxy_b; do
@@ -439,5 +440,5 @@ for t in callback callback_memory reverse_proxy_b; do
 		"$(field p50_us "${OL[$t]}")" "$(field p99_us "${OL[$t]}")" "$(added "$t")"
 done
 [[ $steady == steady ]] ||
-	echo "NOISY: two identical targets differed by more than 5% in this run; do not trust its ratios"
+	echo "NOISY: two identical targets differed by more than 5% (in the medians or in a round); do not trust this run's ratios"
 echo "took $((SECONDS - START)) s"

@@ -13,8 +13,11 @@
 #                   in memory)
 #   reverse_proxy   the same reverse_proxy alone, sent the same bodies
 #   reverse_proxy_b an identical copy of reverse_proxy (the A/A control)
-#   payment_page    ecommpay payment_page, GET with a typical query
-#   respond         a static respond of the same JSON answer
+#   payment_page    ecommpay payment_page, GET with a typical query; each
+#                   request of a wrk run has its own payment_id (a new
+#                   order; every run counts from the same number)
+#   respond         a static respond of the same JSON answer, sent the same
+#                   requests
 # All proxying targets forward to one app in the same Caddy (respond "OK").
 #
 # 1. Throughput, closed loop: wrk with identical settings runs each target
@@ -29,9 +32,9 @@
 #    was at its 99th percentile (if that is large, the machine starved it).
 # 3. With PROFILE=DIR: while wrk loads callback for PROFILE_SECONDS + 4 s,
 #    Caddy's CPU profile (admin /debug/pprof/profile) of PROFILE_SECONDS
-#    from the run's 2nd second; then the same for callback_memory. It prints
-#    `go tool pprof -top` (flat, then cumulative) of each and keeps the
-#    profiles in DIR as callback.pb.gz and callback_memory.pb.gz.
+#    from the run's 2nd second; then the same for callback_memory and for
+#    payment_page. It prints `go tool pprof -top` (flat, then cumulative) of
+#    each and keeps the profiles in DIR as TARGET.pb.gz.
 # Every callback is a distinct signed event (bench/gencallbacks) that no
 # target has seen, so none is answered as a cheap duplicate; the script
 # checks that against Caddy's metrics and counts non-200 answers.
@@ -65,7 +68,7 @@
 # a minute once Go's module cache is warm). It stops itself if measuring
 # takes a minute longer than planned (planned: 6 x WARMUP + 6 x ROUNDS x
 # (DURATION + 1) + 4 x OL_ROUNDS x (OL_SECONDS + 1) + 60 s for generating
-# callbacks, and 2 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
+# callbacks, and 3 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
 # it started on exit.
 set -euo pipefail
 
@@ -157,7 +160,7 @@ echo "   built in $((SECONDS - START)) s"
 # From here on the run is bounded: it stops a minute after the time that
 # measuring should take with these settings (244 s with the defaults).
 PLAN=$((6 * WARMUP + 6 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 60))
-[[ -z $PROFILE ]] || PLAN=$((PLAN + 2 * (PROFILE_SECONDS + 10)))
+[[ -z $PROFILE ]] || PLAN=$((PLAN + 3 * (PROFILE_SECONDS + 10)))
 BUDGET=$((PLAN + 60))
 (
 	trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
@@ -186,7 +189,9 @@ done
 http_get "$P_ADMIN" /config/ >/dev/null 2>&1 || { tail -20 "$TMP/caddy.log" >&2; die "Caddy's admin API did not answer"; }
 
 # The payment_page request: a typical order, as the shop's app sends it.
-PAGE_PATH="/?project_id=$PROJECT&payment_id=BENCH_ORDER_000000123456&payment_amount=129900&payment_currency=EUR&customer_id=customer123&customer_email=customer%40example.com&payment_description=Order%20123456%20from%20the%20shop&language_code=en&force_payment_method=card&merchant_success_url=https%3A%2F%2Fshop.example.com%2Forders%2F123456%2Fpaid&merchant_fail_url=https%3A%2F%2Fshop.example.com%2Forders%2F123456%2Ffailed"
+# Under wrk each request is a new order: callbacks.lua numbers {n}.
+PAGE_PATH_N="/?project_id=$PROJECT&payment_id=BENCH_ORDER_{n}&payment_amount=129900&payment_currency=EUR&customer_id=customer123&customer_email=customer%40example.com&payment_description=Order%20123456%20from%20the%20shop&language_code=en&force_payment_method=card&merchant_success_url=https%3A%2F%2Fshop.example.com%2Forders%2F123456%2Fpaid&merchant_fail_url=https%3A%2F%2Fshop.example.com%2Forders%2F123456%2Ffailed"
+PAGE_PATH=${PAGE_PATH_N/"{n}"/000000123456}
 page_answer=$(http_get "$P_PAGE" "$PAGE_PATH")
 respond_answer=$(http_get "$P_RESPOND" "$PAGE_PATH")
 [[ $page_answer == HTTP/1.?" 200"* ]] || die "payment_page answered: ${page_answer%%$'\r'*}"
@@ -242,7 +247,7 @@ run_wrk() {
 	if [[ -n $file ]]; then
 		args+=(-- "$file" "$THREADS")
 	elif [[ $1 == payment_page || $1 == respond ]]; then
-		args[${#args[@]} - 1]="http://127.0.0.1:$port$PAGE_PATH"
+		args+=(-- "" "$THREADS" "$PAGE_PATH_N")
 	fi
 	local out res c0 c1 n
 	c0=$(caddy_cpu)
@@ -350,10 +355,14 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 3. profiles ------------------------------------------------------------
 if [[ -n $PROFILE ]]; then
-	for t in callback callback_memory; do
+	for t in callback callback_memory payment_page; do
 		echo "== profiling $t: wrk for $((PROFILE_SECONDS + 4)) s, CPU profile of $PROFILE_SECONDS s from its 2nd"
-		gen "$TMP/prof.txt" "$(awk -v r="$warm_rps" -v d="$PROFILE_SECONDS" -v h="$HEADROOM" 'BEGIN { print int(r * (d + 4) * h) + 1000 }')"
-		run_wrk "$t" $((PROFILE_SECONDS + 4)) "$TMP/prof.txt" >/dev/null &
+		file=
+		if [[ $t == callback* ]]; then
+			file=$TMP/prof.txt
+			gen "$file" "$(awk -v r="$warm_rps" -v d="$PROFILE_SECONDS" -v h="$HEADROOM" 'BEGIN { print int(r * (d + 4) * h) + 1000 }')"
+		fi
+		run_wrk "$t" $((PROFILE_SECONDS + 4)) "$file" >/dev/null &
 		wrk_pid=$!
 		sleep 2
 		PPROF_TMPDIR=$TMP timeout $((PROFILE_SECONDS + 60)) go tool pprof -proto -output "$PROFILE/$t.pb.gz" \

@@ -20,9 +20,12 @@
 #                   requests
 # All proxying targets forward to one app in the same Caddy (respond "OK").
 #
+# After a warm-up of WARMUP seconds per target:
 # 1. Throughput, closed loop: wrk with identical settings runs each target
-#    in turn, ROUNDS times, in the order above in odd rounds and in reverse
-#    in even ones, so that drift on the machine falls on all alike.
+#    in turn, ROUNDS times, in the order callback, reverse_proxy,
+#    callback_memory, reverse_proxy_b, payment_page, respond in odd rounds
+#    and in reverse in even ones, so that drift on the machine falls on all
+#    alike.
 # 2. Latency, open loop: bench/openloop sends OL_RATE signed callbacks a
 #    second to callback, reverse_proxy, callback_memory and reverse_proxy_b
 #    in turn, OL_SECONDS each, OL_ROUNDS times (order reversed in even
@@ -35,9 +38,10 @@
 #    from the run's 2nd second; then the same for callback_memory and for
 #    payment_page. It prints `go tool pprof -top` (flat, then cumulative) of
 #    each and keeps the profiles in DIR as TARGET.pb.gz.
-# Every callback is a distinct signed event (bench/gencallbacks) that no
-# target has seen, so none is answered as a cheap duplicate; the script
-# checks that against Caddy's metrics and counts non-200 answers.
+# Every callback sent to a callback target is a distinct signed event
+# (bench/gencallbacks) that neither callback target has seen, so none is
+# answered as a cheap duplicate; the script checks that against Caddy's
+# metrics (each forwarded once, no other result) and counts non-200 answers.
 #
 # It prints req/s per run and medians, Caddy's CPU time per request (user +
 # system, from /proc, the app included; other jobs on the machine disturb it
@@ -60,7 +64,8 @@
 # Settings (environment): THREADS=2 CONNS=32 DURATION=10 (seconds per wrk
 # run) ROUNDS=2 WARMUP=2 (seconds per target) HEADROOM=2.5 (callbacks
 # generated per wrk run, as a multiple of the faster callback warm-up rate x
-# DURATION) OL_RATE=1000 (requests a second) OL_SECONDS=4 OL_ROUNDS=2
+# DURATION, at least 20,000 and at most 600,000) OL_RATE=1000 (requests a
+# second) OL_SECONDS=4 OL_ROUNDS=2
 # PROFILE= (a directory: profile as in 3.) PROFILE_SECONDS=10
 # PORT_BASE=19000 (uses PORT_BASE..+6 and +19 for the admin API)
 # CADDY=/path/to/caddy (skip the build and use that binary).

@@ -1,8 +1,12 @@
 -- wrk script for bench/load.sh.
 --
 --   wrk ... -s callbacks.lua URL -- BODIES_FILE THREADS   POSTs callbacks
+--   wrk ... -s callbacks.lua URL -- "" THREADS PATH       GETs of PATH
 --   wrk ... -s callbacks.lua URL                          plain requests
 --
+-- In PATH, "{n}" becomes a number of 12 digits that differs for every
+-- request of the run (thread k of THREADS counts k, k+THREADS, ...), so
+-- that each request is, say, a new order, yet all have the same length.
 -- With a file of JSON bodies (one per line), thread k of THREADS POSTs
 -- lines k, k+THREADS, k+2*THREADS, ... in turn: the threads' slices are
 -- disjoint, so no body is sent twice in a run unless a thread runs out of
@@ -28,6 +32,14 @@ function init(args)
    reqs = nil
    local file, nthreads = args[1], tonumber(args[2] or "1")
    if file == nil or file == "" then
+      local path = args[3]
+      if path ~= nil and path ~= "" then
+         local at = path:find("{n}", 1, true)
+         if at == nil then
+            error("no {n} in " .. path)
+         end
+         before, after, step = path:sub(1, at - 1), path:sub(at + 3), nthreads
+      end
       return
    end
    local headers = { ["Content-Type"] = "application/json" }
@@ -47,7 +59,12 @@ end
 
 function request()
    if reqs == nil then
-      return wrk.format()
+      if before == nil then
+         return wrk.format()
+      end
+      local n = id + step * sent
+      sent = sent + 1
+      return wrk.format("GET", before .. string.format("%012d", n) .. after)
    end
    sent = sent + 1
    pos = pos + 1

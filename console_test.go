@@ -124,3 +124,40 @@ func TestConsoleAPIAndPages(t *testing.T) {
 		t.Fatalf("the timeline lacks verdicts: %s", page)
 	}
 }
+
+// A state change from another origin is refused even with a valid form
+// token or a JSON body: the token stops forms, Sec-Fetch-Site and Origin
+// stop scripts.
+func TestConsoleRefusesCrossOriginReplay(t *testing.T) {
+	f := newConsoleFixture(t)
+	serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next)
+	key := f.app.received()[0].header.Get(HeaderEventKey)
+	for name, hdr := range map[string]map[string]string{
+		"cross-site fetch":  {"Sec-Fetch-Site": "cross-site"},
+		"same-site fetch":   {"Sec-Fetch-Site": "same-site"},
+		"foreign origin":    {"Origin": "https://evil.example"},
+		"unparsable origin": {"Origin": "%zz"},
+	} {
+		form := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+formToken("replay "+key)))
+		form.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		api := httptest.NewRequest(http.MethodPost, "/api/events/"+key+"/replay", strings.NewReader("{}"))
+		api.Header.Set("Content-Type", "application/json")
+		for _, r := range []*http.Request{form, api} {
+			for k, v := range hdr {
+				r.Header.Set(k, v)
+			}
+			if w := f.do(t, r); w.Code != http.StatusForbidden {
+				t.Errorf("%s %s: %d, want 403", name, r.URL.Path, w.Code)
+			}
+		}
+	}
+	// A token is bound to its event.
+	other := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+formToken("replay 210-other")))
+	other.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if w := f.do(t, other); w.Code != http.StatusForbidden {
+		t.Errorf("another event's token: %d, want 403", w.Code)
+	}
+	if n := len(f.app.received()); n != 1 {
+		t.Fatalf("a refused replay reached the app: %d deliveries", n)
+	}
+}

@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,6 +135,10 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 		// write per transaction and costs a page scan at open.
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: true,
+		// Growing the map copies every node a transaction holds, so map
+		// room for a full journal at once (twice its bound: pages hold
+		// more than the bytes counted).
+		InitialMmapSize: int(2 * opts.withDefaults().MaxSize),
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("ecommpay: local store %s is in use by another process "+
@@ -483,22 +489,38 @@ func timeKey(ns int64) []byte { return binary.BigEndian.AppendUint64(make([]byte
 
 func (w *ltx) writeMarks(marks map[keyHash]int64) error {
 	d, at := w.tx.Bucket(bktDelivered), w.tx.Bucket(bktDeliveredAt)
+	// Put keys in order: bbolt inserts into a node by shifting what
+	// follows, so a batch put in random order costs the square of its size
+	// in the node that takes it (the last one, for the expiry index).
+	sorted := make([]mark, 0, len(marks))
 	for h, exp := range marks {
+		sorted = append(sorted, mark{h, exp})
+	}
+	slices.SortFunc(sorted, func(a, b mark) int { return bytes.Compare(a.h[:], b.h[:]) })
+	for _, m := range sorted {
 		// A key delivered again after its mark expired replaces the mark.
-		if old := d.Get(h[:]); len(old) == 8 {
-			if err := at.Delete(append(bytes.Clone(old), h[:]...)); err != nil {
+		if old := d.Get(m.h[:]); len(old) == 8 {
+			if err := at.Delete(append(bytes.Clone(old), m.h[:]...)); err != nil {
 				return err
 			}
 		}
-		k := timeKey(exp)
-		if err := d.Put(h[:], k); err != nil {
+		if err := d.Put(m.h[:], timeKey(m.exp)); err != nil {
 			return err
 		}
-		if err := at.Put(append(k, h[:]...), nil); err != nil {
+	}
+	slices.SortFunc(sorted, func(a, b mark) int { return cmp.Or(cmp.Compare(a.exp, b.exp), bytes.Compare(a.h[:], b.h[:])) })
+	for _, m := range sorted {
+		if err := at.Put(append(timeKey(m.exp), m.h[:]...), nil); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// mark is a delivered mark on its way to the file.
+type mark struct {
+	h   keyHash
+	exp int64
 }
 
 // sweepMarks drops expired delivered marks, oldest first.

@@ -164,20 +164,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				break
 			}
 			h.Store = args[0]
-			switch {
-			case args[0] == "local" && len(args) == 2:
-				h.StorePath = args[1]
-			case args[0] == "memory" && len(args) == 2:
-				n, perr := strconv.Atoi(args[1])
-				if perr != nil || n <= 0 {
-					return d.Errf("store memory: %q is not a number of keys", args[1])
-				}
-				h.MaxKeys = n
-			case args[0] == "redis" && len(args) == 2:
-				h.RedisURL = args[1]
-			case (args[0] == "local" || args[0] == "memory") && len(args) == 1:
-			default:
-				return d.Err("store takes: local [<path>] | memory [<max_keys>] | redis <url>")
+			if err = h.parseStoreArgs(d, "store", args); err != nil {
+				return err
 			}
 		case "journal":
 			if err = parseJournal(d, args, &h.Journal); err != nil {
@@ -193,18 +181,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				break
 			}
 			h.Dedupe = args[0]
-			switch {
-			case args[0] == "memory" && len(args) == 2:
-				n, perr := strconv.Atoi(args[1])
-				if perr != nil || n <= 0 {
-					return d.Errf("dedupe memory: %q is not a number of keys", args[1])
-				}
-				h.MaxKeys = n
-			case args[0] == "redis" && len(args) == 2:
-				h.RedisURL = args[1]
-			case (args[0] == "memory" || args[0] == "off") && len(args) == 1:
-			default:
-				return d.Err("dedupe takes: memory [<max_keys>] | redis <url> | off")
+			if err = h.parseStoreArgs(d, "dedupe", args); err != nil {
+				return err
 			}
 		case "ttl", "forward_timeout", "read_timeout", "qr_ttl", "attention_after":
 			if err = want(1, 1); err == nil {
@@ -260,6 +238,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if len(h.Projects) == 0 && h.Mode != ModeConsole {
 		return d.Err("at least one `project <project_id> <secret>` line is required")
+	}
+	return nil
+}
+
+// parseStoreArgs reads the arguments of store, or of its older spelling
+// dedupe: memory [<max_keys>] or redis <url>, then local [<path>] (store)
+// or off (dedupe).
+func (h *Handler) parseStoreArgs(d *caddyfile.Dispenser, name string, args []string) error {
+	bare := map[string]string{"store": "local", "dedupe": "off"}[name]
+	switch {
+	case args[0] == "memory" && len(args) == 2:
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n <= 0 {
+			return d.Errf("%s memory: %q is not a number of keys", name, args[1])
+		}
+		h.MaxKeys = n
+	case args[0] == "redis" && len(args) == 2:
+		h.RedisURL = args[1]
+	case args[0] == "local" && bare == "local" && len(args) == 2:
+		h.StorePath = args[1]
+	case (args[0] == "memory" || args[0] == bare) && len(args) == 1:
+	case name == "store":
+		return d.Err("store takes: local [<path>] | memory [<max_keys>] | redis <url>")
+	default:
+		return d.Err("dedupe takes: memory [<max_keys>] | redis <url> | off")
 	}
 	return nil
 }

@@ -155,7 +155,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"project without secret", "ecommpay gate {\n project 210\n}", "wrong argument count"},
 		{"store unknown", block("callback", "store disk"), "store takes"},
 		{"store redis without url", block("callback", "store redis"), "store takes"},
-		{"store memory not a number", block("callback", "store memory many"), "not a number of keys"},
+		{"store memory not a number", block("callback", "store memory many"), `store memory: "many" is not a number of keys`},
 		{"journal bad word", block("callback", "journal on"), "journal takes"},
 		{"journal off with block", block("callback", "journal off {\n max_age 1d\n }"), "no block"},
 		{"journal unknown setting", block("callback", "journal {\n keep 1d\n }"), "unrecognized journal setting"},

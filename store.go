@@ -369,55 +369,6 @@ func (q *commitQueue) resize(size int) {
 // the store before the old one releases it, so state survives.
 var storePool = caddy.NewUsagePool()
 
-// acquireStore returns the process-wide store of the given kind ("memory"
-// or "redis") and a func that drops this reference; the last release
-// destructs the store. All memory users share one set; a different maxKeys
-// changes that set's bound in place.
-// Handlers still use it for de-duplication alone; acquireBackend replaces
-// it once they move.
-func acquireStore(kind, redisURL string, maxKeys int, logger *zap.Logger) (Store, func() error, error) {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
-	var key string
-	var construct caddy.Constructor
-	switch kind {
-	case "memory":
-		key = "memory"
-		construct = func() (caddy.Destructor, error) { return newMemoryStore(maxKeys, logger), nil }
-	case "redis":
-		key = "redis|" + redisURL
-		construct = func() (caddy.Destructor, error) { return newRedisStore(redisURL, "") }
-	default:
-		return nil, nil, fmt.Errorf("ecommpay: unknown de-duplication store %q (want memory or redis)", kind)
-	}
-
-	v, loaded, err := storePool.LoadOrNew(key, construct)
-	if err != nil {
-		// The pool kept no reference for a failed construction.
-		return nil, nil, err
-	}
-	var once sync.Once
-	release := func() error {
-		var err error
-		once.Do(func() { _, err = storePool.Delete(key) })
-		return err
-	}
-
-	if ms, ok := v.(*memoryStore); ok && loaded {
-		want := int64(maxKeys)
-		if maxKeys <= 0 {
-			want = DefaultMemoryMaxKeys
-		}
-		if old := ms.maxKeys.Load(); old != want {
-			logger.Info("changing the shared de-duplication memory store's bound in place",
-				zap.Int64("old_max_keys", old), zap.Int64("max_keys", want))
-			ms.setMaxKeys(maxKeys)
-		}
-	}
-	return v.(Store), release, nil
-}
-
 // backendOptions choose and bound a backend.
 type backendOptions struct {
 	Kind     string // "local" (default), "memory", "redis"

@@ -447,36 +447,6 @@ func TestRedisClaimSurvivesLostReply(t *testing.T) {
 	}
 }
 
-func TestAcquireRedisStore(t *testing.T) {
-	url := "redis://" + closedPort(t) + "/0" // pooling needs no server
-	a, releaseA, err := acquireStore("redis", url, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, releaseB, err := acquireStore("redis", url, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a != b {
-		t.Fatal("same URL gave two stores")
-	}
-	if err := releaseA(); err != nil {
-		t.Fatal(err)
-	}
-	if err := releaseB(); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := a.Claim(context.Background(), "k", testLease); !errors.Is(err, redis.ErrClosed) {
-		t.Fatalf("Claim after the last release = %v, want a closed client", err)
-	}
-
-	if _, _, err := acquireStore("redis", "redis://h/x", 0, nil); err == nil {
-		t.Fatal("bad URL accepted")
-	}
-	if _, ok := storePool.References("redis|redis://h/x"); ok {
-		t.Fatal("failed construction left a pool entry")
-	}
-}
 
 func BenchmarkRedisClaimCommit(b *testing.B) {
 	s := newTestRedisStore(b, testRedisURL(b), testPrefix())

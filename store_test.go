@@ -548,19 +548,19 @@ func TestMemoryTokenFromAnotherClaimIsRejected(t *testing.T) {
 	mustClaim(t, s, "b", InFlight)
 }
 
-func TestAcquireMemoryStoreSurvivesReload(t *testing.T) {
+func TestAcquireMemoryBackendSurvivesReload(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	logger := zap.New(core)
 	ctx := context.Background()
 
-	old, releaseOld, err := acquireStore("memory", "", 100, logger)
+	old, releaseOld, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 100}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok := mustClaim(t, old, "k", Claimed)
 
 	// A reload provisions the new config before cleaning up the old one.
-	cur, releaseCur, err := acquireStore("memory", "", 100, logger)
+	cur, releaseCur, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 100}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +573,7 @@ func TestAcquireMemoryStoreSurvivesReload(t *testing.T) {
 	if err := releaseOld(); err != nil { // a repeated release is harmless
 		t.Fatal(err)
 	}
-	if refs, ok := storePool.References("memory"); !ok || refs != 1 {
+	if refs, ok := storePool.References("backend|memory"); !ok || refs != 1 {
 		t.Fatalf("pool references = %d, %v; want 1", refs, ok)
 	}
 	mustClaim(t, cur, "k", InFlight)
@@ -586,11 +586,11 @@ func TestAcquireMemoryStoreSurvivesReload(t *testing.T) {
 	}
 
 	// A different bound is applied in place.
-	again, releaseAgain, err := acquireStore("memory", "", 200, logger)
+	again, releaseAgain, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 200}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again != cur || cur.(*memoryStore).maxKeys.Load() != 200 {
+	if again != cur || cur.(*memoryBackend).maxKeys.Load() != 200 {
 		t.Fatal("new bound not applied to the shared store")
 	}
 	if logs.FilterLevelExact(zapcore.InfoLevel).Len() != 1 {
@@ -604,12 +604,12 @@ func TestAcquireMemoryStoreSurvivesReload(t *testing.T) {
 	if err := releaseCur(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := storePool.References("memory"); ok {
+	if _, ok := storePool.References("backend|memory"); ok {
 		t.Fatal("store still pooled after the last release")
 	}
 
 	// The next acquire starts afresh.
-	fresh, release, err := acquireStore("memory", "", 0, logger)
+	fresh, release, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 0}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,12 +618,6 @@ func TestAcquireMemoryStoreSurvivesReload(t *testing.T) {
 		t.Fatal("released store was reused")
 	}
 	mustClaim(t, fresh, "k", Claimed)
-}
-
-func TestAcquireUnknownKind(t *testing.T) {
-	if _, _, err := acquireStore("bbolt", "", 0, nil); err == nil {
-		t.Fatal("unknown kind accepted")
-	}
 }
 
 func BenchmarkMemoryClaimCommit(b *testing.B) {

@@ -447,7 +447,6 @@ func TestRedisClaimSurvivesLostReply(t *testing.T) {
 	}
 }
 
-
 func BenchmarkRedisClaimCommit(b *testing.B) {
 	s := newTestRedisStore(b, testRedisURL(b), testPrefix())
 	ctx := context.Background()

@@ -159,13 +159,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "allow_proxied":
 			err = want(0, 0)
 			h.AllowProxied = true
-		case "store":
-			if err = want(1, 2); err != nil {
-				break
-			}
-			h.Store = args[0]
-			if err = h.parseStoreArgs(d, "store", args); err != nil {
-				return err
+		case "store", "dedupe":
+			if err = want(1, 2); err == nil {
+				err = h.parseStoreArgs(d, name, args)
 			}
 		case "journal":
 			if err = parseJournal(d, args, &h.Journal); err != nil {
@@ -175,14 +171,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err = want(0, 0); err == nil {
 				h.Reconcile = new(ReconcileConfig)
 				err = parseReconcile(d, h.Reconcile)
-			}
-		case "dedupe":
-			if err = want(1, 2); err != nil {
-				break
-			}
-			h.Dedupe = args[0]
-			if err = h.parseStoreArgs(d, "dedupe", args); err != nil {
-				return err
 			}
 		case "ttl", "forward_timeout", "read_timeout", "qr_ttl", "attention_after":
 			if err = want(1, 1); err == nil {
@@ -246,7 +234,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // dedupe: memory [<max_keys>] or redis <url>, then local [<path>] (store)
 // or off (dedupe).
 func (h *Handler) parseStoreArgs(d *caddyfile.Dispenser, name string, args []string) error {
-	bare := map[string]string{"store": "local", "dedupe": "off"}[name]
+	bare := "local"
+	if name == "store" {
+		h.Store = args[0]
+	} else {
+		h.Dedupe, bare = args[0], "off"
+	}
 	switch {
 	case args[0] == "memory" && len(args) == 2:
 		n, err := strconv.Atoi(args[1])

@@ -133,20 +133,11 @@ func redisPing(addr string, timeout time.Duration) error {
 func TestCluster(t *testing.T) {
 	requireCaddy(t)
 	redis := startRedis(t)
-	secret := newSecret()
-	fake := startFake(t, secret)
-	cfgA := newCaddyConfig(t, fake.port(), 0)
-	cfgB := newCaddyConfig(t, fake.port(), 0)
-	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfgA.Internal), secret, 0)
-	for _, c := range []*caddyConfig{&cfgA, &cfgB} {
-		c.App = shop.port
+	secret, fake, shop, nodeA, nodeB := startTwoNodes(t, func(c *caddyConfig) {
 		c.Dedupe = "redis " + redis.url
 		c.TTL = "10m" // keys left in a shared Redis (ECOMMPAY_TEST_REDIS_URL) expire soon
 		c.QR = fmt.Sprintf("url http://127.0.0.1:%d/ecommpay/qr", c.Public)
-	}
-	nodeA := startCaddy(t, "node A", cfgA, secret)
-	nodeB := startCaddy(t, "node B", cfgB, secret)
-	fake.setCallbackURLs(nodeA.callbackURL(), nodeB.callbackURL())
+	})
 	fake.configure(func(f *fakeEcommpay) { f.copies = 2 })
 	t.Cleanup(fake.stopDeliveries)
 	// A slow shop keeps the first copy in flight while the others arrive.
@@ -272,6 +263,26 @@ func TestCluster(t *testing.T) {
 			t.Errorf("a callback reached the shop while the de-dup store was down")
 		}
 	}
+}
+
+// startTwoNodes starts a fake ecommpay, a shop and two Caddy nodes whose
+// configs mutate adjusts (a shared store, at least); the fake delivers
+// callbacks to both nodes.
+func startTwoNodes(t *testing.T, mutate func(*caddyConfig)) (string, *fakeEcommpay, *shopProc, *caddyProc, *caddyProc) {
+	t.Helper()
+	secret := newSecret()
+	fake := startFake(t, secret)
+	cfgA := newCaddyConfig(t, fake.port(), 0)
+	cfgB := newCaddyConfig(t, fake.port(), 0)
+	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfgA.Internal), secret, 0)
+	for _, c := range []*caddyConfig{&cfgA, &cfgB} {
+		c.App = shop.port
+		mutate(c)
+	}
+	nodeA := startCaddy(t, "node A", cfgA, secret)
+	nodeB := startCaddy(t, "node B", cfgB, secret)
+	fake.setCallbackURLs(nodeA.callbackURL(), nodeB.callbackURL())
+	return secret, fake, shop, nodeA, nodeB
 }
 
 func flipChar(s string) string {

@@ -222,22 +222,13 @@ func TestReconcileClusterAsksOncePerInterval(t *testing.T) {
 	requireCaddy(t)
 	t.Setenv(reconcileFloorEnv, "1s")
 	redis := startRedis(t)
-	secret := newSecret()
-	fake := startFake(t, secret)
-	cfgA := newCaddyConfig(t, fake.port(), 0)
-	cfgB := newCaddyConfig(t, fake.port(), 0)
-	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfgA.Internal), secret, 0)
 	const every = 2 * time.Second
-	for _, c := range []*caddyConfig{&cfgA, &cfgB} {
-		c.App = shop.port
+	secret, fake, shop, nodeA, nodeB := startTwoNodes(t, func(c *caddyConfig) {
 		c.Dedupe = "redis " + redis.url
 		c.Store = "redis " + redis.url
 		c.TTL = "10m"
-		c.CallbackOptions = reconcileBlock(fake.port(), reconcileAfter, every, time.Minute)
-	}
-	nodeA := startCaddy(t, "node A", cfgA, secret)
-	nodeB := startCaddy(t, "node B", cfgB, secret)
-	fake.setCallbackURLs(nodeA.callbackURL(), nodeB.callbackURL())
+		c.CallbackOptions = reconcileBlock(c.Fake, reconcileAfter, every, time.Minute)
+	})
 	t.Cleanup(fake.stopDeliveries)
 	s := &stack{t: t, secret: secret, fake: fake, shop: shop, caddy: nodeA}
 

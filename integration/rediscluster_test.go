@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"testing"
 
@@ -17,18 +16,7 @@ import (
 func TestRedisCluster(t *testing.T) {
 	requireCaddy(t)
 	cluster := redistest.StartCluster(t)
-	secret := newSecret()
-	fake := startFake(t, secret)
-	cfgA := newCaddyConfig(t, fake.port(), 0)
-	cfgB := newCaddyConfig(t, fake.port(), 0)
-	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", cfgA.Internal), secret, 0)
-	for _, c := range []*caddyConfig{&cfgA, &cfgB} {
-		c.App = shop.port
-		c.Dedupe = "redis " + cluster.URL
-	}
-	nodeA := startCaddy(t, "node A", cfgA, secret)
-	nodeB := startCaddy(t, "node B", cfgB, secret)
-	fake.setCallbackURLs(nodeA.callbackURL(), nodeB.callbackURL())
+	secret, fake, shop, nodeA, nodeB := startTwoNodes(t, func(c *caddyConfig) { c.Dedupe = "redis " + cluster.URL })
 	fake.configure(func(f *fakeEcommpay) { f.copies = 2 })
 	t.Cleanup(fake.stopDeliveries)
 	// A slow shop keeps the first copy in flight while the others arrive.

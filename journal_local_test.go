@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -318,6 +319,12 @@ func TestLocalPrunesByAge(t *testing.T) {
 	if err := b.sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	b.imu.RLock()
+	payments, bodies := len(b.idx.payments), len(b.idx.bodies)
+	b.imu.RUnlock()
+	if payments != 1 || bodies != 1 {
+		t.Fatalf("the index holds %d payments and %d bodies after pruning, want 1 and 1", payments, bodies)
+	}
 	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneAge)) - aged; got != 11 {
 		t.Fatalf("age prunes counted %v, want 11", got)
 	}
@@ -336,12 +343,12 @@ func TestLocalPrunesByAge(t *testing.T) {
 	}
 	defer db.Close()
 	_ = db.View(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bktEvents, bktPayments, bktPayEvents, bktPayUpdated, bktBodies} {
+		for _, name := range [][]byte{bktEntries, bktBodies} {
 			if n := tx.Bucket(name).Stats().KeyN; n != 1 {
 				t.Errorf("bucket %s holds %d keys, want 1", name, n)
 			}
 		}
-		if n := tx.Bucket(bktUnverified).Stats().KeyN; n != 0 {
+		if n := tx.Bucket(bktStrangers).Stats().KeyN; n != 0 {
 			t.Errorf("%d unverified entries left", n)
 		}
 		return nil
@@ -358,6 +365,9 @@ func TestLocalSweepsExpiredMarks(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	deliver(t, b, key(0), testTTL) // delivered again: a new mark
 	_ = b.Destruct()
+	if n := len(b.marks); n != 2 {
+		t.Errorf("%d delivered marks left in memory, want 2", n)
+	}
 
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
 	if err != nil {
@@ -365,11 +375,8 @@ func TestLocalSweepsExpiredMarks(t *testing.T) {
 	}
 	defer db.Close()
 	_ = db.View(func(tx *bolt.Tx) error {
-		if n := tx.Bucket(bktDelivered).Stats().KeyN; n != 2 {
-			t.Errorf("%d delivered marks left, want 2", n)
-		}
 		if n := tx.Bucket(bktDeliveredAt).Stats().KeyN; n != 2 {
-			t.Errorf("%d expiry keys left, want 2", n)
+			t.Errorf("%d delivered marks left, want 2", n)
 		}
 		return nil
 	})
@@ -400,5 +407,74 @@ func TestLocalQueriesSeeUnflushedRecords(t *testing.T) {
 		if n := len(mustEvents(t, b, eventFilter{})); n != i+1 {
 			t.Fatalf("listed %d entries right after recording %d", n, i+1)
 		}
+	}
+}
+
+// A file written by the first layout (JSON entries, bodies by event key,
+// payment buckets) opens with its journal converted and nothing lost.
+func TestLocalConvertsFirstLayout(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ecommpay.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	first := []journalEvent{
+		{Kind: kindPaymentPage, Verified: true, ProjectID: "1", PaymentID: "p", Amount: "100", Currency: "EUR", Result: "signed"},
+		{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p", EventKey: "k", PaymentStatus: "success", Result: "forwarded"},
+		{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p", EventKey: "k", PaymentStatus: "success", Result: "duplicate"},
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		ev, _ := tx.CreateBucket(oldEvents)
+		bodies, _ := tx.CreateBucket(oldBodies)
+		for _, name := range oldBuckets[3:] {
+			pb, _ := tx.CreateBucket(name)
+			_ = pb.Put([]byte("x"), []byte("{}"))
+		}
+		_, _ = tx.CreateBucket(oldUnverified)
+		for i := range first {
+			e := &first[i]
+			e.Time = now.Add(time.Duration(i-10) * time.Second)
+			e.ID = newEventID(e.Time)
+			data, _ := json.Marshal(struct {
+				journalEvent
+				Ref bool `json:"body_ref,omitempty"`
+			}{*e, e.EventKey != ""})
+			_ = ev.Put([]byte(e.ID), data)
+		}
+		return bodies.Put([]byte("k"), append([]byte{0, 0, 0, 2}, `{"a":1}`...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+
+	b := openTestLocal(t, path, journalOptions{})
+	tl := mustTimeline(t, b, "1", "p")
+	if len(tl.Events) != 3 || tl.Payment.Amount != "100" || tl.Payment.Status != "success" || !tl.Payment.Final ||
+		tl.Payment.Callbacks != 2 || tl.Events[0].ID != first[0].ID {
+		t.Fatalf("converted timeline = %+v", tl)
+	}
+	if got, err := b.Body(context.Background(), "k"); err != nil || string(got) != `{"a":1}` {
+		t.Fatalf("converted body = %q, %v", got, err)
+	}
+	_ = b.db.View(func(tx *bolt.Tx) error {
+		for _, name := range oldBuckets {
+			if tx.Bucket(name) != nil {
+				t.Errorf("bucket %s of the first layout is still there", name)
+			}
+		}
+		return nil
+	})
+	// The body goes with the last entry that refers to it.
+	b.setOptions(journalOptions{MaxAge: time.Second})
+	if err := b.flushWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Body(context.Background(), "k"); !errors.Is(err, errNotFound) {
+		t.Fatalf("body after its entries aged out: %v", err)
+	}
+	if got := storedBytes(t, b); got != 0 {
+		t.Fatalf("an empty journal counts %d bytes", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,13 @@ import (
 // every localFlushEvery or sooner when the queue is long: an accepted
 // Commit or Record is on disk within about localFlushEvery plus the time of
 // that transaction.
+//
+// The journal's buckets are keyed by entry ID, which sorts by time, so a
+// transaction appends to their ends and pruning takes from their starts:
+// it dirties few pages however large the file. What would need keys in
+// another order (payment views, each payment's entries, which entry holds
+// an event key's body) is an index in memory, rebuilt from the entries
+// when the file is opened.
 
 const (
 	localFlushEvery = 100 * time.Millisecond
@@ -53,31 +61,51 @@ const (
 	localErrLogEvery = 10 * time.Second
 )
 
-// Buckets. Times are big-endian Unix nanoseconds so that keys sort by time;
-// pk is the payment key (boltPayKey).
+// Buckets. Expiry times are big-endian Unix nanoseconds so that keys sort
+// by time.
 var (
-	bktDelivered   = []byte("delivered")        // keyHash → exp
-	bktDeliveredAt = []byte("delivered_exp")    // exp ‖ keyHash → ""
-	bktEvents      = []byte("events")           // ID → storedEvent JSON
-	bktUnverified  = []byte("unverified")       // ID → storedEvent JSON
-	bktPayEvents   = []byte("payment_events")   // pk ‖ ID → ""
-	bktPayments    = []byte("payments")         // pk → paymentView JSON
-	bktPayUpdated  = []byte("payments_updated") // Updated ‖ pk → ""
-	bktPayOpen     = []byte("payments_open")    // Signed ‖ pk → "", signed and not final
-	bktBodies      = []byte("bodies")           // event key → refs (uint32) ‖ body
-	bktMeta        = []byte("meta")             // "size" → journal bytes (uint64)
+	bktDeliveredAt = []byte("delivered_exp") // exp ‖ keyHash → "", every delivered mark
+	bktEntries     = []byte("entries")       // ID → record (journal_codec.go)
+	bktStrangers   = []byte("strangers")     // ID → record, unverified callbacks
+	bktBodies      = []byte("entry_bodies")  // ID of the first entry of an event key → body
+	bktMeta        = []byte("meta")          // "size" → journal bytes (uint64)
 	// journalBuckets hold what MaxSize bounds.
-	journalBuckets = [][]byte{bktEvents, bktUnverified, bktPayEvents, bktPayments, bktPayUpdated, bktPayOpen, bktBodies}
+	journalBuckets = [][]byte{bktEntries, bktStrangers, bktBodies}
 	metaSize       = []byte("size")
+	// The buckets of the first layout (one JSON entry per ID, payment
+	// views and indexes by payment key), converted at open.
+	oldEvents, oldUnverified, oldBodies = []byte("events"), []byte("unverified"), []byte("bodies")
+	// oldDelivered held the marks by key hash too; delivered_exp has them.
+	oldDelivered = []byte("delivered")
+	oldBuckets   = [][]byte{oldEvents, oldUnverified, oldBodies,
+		[]byte("payment_events"), []byte("payments"), []byte("payments_updated"), []byte("payments_open")}
 )
 
 var errLocalClosed = errors.New("ecommpay: the local store is closed")
 
-// storedEvent is an entry as stored: Ref says that it holds a reference on
-// the body of its event key.
-type storedEvent struct {
-	journalEvent
-	Ref bool `json:"body_ref,omitempty"`
+// localIndex is what the journal knows in memory: built from the entries
+// at open, kept by the writer as it writes and prunes.
+type localIndex struct {
+	payments map[string]*localPayment // by payKey
+	bodies   map[string]*bodyRef      // by event key
+	strings  interner
+}
+
+// localPayment is a payment's view and its entries' IDs, in ID order.
+type localPayment struct {
+	view paymentView
+	ids  []string
+}
+
+// bodyRef says under which entry ID an event key's body is stored and how
+// many entries refer to it: it goes with the last of them.
+type bodyRef struct {
+	id   string
+	refs int
+}
+
+func newLocalIndex() *localIndex {
+	return &localIndex{payments: make(map[string]*localPayment), bodies: make(map[string]*bodyRef), strings: interner{}}
 }
 
 // localBackend implements backend on a bbolt file.
@@ -90,9 +118,11 @@ type localBackend struct {
 	opts   atomic.Pointer[journalOptions]
 	prune  pruneLog
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// marks are the delivered marks, written or not (key hash → expiry):
+	// a claim of a new key, the common case, is a map lookup.
+	marks    map[keyHash]int64
 	pending  map[keyHash]int64 // delivered marks not yet written: exp
-	writing  map[keyHash]int64 // those in the transaction under way
 	records  []journalEvent    // entries not yet written
 	flushing bool              // records are in the transaction under way
 	closed   bool
@@ -103,6 +133,10 @@ type localBackend struct {
 	done    chan struct{}
 	close   sync.Once
 	lastErr error // the final flush's, for Destruct
+
+	// idx is written by the writer goroutine under imu, read by queries.
+	imu sync.RWMutex
+	idx *localIndex
 
 	// Owned by the writer goroutine.
 	size        int64 // bytes of the journal buckets, as counted by cost
@@ -158,6 +192,7 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 		logger:  logger,
 		now:     time.Now,
 		prune:   pruneLog{logger: logger},
+		marks:   make(map[keyHash]int64),
 		pending: make(map[keyHash]int64),
 		wake:    make(chan struct{}, 1),
 		syncReq: make(chan chan error),
@@ -167,16 +202,23 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 	o := opts.withDefaults()
 	b.opts.Store(&o)
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range append([][]byte{bktDelivered, bktDeliveredAt, bktMeta}, journalBuckets...) {
+		for _, name := range append([][]byte{bktDeliveredAt, bktMeta}, journalBuckets...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		if v := tx.Bucket(bktMeta).Get(metaSize); len(v) == 8 {
-			b.size = int64(binary.BigEndian.Uint64(v))
+		if tx.Bucket(oldEvents) != nil {
+			if err := convertFirstLayout(tx); err != nil {
+				return fmt.Errorf("converting the journal to the current layout: %w", err)
+			}
 		}
-		b.unverifiedN = tx.Bucket(bktUnverified).Stats().KeyN
-		return nil
+		if tx.Bucket(oldDelivered) != nil {
+			if err := tx.DeleteBucket(oldDelivered); err != nil {
+				return err
+			}
+		}
+		b.loadMarks(tx)
+		return b.reindex(tx)
 	})
 	if err != nil {
 		_ = db.Close()
@@ -216,22 +258,23 @@ func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duratio
 // deliveredUntil returns the expiry of h's delivered mark, 0 if none.
 func (b *localBackend) deliveredUntil(h keyHash) (int64, error) {
 	b.mu.Lock()
-	exp, ok := b.pending[h]
-	if !ok {
-		exp, ok = b.writing[h]
-	}
+	exp := b.marks[h]
 	b.mu.Unlock()
-	if ok {
-		return exp, nil
-	}
-	// Checked after the queues: a mark leaves them only once committed.
-	err := b.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bktDelivered).Get(h[:]); len(v) == 8 {
-			exp = int64(binary.BigEndian.Uint64(v))
+	return exp, nil
+}
+
+// loadMarks reads the unexpired delivered marks into memory.
+func (b *localBackend) loadMarks(tx *bolt.Tx) {
+	now := uint64(b.now().UnixNano())
+	_ = tx.Bucket(bktDeliveredAt).ForEach(func(k, _ []byte) error {
+		if len(k) != 8+len(keyHash{}) {
+			return nil
+		}
+		if exp := binary.BigEndian.Uint64(k[:8]); exp > now {
+			b.marks[keyHash(k[8:])] = int64(exp) // keys in time order: the last is the latest
 		}
 		return nil
 	})
-	return exp, err
 }
 
 // Commit implements Store. The mark is on disk within a flush.
@@ -248,7 +291,9 @@ func (b *localBackend) Commit(ctx context.Context, key, token string, ttl time.D
 		b.mu.Unlock()
 		return errLocalClosed
 	}
-	b.pending[hashKey(key)] = exp
+	h := hashKey(key)
+	b.pending[h] = exp
+	b.marks[h] = exp
 	n := len(b.pending) + len(b.records)
 	b.mu.Unlock()
 	if n >= localFlushBatch {
@@ -370,19 +415,30 @@ func (b *localBackend) flush() error {
 		b.mu.Unlock()
 		return nil
 	}
-	b.writing, b.flushing = marks, len(records) > 0
+	b.flushing = len(records) > 0
 	b.pending, b.records = make(map[keyHash]int64), nil
 	b.mu.Unlock()
 
-	w := ltx{opts: *b.opts.Load(), size: b.size, unverifiedN: b.unverifiedN}
+	w := ltx{b: b, opts: *b.opts.Load(), idx: b.idx}
+	// The index changes with the transaction; queries wait for the flush
+	// (sync), so holding it for the commit's fsync delays nobody else.
+	b.imu.Lock()
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		w.tx, w.n = tx, pruneCounts{}
 		w.size, w.unverifiedN = b.size, b.unverifiedN
 		return w.write(marks, records, now)
 	})
+	b.imu.Unlock()
+	if err != nil {
+		// The index has what the failed transaction did not write: read it
+		// again from the file.
+		if rerr := b.db.View(b.reindex); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
 
 	b.mu.Lock()
-	b.writing, b.flushing = nil, false
+	b.flushing = false
 	if err != nil {
 		for h, exp := range marks {
 			if cur, ok := b.pending[h]; !ok || cur < exp {
@@ -412,42 +468,42 @@ func (b *localBackend) flush() error {
 // ltx is one write transaction and the counts it changes.
 type ltx struct {
 	tx          *bolt.Tx
+	b           *localBackend
+	idx         *localIndex
 	opts        journalOptions
 	size        int64
 	unverifiedN int
 	n           pruneCounts
+	// arena holds the encoded entries: bbolt keeps the slices given to
+	// Put until the commit, so none is reused.
+	arena []byte
+}
+
+// encode returns e's record in the transaction's arena.
+func (w *ltx) encode(e *journalEvent, bodyID string) []byte {
+	need := 2 + 8 + 3*binary.MaxVarintLen64 + 14*binary.MaxVarintLen64 + len(bodyID) + len(e.Kind) +
+		len(e.ProjectID) + len(e.PaymentID) + len(e.OperationID) + len(e.OperationType) + len(e.OperationStatus) +
+		len(e.PaymentStatus) + len(e.EventKey) + len(e.Result) + len(e.Path) + len(e.Amount) + len(e.Currency) + len(e.Method)
+	if cap(w.arena)-len(w.arena) < need {
+		w.arena = make([]byte, 0, max(64<<10, need))
+	}
+	start := len(w.arena)
+	w.arena = appendRecord(w.arena, e, bodyID)
+	return w.arena[start:len(w.arena):len(w.arena)]
 }
 
 func cost(k, v []byte) int64 { return int64(len(k) + len(v) + boltElemOverhead) }
 
-// lookup is Get that tells an empty value from a missing key.
-func lookup(bk *bolt.Bucket, k []byte) (v []byte, ok bool) {
-	found, v := bk.Cursor().Seek(k)
-	return v, found != nil && bytes.Equal(found, k)
-}
-
-// put writes k=v in a journal bucket, keeping the size count.
-func (w *ltx) put(bk *bolt.Bucket, k, v []byte) error {
-	if old, ok := lookup(bk, k); ok {
-		w.size -= cost(k, old)
-	}
-	w.size += cost(k, v)
-	return bk.Put(k, v)
-}
-
-// putNew is put for a key known to be new: IDs are unique.
+// putNew writes k=v in a journal bucket, keeping the size count; keys are
+// IDs, which are unique.
 func (w *ltx) putNew(bk *bolt.Bucket, k, v []byte) error {
 	w.size += cost(k, v)
 	return bk.Put(k, v)
 }
 
-// del deletes k from a journal bucket, keeping the size count.
-func (w *ltx) del(bk *bolt.Bucket, k []byte) error {
-	old, ok := lookup(bk, k)
-	if !ok {
-		return nil
-	}
-	w.size -= cost(k, old)
+// del deletes k=v from a journal bucket, keeping the size count.
+func (w *ltx) del(bk *bolt.Bucket, k, v []byte) error {
+	w.size -= cost(k, v)
 	return bk.Delete(k)
 }
 
@@ -458,14 +514,15 @@ func (w *ltx) write(marks map[keyHash]int64, records []journalEvent, now time.Ti
 	if err := w.sweepMarks(now); err != nil {
 		return err
 	}
-	// Entries come in time order: filling pages to 90% instead of bbolt's
-	// half suits appends, and nearly halves those buckets.
-	for _, name := range [][]byte{bktEvents, bktUnverified, bktPayUpdated, bktDeliveredAt} {
-		w.tx.Bucket(name).FillPercent = 0.9
+	// Keys come in time order: full pages suit appends.
+	for _, name := range [][]byte{bktEntries, bktStrangers, bktBodies, bktDeliveredAt} {
+		w.tx.Bucket(name).FillPercent = 0.95
 	}
 	if err := w.applyBounds(now); err != nil {
 		return err
 	}
+	// In ID order, so that each put lands at the end of its bucket.
+	slices.SortFunc(records, func(a, b journalEvent) int { return strings.Compare(a.ID, b.ID) })
 	for i := range records {
 		if err := w.record(&records[i]); err != nil {
 			return err
@@ -488,25 +545,12 @@ func (w *ltx) write(marks map[keyHash]int64, records []journalEvent, now time.Ti
 func timeKey(ns int64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 40), uint64(ns)) }
 
 func (w *ltx) writeMarks(marks map[keyHash]int64) error {
-	d, at := w.tx.Bucket(bktDelivered), w.tx.Bucket(bktDeliveredAt)
-	// Put keys in order: bbolt inserts into a node by shifting what
-	// follows, so a batch put in random order costs the square of its size
-	// in the node that takes it (the last one, for the expiry index).
+	at := w.tx.Bucket(bktDeliveredAt)
+	// In key order: with one ttl, expiries follow time and the puts land
+	// at the end of the bucket.
 	sorted := make([]mark, 0, len(marks))
 	for h, exp := range marks {
 		sorted = append(sorted, mark{h, exp})
-	}
-	slices.SortFunc(sorted, func(a, b mark) int { return bytes.Compare(a.h[:], b.h[:]) })
-	for _, m := range sorted {
-		// A key delivered again after its mark expired replaces the mark.
-		if old := d.Get(m.h[:]); len(old) == 8 {
-			if err := at.Delete(append(bytes.Clone(old), m.h[:]...)); err != nil {
-				return err
-			}
-		}
-		if err := d.Put(m.h[:], timeKey(m.exp)); err != nil {
-			return err
-		}
 	}
 	slices.SortFunc(sorted, func(a, b mark) int { return cmp.Or(cmp.Compare(a.exp, b.exp), bytes.Compare(a.h[:], b.h[:])) })
 	for _, m := range sorted {
@@ -523,22 +567,27 @@ type mark struct {
 	exp int64
 }
 
-// sweepMarks drops expired delivered marks, oldest first.
+// sweepMarks drops expired delivered marks, oldest first, from the file
+// and from memory (unless a later delivery replaced them).
 func (w *ltx) sweepMarks(now time.Time) error {
-	d, at := w.tx.Bucket(bktDelivered), w.tx.Bucket(bktDeliveredAt)
+	at := w.tx.Bucket(bktDeliveredAt)
 	cut := uint64(now.UnixNano())
 	var gone [][]byte
 	c := at.Cursor()
 	for k, _ := c.First(); k != nil && len(gone) < localSweepMax && binary.BigEndian.Uint64(k[:8]) <= cut; k, _ = c.Next() {
 		gone = append(gone, bytes.Clone(k))
 	}
+	if len(gone) == 0 {
+		return nil
+	}
+	w.b.mu.Lock()
 	for _, k := range gone {
-		// The mark may have been replaced by a later delivery.
-		if v := d.Get(k[8:]); bytes.Equal(v, k[:8]) {
-			if err := d.Delete(k[8:]); err != nil {
-				return err
-			}
+		if h := keyHash(k[8:]); w.b.marks[h] == int64(binary.BigEndian.Uint64(k[:8])) {
+			delete(w.b.marks, h)
 		}
+	}
+	w.b.mu.Unlock()
+	for _, k := range gone {
 		if err := at.Delete(k); err != nil {
 			return err
 		}
@@ -546,110 +595,87 @@ func (w *ltx) sweepMarks(now time.Time) error {
 	return nil
 }
 
-// boltPayKey is a payment's key: both ids length-prefixed, so no payment's
-// key is a prefix of another's.
-func boltPayKey(projectID, paymentID string) []byte {
-	k := make([]byte, 0, len(projectID)+len(paymentID)+4+24)
-	k = binary.AppendUvarint(k, uint64(len(projectID)))
-	k = append(k, projectID...)
-	k = binary.AppendUvarint(k, uint64(len(paymentID)))
-	return append(k, paymentID...)
+// record writes e and adds it to the index.
+func (w *ltx) record(e *journalEvent) error {
+	if e.isUnverified() {
+		w.unverifiedN++
+		return w.putNew(w.tx.Bucket(bktStrangers), []byte(e.ID), w.encode(e, ""))
+	}
+	var bodyID string
+	if e.EventKey != "" {
+		if ref := w.idx.bodies[e.EventKey]; ref != nil {
+			ref.refs++
+			bodyID = ref.id
+		} else if len(e.Body) > 0 && !w.opts.NoBodies {
+			if err := w.putNew(w.tx.Bucket(bktBodies), []byte(e.ID), e.Body); err != nil {
+				return err
+			}
+			w.idx.bodies[e.EventKey] = &bodyRef{id: e.ID, refs: 1}
+			bodyID = e.ID
+		}
+	}
+	if err := w.putNew(w.tx.Bucket(bktEntries), []byte(e.ID), w.encode(e, bodyID)); err != nil {
+		return err
+	}
+	w.idx.add(e)
+	return nil
 }
 
-func (w *ltx) record(e *journalEvent) error {
-	se := storedEvent{journalEvent: *e}
-	se.Body = nil
-	if e.isUnverified() {
-		data, err := json.Marshal(&se)
-		if err != nil {
-			return err
-		}
-		w.unverifiedN++
-		return w.putNew(w.tx.Bucket(bktUnverified), []byte(e.ID), data)
+// add puts a verified entry in its payment's view.
+func (x *localIndex) add(e *journalEvent) {
+	if !e.joinsPayment() {
+		return
 	}
-	if e.EventKey != "" {
-		bodies := w.tx.Bucket(bktBodies)
-		if old := bodies.Get([]byte(e.EventKey)); len(old) >= 4 {
-			v := bytes.Clone(old)
-			binary.BigEndian.PutUint32(v, binary.BigEndian.Uint32(v)+1)
-			if err := w.put(bodies, []byte(e.EventKey), v); err != nil {
-				return err
+	k := payKey(e.ProjectID, e.PaymentID)
+	p := x.payments[k]
+	if p == nil {
+		p = &localPayment{}
+		x.payments[k] = p
+	}
+	p.view.apply(e)
+	v := &p.view
+	// Share the key's bytes and the strings that repeat across payments.
+	v.ProjectID, v.PaymentID = x.strings.str(v.ProjectID), k[len(e.ProjectID)+1:]
+	v.Mode, v.Currency, v.Method, v.Status = x.strings.str(v.Mode), x.strings.str(v.Currency), x.strings.str(v.Method), x.strings.str(v.Status)
+	if n := len(p.ids); n == 0 || p.ids[n-1] <= e.ID {
+		p.ids = append(p.ids, e.ID)
+	} else {
+		i, _ := slices.BinarySearch(p.ids, e.ID)
+		p.ids = slices.Insert(p.ids, i, e.ID)
+	}
+}
+
+// remove takes a pruned entry out of the index: its payment goes with its
+// last entry, its body with the last entry referring to it. It reports
+// the ID of a body to delete, if any.
+func (x *localIndex) remove(e *journalEvent, bodyID string) (dropBody string) {
+	if bodyID != "" {
+		if ref := x.bodies[e.EventKey]; ref != nil && ref.id == bodyID {
+			if ref.refs--; ref.refs <= 0 {
+				delete(x.bodies, e.EventKey)
+				dropBody = bodyID
 			}
-			se.Ref = true
-		} else if len(e.Body) > 0 && !w.opts.NoBodies {
-			v := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(e.Body)), 1)
-			if err := w.put(bodies, []byte(e.EventKey), append(v, e.Body...)); err != nil {
-				return err
-			}
-			se.Ref = true
 		}
-	}
-	data, err := json.Marshal(&se)
-	if err != nil {
-		return err
-	}
-	if err := w.putNew(w.tx.Bucket(bktEvents), []byte(e.ID), data); err != nil {
-		return err
 	}
 	if !e.joinsPayment() {
-		return nil
+		return dropBody
 	}
-	pk := boltPayKey(e.ProjectID, e.PaymentID)
-	if err := w.putNew(w.tx.Bucket(bktPayEvents), append(bytes.Clone(pk), e.ID...), nil); err != nil {
-		return err
-	}
-	var v paymentView
-	if err := w.loadView(pk, &v); err != nil {
-		return err
-	}
-	if v.Events > 0 {
-		if err := w.unindexView(pk, &v); err != nil {
-			return err
+	k := payKey(e.ProjectID, e.PaymentID)
+	if p := x.payments[k]; p != nil {
+		if i, ok := slices.BinarySearch(p.ids, e.ID); ok {
+			p.ids = slices.Delete(p.ids, i, i+1)
+		}
+		if len(p.ids) == 0 {
+			delete(x.payments, k)
 		}
 	}
-	v.apply(e)
-	return w.storeView(pk, &v)
-}
-
-func (w *ltx) loadView(pk []byte, v *paymentView) error {
-	if data := w.tx.Bucket(bktPayments).Get(pk); data != nil {
-		return json.Unmarshal(data, v)
-	}
-	return nil
-}
-
-func (w *ltx) storeView(pk []byte, v *paymentView) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if err := w.put(w.tx.Bucket(bktPayments), pk, data); err != nil {
-		return err
-	}
-	if err := w.put(w.tx.Bucket(bktPayUpdated), append(timeKey(v.Updated.UnixNano()), pk...), nil); err != nil {
-		return err
-	}
-	if !v.Final && !v.Signed.IsZero() {
-		return w.put(w.tx.Bucket(bktPayOpen), append(timeKey(v.Signed.UnixNano()), pk...), nil)
-	}
-	return nil
-}
-
-// unindexView removes the index keys of v as stored.
-func (w *ltx) unindexView(pk []byte, v *paymentView) error {
-	if err := w.del(w.tx.Bucket(bktPayUpdated), append(timeKey(v.Updated.UnixNano()), pk...)); err != nil {
-		return err
-	}
-	if !v.Final && !v.Signed.IsZero() {
-		return w.del(w.tx.Bucket(bktPayOpen), append(timeKey(v.Signed.UnixNano()), pk...))
-	}
-	return nil
+	return dropBody
 }
 
 // applyBounds prunes by age, by the unverified count and by size, oldest
 // first.
 func (w *ltx) applyBounds(now time.Time) error {
-	ev, un := w.tx.Bucket(bktEvents), w.tx.Bucket(bktUnverified)
+	ev, un := w.tx.Bucket(bktEntries), w.tx.Bucket(bktStrangers)
 	cut := []byte(idBound(now.Add(-w.opts.MaxAge)))
 	for _, bk := range []*bolt.Bucket{ev, un} {
 		for {
@@ -687,7 +713,7 @@ const pruneBatch = 256
 // pruneSize drops the oldest entries, genuine or not, until the journal is
 // at nine tenths of MaxSize.
 func (w *ltx) pruneSize() error {
-	ev, un := w.tx.Bucket(bktEvents), w.tx.Bucket(bktUnverified)
+	ev, un := w.tx.Bucket(bktEntries), w.tx.Bucket(bktStrangers)
 	for w.size > w.opts.MaxSize*9/10 {
 		es, us := oldest(ev, pruneBatch, nil), oldest(un, pruneBatch, nil)
 		if len(es) == 0 && len(us) == 0 {
@@ -722,57 +748,114 @@ func oldest(bk *bolt.Bucket, n int, cut []byte) []kv {
 	return out
 }
 
-// drop deletes the entry e of bk and what only it held: its payment when
-// it was the last entry, its body when it was the last reference.
+// drop deletes the entry e of bk and what only it held.
 func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
-	var se storedEvent
-	if err := json.Unmarshal(e.v, &se); err != nil {
+	ev, bodyID, err := decodeRecord(e.k, e.v, nil)
+	if err != nil {
 		return fmt.Errorf("journal entry %s: %w", e.k, err)
 	}
-	if err := w.del(bk, e.k); err != nil {
+	if err := w.del(bk, e.k, e.v); err != nil {
 		return err
 	}
-	if se.isUnverified() {
+	if ev.isUnverified() {
 		w.unverifiedN--
 		return nil
 	}
-	if se.Ref {
+	if id := w.idx.remove(&ev, bodyID); id != "" {
 		bodies := w.tx.Bucket(bktBodies)
-		if v := bodies.Get([]byte(se.EventKey)); len(v) >= 4 {
-			if refs := binary.BigEndian.Uint32(v); refs > 1 {
-				v = bytes.Clone(v)
-				binary.BigEndian.PutUint32(v, refs-1)
-				if err := w.put(bodies, []byte(se.EventKey), v); err != nil {
-					return err
+		if v := bodies.Get([]byte(id)); v != nil {
+			return w.del(bodies, []byte(id), v)
+		}
+	}
+	return nil
+}
+
+// reindex rebuilds the index and the counts from the file.
+func (b *localBackend) reindex(tx *bolt.Tx) error {
+	idx := newLocalIndex()
+	var size int64
+	unverified := 0
+	err := tx.Bucket(bktEntries).ForEach(func(k, v []byte) error {
+		size += cost(k, v)
+		e, bodyID, err := decodeRecord(k, v, idx.strings.bytes)
+		if err != nil {
+			return fmt.Errorf("journal entry %s: %w", k, err)
+		}
+		if bodyID != "" {
+			ref := idx.bodies[e.EventKey]
+			if ref == nil {
+				ref = &bodyRef{id: bodyID}
+				idx.bodies[e.EventKey] = ref
+			}
+			ref.refs++
+		}
+		idx.add(&e)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, name := range [][]byte{bktStrangers, bktBodies} {
+		_ = tx.Bucket(name).ForEach(func(k, v []byte) error {
+			size += cost(k, v)
+			if name[0] == bktStrangers[0] {
+				unverified++
+			}
+			return nil
+		})
+	}
+	b.imu.Lock()
+	b.idx = idx
+	b.imu.Unlock()
+	b.size, b.unverifiedN = size, unverified
+	return nil
+}
+
+// convertFirstLayout rewrites a journal of the first layout (JSON entries,
+// bodies by event key) in the current one and drops the old buckets.
+func convertFirstLayout(tx *bolt.Tx) error {
+	type firstEntry struct {
+		journalEvent
+		Ref bool `json:"body_ref,omitempty"`
+	}
+	oldB := tx.Bucket(oldBodies)
+	bodyIDs := map[string]string{} // event key → ID of the entry holding its body
+	for _, pair := range [][2][]byte{{oldEvents, bktEntries}, {oldUnverified, bktStrangers}} {
+		from, to := tx.Bucket(pair[0]), tx.Bucket(pair[1])
+		if from == nil {
+			continue
+		}
+		err := from.ForEach(func(k, v []byte) error {
+			var fe firstEntry
+			if err := json.Unmarshal(v, &fe); err != nil {
+				return fmt.Errorf("journal entry %s: %w", k, err)
+			}
+			var bodyID string
+			if fe.Ref && oldB != nil {
+				if id, ok := bodyIDs[fe.EventKey]; ok {
+					bodyID = id
+				} else if body := oldB.Get([]byte(fe.EventKey)); len(body) >= 4 {
+					if err := tx.Bucket(bktBodies).Put(bytes.Clone(k), bytes.Clone(body[4:])); err != nil {
+						return err
+					}
+					bodyID = string(k)
+					bodyIDs[fe.EventKey] = bodyID
 				}
-			} else if err := w.del(bodies, []byte(se.EventKey)); err != nil {
+			}
+			return to.Put(bytes.Clone(k), appendRecord(nil, &fe.journalEvent, bodyID))
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, name := range oldBuckets {
+		if tx.Bucket(name) != nil {
+			if err := tx.DeleteBucket(name); err != nil {
 				return err
 			}
 		}
 	}
-	if !se.joinsPayment() {
-		return nil
-	}
-	pk := boltPayKey(se.ProjectID, se.PaymentID)
-	pe := w.tx.Bucket(bktPayEvents)
-	at := append(bytes.Clone(pk), se.ID...)
-	if err := w.del(pe, at); err != nil {
-		return err
-	}
-	// Entries go oldest first, so the payment's others sort after this
-	// one: seeking from here skips the leaves emptied before it, which a
-	// seek from the payment's start would walk again each time.
-	if k, _ := pe.Cursor().Seek(at); k != nil && bytes.HasPrefix(k, pk) {
-		return nil // the payment has entries left
-	}
-	var v paymentView
-	if err := w.loadView(pk, &v); err != nil {
-		return err
-	}
-	if err := w.unindexView(pk, &v); err != nil {
-		return err
-	}
-	return w.del(w.tx.Bucket(bktPayments), pk)
+	return nil
 }
 
 // seekBefore moves c to the last key before k.
@@ -781,12 +864,6 @@ func seekBefore(c *bolt.Cursor, k []byte) ([]byte, []byte) {
 		return c.Last()
 	}
 	return c.Prev()
-}
-
-func decodeEvent(data []byte) (journalEvent, error) {
-	var se storedEvent
-	err := json.Unmarshal(data, &se)
-	return se.journalEvent, err
 }
 
 // scanBucket returns up to limit entries of an ID-keyed bucket matching f,
@@ -802,7 +879,7 @@ func scanBucket(bk *bolt.Bucket, f *eventFilter, limit int) ([]journalEvent, err
 	stop := []byte(f.stopID())
 	var out []journalEvent
 	for ; k != nil && len(out) < limit && bytes.Compare(k, stop) >= 0; k, v = c.Prev() {
-		e, err := decodeEvent(v)
+		e, _, err := decodeRecord(k, v, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -813,21 +890,15 @@ func scanBucket(bk *bolt.Bucket, f *eventFilter, limit int) ([]journalEvent, err
 	return out, nil
 }
 
-// scanPayment is scanBucket over one payment's entries.
-func scanPayment(tx *bolt.Tx, pk []byte, f *eventFilter, limit int) ([]journalEvent, error) {
-	ev := tx.Bucket(bktEvents)
-	c := tx.Bucket(bktPayEvents).Cursor()
-	end := append(bytes.Clone(pk), 0xff) // above every ID, which is hex
-	if start := f.startID(); start != "" {
-		end = append(bytes.Clone(pk), start...)
-	}
+// scanIDs is scanBucket over the given IDs (in ID order) of bk.
+func scanIDs(bk *bolt.Bucket, ids []string, f *eventFilter, limit int) ([]journalEvent, error) {
 	var out []journalEvent
-	for k, _ := seekBefore(c, end); k != nil && len(out) < limit && bytes.HasPrefix(k, pk); k, _ = c.Prev() {
-		data := ev.Get(k[len(pk):])
-		if data == nil {
+	for i := len(ids) - 1; i >= 0 && len(out) < limit; i-- {
+		v := bk.Get([]byte(ids[i]))
+		if v == nil {
 			continue
 		}
-		e, err := decodeEvent(data)
+		e, _, err := decodeRecord([]byte(ids[i]), v, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -836,6 +907,17 @@ func scanPayment(tx *bolt.Tx, pk []byte, f *eventFilter, limit int) ([]journalEv
 		}
 	}
 	return out, nil
+}
+
+// paymentIDs returns a copy of a payment's entry IDs, nil if unknown.
+func (b *localBackend) paymentIDs(projectID, paymentID string) (paymentView, []string, bool) {
+	b.imu.RLock()
+	defer b.imu.RUnlock()
+	p := b.idx.payments[payKey(projectID, paymentID)]
+	if p == nil {
+		return paymentView{}, nil, false
+	}
+	return p.view, slices.Clone(p.ids), true
 }
 
 // Events implements journal.
@@ -845,19 +927,24 @@ func (b *localBackend) Events(ctx context.Context, f eventFilter) ([]journalEven
 	}
 	limit := limitOr(f.Limit)
 	f.Since = b.ageCut(f.Since)
+	var ids []string
+	onePayment := f.ProjectID != "" && f.PaymentID != ""
+	if onePayment {
+		_, ids, _ = b.paymentIDs(f.ProjectID, f.PaymentID)
+	}
 	var out []journalEvent
 	err := b.db.View(func(tx *bolt.Tx) error {
 		var genuine []journalEvent
 		var err error
-		if f.ProjectID != "" && f.PaymentID != "" {
-			genuine, err = scanPayment(tx, boltPayKey(f.ProjectID, f.PaymentID), &f, limit)
+		if onePayment {
+			genuine, err = scanIDs(tx.Bucket(bktEntries), ids, &f, limit)
 		} else {
-			genuine, err = scanBucket(tx.Bucket(bktEvents), &f, limit)
+			genuine, err = scanBucket(tx.Bucket(bktEntries), &f, limit)
 		}
 		if err != nil {
 			return err
 		}
-		strangers, err := scanBucket(tx.Bucket(bktUnverified), &f, limit)
+		strangers, err := scanBucket(tx.Bucket(bktStrangers), &f, limit)
 		out = mergeNewest(genuine, strangers, limit)
 		return err
 	})
@@ -873,52 +960,35 @@ func (b *localBackend) ageCut(since time.Time) time.Time {
 	return since
 }
 
+// views returns copies of the views that keep says to keep.
+func (b *localBackend) views(keep func(*paymentView) bool) []paymentView {
+	b.imu.RLock()
+	defer b.imu.RUnlock()
+	var out []paymentView
+	for _, p := range b.idx.payments {
+		if keep(&p.view) {
+			out = append(out, p.view)
+		}
+	}
+	return out
+}
+
 // Payments implements journal.
 func (b *localBackend) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
 	if err := b.sync(ctx); err != nil {
 		return nil, err
 	}
-	limit := limitOr(f.Limit)
 	f.Since = b.ageCut(f.Since)
 	var out []paymentView
-	err := b.db.View(func(tx *bolt.Tx) error {
-		pays := tx.Bucket(bktPayments)
-		if f.ProjectID != "" && f.PaymentID != "" { // one payment: no scan
-			var v paymentView
-			if data := pays.Get(boltPayKey(f.ProjectID, f.PaymentID)); data != nil {
-				if err := json.Unmarshal(data, &v); err != nil {
-					return err
-				}
-				if f.match(&v) {
-					out = append(out, v)
-				}
-			}
-			return nil
+	if f.ProjectID != "" && f.PaymentID != "" { // one payment: no scan
+		if v, _, ok := b.paymentIDs(f.ProjectID, f.PaymentID); ok && f.match(&v) {
+			out = append(out, v)
 		}
-		c := tx.Bucket(bktPayUpdated).Cursor()
-		var k []byte
-		if !f.Until.IsZero() {
-			k, _ = seekBefore(c, timeKey(f.Until.UnixNano()))
-		} else {
-			k, _ = c.Last()
-		}
-		stop := timeKey(f.Since.UnixNano())
-		for ; k != nil && len(out) < limit && bytes.Compare(k[:8], stop) >= 0; k, _ = c.Prev() {
-			data := pays.Get(k[8:])
-			if data == nil {
-				continue
-			}
-			var v paymentView
-			if err := json.Unmarshal(data, &v); err != nil {
-				return err
-			}
-			if f.match(&v) {
-				out = append(out, v)
-			}
-		}
-		return nil
-	})
-	return out, err
+		return out, nil
+	}
+	out = b.views(f.match)
+	slices.SortFunc(out, newestUpdatedFirst)
+	return out[:min(len(out), limitOr(f.Limit))], nil
 }
 
 // Timeline implements journal.
@@ -927,36 +997,30 @@ func (b *localBackend) Timeline(ctx context.Context, projectID, paymentID string
 		return timeline{}, err
 	}
 	cut := idBound(b.ageCut(time.Time{}))
-	var tl timeline
+	view, ids, ok := b.paymentIDs(projectID, paymentID)
+	if !ok {
+		return timeline{}, errNotFound
+	}
+	tl := timeline{Payment: view}
 	err := b.db.View(func(tx *bolt.Tx) error {
-		pk := boltPayKey(projectID, paymentID)
-		data := tx.Bucket(bktPayments).Get(pk)
-		if data == nil {
-			return errNotFound
-		}
-		if err := json.Unmarshal(data, &tl.Payment); err != nil {
-			return err
-		}
-		ev := tx.Bucket(bktEvents)
-		c := tx.Bucket(bktPayEvents).Cursor()
-		for k, _ := c.Seek(pk); k != nil && bytes.HasPrefix(k, pk); k, _ = c.Next() {
-			id := k[len(pk):]
-			if string(id) < cut {
+		ev := tx.Bucket(bktEntries)
+		for _, id := range ids {
+			if id < cut {
 				continue
 			}
-			if data := ev.Get(id); data != nil {
-				e, err := decodeEvent(data)
+			if v := ev.Get([]byte(id)); v != nil {
+				e, _, err := decodeRecord([]byte(id), v, nil)
 				if err != nil {
 					return err
 				}
 				tl.Events = append(tl.Events, e)
 			}
 		}
-		if len(tl.Events) == 0 {
-			return errNotFound // all past their age, awaiting the sweep
-		}
 		return nil
 	})
+	if err == nil && len(tl.Events) == 0 {
+		err = errNotFound // all past their age, awaiting the sweep
+	}
 	return tl, err
 }
 
@@ -965,30 +1029,13 @@ func (b *localBackend) OpenPayments(ctx context.Context, startedBefore time.Time
 	if err := b.sync(ctx); err != nil {
 		return nil, err
 	}
-	limit = limitOr(limit)
 	since := b.ageCut(time.Time{})
-	var out []paymentView
-	err := b.db.View(func(tx *bolt.Tx) error {
-		pays := tx.Bucket(bktPayments)
-		c := tx.Bucket(bktPayOpen).Cursor()
-		end := timeKey(startedBefore.UnixNano())
-		for k, _ := c.First(); k != nil && len(out) < limit && bytes.Compare(k[:8], end) < 0; k, _ = c.Next() {
-			data := pays.Get(k[8:])
-			if data == nil {
-				continue
-			}
-			var v paymentView
-			if err := json.Unmarshal(data, &v); err != nil {
-				return err
-			}
-			if v.Updated.Before(since) {
-				continue // past its age, awaiting the sweep
-			}
-			out = append(out, v)
-		}
-		return nil
+	out := b.views(func(v *paymentView) bool {
+		// Those past their age await the sweep.
+		return v.isOpenSince(startedBefore) && !v.Updated.Before(since)
 	})
-	return out, err
+	slices.SortFunc(out, oldestSignedFirst)
+	return out[:min(len(out), limitOr(limit))], nil
 }
 
 // Body implements journal.
@@ -996,13 +1043,23 @@ func (b *localBackend) Body(ctx context.Context, eventKey string) ([]byte, error
 	if err := b.sync(ctx); err != nil {
 		return nil, err
 	}
+	b.imu.RLock()
+	ref := b.idx.bodies[eventKey]
+	var id string
+	if ref != nil {
+		id = ref.id
+	}
+	b.imu.RUnlock()
+	if id == "" {
+		return nil, errNotFound
+	}
 	var body []byte
 	err := b.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bktBodies).Get([]byte(eventKey))
-		if len(v) < 4 {
+		v := tx.Bucket(bktBodies).Get([]byte(id))
+		if v == nil {
 			return errNotFound
 		}
-		body = bytes.Clone(v[4:])
+		body = bytes.Clone(v)
 		return nil
 	})
 	return body, err

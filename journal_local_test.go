@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -320,7 +321,7 @@ func TestLocalPrunesByAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.imu.RLock()
-	payments, bodies := len(b.idx.payments), len(b.idx.bodies)
+	payments, bodies := b.idx.payments, len(b.idx.bodies)
 	b.imu.RUnlock()
 	if payments != 1 || bodies != 1 {
 		t.Fatalf("the index holds %d payments and %d bodies after pruning, want 1 and 1", payments, bodies)
@@ -477,4 +478,38 @@ func TestLocalConvertsFirstLayout(t *testing.T) {
 	if got := storedBytes(t, b); got != 0 {
 		t.Fatalf("an empty journal counts %d bytes", got)
 	}
+}
+
+// The in-memory index stays small and holds few objects per payment: it
+// has a view for every payment of the journal, and the garbage collector
+// visits every object it holds on every cycle.
+func TestLocalIndexIsCompact(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector changes what allocations cost")
+	}
+	const n = 20000
+	events := make([]journalEvent, n)
+	now := time.Now().UTC()
+	for i := range events {
+		events[i] = journalEvent{Kind: kindPaymentPage, Verified: true, ProjectID: "238", Result: "signed",
+			PaymentID: fmt.Sprintf("ORDER-%08d", i), Amount: strconv.Itoa(1000 + i), Currency: "EUR", Method: "card",
+			Time: now, ID: newEventID(now)}
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	x := newLocalIndex()
+	for i := range events {
+		x.add(&events[i])
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	bytesPer := float64(after.HeapAlloc-before.HeapAlloc) / n
+	objectsPer := float64(after.HeapObjects-before.HeapObjects) / n
+	t.Logf("index: %.0f bytes and %.1f heap objects per payment", bytesPer, objectsPer)
+	if bytesPer > 400 || objectsPer > 3 {
+		t.Fatalf("index holds %.0f bytes and %.1f objects per payment, bound 400 and 3", bytesPer, objectsPer)
+	}
+	runtime.KeepAlive(x)
+	runtime.KeepAlive(events)
 }

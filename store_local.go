@@ -83,31 +83,6 @@ var (
 
 var errLocalClosed = errors.New("ecommpay: the local store is closed")
 
-// localIndex is what the journal knows in memory: built from the entries
-// at open, kept by the writer as it writes and prunes.
-type localIndex struct {
-	payments map[string]*localPayment // by payKey
-	bodies   map[string]*bodyRef      // by event key
-	strings  interner
-}
-
-// localPayment is a payment's view and its entries' IDs, in ID order.
-type localPayment struct {
-	view paymentView
-	ids  []string
-}
-
-// bodyRef says under which entry ID an event key's body is stored and how
-// many entries refer to it: it goes with the last of them.
-type bodyRef struct {
-	id   string
-	refs int
-}
-
-func newLocalIndex() *localIndex {
-	return &localIndex{payments: make(map[string]*localPayment), bodies: make(map[string]*bodyRef), strings: interner{}}
-}
-
 // localBackend implements backend on a bbolt file.
 type localBackend struct {
 	mem    *memoryStore
@@ -310,6 +285,9 @@ func (b *localBackend) Release(ctx context.Context, key, token string) error {
 // Record implements journal. The entry is on disk within a flush.
 func (b *localBackend) Record(ctx context.Context, e journalEvent) error {
 	e.prepare(b.now())
+	if _, ok := parseEntryID(e.ID); !ok {
+		e.ID = newEventID(e.Time) // the index keeps IDs of this form
+	}
 	if len(e.Body) > 0 {
 		if e.isUnverified() || b.opts.Load().NoBodies {
 			e.Body = nil
@@ -603,15 +581,15 @@ func (w *ltx) record(e *journalEvent) error {
 	}
 	var bodyID string
 	if e.EventKey != "" {
-		if ref := w.idx.bodies[e.EventKey]; ref != nil {
-			ref.refs++
-			bodyID = ref.id
+		if id, ok := w.idx.bodyOf(e.EventKey); ok {
+			bodyID = id
+			w.idx.refBody(e.EventKey, id)
 		} else if len(e.Body) > 0 && !w.opts.NoBodies {
 			if err := w.putNew(w.tx.Bucket(bktBodies), []byte(e.ID), e.Body); err != nil {
 				return err
 			}
-			w.idx.bodies[e.EventKey] = &bodyRef{id: e.ID, refs: 1}
 			bodyID = e.ID
+			w.idx.refBody(e.EventKey, bodyID)
 		}
 	}
 	if err := w.putNew(w.tx.Bucket(bktEntries), []byte(e.ID), w.encode(e, bodyID)); err != nil {
@@ -619,57 +597,6 @@ func (w *ltx) record(e *journalEvent) error {
 	}
 	w.idx.add(e)
 	return nil
-}
-
-// add puts a verified entry in its payment's view.
-func (x *localIndex) add(e *journalEvent) {
-	if !e.joinsPayment() {
-		return
-	}
-	k := payKey(e.ProjectID, e.PaymentID)
-	p := x.payments[k]
-	if p == nil {
-		p = &localPayment{}
-		x.payments[k] = p
-	}
-	p.view.apply(e)
-	v := &p.view
-	// Share the key's bytes and the strings that repeat across payments.
-	v.ProjectID, v.PaymentID = x.strings.str(v.ProjectID), k[len(e.ProjectID)+1:]
-	v.Mode, v.Currency, v.Method, v.Status = x.strings.str(v.Mode), x.strings.str(v.Currency), x.strings.str(v.Method), x.strings.str(v.Status)
-	if n := len(p.ids); n == 0 || p.ids[n-1] <= e.ID {
-		p.ids = append(p.ids, e.ID)
-	} else {
-		i, _ := slices.BinarySearch(p.ids, e.ID)
-		p.ids = slices.Insert(p.ids, i, e.ID)
-	}
-}
-
-// remove takes a pruned entry out of the index: its payment goes with its
-// last entry, its body with the last entry referring to it. It reports
-// the ID of a body to delete, if any.
-func (x *localIndex) remove(e *journalEvent, bodyID string) (dropBody string) {
-	if bodyID != "" {
-		if ref := x.bodies[e.EventKey]; ref != nil && ref.id == bodyID {
-			if ref.refs--; ref.refs <= 0 {
-				delete(x.bodies, e.EventKey)
-				dropBody = bodyID
-			}
-		}
-	}
-	if !e.joinsPayment() {
-		return dropBody
-	}
-	k := payKey(e.ProjectID, e.PaymentID)
-	if p := x.payments[k]; p != nil {
-		if i, ok := slices.BinarySearch(p.ids, e.ID); ok {
-			p.ids = slices.Delete(p.ids, i, i+1)
-		}
-		if len(p.ids) == 0 {
-			delete(x.payments, k)
-		}
-	}
-	return dropBody
 }
 
 // applyBounds prunes by age, by the unverified count and by size, oldest
@@ -782,12 +709,7 @@ func (b *localBackend) reindex(tx *bolt.Tx) error {
 			return fmt.Errorf("journal entry %s: %w", k, err)
 		}
 		if bodyID != "" {
-			ref := idx.bodies[e.EventKey]
-			if ref == nil {
-				ref = &bodyRef{id: bodyID}
-				idx.bodies[e.EventKey] = ref
-			}
-			ref.refs++
+			idx.refBody(e.EventKey, bodyID)
 		}
 		idx.add(&e)
 		return nil
@@ -909,15 +831,11 @@ func scanIDs(bk *bolt.Bucket, ids []string, f *eventFilter, limit int) ([]journa
 	return out, nil
 }
 
-// paymentIDs returns a copy of a payment's entry IDs, nil if unknown.
+// paymentIDs returns a payment's view and its entries' IDs.
 func (b *localBackend) paymentIDs(projectID, paymentID string) (paymentView, []string, bool) {
 	b.imu.RLock()
 	defer b.imu.RUnlock()
-	p := b.idx.payments[payKey(projectID, paymentID)]
-	if p == nil {
-		return paymentView{}, nil, false
-	}
-	return p.view, slices.Clone(p.ids), true
+	return b.idx.payment(projectID, paymentID)
 }
 
 // Events implements journal.
@@ -960,17 +878,11 @@ func (b *localBackend) ageCut(since time.Time) time.Time {
 	return since
 }
 
-// views returns copies of the views that keep says to keep.
+// views returns copies of the views that keep keeps.
 func (b *localBackend) views(keep func(*paymentView) bool) []paymentView {
 	b.imu.RLock()
 	defer b.imu.RUnlock()
-	var out []paymentView
-	for _, p := range b.idx.payments {
-		if keep(&p.view) {
-			out = append(out, p.view)
-		}
-	}
-	return out
+	return b.idx.views(keep)
 }
 
 // Payments implements journal.
@@ -1044,13 +956,9 @@ func (b *localBackend) Body(ctx context.Context, eventKey string) ([]byte, error
 		return nil, err
 	}
 	b.imu.RLock()
-	ref := b.idx.bodies[eventKey]
-	var id string
-	if ref != nil {
-		id = ref.id
-	}
+	id, ok := b.idx.bodyOf(eventKey)
 	b.imu.RUnlock()
-	if id == "" {
+	if !ok {
 		return nil, errNotFound
 	}
 	var body []byte

@@ -40,8 +40,8 @@ func appendRecord(dst []byte, e *journalEvent, bodyID string) []byte {
 }
 
 // decodeRecord decodes the entry stored under id. Strings are copied out
-// of v, which bbolt owns; intern, if set, shares the common ones.
-func decodeRecord(id, v []byte, intern func([]byte) string) (e journalEvent, bodyID string, err error) {
+// of v, which bbolt owns.
+func decodeRecord(id, v []byte) (e journalEvent, bodyID string, err error) {
 	if len(v) < 10 || v[0] != recordFormat {
 		return e, "", errBadRecord
 	}
@@ -58,53 +58,13 @@ func decodeRecord(id, v []byte, intern func([]byte) string) (e journalEvent, bod
 		nums[i], v = n, v[k:]
 	}
 	e.Status, e.AppStatus, e.AppLatencyMS = int(nums[0]), int(nums[1]), nums[2]
-	plain := func(b []byte) string { return string(b) }
-	if intern == nil {
-		intern = plain
-	}
-	for i, f := range [...]*string{&e.Kind, &e.ProjectID, &e.PaymentID, &e.OperationID, &e.OperationType,
+	for _, f := range [...]*string{&e.Kind, &e.ProjectID, &e.PaymentID, &e.OperationID, &e.OperationType,
 		&e.OperationStatus, &e.PaymentStatus, &e.EventKey, &e.Result, &e.Path, &e.Amount, &e.Currency, &e.Method, &bodyID} {
 		n, k := binary.Uvarint(v)
 		if k <= 0 || n > uint64(len(v)-k) {
 			return e, "", errBadRecord
 		}
-		s := v[k : k+int(n)]
-		v = v[k+int(n):]
-		switch i {
-		case 2, 3, 7, 13: // payment, operation, event key, body ID: distinct per entry
-			*f = plain(s)
-		default:
-			*f = intern(s)
-		}
+		*f, v = string(v[k:k+int(n)]), v[k+int(n):]
 	}
 	return e, bodyID, nil
-}
-
-// interner shares the strings that repeat across entries (kinds, results,
-// statuses, projects, currencies), up to a bound, so that an index of many
-// payments holds one copy of each.
-type interner map[string]string
-
-const internMax = 4096
-
-func (m interner) bytes(b []byte) string {
-	if s, ok := m[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	if len(m) < internMax && len(s) <= 64 {
-		m[s] = s
-	}
-	return s
-}
-
-func (m interner) str(s string) string {
-	if t, ok := m[s]; ok {
-		return t
-	}
-	if len(m) < internMax && len(s) <= 64 {
-		s = string([]byte(s)) // not a slice of a larger string
-		m[s] = s
-	}
-	return s
 }

@@ -2,8 +2,10 @@ package ecommpay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"slices"
+	"time"
 )
 
 // localIndex is what the local journal keeps in memory: each payment's view
@@ -11,20 +13,77 @@ import (
 // It is built from the file at open and kept by the writer as it writes
 // and prunes. Its maps are keyed by hashes and its IDs are arrays, so the
 // garbage collector has few pointers to follow however many payments it
-// holds: about two small objects per payment.
+// holds: two small objects per payment.
 type localIndex struct {
 	slots    map[keyHash]int32 // payKey hash → index in pays
 	pays     []localPayment
 	free     []int32 // unused slots of pays
 	bodies   map[keyHash]bodyRef
-	strings  interner
 	payments int
 }
 
-// localPayment is a payment's view and its entries' IDs, in ID order.
+// localPayment is a payment's view, packed without pointers but two, and
+// its entries' IDs in ID order.
 type localPayment struct {
-	view paymentView
-	ids  []entryID
+	ids []entryID
+	// strs holds the view's strings, each length-prefixed, in the order of
+	// packedStrings.
+	strs                      string
+	started, updated, signed  int64 // Unix nanoseconds; 0 for a zero time
+	callbacks, appErrors, evs int32
+	final                     bool
+}
+
+func (v *paymentView) packedStrings() [7]*string {
+	return [7]*string{&v.ProjectID, &v.PaymentID, &v.Mode, &v.Amount, &v.Currency, &v.Method, &v.Status}
+}
+
+func packTime(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func unpackTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+// set packs v.
+func (p *localPayment) set(v *paymentView) {
+	n := 0
+	for _, s := range v.packedStrings() {
+		n += binary.MaxVarintLen64 + len(*s)
+	}
+	b := make([]byte, 0, n)
+	for _, s := range v.packedStrings() {
+		b = binary.AppendUvarint(b, uint64(len(*s)))
+		b = append(b, *s...)
+	}
+	p.strs = string(b)
+	p.started, p.updated, p.signed = packTime(v.Started), packTime(v.Updated), packTime(v.Signed)
+	p.callbacks, p.appErrors, p.evs = int32(v.Callbacks), int32(v.AppErrors), int32(v.Events)
+	p.final = v.Final
+}
+
+// view unpacks the view; its strings share p's bytes.
+func (p *localPayment) view() paymentView {
+	var v paymentView
+	s := p.strs
+	for _, f := range v.packedStrings() {
+		n, k := uvarintIn(s)
+		if k <= 0 || n > uint64(len(s)-k) {
+			break // never written so
+		}
+		*f, s = s[k:k+int(n)], s[k+int(n):]
+	}
+	v.Started, v.Updated, v.Signed = unpackTime(p.started), unpackTime(p.updated), unpackTime(p.signed)
+	v.Callbacks, v.AppErrors, v.Events = int(p.callbacks), int(p.appErrors), int(p.evs)
+	v.Final = p.final
+	return v
 }
 
 // bodyRef says under which entry an event key's body is stored and how
@@ -50,7 +109,7 @@ func (id entryID) String() string { return hex.EncodeToString(id[:]) }
 func compareIDs(a, b entryID) int { return bytes.Compare(a[:], b[:]) }
 
 func newLocalIndex() *localIndex {
-	return &localIndex{slots: make(map[keyHash]int32), bodies: make(map[keyHash]bodyRef), strings: interner{}}
+	return &localIndex{slots: make(map[keyHash]int32), bodies: make(map[keyHash]bodyRef)}
 }
 
 // bodyOf returns the ID of the entry holding eventKey's body.
@@ -97,10 +156,9 @@ func (x *localIndex) add(e *journalEvent) {
 		x.payments++
 	}
 	p := &x.pays[slot]
-	p.view.apply(e)
-	// Share the strings that repeat across payments.
-	v, s := &p.view, x.strings
-	v.ProjectID, v.Mode, v.Currency, v.Method, v.Status = s.str(v.ProjectID), s.str(v.Mode), s.str(v.Currency), s.str(v.Method), s.str(v.Status)
+	v := p.view()
+	v.apply(e)
+	p.set(&v)
 	if n := len(p.ids); n == 0 || compareIDs(p.ids[n-1], id) <= 0 {
 		p.ids = append(p.ids, id)
 	} else {
@@ -157,16 +215,31 @@ func (x *localIndex) payment(projectID, paymentID string) (paymentView, []string
 	for i, id := range p.ids {
 		ids[i] = id.String()
 	}
-	return p.view, ids, true
+	return p.view(), ids, true
 }
 
 // views returns copies of the views that keep keeps.
 func (x *localIndex) views(keep func(*paymentView) bool) []paymentView {
 	var out []paymentView
 	for i := range x.pays {
-		if p := &x.pays[i]; len(p.ids) > 0 && keep(&p.view) {
-			out = append(out, p.view)
+		if p := &x.pays[i]; len(p.ids) > 0 {
+			if v := p.view(); keep(&v) {
+				out = append(out, v)
+			}
 		}
 	}
 	return out
+}
+
+// uvarintIn is binary.Uvarint of a string's start.
+func uvarintIn(s string) (uint64, int) {
+	var x uint64
+	for i := 0; i < len(s) && i < binary.MaxVarintLen64; i++ {
+		c := s[i]
+		if c < 0x80 {
+			return x | uint64(c)<<(7*i), i + 1
+		}
+		x |= uint64(c&0x7f) << (7 * i)
+	}
+	return 0, 0
 }

@@ -677,7 +677,7 @@ func oldest(bk *bolt.Bucket, n int, cut []byte) []kv {
 
 // drop deletes the entry e of bk and what only it held.
 func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
-	ev, bodyID, err := decodeRecord(e.k, e.v, nil)
+	ev, bodyID, err := decodeRecord(e.k, e.v)
 	if err != nil {
 		return fmt.Errorf("journal entry %s: %w", e.k, err)
 	}
@@ -704,7 +704,7 @@ func (b *localBackend) reindex(tx *bolt.Tx) error {
 	unverified := 0
 	err := tx.Bucket(bktEntries).ForEach(func(k, v []byte) error {
 		size += cost(k, v)
-		e, bodyID, err := decodeRecord(k, v, idx.strings.bytes)
+		e, bodyID, err := decodeRecord(k, v)
 		if err != nil {
 			return fmt.Errorf("journal entry %s: %w", k, err)
 		}
@@ -801,7 +801,7 @@ func scanBucket(bk *bolt.Bucket, f *eventFilter, limit int) ([]journalEvent, err
 	stop := []byte(f.stopID())
 	var out []journalEvent
 	for ; k != nil && len(out) < limit && bytes.Compare(k, stop) >= 0; k, v = c.Prev() {
-		e, _, err := decodeRecord(k, v, nil)
+		e, _, err := decodeRecord(k, v)
 		if err != nil {
 			return nil, err
 		}
@@ -820,7 +820,7 @@ func scanIDs(bk *bolt.Bucket, ids []string, f *eventFilter, limit int) ([]journa
 		if v == nil {
 			continue
 		}
-		e, _, err := decodeRecord([]byte(ids[i]), v, nil)
+		e, _, err := decodeRecord([]byte(ids[i]), v)
 		if err != nil {
 			return nil, err
 		}
@@ -921,7 +921,7 @@ func (b *localBackend) Timeline(ctx context.Context, projectID, paymentID string
 				continue
 			}
 			if v := ev.Get([]byte(id)); v != nil {
-				e, _, err := decodeRecord([]byte(id), v, nil)
+				e, _, err := decodeRecord([]byte(id), v)
 				if err != nil {
 					return err
 				}

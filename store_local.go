@@ -210,32 +210,22 @@ func (b *localBackend) setOptions(opts journalOptions) {
 	b.opts.Store(&o)
 }
 
-// Claim implements Store: memory first, then the marks not yet written,
-// then the file, so that a restart still answers Delivered.
+// Claim implements Store: the claims in memory, then the delivered marks,
+// which the file has too, so that a restart still answers Delivered.
 func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
 	st, tok, err := b.mem.Claim(ctx, key, lease)
 	if err != nil || st != Claimed {
 		return st, tok, err
 	}
-	exp, err := b.deliveredUntil(hashKey(key))
-	if err != nil {
-		_ = b.mem.Release(ctx, key, tok)
-		return InFlight, "", fmt.Errorf("ecommpay: local store: %w", err)
-	}
+	b.mu.Lock()
+	exp := b.marks[hashKey(key)]
+	b.mu.Unlock()
 	if left := time.Duration(exp - b.now().UnixNano()); left > 0 {
 		// Keep it in memory so that the next duplicate stops there.
 		_ = b.mem.Commit(ctx, key, tok, left)
 		return Delivered, "", nil
 	}
 	return Claimed, tok, nil
-}
-
-// deliveredUntil returns the expiry of h's delivered mark, 0 if none.
-func (b *localBackend) deliveredUntil(h keyHash) (int64, error) {
-	b.mu.Lock()
-	exp := b.marks[h]
-	b.mu.Unlock()
-	return exp, nil
 }
 
 // loadMarks reads the unexpired delivered marks into memory.

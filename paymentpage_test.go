@@ -7,6 +7,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 func paymentPageHandler(t testing.TB, mod func(*Handler)) *Handler {
@@ -415,6 +419,76 @@ func TestPaymentPageEmptyProjectID(t *testing.T) {
 		w := serve(h, r, nil)
 		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), `"field":"project_id"`) {
 			t.Errorf("%s: %d %s", q, w.Code, w.Body)
+		}
+	}
+}
+
+// benchQuery is a typical shop's Payment Page request.
+const benchQuery = "payment_id=ORDER_123&payment_amount=129900&payment_currency=EUR&customer_id=customer123" +
+	"&customer_email=customer%40example.com&payment_description=Order+123456+from+the+shop&language_code=en" +
+	"&force_payment_method=card&merchant_success_url=https%3A%2F%2Fshop.example.com%2Fok" +
+	"&merchant_fail_url=https%3A%2F%2Fshop.example.com%2Ffail"
+
+// benchWriter is a reusable ResponseWriter, so a benchmark measures the
+// handler rather than a recorder.
+type benchWriter struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (w *benchWriter) Header() http.Header         { return w.header }
+func (w *benchWriter) WriteHeader(code int)        { w.code = code }
+func (w *benchWriter) Write(p []byte) (int, error) { w.body = append(w.body, p...); return len(p), nil }
+
+func (w *benchWriter) reset() {
+	clear(w.header)
+	w.code, w.body = 0, w.body[:0]
+}
+
+// benchPage is a payment_page handler without journal or logs, and a
+// benchQuery request prepared as Caddy's server prepares it.
+func benchPage(t testing.TB) (*Handler, *http.Request, *benchWriter) {
+	h := paymentPageHandler(t, nil)
+	h.journal = nil         // measure the handler, not the journal
+	h.logger = zap.NewNop() // the observer would keep every line in memory
+	w := &benchWriter{header: http.Header{}}
+	r := caddyhttp.PrepareRequest(pageGet(benchQuery), caddy.NewReplacer(), w, &caddyhttp.Server{})
+	return h, r, w
+}
+
+var nopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// BenchmarkPaymentPage is one GET through the whole payment_page handler:
+// the allow check, parsing, signing and the JSON answer.
+func BenchmarkPaymentPage(b *testing.B) {
+	h, r, w := benchPage(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != http.StatusOK {
+			b.Fatalf("%d %s %v", w.code, w.body, err)
+		}
+	}
+}
+
+// BenchmarkRespondBaseline writes BenchmarkPaymentPage's answer as a fixed
+// body with the same headers, as a static respond would: the floor.
+func BenchmarkRespondBaseline(b *testing.B) {
+	h, r, w := benchPage(b)
+	if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != http.StatusOK {
+		b.Fatalf("%d %s %v", w.code, w.body, err)
+	}
+	answer := slices.Clone(w.body)
+	respond := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		writeJSON(w, http.StatusOK, answer)
+		return nil
+	})
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		if err := respond.ServeHTTP(w, r); err != nil || w.code != http.StatusOK {
+			b.Fatalf("%d %v", w.code, err)
 		}
 	}
 }

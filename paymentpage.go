@@ -3,9 +3,9 @@ package ecommpay
 import (
 	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // servePaymentPage answers with a signed Payment Page URL built from the
@@ -16,45 +16,55 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	if rf := h.signingRefusal(r); rf != nil {
 		return x.answer(rf)
 	}
-	pairs, rf := h.paymentParams(x)
+	s := getScratch()
+	defer s.release() // runs before finish: hence own() for the event
+	pairs, rf := h.paymentParams(x, s)
 	if rf != nil {
 		return x.answer(rf)
 	}
-	x.ev.PaymentID = lookupPair(pairs, "payment_id")
-	signed, sig, p, rf := h.signPaymentPage(pairs)
+	x.ev.PaymentID = s.own(lookupPair(pairs, "payment_id"))
+	p, rf := h.appendSignedPage(s, pairs)
 	if rf != nil {
 		return x.answer(rf)
 	}
 	x.ev.ProjectID = p.id
-	x.ev.Amount, x.ev.Currency = lookupPair(pairs, "payment_amount"), lookupPair(pairs, "payment_currency")
-	x.ev.Method = lookupPair(pairs, "force_payment_method")
+	x.ev.Amount, x.ev.Currency = s.own(lookupPair(pairs, "payment_amount")), s.own(lookupPair(pairs, "payment_currency"))
+	x.ev.Method = s.own(lookupPair(pairs, "force_payment_method"))
 	x.ev.Status, x.ev.Result = http.StatusOK, "signed"
 	if h.Redirect {
 		x.ev.Status = http.StatusSeeOther
 		w.Header().Set("Cache-Control", "no-store")
-		http.Redirect(w, r, signed, http.StatusSeeOther)
+		http.Redirect(w, r, string(s.url), http.StatusSeeOther)
 		return nil
 	}
-	out := append(make([]byte, 0, len(signed)+len(sig)+32), `{"url":`...)
-	out = appendQuoted(out, signed)
-	out = append(out, `,"signature":`...)
-	out = appendQuoted(out, sig)
-	writeJSON(w, http.StatusOK, append(out, "}\n"...))
+	out := append(s.out[:0], `{"url":`...)
+	out = appendQuoted(out, unsafe.String(unsafe.SliceData(s.url), len(s.url)))
+	out = append(out, `,"signature":"`...)
+	out = append(append(out, s.sig[:]...), "\"}\n"...) // base64 needs no JSON escaping
+	s.out = out
+	writeJSONAnswer(w, http.StatusOK, out)
 	return nil
 }
 
-// paymentParams collects the app's parameters in the order it sent them.
-func (h *Handler) paymentParams(x *exchange) ([][2]string, *refusal) {
+// paymentParams collects the app's parameters in the order it sent them,
+// into s.
+func (h *Handler) paymentParams(x *exchange, s *signScratch) ([][2]string, *refusal) {
 	r := x.r
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		return parseQueryOrdered(r.URL.RawQuery)
+		return s.parseQuery(r.URL.RawQuery)
 	case http.MethodPost:
 	default:
 		x.w.Header().Set("Allow", "GET, POST")
 		return nil, refuse(http.StatusMethodNotAllowed, "invalid", "use GET with a query, or POST a form or a JSON object")
 	}
-	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ct := r.Header.Get("Content-Type")
+	switch ct {
+	case "", "application/json", "application/x-www-form-urlencoded":
+		// What ParseMediaType would return, without its allocations.
+	default:
+		ct, _, _ = mime.ParseMediaType(ct)
+	}
 	if ct != "application/json" && ct != "" && ct != "application/x-www-form-urlencoded" {
 		return nil, &refusal{http.StatusBadRequest, "invalid", "Content-Type", "send application/json or application/x-www-form-urlencoded"}
 	}
@@ -63,14 +73,15 @@ func (h *Handler) paymentParams(x *exchange) ([][2]string, *refusal) {
 		return nil, rf
 	}
 	if ct == "application/x-www-form-urlencoded" {
-		return parseQueryOrdered(string(body))
+		// body is ours and never written again: no copy.
+		return s.parseQuery(unsafe.String(unsafe.SliceData(body), len(body)))
 	}
 	d, rf := h.parseObject(body)
 	if rf != nil {
 		return nil, rf
 	}
 	defer d.Release()
-	var pairs [][2]string
+	pairs := s.pairs[:0]
 	for n := d.First(d.Root()); n != none; n = d.Next(n) {
 		var v string
 		switch d.Kind(n) {
@@ -89,6 +100,7 @@ func (h *Handler) paymentParams(x *exchange) ([][2]string, *refusal) {
 		}
 		pairs = append(pairs, [2]string{d.Key(n), v})
 	}
+	s.pairs = pairs
 	return pairs, nil
 }
 
@@ -117,17 +129,33 @@ func plainName(s string) bool {
 	return true
 }
 
+// parseQueryOrdered splits an urlencoded query into decoded pairs, in
+// order; it refuses bad encoding and repeated names.
 func parseQueryOrdered(q string) ([][2]string, *refusal) {
-	pairs := make([][2]string, 0, strings.Count(q, "&")+1)
+	return new(signScratch).parseQuery(q) // not pooled: the pairs outlive it
+}
+
+// parseQuery is parseQueryOrdered into s: the pairs live in s.pairs and
+// decoded text in s.arena.
+func (s *signScratch) parseQuery(q string) ([][2]string, *refusal) {
+	if n := strings.Count(q, "&") + 1; cap(s.pairs) < n {
+		s.pairs = make([][2]string, 0, n)
+	}
+	if cap(s.arena)-len(s.arena) < len(q) && strings.ContainsAny(q, "%+") {
+		s.arena = make([]byte, 0, len(q)) // big enough never to move
+	}
+	pairs := s.pairs[:0]
 	var seen map[string]bool // only for long queries; a scan is cheaper below
-	for part := range strings.SplitSeq(q, "&") {
+	for len(q) > 0 {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
 		if part == "" {
 			continue
 		}
 		k, v, _ := strings.Cut(part, "=")
-		key, err1 := queryUnescape(k)
-		val, err2 := queryUnescape(v)
-		if err1 != nil || err2 != nil {
+		key, ok1 := s.unescapeInto(k)
+		val, ok2 := s.unescapeInto(v)
+		if !ok1 || !ok2 {
 			return nil, paramRefusal(key, len(pairs), "bad URL encoding")
 		}
 		dup := seen[key]
@@ -148,14 +176,8 @@ func parseQueryOrdered(q string) ([][2]string, *refusal) {
 		}
 		pairs = append(pairs, [2]string{key, val})
 	}
+	s.pairs = pairs
 	return pairs, nil
-}
-
-func queryUnescape(s string) (string, error) {
-	if !strings.ContainsAny(s, "%+") {
-		return s, nil
-	}
-	return url.QueryUnescape(s)
 }
 
 func lookupPair(pairs [][2]string, key string) string {
@@ -175,48 +197,55 @@ func findPair(pairs [][2]string, key string) (string, bool) {
 // signPaymentPage checks the parameters, adds project_id when it was left
 // out and one project is configured, and returns the signed URL.
 func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature string, _ *project, _ *refusal) {
+	s := getScratch()
+	defer s.release()
+	p, rf := h.appendSignedPage(s, pairs)
+	if rf != nil {
+		return "", "", nil, rf
+	}
+	return string(s.url), string(s.sig[:]), p, nil
+}
+
+// appendSignedPage is signPaymentPage into s: the URL in s.url, the
+// signature in s.sig.
+func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project, *refusal) {
 	for i, p := range pairs {
-		if strings.Contains(p[0], ";") || strings.Contains(p[1], ";") {
-			return "", "", nil, paramRefusal(p[0], i, "';' is not allowed in Payment Page parameters")
+		if strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 {
+			return nil, paramRefusal(p[0], i, "';' is not allowed in Payment Page parameters")
 		}
 		if p[0] == "signature" {
-			return "", "", nil, paramRefusal(p[0], i, "leave signature out: it is computed here")
+			return nil, paramRefusal(p[0], i, "leave signature out: it is computed here")
 		}
 	}
-	for _, f := range []string{"payment_id", "payment_amount", "payment_currency"} {
+	for _, f := range [...]string{"payment_id", "payment_amount", "payment_currency"} {
 		if lookupPair(pairs, f) == "" {
-			return "", "", nil, &refusal{http.StatusBadRequest, "invalid", f, f + " is required"}
+			return nil, &refusal{http.StatusBadRequest, "invalid", f, f + " is required"}
 		}
 	}
 	if a := lookupPair(pairs, "payment_amount"); !isPositiveInteger(a) {
-		return "", "", nil, &refusal{http.StatusBadRequest, "invalid", "payment_amount", "must be a positive integer in minor units"}
+		return nil, &refusal{http.StatusBadRequest, "invalid", "payment_amount", "must be a positive integer in minor units"}
 	}
 	id, given := findPair(pairs, "project_id")
 	p, rf := h.projectFor(id, given, false, "project_id")
 	if rf != nil {
-		return "", "", nil, rf
+		return nil, rf
 	}
 	if !given {
 		pairs = append(pairs, [2]string{"project_id", p.id})
 	}
-	signature = p.keys[0].Sign([]byte(CanonicalPairs(pairs)))
-	var q strings.Builder
-	size := len(h.paymentPage.String()) + 128
+	s.canon = appendCanonicalPairs(s.canon[:0], pairs)
+	sig := s.signInto(p.keys[0], s.canon)
+	u := append(s.url[:0], pagePrefix(h.paymentPage)...)
+	u = append(u, '?')
 	for _, kv := range pairs {
-		size += 3*(len(kv[0])+len(kv[1])) + 2
+		u = appendQueryEscape(u, kv[0])
+		u = append(u, '=')
+		u = appendQueryEscape(u, kv[1])
+		u = append(u, '&')
 	}
-	q.Grow(size)
-	for _, kv := range pairs {
-		q.WriteString(url.QueryEscape(kv[0]))
-		q.WriteByte('=')
-		q.WriteString(url.QueryEscape(kv[1]))
-		q.WriteByte('&')
-	}
-	q.WriteString("signature=")
-	q.WriteString(url.QueryEscape(signature))
-	u := *h.paymentPage
-	u.RawQuery = q.String()
-	return u.String(), signature, p, nil
+	u = append(u, "signature="...)
+	s.url = appendQueryEscape(u, unsafe.String(unsafe.SliceData(sig), len(sig)))
+	return p, nil
 }
 
 // isPositiveInteger accepts 1..10^18-1 written plainly (no sign, no leading 0).

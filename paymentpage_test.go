@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func paymentPageHandler(t testing.TB, mod func(*Handler)) *Handler {
@@ -489,6 +490,48 @@ func BenchmarkRespondBaseline(b *testing.B) {
 		w.reset()
 		if err := respond.ServeHTTP(w, r); err != nil || w.code != http.StatusOK {
 			b.Fatalf("%d %v", w.code, err)
+		}
+	}
+}
+
+// TestPaymentPageAllocs keeps a signed Payment Page answer, journal
+// aside, within a few allocations: the exchange and the header values.
+func TestPaymentPageAllocs(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector allocates on its own account")
+	}
+	const budget = 3
+	h, r, w := benchPage(t)
+	n := testing.AllocsPerRun(200, func() {
+		w.reset()
+		if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != http.StatusOK {
+			t.Fatalf("%d %s %v", w.code, w.body, err)
+		}
+	})
+	if n > budget {
+		t.Fatalf("%.1f allocations per request, budget %d", n, budget)
+	}
+}
+
+// The event outlives the request (the journal keeps it): its strings must
+// not share the pooled buffers the next request decodes into.
+func TestPaymentPageEventOwnsItsStrings(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	h.logger = zap.New(core)
+	for _, id := range []string{"A%20one", "B%20two"} {
+		q := "payment_id=" + id + "&payment_amount=1&payment_currency=U%53D&force_payment_method=c%61rd"
+		if w := serve(h, pageGet(q), nil); w.Code != http.StatusOK {
+			t.Fatalf("%d %s", w.Code, w.Body)
+		}
+	}
+	entries := logs.All()
+	if len(entries) != 2 {
+		t.Fatalf("%d log entries", len(entries))
+	}
+	for i, want := range []string{"A one", "B two"} {
+		if got := entries[i].ContextMap()["payment_id"]; got != want {
+			t.Errorf("request %d logged payment_id %q, want %q", i, got, want)
 		}
 	}
 }

@@ -22,14 +22,14 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	if rf != nil {
 		return x.answer(rf)
 	}
-	x.ev.PaymentID = s.own(lookupPair(pairs, "payment_id"))
 	p, rf := h.appendSignedPage(s, pairs)
+	f := &s.fields
+	x.ev.PaymentID = s.own(f.paymentID)
 	if rf != nil {
 		return x.answer(rf)
 	}
 	x.ev.ProjectID = p.id
-	x.ev.Amount, x.ev.Currency = s.own(lookupPair(pairs, "payment_amount")), s.own(lookupPair(pairs, "payment_currency"))
-	x.ev.Method = s.own(lookupPair(pairs, "force_payment_method"))
+	x.ev.Amount, x.ev.Currency, x.ev.Method = s.own(f.amount), s.own(f.currency), s.own(f.method)
 	x.ev.Status, x.ev.Result = http.StatusOK, "signed"
 	if h.Redirect {
 		x.ev.Status = http.StatusSeeOther
@@ -37,9 +37,11 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 		http.Redirect(w, r, string(s.url), http.StatusSeeOther)
 		return nil
 	}
+	// The query needs no JSON escaping; the base is escaped once.
 	out := append(s.out[:0], `{"url":`...)
-	out = appendQuoted(out, unsafe.String(unsafe.SliceData(s.url), len(s.url)))
-	out = append(out, `,"signature":"`...)
+	out = append(out, s.base.json...)
+	out = append(out, s.url[len(s.base.raw):]...)
+	out = append(out, `","signature":"`...)
 	out = append(append(out, s.sig[:]...), "\"}\n"...) // base64 needs no JSON escaping
 	s.out = out
 	writeJSONAnswer(w, http.StatusOK, out)
@@ -206,36 +208,72 @@ func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature strin
 	return string(s.url), string(s.sig[:]), p, nil
 }
 
+// pageFields are the parameters the handler reads itself, each the first
+// of its name.
+type pageFields struct {
+	paymentID, amount, currency, method, projectID string
+	projectGiven                                   bool
+}
+
 // appendSignedPage is signPaymentPage into s: the URL in s.url, the
-// signature in s.sig.
+// signature in s.sig, and s.fields from pairs whatever the outcome.
 func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project, *refusal) {
+	// One pass finds the fields and the first forbidden parameter.
+	f, bad := pageFields{}, -1
 	for i, p := range pairs {
-		if strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 {
-			return nil, paramRefusal(p[0], i, "';' is not allowed in Payment Page parameters")
+		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature") {
+			bad = i
 		}
-		if p[0] == "signature" {
-			return nil, paramRefusal(p[0], i, "leave signature out: it is computed here")
+		var dst *string
+		switch p[0] {
+		case "payment_id":
+			dst = &f.paymentID
+		case "payment_amount":
+			dst = &f.amount
+		case "payment_currency":
+			dst = &f.currency
+		case "force_payment_method":
+			dst = &f.method
+		case "project_id":
+			if !f.projectGiven {
+				f.projectID, f.projectGiven = p[1], true
+			}
+			continue
+		default:
+			continue
+		}
+		if *dst == "" {
+			*dst = p[1]
 		}
 	}
-	for _, f := range [...]string{"payment_id", "payment_amount", "payment_currency"} {
-		if lookupPair(pairs, f) == "" {
-			return nil, &refusal{http.StatusBadRequest, "invalid", f, f + " is required"}
+	s.fields = f
+	if bad >= 0 {
+		if p := pairs[bad]; p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
+			return nil, paramRefusal(p[0], bad, "';' is not allowed in Payment Page parameters")
+		}
+		return nil, paramRefusal("signature", bad, "leave signature out: it is computed here")
+	}
+	for _, r := range [...]struct{ name, v string }{
+		{"payment_id", f.paymentID}, {"payment_amount", f.amount}, {"payment_currency", f.currency},
+	} {
+		if r.v == "" {
+			return nil, &refusal{http.StatusBadRequest, "invalid", r.name, r.name + " is required"}
 		}
 	}
-	if a := lookupPair(pairs, "payment_amount"); !isPositiveInteger(a) {
+	if !isPositiveInteger(f.amount) {
 		return nil, &refusal{http.StatusBadRequest, "invalid", "payment_amount", "must be a positive integer in minor units"}
 	}
-	id, given := findPair(pairs, "project_id")
-	p, rf := h.projectFor(id, given, false, "project_id")
+	p, rf := h.projectFor(f.projectID, f.projectGiven, false, "project_id")
 	if rf != nil {
 		return nil, rf
 	}
-	if !given {
+	if !f.projectGiven {
 		pairs = append(pairs, [2]string{"project_id", p.id})
 	}
 	s.canon = appendCanonicalPairs(s.canon[:0], pairs)
 	sig := s.signInto(p.keys[0], s.canon)
-	u := append(s.url[:0], pagePrefix(h.paymentPage)...)
+	s.base = pageBaseOf(h.paymentPage)
+	u := append(s.url[:0], s.base.raw...)
 	u = append(u, '?')
 	for _, kv := range pairs {
 		u = appendQueryEscape(u, kv[0])

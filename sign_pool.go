@@ -24,11 +24,13 @@ type signScratch struct {
 	pairs [][2]string
 	// arena holds unescaped query keys and values; pairs point into it,
 	// so nothing from it may outlive the request (see own).
-	arena []byte
-	canon []byte
-	url   []byte
-	out   []byte
-	sig   [sigLen]byte
+	arena  []byte
+	canon  []byte
+	url    []byte
+	out    []byte
+	sig    [sigLen]byte
+	fields pageFields
+	base   *pageBase
 }
 
 var signPool = sync.Pool{New: func() any {
@@ -50,6 +52,7 @@ func (s *signScratch) release() {
 		return
 	}
 	clear(s.pairs[:cap(s.pairs)]) // do not keep request strings alive
+	s.fields, s.base = pageFields{}, nil
 	s.pairs, s.arena, s.canon, s.url, s.out = s.pairs[:0], s.arena[:0], s.canon[:0], s.url[:0], s.out[:0]
 	signPool.Put(s)
 }
@@ -71,21 +74,22 @@ func (s *signScratch) own(v string) string {
 // appendUnescaped appends url.QueryUnescape(v) to dst. ok is false where
 // QueryUnescape fails: a '%' not followed by two hex digits.
 func appendUnescaped(dst []byte, v string) (_ []byte, ok bool) {
+	start := 0
 	for i := 0; i < len(v); i++ {
-		switch c := v[i]; c {
+		switch v[i] {
 		case '%':
 			if i+2 >= len(v) || !isHex(v[i+1]) || !isHex(v[i+2]) {
 				return dst, false
 			}
-			dst = append(dst, unhex(v[i+1])<<4|unhex(v[i+2]))
+			dst = append(append(dst, v[start:i]...), unhex(v[i+1])<<4|unhex(v[i+2]))
 			i += 2
+			start = i + 1
 		case '+':
-			dst = append(dst, ' ')
-		default:
-			dst = append(dst, c)
+			dst = append(append(dst, v[start:i]...), ' ')
+			start = i + 1
 		}
 	}
-	return dst, true
+	return append(dst, v[start:]...), true
 }
 
 func isHex(c byte) bool { return isDigit(c) || c|0x20 >= 'a' && c|0x20 <= 'f' }
@@ -94,18 +98,22 @@ func unhex(c byte) byte {
 	if isDigit(c) {
 		return c - '0'
 	}
-	return c | 0x20 - 'a' + 10
+	return (c | 0x20) - 'a' + 10
 }
 
 // unescapeInto is url.QueryUnescape into the arena, which the caller sized so
 // it never grows (an unescaped string is no longer than its source).
 func (s *signScratch) unescapeInto(v string) (string, bool) {
-	if strings.IndexByte(v, '%') < 0 && strings.IndexByte(v, '+') < 0 {
-		return v, true
+	i := 0
+	for i < len(v) && v[i] != '%' && v[i] != '+' {
+		i++
+	}
+	if i == len(v) {
+		return v, true // as it is: no copy
 	}
 	start := len(s.arena)
 	var ok bool
-	s.arena, ok = appendUnescaped(s.arena, v)
+	s.arena, ok = appendUnescaped(append(s.arena, v[:i]...), v[i:])
 	if !ok {
 		s.arena = s.arena[:start]
 		return "", false
@@ -166,23 +174,28 @@ func (s *signScratch) signInto(k *Key, canonical []byte) []byte {
 	return s.sig[:]
 }
 
-// pagePrefixes caches base.String() without query for each provisioned
-// Payment Page base URL; entries go when their URL does (config reloads).
-var pagePrefixes sync.Map // weak.Pointer[url.URL] -> string
+// pageBase is a Payment Page base URL as u.String() writes it before
+// "?" once a query is set, and as a JSON string without its closing quote.
+type pageBase struct{ raw, json string }
 
-// pagePrefix is what u.String() gives before "?" once a query is set.
-func pagePrefix(u *url.URL) string {
+// pageBases caches the pageBase of each provisioned base URL; entries go
+// with their URL (config reloads).
+var pageBases sync.Map // weak.Pointer[url.URL] -> *pageBase
+
+func pageBaseOf(u *url.URL) *pageBase {
 	k := weak.Make(u)
-	if s, ok := pagePrefixes.Load(k); ok {
-		return s.(string)
+	if b, ok := pageBases.Load(k); ok {
+		return b.(*pageBase)
 	}
 	c := *u
 	c.RawQuery, c.ForceQuery = "", false
-	s := c.String()
-	if _, loaded := pagePrefixes.LoadOrStore(k, s); !loaded {
-		runtime.AddCleanup(u, func(k weak.Pointer[url.URL]) { pagePrefixes.Delete(k) }, k)
+	raw := c.String()
+	q := appendQuoted(nil, raw)
+	b := &pageBase{raw: raw, json: string(q[:len(q)-1])}
+	if _, loaded := pageBases.LoadOrStore(k, b); !loaded {
+		runtime.AddCleanup(u, func(k weak.Pointer[url.URL]) { pageBases.Delete(k) }, k)
 	}
-	return s
+	return b
 }
 
 // jsonHeaders are writeJSON's header values in one allocation.

@@ -1,10 +1,12 @@
 package ecommpay
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -32,16 +34,40 @@ func referenceParseQuery(q string) ([][2]string, *refusal) {
 	return pairs, nil
 }
 
-func referenceSignedURL(base *url.URL, pairs [][2]string, k *Key) (string, string) {
-	signature := k.Sign([]byte(CanonicalPairs(pairs)))
+func referenceSignPaymentPage(h *Handler, pairs [][2]string) (signedURL, signature string, _ *project, _ *refusal) {
+	for i, p := range pairs {
+		if strings.Contains(p[0], ";") || strings.Contains(p[1], ";") {
+			return "", "", nil, paramRefusal(p[0], i, "';' is not allowed in Payment Page parameters")
+		}
+		if p[0] == "signature" {
+			return "", "", nil, paramRefusal(p[0], i, "leave signature out: it is computed here")
+		}
+	}
+	for _, f := range []string{"payment_id", "payment_amount", "payment_currency"} {
+		if lookupPair(pairs, f) == "" {
+			return "", "", nil, &refusal{http.StatusBadRequest, "invalid", f, f + " is required"}
+		}
+	}
+	if a := lookupPair(pairs, "payment_amount"); !isPositiveInteger(a) {
+		return "", "", nil, &refusal{http.StatusBadRequest, "invalid", "payment_amount", "must be a positive integer in minor units"}
+	}
+	id, given := findPair(pairs, "project_id")
+	p, rf := h.projectFor(id, given, false, "project_id")
+	if rf != nil {
+		return "", "", nil, rf
+	}
+	if !given {
+		pairs = append(slices.Clip(pairs), [2]string{"project_id", p.id})
+	}
+	signature = p.keys[0].Sign([]byte(CanonicalPairs(pairs)))
 	var q strings.Builder
 	for _, kv := range pairs {
 		q.WriteString(url.QueryEscape(kv[0]) + "=" + url.QueryEscape(kv[1]) + "&")
 	}
 	q.WriteString("signature=" + url.QueryEscape(signature))
-	u := *base
+	u := *h.paymentPage
 	u.RawQuery = q.String()
-	return u.String(), signature
+	return u.String(), signature, p, nil
 }
 
 func TestAppendQueryEscapeMatchesNetURL(t *testing.T) {
@@ -57,7 +83,7 @@ func TestAppendQueryEscapeMatchesNetURL(t *testing.T) {
 }
 
 func TestAppendUnescapedMatchesNetURL(t *testing.T) {
-	for _, s := range []string{"", "plain", "a+b", "%41%7a%7A%e2%82%ac", "%", "%4", "%4g", "a%zz", "%%41", "++%2B%20", "%00"} {
+	for _, s := range []string{"", "plain", "a+b", "%41%7a%7A%e2%82%ac", "%", "%4", "%4g", "a%zz", "%%41", "++%2B%20", "%00", "ab%41cd+e%4", "x%41"} {
 		got, ok := appendUnescaped([]byte("x"), s)
 		want, err := url.QueryUnescape(s)
 		if ok != (err == nil) || ok && string(got) != "x"+want {
@@ -66,16 +92,22 @@ func TestAppendUnescapedMatchesNetURL(t *testing.T) {
 	}
 }
 
-func TestPagePrefixMatchesURLString(t *testing.T) {
+func TestPageBaseMatchesURLString(t *testing.T) {
 	for _, base := range []string{
 		DefaultBaseURL, "http://127.0.0.1:8081", "https://pp.example.test/x/", "https://pp.example.test/?",
 		"https://user:p%40ss@pp.example.test/a%20b/", "http://[::1]:8080/c", "https://pp.example.test/#",
+		`https://a"b/`,
 	} {
 		h := paymentPageHandler(t, func(h *Handler) { h.BaseURL = base })
 		u := *h.paymentPage
 		u.RawQuery = "a=1"
 		for range 2 { // computed, then cached
-			if got := pagePrefix(h.paymentPage) + "?a=1"; got != u.String() {
+			b := pageBaseOf(h.paymentPage)
+			var back string
+			if err := json.Unmarshal([]byte(b.json+`"`), &back); err != nil || back != b.raw {
+				t.Errorf("%s: JSON %s is not %q: %v", base, b.json, b.raw, err)
+			}
+			if got := b.raw + "?a=1"; got != u.String() {
 				t.Errorf("%s: %q, want %q", base, got, u.String())
 			}
 		}
@@ -91,7 +123,13 @@ func FuzzPaymentPageMatchesReference(f *testing.F) {
 	f.Add("payment_id=1&&payment_amount=1&payment_currency=USD&x&=y&%20=%2B&frame_mode=iframe")
 	f.Add("payment_id=1&payment_amount=1&payment_currency=USD&project_id=210&bad=%g1")
 	f.Add("payment_id=1&payment_amount=1&payment_currency=USD&payment%5fid=2")
-	h := paymentPageHandler(f, func(h *Handler) { h.BaseURL = "https://u:p@pp.example.test/a%20b/" })
+	f.Add("signature=a;b&payment_id=1&payment_amount=1&payment_currency=USD")
+	f.Add("a=%3B&signature=x&payment_amount=0&project_id=")
+	f.Add("payment_id=1&payment_amount=01&payment_currency=USD&project_id=211&signature")
+	var hs []*Handler
+	for _, base := range []string{"https://u:p@pp.example.test/a%20b/", `https://a"b/`} {
+		hs = append(hs, paymentPageHandler(f, func(h *Handler) { h.BaseURL = base }))
+	}
 	f.Fuzz(func(t *testing.T, q string) {
 		want, wantRf := referenceParseQuery(q)
 		got, gotRf := parseQueryOrdered(q)
@@ -109,27 +147,26 @@ func FuzzPaymentPageMatchesReference(f *testing.F) {
 				t.Fatalf("pairs %q, want %q", got, want)
 			}
 		}
-		r := httptestRequest(http.MethodGet, "/pay")
-		r.URL.RawQuery = q // as sent, even where NewRequest would refuse it
-		w := serve(h, r, nil)
-		ref := httptest.NewRecorder()
-		signed, sig, p, rf := h.signPaymentPage(want)
-		if rf != nil {
-			writeError(ref, rf.status, rf.field, "%s", rf.msg)
-		} else {
-			if _, given := findPair(want, "project_id"); !given {
-				want = append(want, [2]string{"project_id", p.id})
+		for _, h := range hs {
+			r := httptestRequest(http.MethodGet, "/pay")
+			r.URL.RawQuery = q // as sent, even where NewRequest would refuse it
+			w := serve(h, r, nil)
+			ref := httptest.NewRecorder()
+			refURL, refSig, refP, refRf := referenceSignPaymentPage(h, want)
+			signed, sig, p, rf := h.signPaymentPage(want)
+			if signed != refURL || sig != refSig || p != refP || (rf == nil) != (refRf == nil) || rf != nil && *rf != *refRf {
+				t.Fatalf("signed %q %q %v %+v\nwant %q %q %v %+v", signed, sig, p, rf, refURL, refSig, refP, refRf)
 			}
-			refURL, refSig := referenceSignedURL(h.paymentPage, want, p.keys[0])
-			if signed != refURL || sig != refSig {
-				t.Fatalf("signed %q %q, want %q %q", signed, sig, refURL, refSig)
+			if refRf != nil {
+				writeError(ref, refRf.status, refRf.field, "%s", refRf.msg)
+			} else {
+				body := appendQuoted([]byte(`{"url":`), refURL)
+				body = appendQuoted(append(body, `,"signature":`...), refSig)
+				writeJSON(ref, http.StatusOK, append(body, "}\n"...))
 			}
-			body := appendQuoted([]byte(`{"url":`), refURL)
-			body = appendQuoted(append(body, `,"signature":`...), refSig)
-			writeJSON(ref, http.StatusOK, append(body, "}\n"...))
-		}
-		if w.Code != ref.Code || w.Body.String() != ref.Body.String() || !reflect.DeepEqual(w.Header(), ref.Header()) {
-			t.Fatalf("answer %d %v %s\nwant %d %v %s", w.Code, w.Header(), w.Body, ref.Code, ref.Header(), ref.Body)
+			if w.Code != ref.Code || w.Body.String() != ref.Body.String() || !reflect.DeepEqual(w.Header(), ref.Header()) {
+				t.Fatalf("answer %d %v %s\nwant %d %v %s", w.Code, w.Header(), w.Body, ref.Code, ref.Header(), ref.Body)
+			}
 		}
 	})
 }

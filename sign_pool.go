@@ -29,6 +29,7 @@ type signScratch struct {
 	url    []byte
 	out    []byte
 	sig    [sigLen]byte
+	mac    [sha512.Size]byte
 	fields pageFields
 	base   *pageBase
 }
@@ -169,8 +170,8 @@ func appendCanonicalPairs(dst []byte, pairs [][2]string) []byte {
 // signInto writes k.Sign(canonical) to s.sig and returns it as a slice
 // of it.
 func (s *signScratch) signInto(k *Key, canonical []byte) []byte {
-	var mac [sha512.Size]byte
-	base64.StdEncoding.Encode(s.sig[:], k.sum(mac[:0], canonical))
+	// In s, not on the stack: hash.Hash.Sum would move it to the heap.
+	base64.StdEncoding.Encode(s.sig[:], k.sum(s.mac[:0], canonical))
 	return s.sig[:]
 }
 

@@ -2,10 +2,13 @@ package ecommpay
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -532,6 +535,32 @@ func TestPaymentPageEventOwnsItsStrings(t *testing.T) {
 	for i, want := range []string{"A one", "B two"} {
 		if got := entries[i].ContextMap()["payment_id"]; got != want {
 			t.Errorf("request %d logged payment_id %q, want %q", i, got, want)
+		}
+	}
+}
+
+// Concurrent requests share the pools, never a buffer: each answer is
+// signed over its own parameters.
+func TestPaymentPageConcurrent(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	h.logger = zap.NewNop()
+	var answers [4][50]*httptest.ResponseRecorder
+	var wg sync.WaitGroup
+	for g := range answers {
+		wg.Go(func() {
+			for i := range answers[g] {
+				q := fmt.Sprintf("payment_id=O%%20%d-%d&payment_amount=1&payment_currency=USD", g, i)
+				answers[g][i] = serve(h, pageGet(q), nil)
+			}
+		})
+	}
+	wg.Wait()
+	for g := range answers {
+		for i, w := range answers[g] {
+			u, _ := signedAnswer(t, w)
+			checkSignedURL(t, u, DefaultBaseURL, testSecret, [][2]string{
+				{"payment_id", fmt.Sprintf("O %d-%d", g, i)}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"},
+			})
 		}
 	}
 }

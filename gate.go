@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -27,6 +28,8 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	if rf != nil {
 		return x.answer(rf)
 	}
+	s := getScratch()
+	defer s.release() // after d.Release: the Doc points at s.sig
 	defer d.Release()
 	root := d.Root()
 	general := d.Object(root, "general")
@@ -48,7 +51,7 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if pid == none {
 		kind := String
-		if _, err := strconv.ParseInt(p.id, 10, 64); err == nil {
+		if parsesAsInt64(p.id) {
 			kind = Number
 		}
 		d.Set(general, "project_id", kind, p.id)
@@ -61,15 +64,23 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	// general.signature, where Gate looks for it.
 	d.Delete(root, "signature")
 	d.Delete(general, "signature")
-	canonical := d.Canonical(nil, false)
-	d.Set(general, "signature", String, p.keys[0].Sign(canonical))
+	s.canon = d.Canonical(s.canon[:0], false)
+	sig := s.signInto(p.keys[0], s.canon)
+	d.Set(general, "signature", String, unsafe.String(unsafe.SliceData(sig), len(sig)))
 	signed := d.AppendJSON(make([]byte, 0, len(body)+128))
 
-	r.Body = io.NopCloser(bytes.NewReader(signed))
+	// The reader and the header values in one allocation; NopCloser kept
+	// so the transport still sees an in-memory body.
+	fw := new(gateForward)
+	fw.body.Reset(signed)
+	n := strconv.AppendInt(fw.n[:0], int64(len(signed)), 10)
+	fw.vals = [2]string{unsafe.String(unsafe.SliceData(n), len(n)), "application/json"}
+	r.Body = io.NopCloser(&fw.body)
 	r.ContentLength = int64(len(signed))
 	r.TransferEncoding = nil
-	r.Header.Set("Content-Length", strconv.Itoa(len(signed)))
-	r.Header.Set("Content-Type", "application/json")
+	// As Header.Set: canonical names, one value each, capped against Add.
+	r.Header["Content-Length"] = fw.vals[0:1:1]
+	r.Header["Content-Type"] = fw.vals[1:2:2]
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r)
 	x.ev.Status, x.ev.Result = rec.Status(), "signed"
@@ -84,13 +95,37 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	return err
 }
 
+// gateForward is what serveGate hands on besides the body itself.
+type gateForward struct {
+	body bytes.Reader
+	vals [2]string
+	n    [20]byte
+}
+
+// parsesAsInt64 reports whether strconv.ParseInt(s, 10, 64) succeeds,
+// without its error allocation for the common plain case.
+func parsesAsInt64(s string) bool {
+	if len(s) > 0 && len(s) < 19 {
+		plain := true
+		for i := 0; i < len(s) && plain; i++ {
+			plain = isDigit(s[i])
+		}
+		if plain {
+			return true
+		}
+	}
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
+}
+
 // gateMethod is the payment method a Gate path names:
 // /v2/payment/{group}/{method}/{action} or /v2/payment/{method}/{action};
 // "" for other paths.
 func gateMethod(path string) string {
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	if len(parts) < 4 || len(parts) > 5 || parts[0] != "v2" || parts[1] != "payment" {
+	p := strings.Trim(path, "/")
+	if n := strings.Count(p, "/") + 1; n < 4 || n > 5 || !strings.HasPrefix(p, "v2/payment/") {
 		return ""
 	}
-	return truncateUnverified(parts[len(parts)-2])
+	p = p[:strings.LastIndexByte(p, '/')] // drop {action}
+	return truncateUnverified(p[strings.LastIndexByte(p, '/')+1:])
 }

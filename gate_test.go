@@ -7,10 +7,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -378,10 +382,12 @@ func TestGateUpstreamDown(t *testing.T) {
 // BenchmarkGateSign is the whole gate path for a typical request: the
 // allow check, reading, parsing, filling project_id, signing and writing
 // the body back, with a next handler that does nothing. It includes
-// Caddy's per-request setup (PrepareRequest) and a response recorder.
+// Caddy's per-request setup (PrepareRequest) and a response recorder, not
+// the journal.
 func BenchmarkGateSign(b *testing.B) {
 	h := gateHandler(b, nil)
 	h.logger = zap.NewNop() // the observer would keep every line in memory
+	h.journal = nil         // measure the handler, not the journal
 	body := []byte(gateSale)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body)))
@@ -392,6 +398,98 @@ func BenchmarkGateSign(b *testing.B) {
 		w := serve(h, r, nil)
 		if w.Code != http.StatusOK {
 			b.Fatalf("%d %s", w.Code, w.Body)
+		}
+	}
+}
+
+// The request next gets is what Header.Set and io.NopCloser(bytes.Reader)
+// made of it before the pooled signer: same header values, a body the
+// transport knows to be in memory.
+func TestGateForwardedRequestShape(t *testing.T) {
+	h := gateHandler(t, nil)
+	var got *http.Request
+	var body []byte
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		got = r
+		body, _ = io.ReadAll(r.Body)
+		return nil
+	})
+	r := localPost("/v2/payment/card/sale", []byte(gateSale))
+	r.Header.Set("Content-Type", "application/json; charset=utf-8")
+	r.Header.Add("Content-Length", "1")
+	r.TransferEncoding = []string{"chunked"}
+	if w := serve(h, r, next); w.Code != http.StatusOK {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	if reflect.TypeOf(got.Body) != reflect.TypeOf(io.NopCloser(bytes.NewReader(nil))) {
+		t.Fatalf("body is a %T", got.Body)
+	}
+	want := http.Header{"Content-Type": {"application/json"}, "Content-Length": {strconv.Itoa(len(body))}}
+	for k, v := range want {
+		if !slices.Equal(got.Header[k], v) {
+			t.Errorf("%s: %q, want %q", k, got.Header[k], v)
+		}
+	}
+	if got.ContentLength != int64(len(body)) || got.TransferEncoding != nil {
+		t.Errorf("ContentLength %d for %d bytes, TransferEncoding %q", got.ContentLength, len(body), got.TransferEncoding)
+	}
+	got.Header.Add("Content-Length", "x") // must not write into the Content-Type value
+	if got.Header.Get("Content-Type") != "application/json" {
+		t.Fatal("header values share memory")
+	}
+}
+
+func TestGateMethodMatchesSplit(t *testing.T) {
+	reference := func(path string) string {
+		parts := strings.Split(strings.Trim(path, "/"), "/")
+		if len(parts) < 4 || len(parts) > 5 || parts[0] != "v2" || parts[1] != "payment" {
+			return ""
+		}
+		return truncateUnverified(parts[len(parts)-2])
+	}
+	for _, p := range []string{
+		"", "/", "/v2/payment/card/sale", "/v2/payment/wallet/wechat/sale", "v2/payment/wallet/wechat/sale/",
+		"/v2/payment/a/b/c/d", "/v2/payment/sale", "/v2/payment//sale", "//v2/payment/x//", "/v2/payments/card/sale",
+		"/v3/payment/card/sale", "/v2/payment/" + strings.Repeat("m", 300) + "/sale", "/v2/payment/card/sale?x=1",
+	} {
+		if got, want := gateMethod(p), reference(p); got != want {
+			t.Errorf("%q: %q, want %q", p, got, want)
+		}
+	}
+}
+
+func TestParsesAsInt64(t *testing.T) {
+	for _, s := range []string{"", "0", "210", "007", "-1", "+1", "1_0", "abc", "９", "999999999999999999",
+		"9223372036854775807", "9223372036854775808", "-9223372036854775808", "12345678901234567890"} {
+		_, err := strconv.ParseInt(s, 10, 64)
+		if got := parsesAsInt64(s); got != (err == nil) {
+			t.Errorf("%q: %v, ParseInt error %v", s, got, err)
+		}
+	}
+}
+
+// BenchmarkGateHandler is BenchmarkGateSign without the per-request setup
+// of Caddy and the recorder: one prepared request, reset between runs.
+func BenchmarkGateHandler(b *testing.B) {
+	h := gateHandler(b, nil)
+	h.logger = zap.NewNop()
+	h.journal = nil
+	body := []byte(gateSale)
+	src := bytes.NewReader(body)
+	rc := io.NopCloser(src)
+	ct := []string{"application/json"}
+	w := &benchWriter{header: http.Header{}}
+	r := caddyhttp.PrepareRequest(httptestRequest(http.MethodPost, "/v2/payment/wallet/wechat/sale"),
+		caddy.NewReplacer(), w, &caddyhttp.Server{})
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		src.Reset(body)
+		r.Body, r.ContentLength = rc, int64(len(body))
+		r.Header["Content-Type"] = ct
+		w.reset()
+		if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != 0 {
+			b.Fatalf("%d %s %v", w.code, w.body, err)
 		}
 	}
 }

@@ -3,9 +3,9 @@ package ecommpay
 import (
 	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // servePaymentPage answers with a signed Payment Page URL built from the
@@ -16,45 +16,57 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	if rf := h.signingRefusal(r); rf != nil {
 		return x.answer(rf)
 	}
-	pairs, rf := h.paymentParams(x)
+	s := getScratch()
+	defer s.release() // runs before finish: hence own() for the event
+	pairs, rf := h.paymentParams(x, s)
 	if rf != nil {
 		return x.answer(rf)
 	}
-	x.ev.PaymentID = lookupPair(pairs, "payment_id")
-	signed, sig, p, rf := h.signPaymentPage(pairs)
+	p, rf := h.appendSignedPage(s, pairs)
+	f := &s.fields
+	x.ev.PaymentID = s.own(f.paymentID)
 	if rf != nil {
 		return x.answer(rf)
 	}
 	x.ev.ProjectID = p.id
-	x.ev.Amount, x.ev.Currency = lookupPair(pairs, "payment_amount"), lookupPair(pairs, "payment_currency")
-	x.ev.Method = lookupPair(pairs, "force_payment_method")
+	x.ev.Amount, x.ev.Currency, x.ev.Method = s.own(f.amount), s.own(f.currency), s.own(f.method)
 	x.ev.Status, x.ev.Result = http.StatusOK, "signed"
 	if h.Redirect {
 		x.ev.Status = http.StatusSeeOther
 		w.Header().Set("Cache-Control", "no-store")
-		http.Redirect(w, r, signed, http.StatusSeeOther)
+		http.Redirect(w, r, string(s.url), http.StatusSeeOther)
 		return nil
 	}
-	out := append(make([]byte, 0, len(signed)+len(sig)+32), `{"url":`...)
-	out = appendQuoted(out, signed)
-	out = append(out, `,"signature":`...)
-	out = appendQuoted(out, sig)
-	writeJSON(w, http.StatusOK, append(out, "}\n"...))
+	// The query needs no JSON escaping; the base is escaped once.
+	out := append(s.out[:0], `{"url":`...)
+	out = append(out, s.base.json...)
+	out = append(out, s.url[len(s.base.raw):]...)
+	out = append(out, `","signature":"`...)
+	out = append(append(out, s.sig[:]...), "\"}\n"...) // base64 needs no JSON escaping
+	s.out = out
+	writeJSONAnswer(w, http.StatusOK, out)
 	return nil
 }
 
-// paymentParams collects the app's parameters in the order it sent them.
-func (h *Handler) paymentParams(x *exchange) ([][2]string, *refusal) {
+// paymentParams collects the app's parameters in the order it sent them,
+// into s.
+func (h *Handler) paymentParams(x *exchange, s *signScratch) ([][2]string, *refusal) {
 	r := x.r
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		return parseQueryOrdered(r.URL.RawQuery)
+		return s.parseQuery(r.URL.RawQuery)
 	case http.MethodPost:
 	default:
 		x.w.Header().Set("Allow", "GET, POST")
 		return nil, refuse(http.StatusMethodNotAllowed, "invalid", "use GET with a query, or POST a form or a JSON object")
 	}
-	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ct := r.Header.Get("Content-Type")
+	switch ct {
+	case "", "application/json", "application/x-www-form-urlencoded":
+		// What ParseMediaType would return, without its allocations.
+	default:
+		ct, _, _ = mime.ParseMediaType(ct)
+	}
 	if ct != "application/json" && ct != "" && ct != "application/x-www-form-urlencoded" {
 		return nil, &refusal{http.StatusBadRequest, "invalid", "Content-Type", "send application/json or application/x-www-form-urlencoded"}
 	}
@@ -63,14 +75,15 @@ func (h *Handler) paymentParams(x *exchange) ([][2]string, *refusal) {
 		return nil, rf
 	}
 	if ct == "application/x-www-form-urlencoded" {
-		return parseQueryOrdered(string(body))
+		// body is ours and never written again: no copy.
+		return s.parseQuery(unsafe.String(unsafe.SliceData(body), len(body)))
 	}
 	d, rf := h.parseObject(body)
 	if rf != nil {
 		return nil, rf
 	}
 	defer d.Release()
-	var pairs [][2]string
+	pairs := s.pairs[:0]
 	for n := d.First(d.Root()); n != none; n = d.Next(n) {
 		var v string
 		switch d.Kind(n) {
@@ -89,6 +102,7 @@ func (h *Handler) paymentParams(x *exchange) ([][2]string, *refusal) {
 		}
 		pairs = append(pairs, [2]string{d.Key(n), v})
 	}
+	s.pairs = pairs
 	return pairs, nil
 }
 
@@ -117,17 +131,33 @@ func plainName(s string) bool {
 	return true
 }
 
+// parseQueryOrdered splits an urlencoded query into decoded pairs, in
+// order; it refuses bad encoding and repeated names.
 func parseQueryOrdered(q string) ([][2]string, *refusal) {
-	pairs := make([][2]string, 0, strings.Count(q, "&")+1)
+	return new(signScratch).parseQuery(q) // not pooled: the pairs outlive it
+}
+
+// parseQuery is parseQueryOrdered into s: the pairs live in s.pairs and
+// decoded text in s.arena.
+func (s *signScratch) parseQuery(q string) ([][2]string, *refusal) {
+	if n := strings.Count(q, "&") + 1; cap(s.pairs) < n {
+		s.pairs = make([][2]string, 0, n)
+	}
+	if cap(s.arena)-len(s.arena) < len(q) && strings.ContainsAny(q, "%+") {
+		s.arena = make([]byte, 0, len(q)) // big enough never to move
+	}
+	pairs := s.pairs[:0]
 	var seen map[string]bool // only for long queries; a scan is cheaper below
-	for part := range strings.SplitSeq(q, "&") {
+	for len(q) > 0 {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
 		if part == "" {
 			continue
 		}
 		k, v, _ := strings.Cut(part, "=")
-		key, err1 := queryUnescape(k)
-		val, err2 := queryUnescape(v)
-		if err1 != nil || err2 != nil {
+		key, ok1 := s.unescapeInto(k)
+		val, ok2 := s.unescapeInto(v)
+		if !ok1 || !ok2 {
 			return nil, paramRefusal(key, len(pairs), "bad URL encoding")
 		}
 		dup := seen[key]
@@ -148,14 +178,8 @@ func parseQueryOrdered(q string) ([][2]string, *refusal) {
 		}
 		pairs = append(pairs, [2]string{key, val})
 	}
+	s.pairs = pairs
 	return pairs, nil
-}
-
-func queryUnescape(s string) (string, error) {
-	if !strings.ContainsAny(s, "%+") {
-		return s, nil
-	}
-	return url.QueryUnescape(s)
 }
 
 func lookupPair(pairs [][2]string, key string) string {
@@ -175,48 +199,91 @@ func findPair(pairs [][2]string, key string) (string, bool) {
 // signPaymentPage checks the parameters, adds project_id when it was left
 // out and one project is configured, and returns the signed URL.
 func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature string, _ *project, _ *refusal) {
-	for i, p := range pairs {
-		if strings.Contains(p[0], ";") || strings.Contains(p[1], ";") {
-			return "", "", nil, paramRefusal(p[0], i, "';' is not allowed in Payment Page parameters")
-		}
-		if p[0] == "signature" {
-			return "", "", nil, paramRefusal(p[0], i, "leave signature out: it is computed here")
-		}
-	}
-	for _, f := range []string{"payment_id", "payment_amount", "payment_currency"} {
-		if lookupPair(pairs, f) == "" {
-			return "", "", nil, &refusal{http.StatusBadRequest, "invalid", f, f + " is required"}
-		}
-	}
-	if a := lookupPair(pairs, "payment_amount"); !isPositiveInteger(a) {
-		return "", "", nil, &refusal{http.StatusBadRequest, "invalid", "payment_amount", "must be a positive integer in minor units"}
-	}
-	id, given := findPair(pairs, "project_id")
-	p, rf := h.projectFor(id, given, false, "project_id")
+	s := getScratch()
+	defer s.release()
+	p, rf := h.appendSignedPage(s, pairs)
 	if rf != nil {
 		return "", "", nil, rf
 	}
-	if !given {
+	return string(s.url), string(s.sig[:]), p, nil
+}
+
+// pageFields are the parameters the handler reads itself, each the first
+// of its name.
+type pageFields struct {
+	paymentID, amount, currency, method, projectID string
+	projectGiven                                   bool
+}
+
+// appendSignedPage is signPaymentPage into s: the URL in s.url, the
+// signature in s.sig, and s.fields from pairs whatever the outcome.
+func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project, *refusal) {
+	// One pass finds the fields and the first forbidden parameter.
+	f, bad := pageFields{}, -1
+	for i, p := range pairs {
+		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature") {
+			bad = i
+		}
+		var dst *string
+		switch p[0] {
+		case "payment_id":
+			dst = &f.paymentID
+		case "payment_amount":
+			dst = &f.amount
+		case "payment_currency":
+			dst = &f.currency
+		case "force_payment_method":
+			dst = &f.method
+		case "project_id":
+			if !f.projectGiven {
+				f.projectID, f.projectGiven = p[1], true
+			}
+			continue
+		default:
+			continue
+		}
+		if *dst == "" {
+			*dst = p[1]
+		}
+	}
+	s.fields = f
+	if bad >= 0 {
+		if p := pairs[bad]; p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
+			return nil, paramRefusal(p[0], bad, "';' is not allowed in Payment Page parameters")
+		}
+		return nil, paramRefusal("signature", bad, "leave signature out: it is computed here")
+	}
+	for _, r := range [...]struct{ name, v string }{
+		{"payment_id", f.paymentID}, {"payment_amount", f.amount}, {"payment_currency", f.currency},
+	} {
+		if r.v == "" {
+			return nil, &refusal{http.StatusBadRequest, "invalid", r.name, r.name + " is required"}
+		}
+	}
+	if !isPositiveInteger(f.amount) {
+		return nil, &refusal{http.StatusBadRequest, "invalid", "payment_amount", "must be a positive integer in minor units"}
+	}
+	p, rf := h.projectFor(f.projectID, f.projectGiven, false, "project_id")
+	if rf != nil {
+		return nil, rf
+	}
+	if !f.projectGiven {
 		pairs = append(pairs, [2]string{"project_id", p.id})
 	}
-	signature = p.keys[0].Sign([]byte(CanonicalPairs(pairs)))
-	var q strings.Builder
-	size := len(h.paymentPage.String()) + 128
+	s.canon = appendCanonicalPairs(s.canon[:0], pairs)
+	sig := s.signInto(p.keys[0], s.canon)
+	s.base = pageBaseOf(h.paymentPage)
+	u := append(s.url[:0], s.base.raw...)
+	u = append(u, '?')
 	for _, kv := range pairs {
-		size += 3*(len(kv[0])+len(kv[1])) + 2
+		u = appendQueryEscape(u, kv[0])
+		u = append(u, '=')
+		u = appendQueryEscape(u, kv[1])
+		u = append(u, '&')
 	}
-	q.Grow(size)
-	for _, kv := range pairs {
-		q.WriteString(url.QueryEscape(kv[0]))
-		q.WriteByte('=')
-		q.WriteString(url.QueryEscape(kv[1]))
-		q.WriteByte('&')
-	}
-	q.WriteString("signature=")
-	q.WriteString(url.QueryEscape(signature))
-	u := *h.paymentPage
-	u.RawQuery = q.String()
-	return u.String(), signature, p, nil
+	u = append(u, "signature="...)
+	s.url = appendQueryEscape(u, unsafe.String(unsafe.SliceData(sig), len(sig)))
+	return p, nil
 }
 
 // isPositiveInteger accepts 1..10^18-1 written plainly (no sign, no leading 0).

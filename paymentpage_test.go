@@ -2,11 +2,19 @@ package ecommpay
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func paymentPageHandler(t testing.TB, mod func(*Handler)) *Handler {
@@ -415,6 +423,144 @@ func TestPaymentPageEmptyProjectID(t *testing.T) {
 		w := serve(h, r, nil)
 		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), `"field":"project_id"`) {
 			t.Errorf("%s: %d %s", q, w.Code, w.Body)
+		}
+	}
+}
+
+// benchQuery is a typical shop's Payment Page request.
+const benchQuery = "payment_id=ORDER_123&payment_amount=129900&payment_currency=EUR&customer_id=customer123" +
+	"&customer_email=customer%40example.com&payment_description=Order+123456+from+the+shop&language_code=en" +
+	"&force_payment_method=card&merchant_success_url=https%3A%2F%2Fshop.example.com%2Fok" +
+	"&merchant_fail_url=https%3A%2F%2Fshop.example.com%2Ffail"
+
+// benchWriter is a reusable ResponseWriter, so a benchmark measures the
+// handler rather than a recorder.
+type benchWriter struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (w *benchWriter) Header() http.Header         { return w.header }
+func (w *benchWriter) WriteHeader(code int)        { w.code = code }
+func (w *benchWriter) Write(p []byte) (int, error) { w.body = append(w.body, p...); return len(p), nil }
+
+func (w *benchWriter) reset() {
+	clear(w.header)
+	w.code, w.body = 0, w.body[:0]
+}
+
+// benchPage is a payment_page handler without journal or logs, and a
+// benchQuery request prepared as Caddy's server prepares it.
+func benchPage(t testing.TB) (*Handler, *http.Request, *benchWriter) {
+	h := paymentPageHandler(t, nil)
+	h.journal = nil         // measure the handler, not the journal
+	h.logger = zap.NewNop() // the observer would keep every line in memory
+	w := &benchWriter{header: http.Header{}}
+	r := caddyhttp.PrepareRequest(pageGet(benchQuery), caddy.NewReplacer(), w, &caddyhttp.Server{})
+	return h, r, w
+}
+
+var nopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// BenchmarkPaymentPage is one GET through the whole payment_page handler:
+// the allow check, parsing, signing and the JSON answer.
+func BenchmarkPaymentPage(b *testing.B) {
+	h, r, w := benchPage(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != http.StatusOK {
+			b.Fatalf("%d %s %v", w.code, w.body, err)
+		}
+	}
+}
+
+// BenchmarkRespondBaseline writes BenchmarkPaymentPage's answer as a fixed
+// body with the same headers, as a static respond would: the floor.
+func BenchmarkRespondBaseline(b *testing.B) {
+	h, r, w := benchPage(b)
+	if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != http.StatusOK {
+		b.Fatalf("%d %s %v", w.code, w.body, err)
+	}
+	answer := slices.Clone(w.body)
+	respond := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		writeJSON(w, http.StatusOK, answer)
+		return nil
+	})
+	b.ReportAllocs()
+	for b.Loop() {
+		w.reset()
+		if err := respond.ServeHTTP(w, r); err != nil || w.code != http.StatusOK {
+			b.Fatalf("%d %v", w.code, err)
+		}
+	}
+}
+
+// TestPaymentPageAllocs keeps a signed Payment Page answer, journal and
+// logs aside, within a budget: today one allocation, the header values.
+func TestPaymentPageAllocs(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector allocates on its own account")
+	}
+	const budget = 2
+	h, r, w := benchPage(t)
+	n := testing.AllocsPerRun(200, func() {
+		w.reset()
+		if err := h.ServeHTTP(w, r, nopNext); err != nil || w.code != http.StatusOK {
+			t.Fatalf("%d %s %v", w.code, w.body, err)
+		}
+	})
+	if n > budget {
+		t.Fatalf("%.1f allocations per request, budget %d", n, budget)
+	}
+}
+
+// The event outlives the request (the journal keeps it): its strings must
+// not share the pooled buffers the next request decodes into.
+func TestPaymentPageEventOwnsItsStrings(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	h.logger = zap.New(core)
+	for _, id := range []string{"A%20one", "B%20two"} {
+		q := "payment_id=" + id + "&payment_amount=1&payment_currency=U%53D&force_payment_method=c%61rd"
+		if w := serve(h, pageGet(q), nil); w.Code != http.StatusOK {
+			t.Fatalf("%d %s", w.Code, w.Body)
+		}
+	}
+	entries := logs.All()
+	if len(entries) != 2 {
+		t.Fatalf("%d log entries", len(entries))
+	}
+	for i, want := range []string{"A one", "B two"} {
+		if got := entries[i].ContextMap()["payment_id"]; got != want {
+			t.Errorf("request %d logged payment_id %q, want %q", i, got, want)
+		}
+	}
+}
+
+// Concurrent requests share the pools, never a buffer: each answer is
+// signed over its own parameters.
+func TestPaymentPageConcurrent(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	h.logger = zap.NewNop()
+	var answers [4][50]*httptest.ResponseRecorder
+	var wg sync.WaitGroup
+	for g := range answers {
+		wg.Go(func() {
+			for i := range answers[g] {
+				q := fmt.Sprintf("payment_id=O%%20%d-%d&payment_amount=1&payment_currency=USD", g, i)
+				answers[g][i] = serve(h, pageGet(q), nil)
+			}
+		})
+	}
+	wg.Wait()
+	for g := range answers {
+		for i, w := range answers[g] {
+			u, _ := signedAnswer(t, w)
+			checkSignedURL(t, u, DefaultBaseURL, testSecret, [][2]string{
+				{"payment_id", fmt.Sprintf("O %d-%d", g, i)}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"},
+			})
 		}
 	}
 }

@@ -96,6 +96,8 @@ func TestSigningRefusesProxiedRequests(t *testing.T) {
 		{"True-Client-Ip": "203.0.113.9"},
 		{"X_forwarded_for": "203.0.113.9"},
 		{"x-real-ip": "203.0.113.9"},
+		{"CDN_LOOP": "cloudflare"},
+		{"X-Forwarded-" + strings.Repeat("Long-", 20): "203.0.113.9"}, // longer than the folding buffer
 	}
 	for _, hdr := range proxied {
 		if w := serve(h, signingRequest("127.0.0.1:5555", hdr), nil); w.Code != http.StatusForbidden {

@@ -4,6 +4,7 @@
 package ecommpay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -429,9 +430,23 @@ var forwardingHeaders = map[string]bool{
 // isProxied reports whether the request carries a forwarding header, in
 // any spelling.
 func isProxied(hdr http.Header) bool {
+	var buf [64]byte // most names fit: folded without allocating
 	for name := range hdr {
-		n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-		if forwardingHeaders[n] || strings.HasPrefix(n, "x-forwarded-") {
+		n := buf[:0]
+		if len(name) > len(buf) {
+			n = make([]byte, 0, len(name))
+		}
+		for i := 0; i < len(name); i++ {
+			c := name[i]
+			switch {
+			case c == '_':
+				c = '-'
+			case 'A' <= c && c <= 'Z':
+				c += 'a' - 'A'
+			}
+			n = append(n, c)
+		}
+		if forwardingHeaders[string(n)] || bytes.HasPrefix(n, []byte("x-forwarded-")) {
 			return true
 		}
 	}

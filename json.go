@@ -116,8 +116,9 @@ type Doc struct {
 	pos    int
 	lim    Limits
 	leaves int
-	canon  int // upper bound of the canonical string's length so far
-	budget int // the most canon may reach
+	canon  int  // upper bound of the canonical string's length so far
+	budget int  // the most canon may reach
+	wild   bool // some member name is not tameKey: Canonical sorts all paths
 }
 
 // maxPooledNodes caps the arenas kept for reuse (a typical callback needs
@@ -146,6 +147,7 @@ func parse(src string, lim Limits) (*Doc, error) {
 	d.lim = lim.withDefaults()
 	d.leaves = 0
 	d.canon = 0
+	d.wild = false
 	d.budget = canonPerByte*len(src) + canonSlack
 	d.skipSpace()
 	if _, err := d.value(0, 0); err != nil {
@@ -348,6 +350,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
+		d.wild = d.wild || !tameKey(key)
 		if done, err := d.afterElement('}'); done || err != nil {
 			return obj, err
 		}
@@ -618,6 +621,7 @@ func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {
 		n = d.newNode(kind)
 		d.nodes[n].key = key
 		d.link(obj, n)
+		d.wild = d.wild || !tameKey(key)
 	}
 	d.nodes[n].kind, d.nodes[n].text = kind, text
 	d.nodes[n].child, d.nodes[n].last = none, none
@@ -633,6 +637,7 @@ func (d *Doc) Object(obj int32, key string) int32 {
 		n = d.newNode(Object)
 		d.nodes[n].key = key
 		d.link(obj, n)
+		d.wild = d.wild || !tameKey(key)
 	}
 	if d.nodes[n].kind != Object {
 		return none

@@ -1,10 +1,12 @@
 package ecommpay
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"testing"
@@ -333,4 +335,124 @@ func BenchmarkBareHMAC(b *testing.B) {
 		m.Write(msg)
 		m.Sum(out[:0])
 	}
+}
+
+// sortedCanonical is the canonical string by the sort of all paths, which
+// Canonical uses only when a member name is not tame.
+func sortedCanonical(d *Doc, stripSignatures bool) []byte {
+	wild := d.wild
+	d.wild = true
+	defer func() { d.wild = wild }()
+	return d.Canonical(nil, stripSignatures)
+}
+
+// checkOrdered fails when Canonical's ordered walk and the sort of all
+// paths disagree on body; it reports whether the ordered walk ran.
+func checkOrdered(t testing.TB, body []byte) bool {
+	t.Helper()
+	d, err := Parse(body, Limits{})
+	if err != nil {
+		return false
+	}
+	defer d.Release()
+	for _, strip := range []bool{false, true} {
+		if got, want := d.Canonical(nil, strip), sortedCanonical(d, strip); !bytes.Equal(got, want) {
+			t.Fatalf("%s\nordered walk %q\n  all paths  %q", body, got, want)
+		}
+	}
+	return !d.wild
+}
+
+// randomDoc writes a document whose names mix the bytes the natural order
+// treats specially: digits and zeros, bytes on either side of ':' and of
+// the digits, and, rarely, what makes a name wild.
+func randomDoc(r *rand.Rand, b *bytes.Buffer, depth int) {
+	names := []string{"a", "a1", "a10", "a2", "a_b", "a-b", "a.b", "a/", "a0", "a0b", "0", "1", "10", "9", "ab",
+		"A", "é", "a~", "a!", "a9b", "a10b", "x2y10", "x10y1", "frame_mode", "signature", "sum", "summ", "sum1"}
+	wild := []string{"", "a:b", "a b", "007", "a01", "a\\t"}
+	switch k := r.IntN(10); {
+	case depth > 4 || k < 4:
+		b.WriteString([]string{`1`, `"v"`, `true`, `null`, `1.5`, `-0`, `""`}[r.IntN(7)])
+	case k < 7:
+		b.WriteByte('{')
+		seen := map[string]bool{}
+		for i, n := 0, r.IntN(6); i < n; i++ {
+			name := names[r.IntN(len(names))]
+			if r.IntN(40) == 0 {
+				name = wild[r.IntN(len(wild))]
+			}
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			if len(seen) > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteString(`"` + name + `":`)
+			randomDoc(r, b, depth+1)
+		}
+		b.WriteByte('}')
+	default:
+		b.WriteByte('[')
+		for i, n := 0, r.IntN(13); i < n; i++ {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			randomDoc(r, b, depth+1)
+		}
+		b.WriteByte(']')
+	}
+}
+
+func TestCanonicalOrderedWalk(t *testing.T) {
+	for _, v := range loadVectors(t) {
+		checkOrdered(t, []byte(v.ParamsJSON))
+		checkOrdered(t, []byte(v.RawBody))
+	}
+	checkOrdered(t, typicalCallback(t, "secret"))
+	r := rand.New(rand.NewPCG(3, 4))
+	ordered := 0
+	for range 20000 {
+		var b bytes.Buffer
+		randomDoc(r, &b, 0)
+		if checkOrdered(t, b.Bytes()) {
+			ordered++
+		}
+	}
+	if ordered < 10000 {
+		t.Fatalf("only %d documents took the ordered walk", ordered)
+	}
+	for _, name := range []string{"", "a:b", "a b", "a\\t", "007", "a01", "x0012"} {
+		d, err := Parse([]byte(`{"`+name+`":1}`), Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.wild {
+			t.Errorf("%q is taken as tame", name)
+		}
+		d.Release()
+	}
+	// Names added after parsing count too.
+	d, err := Parse([]byte(`{"a":{"b":1}}`), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Release()
+	if d.wild {
+		t.Fatal("a plain document taken as wild")
+	}
+	d.Set(d.Get(d.Root(), "a"), "b:", Number, "2")
+	if !d.wild {
+		t.Fatal("Set of a wild name leaves the document tame")
+	}
+}
+
+// FuzzCanonicalOrdered: on every document the ordered walk accepts, it
+// writes what the sort of all paths writes.
+func FuzzCanonicalOrdered(f *testing.F) {
+	for _, v := range loadVectors(f) {
+		f.Add([]byte(v.ParamsJSON))
+	}
+	f.Add([]byte(`{"a":{"x":1},"a1":2,"a-":3,"a10":[{"b":1},2,3,4,5,6,7,8,9,10,11],"é":{"0":1,"10":2,"9":3}}`))
+	f.Fuzz(func(t *testing.T, body []byte) { checkOrdered(t, body) })
 }

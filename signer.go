@@ -31,7 +31,7 @@ type canon struct {
 	out     []byte
 	// For walkOrdered: the members of the objects being walked, a stack
 	// of one run per object, and their sort keys.
-	kids []item
+	kids []kid
 	keys []byte
 	sep  bool // an item was written: the next needs a ';'
 }
@@ -58,7 +58,7 @@ func getCanon() *canon {
 func (c *canon) release() {
 	if cap(c.buf) <= maxPooledBytes && cap(c.out) <= maxPooledBytes && cap(c.path) <= maxPooledBytes &&
 		cap(c.keys) <= maxPooledBytes && cap(c.items) <= maxPooledItems && cap(c.scratch) <= maxPooledItems &&
-		cap(c.kids) <= maxPooledItems {
+		cap(c.kids) <= maxPooledItems/2 { // a kid is twice an item
 		canonPool.Put(c)
 	}
 }
@@ -306,11 +306,11 @@ func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) [
 			if kind := d.nodes[ch].kind; kind == Object || kind == Array {
 				c.keys = append(c.keys, ':')
 			}
-			c.kids = append(c.kids, item{int32(start), int32(len(c.keys)), ch}) // end holds the node
+			c.kids = append(c.kids, newKid(c.keys, start, ch))
 		}
-		sortItems(c.keys, c.kids[first:], &c.scratch)
+		sortKids(c.keys, c.kids[first:])
 		for i := first; i < len(c.kids); i++ { // c.kids may move while walking below
-			ch := c.kids[i].end
+			ch := c.kids[i].node
 			if plen > 0 {
 				c.path = append(c.path, ':')
 			}
@@ -351,6 +351,59 @@ func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) [
 		}
 	}
 	return dst
+}
+
+// kid is an object member waiting for walkOrdered, with its sort key
+// (its name, and ':' after a container's) in canon.keys.
+type kid struct {
+	word       uint64 // the sort key's first 8 bytes, big-endian, zero-padded
+	start, end int32
+	node       int32
+	plain      bool // no digit in those bytes
+}
+
+func newKid(keys []byte, start int, node int32) kid {
+	k := kid{start: int32(start), end: int32(len(keys)), node: node, plain: true}
+	for i, c := range keys[start:min(start+8, len(keys))] {
+		k.word |= uint64(c) << (56 - 8*i)
+		if isDigit(c) {
+			k.plain = false
+		}
+	}
+	return k
+}
+
+// compareKids is natCompare of the sort keys of a and b. Within tame names
+// (see walkOrdered) it compares bytes as they are until a digit, so plain
+// words that differ decide: a key that ends first is padded with zeros,
+// below any byte that differs from them.
+func compareKids(keys []byte, a, b kid) int {
+	if a.plain && b.plain && a.word != b.word {
+		if a.word < b.word {
+			return -1
+		}
+		return 1
+	}
+	return natCompare(keys[a.start:a.end], keys[b.start:b.end])
+}
+
+// sortKids orders an object's members by sort key. The keys are distinct,
+// as names are, and natCompare orders distinct tame keys strictly, so any
+// sort gives this one order: insertion for the few members objects have,
+// pdqsort, O(n log n) at worst, for wide ones.
+func sortKids(keys []byte, kids []kid) {
+	if len(kids) > 24 {
+		slices.SortFunc(kids, func(a, b kid) int { return compareKids(keys, a, b) })
+		return
+	}
+	for i := 1; i < len(kids); i++ {
+		x := kids[i]
+		j := i
+		for ; j > 0 && compareKids(keys, x, kids[j-1]) < 0; j-- {
+			kids[j] = kids[j-1]
+		}
+		kids[j] = x
+	}
 }
 
 // CanonicalPairs is the canonical string of flat parameters, as a

@@ -425,6 +425,9 @@ func FuzzParseBounds(f *testing.F) {
 			if d.nodes[n].kind == Number && len(renderNumber(d.nodes[n].text)) > renderedBound(d.nodes[n].text) {
 				t.Fatalf("%s renders longer than its bound", d.nodes[n].text)
 			}
+			if d.nodes[n].verbatim && renderNumber(d.nodes[n].text) != d.nodes[n].text {
+				t.Fatalf("%s taken as is, but renders as %s", d.nodes[n].text, renderNumber(d.nodes[n].text))
+			}
 		}
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

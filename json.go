@@ -106,6 +106,9 @@ type node struct {
 	last  int32
 	next  int32
 	kind  Kind // last: 48 bytes a node, not 56
+	// verbatim: a Number that renders as its literal (an integer of at
+	// most 18 digits, not "-0"), so Canonical need not look at it again.
+	verbatim bool
 }
 
 // Doc is a parsed JSON document that keeps member order and number
@@ -273,13 +276,19 @@ func (d *Doc) value(depth, plen int) (int32, error) {
 		d.nodes[n].text = s
 		return n, d.scalar(plen, len(s))
 	case c == '-' || (c >= '0' && c <= '9'):
-		lit, err := d.number()
+		lit, integer, err := d.number()
 		if err != nil {
 			return none, err
 		}
 		n := d.newNode(Number)
-		d.nodes[n].text = lit
-		return n, d.scalar(plen, renderedBound(lit))
+		nd := &d.nodes[n]
+		nd.text = lit
+		bound := maxRenderedNumber // as renderedBound, which would scan lit again
+		if integer {
+			bound = len(lit)
+			nd.verbatim = len(strings.TrimPrefix(lit, "-")) < 19 && lit != "-0"
+		}
+		return n, d.scalar(plen, bound)
 	default:
 		for _, w := range [...]struct {
 			lit  string
@@ -399,7 +408,9 @@ func (d *Doc) array(depth, plen int) (int32, error) {
 	}
 }
 
-func (d *Doc) number() (string, error) {
+// number parses a number literal at d.pos and reports whether it is an
+// integer (no fraction, no exponent).
+func (d *Doc) number() (lit string, integer bool, err error) {
 	start := d.pos
 	s := d.src
 	i := d.pos
@@ -417,30 +428,33 @@ func (d *Doc) number() (string, error) {
 		i++
 	} else if digits() == 0 {
 		d.pos = i
-		return "", d.errf("bad number")
+		return "", false, d.errf("bad number")
 	}
+	integer = true
 	if i < len(s) && s[i] == '.' {
 		i++
+		integer = false
 		if digits() == 0 {
 			d.pos = i
-			return "", d.errf("bad number")
+			return "", false, d.errf("bad number")
 		}
 	}
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
 		i++
+		integer = false
 		if i < len(s) && (s[i] == '+' || s[i] == '-') {
 			i++
 		}
 		if digits() == 0 {
 			d.pos = i
-			return "", d.errf("bad number")
+			return "", false, d.errf("bad number")
 		}
 	}
 	d.pos = i
 	if i-start > d.lim.MaxString {
-		return "", fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
+		return "", false, fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
 	}
-	return s[start:i], nil
+	return s[start:i], integer, nil
 }
 
 // str parses a string at d.pos (on the opening quote) and returns it
@@ -623,7 +637,7 @@ func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {
 		d.link(obj, n)
 		d.wild = d.wild || !tameKey(key)
 	}
-	d.nodes[n].kind, d.nodes[n].text = kind, text
+	d.nodes[n].kind, d.nodes[n].text, d.nodes[n].verbatim = kind, text, false
 	d.nodes[n].child, d.nodes[n].last = none, none
 	return n
 }

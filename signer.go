@@ -227,7 +227,11 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 		start := int32(len(c.buf))
 		c.buf = append(c.buf, c.path...)
 		pathEnd := int32(len(c.buf))
-		c.buf = appendNumber(append(c.buf, ':'), nd.text)
+		if c.buf = append(c.buf, ':'); nd.verbatim {
+			c.buf = append(c.buf, nd.text...)
+		} else {
+			c.buf = appendNumber(c.buf, nd.text)
+		}
 		c.items = append(c.items, item{start, pathEnd, int32(len(c.buf))})
 	case Bool:
 		if nd.text == "true" {
@@ -342,7 +346,11 @@ func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) [
 	case String:
 		dst = append(dst, nd.text...)
 	case Number:
-		dst = appendNumber(dst, nd.text)
+		if nd.verbatim {
+			dst = append(dst, nd.text...)
+		} else {
+			dst = appendNumber(dst, nd.text)
+		}
 	case Bool:
 		if nd.text == "true" {
 			dst = append(dst, '1')

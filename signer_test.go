@@ -134,9 +134,26 @@ func TestRenderNumber(t *testing.T) {
 		"-2.5": "-2.5", "1e400": "INF", "-1e400": "-INF", "123456789012345678": "123456789012345678",
 		"1234567.891": "1234567.891", "0.1": "0.1", "2.0E2": "200",
 	}
+	cases["-123456789012345678"] = "-123456789012345678"
+	cases["-1234567890123456789"] = "-1234567890123456789"
+	cases["-9223372036854775809"] = "-9.2233720368548E+18"
 	for in, want := range cases {
 		if got := renderNumber(in); got != want {
 			t.Errorf("renderNumber(%s) = %s, want %s", in, got, want)
+		}
+		// Both walks take the literal as is when the parser saw it can.
+		for body, canonical := range map[string]string{
+			`{"n":` + in + `,"a":[` + in + `]}`: "a:0:" + want + ";n:" + want,
+			`{"n":` + in + `,"a:b":` + in + `}`: "a::b:" + want + ";n:" + want,
+		} {
+			d, err := Parse([]byte(body), Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(d.Canonical(nil, false)); got != canonical {
+				t.Errorf("Canonical of %s: %s, want %s", body, got, canonical)
+			}
+			d.Release()
 		}
 	}
 }

@@ -183,7 +183,7 @@ func (d *Doc) errf(what string) error {
 }
 
 func (d *Doc) skipSpace() {
-	for d.pos < len(d.src) {
+	for d.pos < len(d.src) && d.src[d.pos] <= ' ' { // one test for compact JSON
 		switch d.src[d.pos] {
 		case ' ', '\t', '\n', '\r':
 			d.pos++
@@ -317,6 +317,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 	}
 	count := 0
 	var seen map[string]struct{} // only for wide objects; a linear scan is cheaper below
+	var names uint64             // a bit per name so far, by nameBit: most need no scan
 	for {
 		if d.pos >= len(d.src) || d.src[d.pos] != '"' {
 			return none, d.errf("expected a member name")
@@ -333,10 +334,14 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 			}
 			seen[key] = struct{}{}
 		} else {
-			for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
-				if d.nodes[c].key == key {
-					d.pos = at
-					return none, d.errf("duplicate key")
+			if bit := nameBit(key); names&bit == 0 {
+				names |= bit
+			} else {
+				for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+					if d.nodes[c].key == key {
+						d.pos = at
+						return none, d.errf("duplicate key")
+					}
 				}
 			}
 			if count++; count == 32 {
@@ -353,17 +358,31 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		d.pos++
 		d.skipSpace()
-		v, err := d.value(depth, childPath(plen, len(key)+strings.Count(key, ":")))
+		seg := len(key) // ':' is doubled in paths, and no tame name has one
+		if !tameKey(key) {
+			d.wild = true
+			seg += strings.Count(key, ":")
+		}
+		v, err := d.value(depth, childPath(plen, seg))
 		if err != nil {
 			return none, err
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
-		d.wild = d.wild || !tameKey(key)
 		if done, err := d.afterElement('}'); done || err != nil {
 			return obj, err
 		}
 	}
+}
+
+// nameBit is one of 64 bits chosen by a name's length and end bytes: two
+// names with different bits differ.
+func nameBit(key string) uint64 {
+	h := uint(len(key))
+	if len(key) > 0 {
+		h += uint(key[0])*7 + uint(key[len(key)-1])*3
+	}
+	return 1 << (h & 63)
 }
 
 // afterElement consumes the ',' or the closing byte after a member or an

@@ -272,15 +272,37 @@ func tameKey(k string) bool {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
-		switch c := k[i]; {
-		case c == ':' || isSpace(c):
+		switch nameBytes[k[i]] {
+		case plainByte:
+			continue
+		case wildByte:
 			return false
-		case c == '0' && i+1 < len(k) && isDigit(k[i+1]) && (i == 0 || !isDigit(k[i-1])):
+		}
+		if k[i] == '0' && i+1 < len(k) && isDigit(k[i+1]) && (i == 0 || !isDigit(k[i-1])) {
 			return false
 		}
 	}
 	return true
 }
+
+// nameBytes classes bytes for tameKey: a table lookup a byte.
+var nameBytes = func() (t [256]uint8) {
+	for c := range 256 {
+		switch {
+		case c == ':' || isSpace(byte(c)):
+			t[c] = wildByte
+		case isDigit(byte(c)):
+			t[c] = digitByte
+		}
+	}
+	return t
+}()
+
+const (
+	plainByte = iota
+	wildByte
+	digitByte
+)
 
 // walkOrdered writes the canonical string of node n under c.path to dst
 // as walk and finish do, but sorts each object's members instead of all

@@ -1,8 +1,10 @@
 package ecommpay
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -482,8 +484,20 @@ func (d *Doc) number() (lit string, integer bool, err error) {
 func (d *Doc) str(max int, tooLong error) (string, error) {
 	s := d.src
 	start := d.pos + 1
-	ascii := true
 	i := start
+	var high uint64
+	for i+8 <= len(s) { // 8 bytes at a time, to the first stop
+		x := load64(s, i)
+		if m := stops(x); m != 0 {
+			n := bits.TrailingZeros64(m) / 8
+			high |= x & (1<<(8*n) - 1)
+			i += n
+			break
+		}
+		high |= x
+		i += 8
+	}
+	ascii := high&msb == 0
 	for ; i < len(s); i++ {
 		c := s[i]
 		if c == '"' {
@@ -514,6 +528,25 @@ func (d *Doc) str(max int, tooLong error) (string, error) {
 	}
 	d.pos = i + 1
 	return out, nil
+}
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// stops marks the bytes of x that end str's fast scan, '"', '\\' and
+// controls, by their high bits: the classic has-zero-byte and
+// has-less-than tests. A false mark only follows a true one, as a borrow
+// carries up, so the lowest mark is the first stop.
+func stops(x uint64) uint64 {
+	q, b := x^(lsb*'"'), x^(lsb*'\\')
+	return ((x-lsb*0x20)&^x | (q-lsb)&^q | (b-lsb)&^b) & msb
+}
+
+// load64 is s[i:i+8] as a little-endian word.
+func load64(s string, i int) uint64 {
+	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:i+8]), 8))
 }
 
 func (d *Doc) strSlow(start, max int, tooLong error) (string, error) {

@@ -392,22 +392,30 @@ type kid struct {
 	plain      bool // no digit in those bytes
 }
 
+// newKid makes the kid whose sort key is keys[start:].
 func newKid(keys []byte, start int, node int32) kid {
-	k := kid{start: int32(start), end: int32(len(keys)), node: node, plain: true}
-	for i, c := range keys[start:min(start+8, len(keys))] {
-		k.word |= uint64(c) << (56 - 8*i)
-		if isDigit(c) {
-			k.plain = false
+	n := len(keys) - start
+	var w uint64
+	if start+8 <= cap(keys) { // one load; bytes past the key are masked off
+		w = binary.BigEndian.Uint64(keys[start : start+8])
+		if n < 8 {
+			w &= ^uint64(0) << (64 - 8*n)
+		}
+	} else {
+		for i, c := range keys[start:min(start+8, len(keys))] {
+			w |= uint64(c) << (56 - 8*i)
 		}
 	}
-	return k
+	// A digit is a byte below 10 once '0' is subtracted out; padding is not.
+	y := w ^ (lsb * '0')
+	return kid{word: w, start: int32(start), end: int32(len(keys)), node: node, plain: (y-lsb*10)&^y&msb == 0}
 }
 
 // compareKids is natCompare of the sort keys of a and b. Within tame names
 // (see walkOrdered) it compares bytes as they are until a digit, so plain
 // words that differ decide: a key that ends first is padded with zeros,
 // below any byte that differs from them.
-func compareKids(keys []byte, a, b kid) int {
+func compareKids(keys []byte, a, b *kid) int {
 	if a.plain && b.plain && a.word != b.word {
 		if a.word < b.word {
 			return -1
@@ -419,20 +427,29 @@ func compareKids(keys []byte, a, b kid) int {
 
 // sortKids orders an object's members by sort key. The keys are distinct,
 // as names are, and natCompare orders distinct tame keys strictly, so any
-// sort gives this one order: insertion for the few members objects have,
-// pdqsort, O(n log n) at worst, for wide ones.
+// sort gives this one order: binary insertion for the few members objects
+// have, pdqsort, O(n log n) at worst, for wide ones.
 func sortKids(keys []byte, kids []kid) {
 	if len(kids) > 24 {
-		slices.SortFunc(kids, func(a, b kid) int { return compareKids(keys, a, b) })
+		slices.SortFunc(kids, func(a, b kid) int { return compareKids(keys, &a, &b) })
 		return
 	}
 	for i := 1; i < len(kids); i++ {
 		x := kids[i]
-		j := i
-		for ; j > 0 && compareKids(keys, x, kids[j-1]) < 0; j-- {
-			kids[j] = kids[j-1]
+		if compareKids(keys, &x, &kids[i-1]) > 0 {
+			continue
 		}
-		kids[j] = x
+		lo, hi := 0, i-1
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if compareKids(keys, &x, &kids[m]) < 0 {
+				hi = m
+			} else {
+				lo = m + 1
+			}
+		}
+		copy(kids[lo+1:i+1], kids[lo:i])
+		kids[lo] = x
 	}
 }
 

@@ -728,30 +728,39 @@ func compareLeft(a []byte, ai *int, b []byte, bi *int) int {
 // Key signs and verifies with one secret. It is safe for concurrent use.
 type Key struct {
 	secret []byte
-	macs   sync.Pool
+	macs   sync.Pool // of *mac, keyed once: hmac.New allocates and hashes the key each time
+}
+
+// mac is a keyed HMAC state and room for its sum: a sum into a caller's
+// array, through the hash.Hash interface, would move the array to the heap.
+type mac struct {
+	h   hash.Hash
+	sum [sha512.Size]byte
 }
 
 // NewKey makes a Key for secret.
 func NewKey(secret string) *Key {
 	k := &Key{secret: []byte(secret)}
-	k.macs.New = func() any { return hmac.New(sha512.New, k.secret) }
+	k.macs.New = func() any { return &mac{h: hmac.New(sha512.New, k.secret)} }
 	return k
 }
 
-// sum appends HMAC-SHA512(secret, msg) to dst.
-func (k *Key) sum(dst, msg []byte) []byte {
-	m := k.macs.Get().(hash.Hash)
-	m.Reset()
-	m.Write(msg)
-	dst = m.Sum(dst)
-	k.macs.Put(m)
-	return dst
+// mac returns a state holding HMAC-SHA512(secret, msg) in its sum; put it
+// back in k.macs when done.
+func (k *Key) mac(msg []byte) *mac {
+	m := k.macs.Get().(*mac)
+	m.h.Reset()
+	m.h.Write(msg)
+	m.h.Sum(m.sum[:0])
+	return m
 }
 
 // Sign returns the base64 signature of a canonical string.
 func (k *Key) Sign(canonical []byte) string {
-	var mac [sha512.Size]byte
-	return base64.StdEncoding.EncodeToString(k.sum(mac[:0], canonical))
+	m := k.mac(canonical)
+	s := base64.StdEncoding.EncodeToString(m.sum[:])
+	k.macs.Put(m)
+	return s
 }
 
 // Verify reports, in constant time, whether signature is the base64
@@ -765,8 +774,10 @@ func (k *Key) Verify(canonical []byte, signature string) bool {
 	if err != nil || n != sha512.Size {
 		return false
 	}
-	var want [sha512.Size]byte
-	return hmac.Equal(got[:n], k.sum(want[:0], canonical))
+	m := k.mac(canonical)
+	ok := hmac.Equal(got[:n], m.sum[:])
+	k.macs.Put(m)
+	return ok
 }
 
 // Sign returns base64(HMAC-SHA512(secret, canonical)).

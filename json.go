@@ -325,7 +325,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 			return none, d.errf("expected a member name")
 		}
 		at := d.pos
-		key, err := d.str(d.lim.MaxKey, ErrKeyTooLong)
+		key, tame, err := d.name()
 		if err != nil {
 			return none, err
 		}
@@ -361,7 +361,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		d.pos++
 		d.skipSpace()
 		seg := len(key) // ':' is doubled in paths, and no tame name has one
-		if !tameKey(key) {
+		if !tame {
 			d.wild = true
 			seg += strings.Count(key, ":")
 		}
@@ -476,6 +476,49 @@ func (d *Doc) number() (lit string, integer bool, err error) {
 		return "", false, fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
 	}
 	return s[start:i], integer, nil
+}
+
+// name parses a member name at d.pos as str does, and reports tameKey of
+// it. A plain name, ASCII without escapes, takes one pass that marks what
+// could make it wild (':', ' ', '0') as it looks for the quote; tameKey
+// decides only names with a mark, and str takes any other name.
+func (d *Doc) name() (key string, tame bool, err error) {
+	s := d.src
+	start := d.pos + 1
+	var marks uint64
+	for i := start; i+8 <= len(s); i += 8 {
+		x := load64(s, i)
+		m := stops(x)
+		if m == 0 {
+			if x&msb != 0 {
+				break
+			}
+			marks |= wildMarks(x)
+			continue
+		}
+		n := bits.TrailingZeros64(m) / 8
+		before := uint64(1)<<(8*n) - 1 // the name's bytes in x
+		end := i + n
+		if s[end] != '"' || x&before&msb != 0 || end == start || end-start > d.lim.MaxKey {
+			break
+		}
+		d.pos = end + 1
+		key = s[start:end]
+		if marks|wildMarks(x)&before == 0 {
+			return key, true, nil
+		}
+		return key, tameKey(key), nil
+	}
+	if key, err = d.str(d.lim.MaxKey, ErrKeyTooLong); err != nil {
+		return "", false, err
+	}
+	return key, tameKey(key), nil
+}
+
+// wildMarks marks the bytes of x that are ':', ' ' or '0', as stops does.
+func wildMarks(x uint64) uint64 {
+	c, sp, z := x^(lsb*':'), x^(lsb*' '), x^(lsb*'0')
+	return ((c-lsb)&^c | (sp-lsb)&^sp | (z-lsb)&^z) & msb
 }
 
 // str parses a string at d.pos (on the opening quote) and returns it

@@ -82,3 +82,34 @@ func TestStrEveryOffset(t *testing.T) {
 		}
 	}
 }
+
+// Member names of every length up to a few words, with what can make a
+// name wild (or look so) at every offset: the one-pass scan agrees with
+// tameKey, and names parse as encoding/json says.
+func TestNameEveryOffset(t *testing.T) {
+	for n := range 20 {
+		for at := range n + 1 {
+			for _, ins := range []string{"", ":", " ", "0", "00", "01", "10", "a0", "9", `\u0030`, `\u003a`, "é", "\xff", `\"`, "\t", `\t`} {
+				name := strings.Repeat("a", at) + ins + strings.Repeat("b", n-at)
+				body := `{"` + name + `":1}`
+				d, err := Parse([]byte(body), Limits{})
+				var want map[string]int
+				werr := json.Unmarshal([]byte(body), &want)
+				if (err == nil) != (werr == nil && strings.ToValidUTF8(body, "\uFFFD") == body) {
+					t.Fatalf("%q: err %v, encoding/json %v", body, err, werr)
+				}
+				if err != nil {
+					continue
+				}
+				key := d.Key(d.First(d.Root()))
+				if _, ok := want[key]; !ok || len(want) != 1 {
+					t.Fatalf("%q: name %q, encoding/json %q", body, key, want)
+				}
+				if d.wild != !tameKey(key) {
+					t.Fatalf("%q: wild %v, tameKey %v", body, d.wild, tameKey(key))
+				}
+				d.Release()
+			}
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"hash"
 	"math"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -329,10 +330,12 @@ func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) [
 			}
 			start := len(c.keys)
 			c.keys = append(c.keys, k...)
-			if kind := d.nodes[ch].kind; kind == Object || kind == Array {
+			container := d.nodes[ch].kind == Object || d.nodes[ch].kind == Array
+			if container {
 				c.keys = append(c.keys, ':')
 			}
-			c.kids = append(c.kids, newKid(c.keys, start, ch))
+			c.kids = append(c.kids, kid{})
+			c.kids[len(c.kids)-1].set(k, container, start, len(c.keys), ch)
 		}
 		sortKids(c.keys, c.kids[first:])
 		for i := first; i < len(c.kids); i++ { // c.kids may move while walking below
@@ -392,23 +395,25 @@ type kid struct {
 	plain      bool // no digit in those bytes
 }
 
-// newKid makes the kid whose sort key is keys[start:].
-func newKid(keys []byte, start int, node int32) kid {
-	n := len(keys) - start
+// set fills in place the kid of member node named k, its sort key at
+// canon.keys[start:end]. In place, and the word read from k, not from
+// canon.keys: reading back wider than just written, as a copy of a kid
+// built aside or a word of bytes just stored would, stalls.
+func (kd *kid) set(k string, container bool, start, end int, node int32) {
 	var w uint64
-	if start+8 <= cap(keys) { // one load; bytes past the key are masked off
-		w = binary.BigEndian.Uint64(keys[start : start+8])
-		if n < 8 {
-			w &= ^uint64(0) << (64 - 8*n)
-		}
+	if n := len(k); n >= 8 {
+		w = bits.ReverseBytes64(load64(k, 0))
 	} else {
-		for i, c := range keys[start:min(start+8, len(keys))] {
-			w |= uint64(c) << (56 - 8*i)
+		for i := 0; i < n; i++ {
+			w |= uint64(k[i]) << (56 - 8*i)
+		}
+		if container {
+			w |= ':' << (56 - 8*n)
 		}
 	}
 	// A digit is a byte below 10 once '0' is subtracted out; padding is not.
 	y := w ^ (lsb * '0')
-	return kid{word: w, start: int32(start), end: int32(len(keys)), node: node, plain: (y-lsb*10)&^y&msb == 0}
+	kd.word, kd.start, kd.end, kd.node, kd.plain = w, int32(start), int32(end), node, (y-lsb*10)&^y&msb == 0
 }
 
 // compareKids is natCompare of the sort keys of a and b. Within tame names
@@ -435,10 +440,10 @@ func sortKids(keys []byte, kids []kid) {
 		return
 	}
 	for i := 1; i < len(kids); i++ {
-		x := kids[i]
-		if compareKids(keys, &x, &kids[i-1]) > 0 {
+		if compareKids(keys, &kids[i], &kids[i-1]) > 0 {
 			continue
 		}
+		x := kids[i]
 		lo, hi := 0, i-1
 		for lo < hi {
 			m := int(uint(lo+hi) >> 1)

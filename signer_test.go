@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -490,33 +491,31 @@ func FuzzCanonicalOrdered(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) { checkOrdered(t, body) })
 }
 
-// newKid's word and digit test, one load when capacity allows, agree with
-// a byte at a time, whatever lies past the key.
-func TestNewKid(t *testing.T) {
+// A kid's word and digit test agree with the sort key's first 8 bytes,
+// taken a byte at a time.
+func TestKidSet(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	const alphabet = "\x00\x01/09:a\x7f\x80\xff"
 	for range 20000 {
-		key := make([]byte, r.IntN(12))
-		for i := range key {
-			key[i] = alphabet[r.IntN(len(alphabet))]
+		name := make([]byte, r.IntN(12))
+		for i := range name {
+			name[i] = alphabet[r.IntN(len(alphabet))]
 		}
-		var want kid
-		want.plain = true
-		for i, c := range key[:min(8, len(key))] {
-			want.word |= uint64(c) << (56 - 8*i)
-			want.plain = want.plain && !isDigit(c)
-		}
-		for _, room := range []int{0, 3, 8, 16} {
-			keys := make([]byte, 0, 2+len(key)+room)
-			keys = append(keys, 0xff, '5')
-			keys = append(keys, key...)
-			full := keys[:cap(keys)]
-			for i := len(keys); i < len(full); i++ {
-				full[i] = alphabet[r.IntN(len(alphabet))]
+		for _, container := range []bool{false, true} {
+			key := name
+			if container {
+				key = append(slices.Clip(name), ':')
 			}
-			got := newKid(keys, 2, 7)
-			if got.word != want.word || got.plain != want.plain || got.start != 2 || int(got.end) != len(keys) || got.node != 7 {
-				t.Fatalf("%q with %d spare: %+v, want word %x plain %v", key, room, got, want.word, want.plain)
+			var want kid
+			want.plain = true
+			for i, c := range key[:min(8, len(key))] {
+				want.word |= uint64(c) << (56 - 8*i)
+				want.plain = want.plain && !isDigit(c)
+			}
+			var got kid
+			got.set(string(name), container, 2, 9, 7)
+			if got.word != want.word || got.plain != want.plain || got.start != 2 || got.end != 9 || got.node != 7 {
+				t.Fatalf("%q (container %v): %+v, want word %x plain %v", name, container, got, want.word, want.plain)
 			}
 		}
 	}

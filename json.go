@@ -199,8 +199,13 @@ func (d *Doc) newNode(k Kind) int32 {
 	if len(d.nodes) == cap(d.nodes) && d.pos < len(d.src) {
 		d.grow()
 	}
-	d.nodes = append(d.nodes, node{kind: k, child: none, last: none, next: none})
-	return int32(len(d.nodes) - 1)
+	// Filled in place: a node built aside and copied in is read back
+	// wider than it was written, which stalls.
+	n := len(d.nodes)
+	d.nodes = append(d.nodes, node{})
+	nd := &d.nodes[n]
+	nd.child, nd.last, nd.next, nd.kind = none, none, none, k
+	return int32(n)
 }
 
 // grow makes room, once, for every node the rest of the body can hold, so

@@ -124,6 +124,8 @@ type Doc struct {
 	canon  int  // upper bound of the canonical string's length so far
 	budget int  // the most canon may reach
 	wild   bool // some member name is not tameKey: Canonical sorts all paths
+	widest int  // the most members of one object
+	names  int  // the most bytes of member names, plus one a member, of one object
 }
 
 // maxPooledNodes caps the arenas kept for reuse (a typical callback needs
@@ -153,6 +155,7 @@ func parse(src string, lim Limits) (*Doc, error) {
 	d.leaves = 0
 	d.canon = 0
 	d.wild = false
+	d.widest, d.names = 0, 0
 	d.budget = canonPerByte*len(src) + canonSlack
 	d.skipSpace()
 	if _, err := d.value(0, 0); err != nil {
@@ -322,7 +325,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		d.pos++
 		return obj, d.leaf()
 	}
-	count := 0
+	count, width, nameBytes := 0, 0, 0
 	var seen map[string]struct{} // only for wide objects; a linear scan is cheaper below
 	var names uint64             // a bit per name so far, by nameBit: most need no scan
 	for {
@@ -376,7 +379,9 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
+		width, nameBytes = width+1, nameBytes+len(key)+1
 		if done, err := d.afterElement('}'); done || err != nil {
+			d.widest, d.names = max(d.widest, width), max(d.names, nameBytes)
 			return obj, err
 		}
 	}

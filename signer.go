@@ -251,6 +251,10 @@ func (d *Doc) Canonical(dst []byte, stripSignatures bool) []byte {
 	c := getCanon()
 	if !d.wild {
 		dst = slices.Grow(dst, d.canon)
+		// Room for the widest object's members and their names, and a few
+		// above it: a wide object costs one allocation, not a doubling series.
+		c.kids = slices.Grow(c.kids, d.widest+64)
+		c.keys = slices.Grow(c.keys, d.names+1024)
 		dst = c.walkOrdered(d, d.Root(), stripSignatures, dst)
 		c.release()
 		return dst

@@ -274,10 +274,16 @@ func TestBoundsRefusesTheOriginalAttack(t *testing.T) {
 // After a large body, the pools hold nothing large: the next small parse
 // does not get a giant arena or canonical buffer.
 func TestBoundsPoolsStaySmall(t *testing.T) {
-	big := fmt.Appendf(nil, `{"k":[%s]}`, zeros(9000))
+	long := strings.Repeat("n", DefaultMaxKey-8)
+	bigs := [][]byte{ // each over one limit
+		fmt.Appendf(nil, `{"k":[%s]}`, zeros(9000)),
+		fmt.Appendf(nil, `{%s}`, repeatJoin(3000, func(i int) string { return `"k` + strconv.Itoa(i) + `":0` })),
+		fmt.Appendf(nil, `{%s}`, repeatJoin(80, func(i int) string { return `"` + long + strconv.Itoa(i) + `":0` })),
+		fmt.Appendf(nil, `{%s}`, repeatJoin(5000, func(i int) string { return `"k ` + strconv.Itoa(i) + `":0` })),
+	}
 	small := []byte(`{"a":1}`)
-	for range 4 * runtime.GOMAXPROCS(0) {
-		if _, err := callbackWork(big, nil); err != nil {
+	for i := range 4 * runtime.GOMAXPROCS(0) {
+		if _, err := callbackWork(bigs[i%len(bigs)], nil); err != nil {
 			t.Fatal(err)
 		}
 		d, err := Parse(small, Limits{})
@@ -295,8 +301,10 @@ func TestBoundsPoolsStaySmall(t *testing.T) {
 		d.Release()
 		c := getCanon()
 		if cap(c.buf) > maxPooledBytes || cap(c.out) > maxPooledBytes || cap(c.path) > maxPooledBytes ||
-			cap(c.items) > maxPooledItems || cap(c.scratch) > maxPooledItems {
-			t.Fatalf("a pooled canon kept %d bytes, %d items", cap(c.buf)+cap(c.out)+cap(c.path), cap(c.items)+cap(c.scratch))
+			cap(c.keys) > maxPooledBytes || cap(c.items) > maxPooledItems || cap(c.scratch) > maxPooledItems ||
+			cap(c.kids) > maxPooledItems/2 {
+			t.Fatalf("a pooled canon kept %d bytes, %d items, %d members",
+				cap(c.buf)+cap(c.out)+cap(c.path)+cap(c.keys), cap(c.items)+cap(c.scratch), cap(c.kids))
 		}
 		c.release()
 	}

@@ -124,8 +124,9 @@ type Doc struct {
 	canon  int  // upper bound of the canonical string's length so far
 	budget int  // the most canon may reach
 	wild   bool // some member name is not tameKey: Canonical sorts all paths
-	widest int  // the most members of one object
-	names  int  // the most bytes of member names, plus one a member, of one object
+	// Sizes of the widest object, for walkOrdered: its members, and the
+	// bytes of their names plus one each.
+	widest, widestNames int
 }
 
 // maxPooledNodes caps the arenas kept for reuse (a typical callback needs
@@ -155,7 +156,7 @@ func parse(src string, lim Limits) (*Doc, error) {
 	d.leaves = 0
 	d.canon = 0
 	d.wild = false
-	d.widest, d.names = 0, 0
+	d.widest, d.widestNames = 0, 0
 	d.budget = canonPerByte*len(src) + canonSlack
 	d.skipSpace()
 	if _, err := d.value(0, 0); err != nil {
@@ -325,9 +326,9 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		d.pos++
 		return obj, d.leaf()
 	}
-	count, width, nameBytes := 0, 0, 0
+	count, width, nameLen := 0, 0, 0
 	var seen map[string]struct{} // only for wide objects; a linear scan is cheaper below
-	var names uint64             // a bit per name so far, by nameBit: most need no scan
+	var nameBits uint64          // a bit per name so far, by nameBit: most need no scan
 	for {
 		if d.pos >= len(d.src) || d.src[d.pos] != '"' {
 			return none, d.errf("expected a member name")
@@ -344,8 +345,8 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 			}
 			seen[key] = struct{}{}
 		} else {
-			if bit := nameBit(key); names&bit == 0 {
-				names |= bit
+			if bit := nameBit(key); nameBits&bit == 0 {
+				nameBits |= bit
 			} else {
 				for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
 					if d.nodes[c].key == key {
@@ -379,9 +380,9 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
-		width, nameBytes = width+1, nameBytes+len(key)+1
+		width, nameLen = width+1, nameLen+len(key)+1
 		if done, err := d.afterElement('}'); done || err != nil {
-			d.widest, d.names = max(d.widest, width), max(d.names, nameBytes)
+			d.widest, d.widestNames = max(d.widest, width), max(d.widestNames, nameLen)
 			return obj, err
 		}
 	}

@@ -254,7 +254,7 @@ func (d *Doc) Canonical(dst []byte, stripSignatures bool) []byte {
 		// Room for the widest object's members and their names, and a few
 		// above it: a wide object costs one allocation, not a doubling series.
 		c.kids = slices.Grow(c.kids, d.widest+64)
-		c.keys = slices.Grow(c.keys, d.names+1024)
+		c.keys = slices.Grow(c.keys, d.widestNames+1024)
 		dst = c.walkOrdered(d, d.Root(), stripSignatures, dst)
 		c.release()
 		return dst
@@ -277,7 +277,7 @@ func tameKey(k string) bool {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
-		switch nameBytes[k[i]] {
+		switch nameClass[k[i]] {
 		case plainByte:
 			continue
 		case wildByte:
@@ -290,8 +290,8 @@ func tameKey(k string) bool {
 	return true
 }
 
-// nameBytes classes bytes for tameKey: a table lookup a byte.
-var nameBytes = func() (t [256]uint8) {
+// nameClass classes bytes for tameKey: a table lookup a byte.
+var nameClass = func() (t [256]uint8) {
 	for c := range 256 {
 		switch {
 		case c == ':' || isSpace(byte(c)):

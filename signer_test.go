@@ -488,6 +488,8 @@ func FuzzCanonicalOrdered(f *testing.F) {
 		f.Add([]byte(v.ParamsJSON))
 	}
 	f.Add([]byte(`{"a":{"x":1},"a1":2,"a-":3,"a10":[{"b":1},2,3,4,5,6,7,8,9,10,11],"é":{"0":1,"10":2,"9":3}}`))
+	f.Add([]byte(`{"a\u0000":{"b":1},"a":[1],"a0":2,"a/":{"c":0},"abcdefgh":{"x":1},"abcdefgh1":2,"abcdefg":{"y":[]},"\u0061b":3}`))
+	f.Add(typicalCallback(f, "secret"))
 	f.Fuzz(func(t *testing.T, body []byte) { checkOrdered(t, body) })
 }
 

@@ -16,10 +16,13 @@ import (
 // The work done on a body before its signature is checked is bounded by
 // its size: at most allocPerByte bytes allocated per body byte, plus
 // allocSlack. Where it goes: the node arena, 48 bytes a node and "0," is a
-// node in two bytes (24); items and merge scratch, 24 bytes a value (12);
-// the canonical string, at most canonPerByte a byte, twice (item buffer
-// and result: 16). NineByteKeyManyLeaves, which has all three at once,
-// measures 55; the slack is the 16 KiB canonical slack twice, and pools.
+// node in two bytes (24); when a member name is wild, items and merge
+// scratch, 24 bytes a value (12), and the canonical string, at most
+// canonPerByte a byte, twice (item buffer and result: 16). The ordered walk
+// of plain names writes the result only, and a 24-byte record a member
+// (at least 6 bytes of body). NineByteWildKeyManyLeaves, which has all at
+// once, measures 55, its plain twin 35; the slack is the 16 KiB canonical
+// slack twice, and pools.
 const (
 	allocPerByte = 64
 	allocSlack   = 128 << 10
@@ -69,6 +72,10 @@ var hostileShapes = []shape{
 	// 2 bytes of body) just as MaxLeaves is reached: the most memory a byte.
 	{"NineByteKeyManyLeaves", func(n int) []byte {
 		return fmt.Appendf(nil, `{"signature":"x","kkkkkkkkk":[%s]}`, zeros(n))
+	}},
+	// The same with a space in the name: it is sorted as all paths.
+	{"NineByteWildKeyManyLeaves", func(n int) []byte {
+		return fmt.Appendf(nil, `{"signature":"x","kkkk kkkk":[%s]}`, zeros(n))
 	}},
 	{"OverlongKey", func(n int) []byte {
 		return fmt.Appendf(nil, `{"signature":"x","%s":[%s]}`, strings.Repeat("k", 64<<10), zeros(n))
@@ -267,10 +274,16 @@ func TestBoundsRefusesTheOriginalAttack(t *testing.T) {
 // After a large body, the pools hold nothing large: the next small parse
 // does not get a giant arena or canonical buffer.
 func TestBoundsPoolsStaySmall(t *testing.T) {
-	big := fmt.Appendf(nil, `{"k":[%s]}`, zeros(9000))
+	long := strings.Repeat("n", DefaultMaxKey-8)
+	bigs := [][]byte{ // each over one limit
+		fmt.Appendf(nil, `{"k":[%s]}`, zeros(9000)),
+		fmt.Appendf(nil, `{%s}`, repeatJoin(3000, func(i int) string { return `"k` + strconv.Itoa(i) + `":0` })),
+		fmt.Appendf(nil, `{%s}`, repeatJoin(80, func(i int) string { return `"` + long + strconv.Itoa(i) + `":0` })),
+		fmt.Appendf(nil, `{%s}`, repeatJoin(5000, func(i int) string { return `"k ` + strconv.Itoa(i) + `":0` })),
+	}
 	small := []byte(`{"a":1}`)
-	for range 4 * runtime.GOMAXPROCS(0) {
-		if _, err := callbackWork(big, nil); err != nil {
+	for i := range 4 * runtime.GOMAXPROCS(0) {
+		if _, err := callbackWork(bigs[i%len(bigs)], nil); err != nil {
 			t.Fatal(err)
 		}
 		d, err := Parse(small, Limits{})
@@ -288,8 +301,10 @@ func TestBoundsPoolsStaySmall(t *testing.T) {
 		d.Release()
 		c := getCanon()
 		if cap(c.buf) > maxPooledBytes || cap(c.out) > maxPooledBytes || cap(c.path) > maxPooledBytes ||
-			cap(c.items) > maxPooledItems || cap(c.scratch) > maxPooledItems {
-			t.Fatalf("a pooled canon kept %d bytes, %d items", cap(c.buf)+cap(c.out)+cap(c.path), cap(c.items)+cap(c.scratch))
+			cap(c.keys) > maxPooledBytes || cap(c.items) > maxPooledItems || cap(c.scratch) > maxPooledItems ||
+			cap(c.kids) > maxPooledItems/2 {
+			t.Fatalf("a pooled canon kept %d bytes, %d items, %d members",
+				cap(c.buf)+cap(c.out)+cap(c.path)+cap(c.keys), cap(c.items)+cap(c.scratch), cap(c.kids))
 		}
 		c.release()
 	}
@@ -424,6 +439,9 @@ func FuzzParseBounds(f *testing.F) {
 		for n := range d.nodes {
 			if d.nodes[n].kind == Number && len(renderNumber(d.nodes[n].text)) > renderedBound(d.nodes[n].text) {
 				t.Fatalf("%s renders longer than its bound", d.nodes[n].text)
+			}
+			if d.nodes[n].verbatim && renderNumber(d.nodes[n].text) != d.nodes[n].text {
+				t.Fatalf("%s taken as is, but renders as %s", d.nodes[n].text, renderNumber(d.nodes[n].text))
 			}
 		}
 		var before, after runtime.MemStats

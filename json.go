@@ -1,8 +1,10 @@
 package ecommpay
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -106,6 +108,9 @@ type node struct {
 	last  int32
 	next  int32
 	kind  Kind // last: 48 bytes a node, not 56
+	// verbatim: a Number that renders as its literal (an integer of at
+	// most 18 digits, not "-0"), so Canonical need not look at it again.
+	verbatim bool
 }
 
 // Doc is a parsed JSON document that keeps member order and number
@@ -116,8 +121,12 @@ type Doc struct {
 	pos    int
 	lim    Limits
 	leaves int
-	canon  int // upper bound of the canonical string's length so far
-	budget int // the most canon may reach
+	canon  int  // upper bound of the canonical string's length so far
+	budget int  // the most canon may reach
+	wild   bool // some member name is not tameKey: Canonical sorts all paths
+	// Sizes of the widest object, for walkOrdered: its members, and the
+	// bytes of their names plus one each.
+	widest, widestNames int
 }
 
 // maxPooledNodes caps the arenas kept for reuse (a typical callback needs
@@ -146,6 +155,8 @@ func parse(src string, lim Limits) (*Doc, error) {
 	d.lim = lim.withDefaults()
 	d.leaves = 0
 	d.canon = 0
+	d.wild = false
+	d.widest, d.widestNames = 0, 0
 	d.budget = canonPerByte*len(src) + canonSlack
 	d.skipSpace()
 	if _, err := d.value(0, 0); err != nil {
@@ -178,7 +189,7 @@ func (d *Doc) errf(what string) error {
 }
 
 func (d *Doc) skipSpace() {
-	for d.pos < len(d.src) {
+	for d.pos < len(d.src) && d.src[d.pos] <= ' ' { // one test for compact JSON
 		switch d.src[d.pos] {
 		case ' ', '\t', '\n', '\r':
 			d.pos++
@@ -192,8 +203,13 @@ func (d *Doc) newNode(k Kind) int32 {
 	if len(d.nodes) == cap(d.nodes) && d.pos < len(d.src) {
 		d.grow()
 	}
-	d.nodes = append(d.nodes, node{kind: k, child: none, last: none, next: none})
-	return int32(len(d.nodes) - 1)
+	// Filled in place: a node built aside and copied in is read back
+	// wider than it was written, which stalls.
+	n := len(d.nodes)
+	d.nodes = append(d.nodes, node{})
+	nd := &d.nodes[n]
+	nd.child, nd.last, nd.next, nd.kind = none, none, none, k
+	return int32(n)
 }
 
 // grow makes room, once, for every node the rest of the body can hold, so
@@ -271,13 +287,19 @@ func (d *Doc) value(depth, plen int) (int32, error) {
 		d.nodes[n].text = s
 		return n, d.scalar(plen, len(s))
 	case c == '-' || (c >= '0' && c <= '9'):
-		lit, err := d.number()
+		lit, integer, err := d.number()
 		if err != nil {
 			return none, err
 		}
 		n := d.newNode(Number)
-		d.nodes[n].text = lit
-		return n, d.scalar(plen, renderedBound(lit))
+		nd := &d.nodes[n]
+		nd.text = lit
+		bound := maxRenderedNumber // as renderedBound, which would scan lit again
+		if integer {
+			bound = len(lit)
+			nd.verbatim = len(strings.TrimPrefix(lit, "-")) < 19 && lit != "-0"
+		}
+		return n, d.scalar(plen, bound)
 	default:
 		for _, w := range [...]struct {
 			lit  string
@@ -304,14 +326,15 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		d.pos++
 		return obj, d.leaf()
 	}
-	count := 0
+	count, width, nameLen := 0, 0, 0
 	var seen map[string]struct{} // only for wide objects; a linear scan is cheaper below
+	var nameBits uint64          // a bit per name so far, by nameBit: most need no scan
 	for {
 		if d.pos >= len(d.src) || d.src[d.pos] != '"' {
 			return none, d.errf("expected a member name")
 		}
 		at := d.pos
-		key, err := d.str(d.lim.MaxKey, ErrKeyTooLong)
+		key, tame, err := d.name()
 		if err != nil {
 			return none, err
 		}
@@ -322,10 +345,14 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 			}
 			seen[key] = struct{}{}
 		} else {
-			for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
-				if d.nodes[c].key == key {
-					d.pos = at
-					return none, d.errf("duplicate key")
+			if bit := nameBit(key); nameBits&bit == 0 {
+				nameBits |= bit
+			} else {
+				for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+					if d.nodes[c].key == key {
+						d.pos = at
+						return none, d.errf("duplicate key")
+					}
 				}
 			}
 			if count++; count == 32 {
@@ -342,16 +369,33 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		d.pos++
 		d.skipSpace()
-		v, err := d.value(depth, childPath(plen, len(key)+strings.Count(key, ":")))
+		seg := len(key) // ':' is doubled in paths, and no tame name has one
+		if !tame {
+			d.wild = true
+			seg += strings.Count(key, ":")
+		}
+		v, err := d.value(depth, childPath(plen, seg))
 		if err != nil {
 			return none, err
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
+		width, nameLen = width+1, nameLen+len(key)+1
 		if done, err := d.afterElement('}'); done || err != nil {
+			d.widest, d.widestNames = max(d.widest, width), max(d.widestNames, nameLen)
 			return obj, err
 		}
 	}
+}
+
+// nameBit is one of 64 bits chosen by a name's length and end bytes: two
+// names with different bits differ.
+func nameBit(key string) uint64 {
+	h := uint(len(key))
+	if len(key) > 0 {
+		h += uint(key[0])*7 + uint(key[len(key)-1])*3
+	}
+	return 1 << (h & 63)
 }
 
 // afterElement consumes the ',' or the closing byte after a member or an
@@ -396,7 +440,9 @@ func (d *Doc) array(depth, plen int) (int32, error) {
 	}
 }
 
-func (d *Doc) number() (string, error) {
+// number parses a number literal at d.pos and reports whether it is an
+// integer (no fraction, no exponent).
+func (d *Doc) number() (lit string, integer bool, err error) {
 	start := d.pos
 	s := d.src
 	i := d.pos
@@ -414,30 +460,76 @@ func (d *Doc) number() (string, error) {
 		i++
 	} else if digits() == 0 {
 		d.pos = i
-		return "", d.errf("bad number")
+		return "", false, d.errf("bad number")
 	}
+	integer = true
 	if i < len(s) && s[i] == '.' {
 		i++
+		integer = false
 		if digits() == 0 {
 			d.pos = i
-			return "", d.errf("bad number")
+			return "", false, d.errf("bad number")
 		}
 	}
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
 		i++
+		integer = false
 		if i < len(s) && (s[i] == '+' || s[i] == '-') {
 			i++
 		}
 		if digits() == 0 {
 			d.pos = i
-			return "", d.errf("bad number")
+			return "", false, d.errf("bad number")
 		}
 	}
 	d.pos = i
 	if i-start > d.lim.MaxString {
-		return "", fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
+		return "", false, fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
 	}
-	return s[start:i], nil
+	return s[start:i], integer, nil
+}
+
+// name parses a member name at d.pos as str does, and reports tameKey of
+// it. A plain name, ASCII without escapes, takes one pass that marks what
+// could make it wild (':', ' ', '0') as it looks for the quote; tameKey
+// decides only names with a mark, and str takes any other name.
+func (d *Doc) name() (key string, tame bool, err error) {
+	s := d.src
+	start := d.pos + 1
+	var marks uint64
+	for i := start; i+8 <= len(s); i += 8 {
+		x := load64(s, i)
+		m := stops(x)
+		if m == 0 {
+			if x&msb != 0 {
+				break
+			}
+			marks |= wildMarks(x)
+			continue
+		}
+		n := bits.TrailingZeros64(m) / 8
+		before := uint64(1)<<(8*n) - 1 // the name's bytes in x
+		end := i + n
+		if s[end] != '"' || x&before&msb != 0 || end == start || end-start > d.lim.MaxKey {
+			break
+		}
+		d.pos = end + 1
+		key = s[start:end]
+		if marks|wildMarks(x)&before == 0 {
+			return key, true, nil
+		}
+		return key, tameKey(key), nil
+	}
+	if key, err = d.str(d.lim.MaxKey, ErrKeyTooLong); err != nil {
+		return "", false, err
+	}
+	return key, tameKey(key), nil
+}
+
+// wildMarks marks the bytes of x that are ':', ' ' or '0', as stops does.
+func wildMarks(x uint64) uint64 {
+	c, sp, z := x^(lsb*':'), x^(lsb*' '), x^(lsb*'0')
+	return ((c-lsb)&^c | (sp-lsb)&^sp | (z-lsb)&^z) & msb
 }
 
 // str parses a string at d.pos (on the opening quote) and returns it
@@ -446,8 +538,20 @@ func (d *Doc) number() (string, error) {
 func (d *Doc) str(max int, tooLong error) (string, error) {
 	s := d.src
 	start := d.pos + 1
-	ascii := true
 	i := start
+	var high uint64
+	for i+8 <= len(s) { // 8 bytes at a time, to the first stop
+		x := load64(s, i)
+		if m := stops(x); m != 0 {
+			n := bits.TrailingZeros64(m) / 8
+			high |= x & (1<<(8*n) - 1)
+			i += n
+			break
+		}
+		high |= x
+		i += 8
+	}
+	ascii := high&msb == 0
 	for ; i < len(s); i++ {
 		c := s[i]
 		if c == '"' {
@@ -478,6 +582,25 @@ func (d *Doc) str(max int, tooLong error) (string, error) {
 	}
 	d.pos = i + 1
 	return out, nil
+}
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// stops marks the bytes of x that end str's fast scan, '"', '\\' and
+// controls, by their high bits: the classic has-zero-byte and
+// has-less-than tests. A false mark only follows a true one, as a borrow
+// carries up, so the lowest mark is the first stop.
+func stops(x uint64) uint64 {
+	q, b := x^(lsb*'"'), x^(lsb*'\\')
+	return ((x-lsb*0x20)&^x | (q-lsb)&^q | (b-lsb)&^b) & msb
+}
+
+// load64 is s[i:i+8] as a little-endian word.
+func load64(s string, i int) uint64 {
+	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:i+8]), 8))
 }
 
 func (d *Doc) strSlow(start, max int, tooLong error) (string, error) {
@@ -618,8 +741,9 @@ func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {
 		n = d.newNode(kind)
 		d.nodes[n].key = key
 		d.link(obj, n)
+		d.wild = d.wild || !tameKey(key)
 	}
-	d.nodes[n].kind, d.nodes[n].text = kind, text
+	d.nodes[n].kind, d.nodes[n].text, d.nodes[n].verbatim = kind, text, false
 	d.nodes[n].child, d.nodes[n].last = none, none
 	return n
 }
@@ -633,6 +757,7 @@ func (d *Doc) Object(obj int32, key string) int32 {
 		n = d.newNode(Object)
 		d.nodes[n].key = key
 		d.link(obj, n)
+		d.wild = d.wild || !tameKey(key)
 	}
 	if d.nodes[n].kind != Object {
 		return none

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"hash"
 	"math"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,11 @@ type canon struct {
 	scratch []item // for merging, when there are many items
 	path    []byte
 	out     []byte
+	// For walkOrdered: the members of the objects being walked, a stack
+	// of one run per object, and their sort keys.
+	kids []kid
+	keys []byte
+	sep  bool // an item was written: the next needs a ';'
 }
 
 var canonPool = sync.Pool{New: func() any {
@@ -46,12 +52,14 @@ const (
 func getCanon() *canon {
 	c := canonPool.Get().(*canon)
 	c.buf, c.items, c.path, c.out = c.buf[:0], c.items[:0], c.path[:0], c.out[:0]
+	c.kids, c.keys, c.sep = c.kids[:0], c.keys[:0], false
 	return c
 }
 
 func (c *canon) release() {
 	if cap(c.buf) <= maxPooledBytes && cap(c.out) <= maxPooledBytes && cap(c.path) <= maxPooledBytes &&
-		cap(c.items) <= maxPooledItems && cap(c.scratch) <= maxPooledItems {
+		cap(c.keys) <= maxPooledBytes && cap(c.items) <= maxPooledItems && cap(c.scratch) <= maxPooledItems &&
+		cap(c.kids) <= maxPooledItems/2 { // a kid is twice an item
 		canonPool.Put(c)
 	}
 }
@@ -107,51 +115,57 @@ func (c *canon) finish(dst []byte) []byte {
 // O((C+n)·log2 n) bytes for a canonical string of C bytes and n items.
 // slices.SortStableFunc also makes O(n·log n) comparisons, but its
 // rotations compare one pivot with many items, reading its path each time.
-func (c *canon) sort() {
-	n := len(c.items)
+func (c *canon) sort() { sortItems(c.buf, c.items, &c.scratch) }
+
+// sortItems sorts items by their paths in buf, as canon.sort describes;
+// scratch is grown for the merge when there are many.
+func sortItems(buf []byte, items []item, scratch *[]item) {
+	n := len(items)
 	if n <= 256 {
 		// Fewest comparisons, which dominate; moving 12-byte items is
 		// cheap at this size.
-		c.insertion(c.items)
+		insertion(buf, items)
 		return
 	}
 	// Bottom-up merge sort over runs of 32 sorted as above.
 	const run = 32
 	for lo := 0; lo < n; lo += run {
-		c.insertion(c.items[lo:min(lo+run, n)])
+		insertion(buf, items[lo:min(lo+run, n)])
 	}
-	if cap(c.scratch) < n {
-		c.scratch = make([]item, n)
+	if cap(*scratch) < n {
+		*scratch = make([]item, n)
 	}
-	src, dst := c.items, c.scratch[:n]
+	src, dst := items, (*scratch)[:n]
 	for width := run; width < n; width *= 2 {
 		for lo := 0; lo < n; lo += 2 * width {
 			mid, hi := min(lo+width, n), min(lo+2*width, n)
-			if mid == hi || natCompare(c.pathOf(src[mid]), c.pathOf(src[mid-1])) >= 0 {
+			if mid == hi || natCompare(pathOf(buf, src[mid]), pathOf(buf, src[mid-1])) >= 0 {
 				copy(dst[lo:hi], src[lo:hi]) // in order already, as array items are
 				continue
 			}
-			c.merge(dst[lo:hi], src[lo:mid], src[mid:hi])
+			merge(buf, dst[lo:hi], src[lo:mid], src[mid:hi])
 		}
 		src, dst = dst, src
 	}
-	copy(c.items, src) // a no-op when the last pass wrote c.items
+	copy(items, src) // a no-op when the last pass wrote items
 }
 
-func (c *canon) pathOf(it item) []byte { return c.buf[it.start:it.pathEnd] }
+func (c *canon) pathOf(it item) []byte { return pathOf(c.buf, it) }
+
+func pathOf(buf []byte, it item) []byte { return buf[it.start:it.pathEnd] }
 
 // insertion is a stable binary insertion sort.
-func (c *canon) insertion(items []item) {
+func insertion(buf []byte, items []item) {
 	for i := 1; i < len(items); i++ {
 		x := items[i]
-		px := c.pathOf(x)
-		if natCompare(px, c.pathOf(items[i-1])) >= 0 {
+		px := pathOf(buf, x)
+		if natCompare(px, pathOf(buf, items[i-1])) >= 0 {
 			continue // in place already, as array items are
 		}
 		lo, hi := 0, i-1
 		for lo < hi {
 			m := int(uint(lo+hi) >> 1)
-			if natCompare(px, c.pathOf(items[m])) < 0 {
+			if natCompare(px, pathOf(buf, items[m])) < 0 {
 				hi = m
 			} else {
 				lo = m + 1
@@ -163,10 +177,10 @@ func (c *canon) insertion(items []item) {
 }
 
 // merge merges sorted a and b into dst, a's items first among equals.
-func (c *canon) merge(dst, a, b []item) {
+func merge(buf []byte, dst, a, b []item) {
 	i, j, k := 0, 0, 0
 	for i < len(a) && j < len(b) {
-		if natCompare(c.pathOf(b[j]), c.pathOf(a[i])) < 0 {
+		if natCompare(pathOf(buf, b[j]), pathOf(buf, a[i])) < 0 {
 			dst[k] = b[j]
 			j++
 		} else {
@@ -214,7 +228,11 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 		start := int32(len(c.buf))
 		c.buf = append(c.buf, c.path...)
 		pathEnd := int32(len(c.buf))
-		c.buf = appendNumber(append(c.buf, ':'), nd.text)
+		if c.buf = append(c.buf, ':'); nd.verbatim {
+			c.buf = append(c.buf, nd.text...)
+		} else {
+			c.buf = appendNumber(c.buf, nd.text)
+		}
 		c.items = append(c.items, item{start, pathEnd, int32(len(c.buf))})
 	case Bool:
 		if nd.text == "true" {
@@ -231,6 +249,16 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 // With stripSignatures every "signature" member is left out (callbacks).
 func (d *Doc) Canonical(dst []byte, stripSignatures bool) []byte {
 	c := getCanon()
+	if !d.wild {
+		dst = slices.Grow(dst, d.canon)
+		// Room for the widest object's members and their names, and a few
+		// above it: a wide object costs one allocation, not a doubling series.
+		c.kids = slices.Grow(c.kids, d.widest+64)
+		c.keys = slices.Grow(c.keys, d.widestNames+1024)
+		dst = c.walkOrdered(d, d.Root(), stripSignatures, dst)
+		c.release()
+		return dst
+	}
 	// Parse bounded the items' size and count: allocate them once.
 	c.buf = slices.Grow(c.buf, d.canon)
 	c.items = slices.Grow(c.items, d.leaves)
@@ -238,6 +266,200 @@ func (d *Doc) Canonical(dst []byte, stripSignatures bool) []byte {
 	dst = c.finish(dst)
 	c.release()
 	return dst
+}
+
+// tameKey reports whether a member name keeps walkOrdered exact: not
+// empty (an empty path takes no ':'), no ':' (doubled in paths), no
+// whitespace (skipped by the natural order) and no digit run with a
+// leading zero (compared left-aligned).
+func tameKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		switch nameClass[k[i]] {
+		case plainByte:
+			continue
+		case wildByte:
+			return false
+		}
+		if k[i] == '0' && i+1 < len(k) && isDigit(k[i+1]) && (i == 0 || !isDigit(k[i-1])) {
+			return false
+		}
+	}
+	return true
+}
+
+// nameClass classes bytes for tameKey: a table lookup a byte.
+var nameClass = func() (t [256]uint8) {
+	for c := range 256 {
+		switch {
+		case c == ':' || isSpace(byte(c)):
+			t[c] = wildByte
+		case isDigit(byte(c)):
+			t[c] = digitByte
+		}
+	}
+	return t
+}()
+
+const (
+	plainByte = iota
+	wildByte
+	digitByte
+)
+
+// walkOrdered writes the canonical string of node n under c.path to dst
+// as walk and finish do, but sorts each object's members instead of all
+// paths: far fewer and shorter comparisons, and no item buffer. Exact
+// only when every member name is tame (Doc.wild is false). Then a path is
+// a sequence of tokens, bytes and digit runs (canonical numbers, no
+// spaces), and natCompare orders paths lexicographically by token: digit
+// runs by value, between the bytes below '0' and those above '9'; a
+// prefix first. Two paths first differ below their deepest common object,
+// in the members they pass through, "P:a…" against "P:b…"; as ':' ends a
+// digit run and no name holds one, they compare as "a:" against "b:",
+// without the ':' for a scalar, whose path ends there. An array's items
+// are in order already: their indexes differ in value.
+func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) []byte {
+	nd := &d.nodes[n]
+	plen := len(c.path)
+	switch nd.kind {
+	case Object:
+		first, keysAt := len(c.kids), len(c.keys)
+		for ch := nd.child; ch != none; ch = d.nodes[ch].next {
+			k := d.nodes[ch].key
+			if k == "frame_mode" || (stripSignatures && k == "signature") {
+				continue
+			}
+			start := len(c.keys)
+			c.keys = append(c.keys, k...)
+			container := d.nodes[ch].kind == Object || d.nodes[ch].kind == Array
+			if container {
+				c.keys = append(c.keys, ':')
+			}
+			c.kids = append(c.kids, kid{})
+			c.kids[len(c.kids)-1].set(k, container, start, len(c.keys), ch)
+		}
+		sortKids(c.keys, c.kids[first:])
+		for i := first; i < len(c.kids); i++ { // c.kids may move while walking below
+			ch := c.kids[i].node
+			if plen > 0 {
+				c.path = append(c.path, ':')
+			}
+			c.path = append(c.path, d.nodes[ch].key...)
+			dst = c.walkOrdered(d, ch, stripSignatures, dst)
+			c.path = c.path[:plen]
+		}
+		c.kids, c.keys = c.kids[:first], c.keys[:keysAt]
+		return dst
+	case Array:
+		i := 0
+		for ch := nd.child; ch != none; ch = d.nodes[ch].next {
+			if plen > 0 {
+				c.path = append(c.path, ':')
+			}
+			c.path = appendIndex(c.path, i)
+			i++
+			dst = c.walkOrdered(d, ch, stripSignatures, dst)
+			c.path = c.path[:plen]
+		}
+		return dst
+	}
+	if c.sep {
+		dst = append(dst, ';')
+	}
+	c.sep = true
+	dst = append(append(dst, c.path...), ':')
+	switch nd.kind {
+	case String:
+		dst = append(dst, nd.text...)
+	case Number:
+		if nd.verbatim {
+			dst = append(dst, nd.text...)
+		} else {
+			dst = appendNumber(dst, nd.text)
+		}
+	case Bool:
+		if nd.text == "true" {
+			dst = append(dst, '1')
+		} else {
+			dst = append(dst, '0')
+		}
+	}
+	return dst
+}
+
+// kid is an object member waiting for walkOrdered, with its sort key
+// (its name, and ':' after a container's) in canon.keys.
+type kid struct {
+	word       uint64 // the sort key's first 8 bytes, big-endian, zero-padded
+	start, end int32
+	node       int32
+	plain      bool // no digit in those bytes
+}
+
+// set fills in place the kid of member node named k, its sort key at
+// canon.keys[start:end]. In place, and the word read from k, not from
+// canon.keys: reading back wider than just written, as a copy of a kid
+// built aside or a word of bytes just stored would, stalls.
+func (kd *kid) set(k string, container bool, start, end int, node int32) {
+	var w uint64
+	if n := len(k); n >= 8 {
+		w = bits.ReverseBytes64(load64(k, 0))
+	} else {
+		for i := 0; i < n; i++ {
+			w |= uint64(k[i]) << (56 - 8*i)
+		}
+		if container {
+			w |= ':' << (56 - 8*n)
+		}
+	}
+	// A digit is a byte below 10 once '0' is subtracted out; padding is not.
+	y := w ^ (lsb * '0')
+	kd.word, kd.start, kd.end, kd.node, kd.plain = w, int32(start), int32(end), node, (y-lsb*10)&^y&msb == 0
+}
+
+// compareKids is natCompare of the sort keys of a and b. Within tame names
+// (see walkOrdered) it compares bytes as they are until a digit, so plain
+// words that differ decide: a key that ends first is padded with zeros,
+// below any byte that differs from them.
+func compareKids(keys []byte, a, b *kid) int {
+	if a.plain && b.plain && a.word != b.word {
+		if a.word < b.word {
+			return -1
+		}
+		return 1
+	}
+	return natCompare(keys[a.start:a.end], keys[b.start:b.end])
+}
+
+// sortKids orders an object's members by sort key. The keys are distinct,
+// as names are, and natCompare orders distinct tame keys strictly, so any
+// sort gives this one order: binary insertion for the few members objects
+// have, pdqsort, O(n log n) at worst, for wide ones.
+func sortKids(keys []byte, kids []kid) {
+	if len(kids) > 24 {
+		slices.SortFunc(kids, func(a, b kid) int { return compareKids(keys, &a, &b) })
+		return
+	}
+	for i := 1; i < len(kids); i++ {
+		if compareKids(keys, &kids[i], &kids[i-1]) > 0 {
+			continue
+		}
+		x := kids[i]
+		lo, hi := 0, i-1
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if compareKids(keys, &x, &kids[m]) < 0 {
+				hi = m
+			} else {
+				lo = m + 1
+			}
+		}
+		copy(kids[lo+1:i+1], kids[lo:i])
+		kids[lo] = x
+	}
 }
 
 // CanonicalPairs is the canonical string of flat parameters, as a
@@ -515,30 +737,39 @@ func compareLeft(a []byte, ai *int, b []byte, bi *int) int {
 // Key signs and verifies with one secret. It is safe for concurrent use.
 type Key struct {
 	secret []byte
-	macs   sync.Pool
+	macs   sync.Pool // of *mac, keyed once: hmac.New allocates and hashes the key each time
+}
+
+// mac is a keyed HMAC state and room for its sum: a sum into a caller's
+// array, through the hash.Hash interface, would move the array to the heap.
+type mac struct {
+	h   hash.Hash
+	sum [sha512.Size]byte
 }
 
 // NewKey makes a Key for secret.
 func NewKey(secret string) *Key {
 	k := &Key{secret: []byte(secret)}
-	k.macs.New = func() any { return hmac.New(sha512.New, k.secret) }
+	k.macs.New = func() any { return &mac{h: hmac.New(sha512.New, k.secret)} }
 	return k
 }
 
-// sum appends HMAC-SHA512(secret, msg) to dst.
-func (k *Key) sum(dst, msg []byte) []byte {
-	m := k.macs.Get().(hash.Hash)
-	m.Reset()
-	m.Write(msg)
-	dst = m.Sum(dst)
-	k.macs.Put(m)
-	return dst
+// mac returns a state holding HMAC-SHA512(secret, msg) in its sum; put it
+// back in k.macs when done.
+func (k *Key) mac(msg []byte) *mac {
+	m := k.macs.Get().(*mac)
+	m.h.Reset()
+	m.h.Write(msg)
+	m.h.Sum(m.sum[:0])
+	return m
 }
 
 // Sign returns the base64 signature of a canonical string.
 func (k *Key) Sign(canonical []byte) string {
-	var mac [sha512.Size]byte
-	return base64.StdEncoding.EncodeToString(k.sum(mac[:0], canonical))
+	m := k.mac(canonical)
+	s := base64.StdEncoding.EncodeToString(m.sum[:])
+	k.macs.Put(m)
+	return s
 }
 
 // Verify reports, in constant time, whether signature is the base64
@@ -552,8 +783,10 @@ func (k *Key) Verify(canonical []byte, signature string) bool {
 	if err != nil || n != sha512.Size {
 		return false
 	}
-	var want [sha512.Size]byte
-	return hmac.Equal(got[:n], k.sum(want[:0], canonical))
+	m := k.mac(canonical)
+	ok := hmac.Equal(got[:n], m.sum[:])
+	k.macs.Put(m)
+	return ok
 }
 
 // Sign returns base64(HMAC-SHA512(secret, canonical)).

@@ -1,11 +1,14 @@
 package ecommpay
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -132,9 +135,26 @@ func TestRenderNumber(t *testing.T) {
 		"-2.5": "-2.5", "1e400": "INF", "-1e400": "-INF", "123456789012345678": "123456789012345678",
 		"1234567.891": "1234567.891", "0.1": "0.1", "2.0E2": "200",
 	}
+	cases["-123456789012345678"] = "-123456789012345678"
+	cases["-1234567890123456789"] = "-1234567890123456789"
+	cases["-9223372036854775809"] = "-9.2233720368548E+18"
 	for in, want := range cases {
 		if got := renderNumber(in); got != want {
 			t.Errorf("renderNumber(%s) = %s, want %s", in, got, want)
+		}
+		// Both walks take the literal as is when the parser saw it can.
+		for body, canonical := range map[string]string{
+			`{"n":` + in + `,"a":[` + in + `]}`: "a:0:" + want + ";n:" + want,
+			`{"n":` + in + `,"a:b":` + in + `}`: "a::b:" + want + ";n:" + want,
+		} {
+			d, err := Parse([]byte(body), Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(d.Canonical(nil, false)); got != canonical {
+				t.Errorf("Canonical of %s: %s, want %s", body, got, canonical)
+			}
+			d.Release()
 		}
 	}
 }
@@ -332,5 +352,173 @@ func BenchmarkBareHMAC(b *testing.B) {
 		m := hmac.New(sha512.New, key)
 		m.Write(msg)
 		m.Sum(out[:0])
+	}
+}
+
+// sortedCanonical is the canonical string by the sort of all paths, which
+// Canonical uses only when a member name is not tame.
+func sortedCanonical(d *Doc, stripSignatures bool) []byte {
+	wild := d.wild
+	d.wild = true
+	defer func() { d.wild = wild }()
+	return d.Canonical(nil, stripSignatures)
+}
+
+// checkOrdered fails when Canonical's ordered walk and the sort of all
+// paths disagree on body; it reports whether the ordered walk ran.
+func checkOrdered(t testing.TB, body []byte) bool {
+	t.Helper()
+	d, err := Parse(body, Limits{})
+	if err != nil {
+		return false
+	}
+	defer d.Release()
+	for _, strip := range []bool{false, true} {
+		if got, want := d.Canonical(nil, strip), sortedCanonical(d, strip); !bytes.Equal(got, want) {
+			t.Fatalf("%s\nordered walk %q\n  all paths  %q", body, got, want)
+		}
+	}
+	return !d.wild
+}
+
+// randomDoc writes a document whose names mix the bytes the natural order
+// treats specially: digits and zeros, bytes on either side of ':' and of
+// the digits, NUL, long shared prefixes, and, rarely, what makes a name
+// wild. Some objects are wide.
+func randomDoc(r *rand.Rand, b *bytes.Buffer, depth int) {
+	names := []string{"a", "a1", "a10", "a2", "a_b", "a-b", "a.b", "a/", "a0", "a0b", "0", "1", "10", "9", "ab",
+		"A", "é", "a~", "a!", "a9b", "a10b", "x2y10", "x10y1", "frame_mode", "signature", "sum", "summ", "sum1",
+		"operation", "operations", "operation1", "operation_", "sum_initial", "sum_converted", `a\u0000`,
+		`a\u0000b`, "abcdefgh", "abcdefgh1", "abcdefgh10", "abcdefg9", "abcdefg", "abcdefghi"}
+	wild := []string{"", "a:b", "a b", "007", "a01", `a\t`}
+	const alphabet = "a0123_9-.~"
+	switch k := r.IntN(10); {
+	case depth > 4 || k < 4:
+		b.WriteString([]string{`1`, `"v"`, `true`, `null`, `1.5`, `-0`, `""`}[r.IntN(7)])
+	case k < 7:
+		b.WriteByte('{')
+		seen := map[string]bool{}
+		n, below := r.IntN(6), depth+1
+		if depth < 2 && r.IntN(8) == 0 {
+			n, below = 20+r.IntN(60), depth+4 // wide, shallow below
+		}
+		for range n {
+			name := names[r.IntN(len(names))]
+			if r.IntN(3) == 0 {
+				p := make([]byte, 1+r.IntN(10))
+				for i := range p {
+					p[i] = alphabet[r.IntN(len(alphabet))]
+				}
+				name = string(p)
+			}
+			if r.IntN(40) == 0 {
+				name = wild[r.IntN(len(wild))]
+			}
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			if len(seen) > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteString(`"` + name + `":`)
+			randomDoc(r, b, below)
+		}
+		b.WriteByte('}')
+	default:
+		b.WriteByte('[')
+		for i, n := 0, r.IntN(13); i < n; i++ {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			randomDoc(r, b, depth+1)
+		}
+		b.WriteByte(']')
+	}
+}
+
+func TestCanonicalOrderedWalk(t *testing.T) {
+	for _, v := range loadVectors(t) {
+		checkOrdered(t, []byte(v.ParamsJSON))
+		checkOrdered(t, []byte(v.RawBody))
+	}
+	checkOrdered(t, typicalCallback(t, "secret"))
+	r := rand.New(rand.NewPCG(3, 4))
+	ordered := 0
+	for range 3000 {
+		var b bytes.Buffer
+		randomDoc(r, &b, 0)
+		if checkOrdered(t, b.Bytes()) {
+			ordered++
+		}
+	}
+	t.Logf("%d of 3000 documents took the ordered walk", ordered)
+	if ordered < 1000 {
+		t.Fatalf("only %d documents took the ordered walk", ordered)
+	}
+	for _, name := range []string{"", "a:b", "a b", "a\\t", "007", "a01", "x0012"} {
+		d, err := Parse([]byte(`{"`+name+`":1}`), Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.wild {
+			t.Errorf("%q is taken as tame", name)
+		}
+		d.Release()
+	}
+	// Names added after parsing count too.
+	d, err := Parse([]byte(`{"a":{"b":1}}`), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Release()
+	if d.wild {
+		t.Fatal("a plain document taken as wild")
+	}
+	d.Set(d.Get(d.Root(), "a"), "b:", Number, "2")
+	if !d.wild {
+		t.Fatal("Set of a wild name leaves the document tame")
+	}
+}
+
+// FuzzCanonicalOrdered: on every document the ordered walk accepts, it
+// writes what the sort of all paths writes.
+func FuzzCanonicalOrdered(f *testing.F) {
+	for _, v := range loadVectors(f) {
+		f.Add([]byte(v.ParamsJSON))
+	}
+	f.Add([]byte(`{"a":{"x":1},"a1":2,"a-":3,"a10":[{"b":1},2,3,4,5,6,7,8,9,10,11],"é":{"0":1,"10":2,"9":3}}`))
+	f.Add([]byte(`{"a\u0000":{"b":1},"a":[1],"a0":2,"a/":{"c":0},"abcdefgh":{"x":1},"abcdefgh1":2,"abcdefg":{"y":[]},"\u0061b":3}`))
+	f.Add(typicalCallback(f, "secret"))
+	f.Fuzz(func(t *testing.T, body []byte) { checkOrdered(t, body) })
+}
+
+// A kid's word and digit test agree with the sort key's first 8 bytes,
+// taken a byte at a time.
+func TestKidSet(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	const alphabet = "\x00\x01/09:a\x7f\x80\xff"
+	for range 20000 {
+		name := make([]byte, r.IntN(12))
+		for i := range name {
+			name[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		for _, container := range []bool{false, true} {
+			key := name
+			if container {
+				key = append(slices.Clip(name), ':')
+			}
+			var want kid
+			want.plain = true
+			for i, c := range key[:min(8, len(key))] {
+				want.word |= uint64(c) << (56 - 8*i)
+				want.plain = want.plain && !isDigit(c)
+			}
+			var got kid
+			got.set(string(name), container, 2, 9, 7)
+			if got.word != want.word || got.plain != want.plain || got.start != 2 || got.end != 9 || got.node != 7 {
+				t.Fatalf("%q (container %v): %+v, want word %x plain %v", name, container, got, want.word, want.plain)
+			}
+		}
 	}
 }

@@ -29,7 +29,6 @@ type signScratch struct {
 	url    []byte
 	out    []byte
 	sig    [sigLen]byte
-	mac    [sha512.Size]byte
 	fields pageFields
 	base   *pageBase
 }
@@ -170,8 +169,9 @@ func appendCanonicalPairs(dst []byte, pairs [][2]string) []byte {
 // signInto writes k.Sign(canonical) to s.sig and returns it as a slice
 // of it.
 func (s *signScratch) signInto(k *Key, canonical []byte) []byte {
-	// In s, not on the stack: hash.Hash.Sum would move it to the heap.
-	base64.StdEncoding.Encode(s.sig[:], k.sum(s.mac[:0], canonical))
+	m := k.mac(canonical)
+	base64.StdEncoding.Encode(s.sig[:], m.sum[:])
+	k.macs.Put(m)
 	return s.sig[:]
 }
 

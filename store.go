@@ -83,7 +83,10 @@ var errBadDuration = errors.New("ecommpay: lease and ttl must be positive")
 type keyHash [16]byte
 
 func hashKey(key string) keyHash {
-	sum := sha256.Sum256([]byte(key))
+	// A buffer on the stack: the conversion alone would allocate for keys
+	// longer than 32 bytes, as event keys are.
+	var buf [128]byte
+	sum := sha256.Sum256(append(buf[:0], key...))
 	return keyHash(sum[:16])
 }
 

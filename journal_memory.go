@@ -67,14 +67,32 @@ type memEvent struct {
 	appLatencyMS      int64
 }
 
-func newMemEvent(e *journalEvent, body []byte) *memEvent {
+// memSlab hands out entries from chunks of memSlabLen, one allocation per
+// chunk. Entries are dropped about in the order they came, so a chunk is
+// soon wholly free; drop clears an entry so that it holds nothing
+// meanwhile.
+type memSlab []memEvent
+
+const memSlabLen = 64
+
+func (s *memSlab) next() *memEvent {
+	if len(*s) == 0 {
+		*s = make([]memEvent, memSlabLen)
+	}
+	me := &(*s)[0]
+	*s = (*s)[1:]
+	return me
+}
+
+func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
 	strs := [memStrings]string{e.ID, e.Kind, e.ProjectID, e.PaymentID, e.OperationID, e.OperationType,
 		e.OperationStatus, e.PaymentStatus, e.EventKey, e.Result, e.Path, e.Amount, e.Currency, e.Method}
 	n := len(body)
 	for _, s := range strs {
 		n += len(s)
 	}
-	me := &memEvent{data: make([]byte, 0, n), sec: e.Time.Unix(), nsec: int32(e.Time.Nanosecond()),
+	me := slab.next()
+	*me = memEvent{data: make([]byte, 0, n), sec: e.Time.Unix(), nsec: int32(e.Time.Nanosecond()),
 		verified: e.Verified, status: e.Status, appStatus: e.AppStatus, appLatencyMS: e.AppLatencyMS}
 	for i, s := range strs {
 		me.data = append(me.data, s...)
@@ -131,6 +149,7 @@ type memPayment struct {
 	view   paymentView
 	events []*memEvent // by ID
 	first  [4]*memEvent
+	key    [64]byte // holds the key's strings when they fit; never changed
 }
 
 // own points the view's strings that apply just changed at memory of the
@@ -214,6 +233,9 @@ type memoryJournal struct {
 	payments   map[payID]*memPayment
 	bodies     map[string]memBody // by event key
 	size       int64              // estimated bytes held
+	// Apart, so that the strangers' short-lived entries do not keep the
+	// chunks of genuine ones.
+	slab, unverifiedSlab memSlab
 }
 
 func newMemoryJournal(opts journalOptions, logger *zap.Logger) *memoryJournal {
@@ -249,25 +271,25 @@ func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
 	j.mu.Lock()
 	var me *memEvent
 	if e.isUnverified() {
-		me = newMemEvent(&e, nil)
+		me = newMemEvent(&j.unverifiedSlab, &e, nil)
 		j.unverified.insert(me)
 	} else {
 		held, found := j.bodies[e.EventKey]
 		switch {
 		case e.EventKey == "":
-			me = newMemEvent(&e, nil)
+			me = newMemEvent(&j.slab, &e, nil)
 		case found:
-			me = newMemEvent(&e, nil)
+			me = newMemEvent(&j.slab, &e, nil)
 			held.refs++
 			j.bodies[e.EventKey] = held
 			me.ref = true
 		case len(e.Body) > 0 && !j.opts.NoBodies:
-			me = newMemEvent(&e, e.Body) // a copy: the caller may reuse its buffer
+			me = newMemEvent(&j.slab, &e, e.Body) // a copy: the caller may reuse its buffer
 			j.bodies[me.str(memEventKey)] = memBody{data: me.body(), refs: 1}
 			j.size += int64(len(e.Body)+len(e.EventKey)) + memBodyOverhead
 			me.ref = true
 		default:
-			me = newMemEvent(&e, nil)
+			me = newMemEvent(&j.slab, &e, nil)
 		}
 		j.events.insert(me)
 		if e.joinsPayment() {
@@ -290,8 +312,14 @@ func (j *memoryJournal) joinPayment(me *memEvent) {
 		p = &memPayment{}
 		p.events = p.first[:0]
 		// The key's own copy, which the view shares.
-		k := e.ProjectID + "\x00" + e.PaymentID
-		id = payID{k[:len(e.ProjectID)], k[len(e.ProjectID)+1:]}
+		var k string
+		if n := len(e.ProjectID) + len(e.PaymentID); n > 0 && n <= len(p.key) {
+			b := append(append(p.key[:0], e.ProjectID...), e.PaymentID...)
+			k = unsafe.String(&b[0], len(b))
+		} else {
+			k = e.ProjectID + e.PaymentID
+		}
+		id = payID{k[:len(e.ProjectID)], k[len(e.ProjectID):]}
 		j.payments[id] = p
 	} else {
 		id = payID{p.view.ProjectID, p.view.PaymentID}
@@ -367,6 +395,7 @@ func (j *memoryJournal) drop(l *eventList) {
 			}
 		}
 	}
+	*me = memEvent{} // its chunk may live on
 }
 
 // expire prunes by age before a read, so that an idle journal does not

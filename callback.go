@@ -443,7 +443,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	sent := time.Now()
 	err := next.ServeHTTP(rec, r.WithContext(ctx))
 	x.appLatency = time.Since(sent)
-	h.metrics.forwarded(ev.ProjectID, x.appLatency)
+	h.metrics.forwarded(h.lookupProject(ev.ProjectID), ev.ProjectID, x.appLatency)
 
 	appStatus := rec.status
 	if err != nil {

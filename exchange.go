@@ -189,7 +189,7 @@ func (x *exchange) finish() {
 	}
 	switch ev.Kind {
 	case kindCallback:
-		h.metrics.callback(ev.ProjectID, ev.Result)
+		h.metrics.callback(h.lookupProject(ev.ProjectID), ev.ProjectID, ev.Result)
 	case kindPaymentPage, kindGate:
 		h.metrics.signRequest(ev.Kind, ev.Result)
 	}

@@ -216,6 +216,7 @@ type project struct {
 	id     string
 	keys   []*Key   // keys[0] signs
 	qrKeys [][]byte // tag keys for hosted QR links, one per secret
+	series projectSeries
 }
 
 // CaddyModule returns the Caddy module information.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -429,8 +430,9 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 
-	ctx, cancel := context.WithTimeout(x.context(), time.Duration(h.ForwardTimeout))
-	defer cancel()
+	ctx := &x.forward
+	ctx.start(x.context(), time.Duration(h.ForwardTimeout))
+	defer ctx.stop()
 	buf := responseBufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -604,16 +606,22 @@ func (a *appAnswer) ReadFrom(r io.Reader) (int64, error) {
 func (a *appAnswer) FlushError() error { return nil }
 
 // deadlineCtx is a context with the values of its parent, done at its
-// deadline or when stopped. Its channel and timer are made only when Done
-// is called, so a store that never waits on it (memory) costs nothing.
+// deadline or when stopped: what context.WithTimeout gives, without its
+// four allocations. It costs only what is used: Done makes the channel
+// and arms a pooled timer, and AfterFunc (how a context derived from it
+// follows it) keeps two callbacks inline. So the memory store, which never
+// waits on its context, costs nothing, and a forward through
+// reverse_proxy costs the channel and what the derived context needs.
 type deadlineCtx struct {
-	parent   context.Context // not cancelled (the exchange's context)
+	parent   context.Context // not cancelled: the exchange's context
 	deadline time.Time
 
-	mu    sync.Mutex
-	done  chan struct{}
-	timer *time.Timer
-	err   error
+	mu     sync.Mutex
+	done   chan struct{}
+	err    error
+	timer  *ctxTimer
+	funcs  []func() // AfterFunc's, nil entries stopped
+	inline [2]func()
 }
 
 // start sets the context up; it is used once.
@@ -622,22 +630,15 @@ func (c *deadlineCtx) start(parent context.Context, timeout time.Duration) {
 }
 
 func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }
-func (c *deadlineCtx) Value(key any) any           { return c.parent.Value(key) }
+
+// Value is the parent's. The parent hides its own cancellation, so
+// context.Cause sees this context's.
+func (c *deadlineCtx) Value(key any) any { return c.parent.Value(key) }
 
 func (c *deadlineCtx) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.done == nil {
-		c.done = make(chan struct{})
-		switch {
-		case c.err != nil:
-			close(c.done)
-		case !time.Now().Before(c.deadline):
-			c.closeLocked(context.DeadlineExceeded)
-		default:
-			c.timer = time.AfterFunc(time.Until(c.deadline), c.expire)
-		}
-	}
+	c.watchLocked()
 	return c.done
 }
 
@@ -650,6 +651,50 @@ func (c *deadlineCtx) Err() error {
 	return c.err
 }
 
+// AfterFunc is what context.AfterFunc and a derived context use: f runs
+// in its own goroutine once the context is done.
+func (c *deadlineCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watchLocked()
+	if c.err != nil {
+		go f()
+		return func() bool { return false }
+	}
+	if c.funcs == nil {
+		c.funcs = c.inline[:0]
+	}
+	i := len(c.funcs)
+	c.funcs = append(c.funcs, f)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.err != nil || c.funcs[i] == nil {
+			return false
+		}
+		c.funcs[i] = nil
+		return true
+	}
+}
+
+// watchLocked makes the channel and arms the timer, once.
+func (c *deadlineCtx) watchLocked() {
+	if c.done != nil {
+		return
+	}
+	c.done = make(chan struct{})
+	switch d := time.Until(c.deadline); {
+	case c.err != nil:
+		close(c.done)
+	case d <= 0:
+		c.closeLocked(context.DeadlineExceeded)
+	default:
+		c.timer = ctxTimers.Get().(*ctxTimer)
+		c.timer.target.Store(c)
+		c.timer.t.Reset(d)
+	}
+}
+
 func (c *deadlineCtx) expire() {
 	c.mu.Lock()
 	c.closeLocked(context.DeadlineExceeded)
@@ -659,8 +704,13 @@ func (c *deadlineCtx) expire() {
 // stop ends the context, as a cancel func would.
 func (c *deadlineCtx) stop() {
 	c.mu.Lock()
-	if c.timer != nil {
-		c.timer.Stop()
+	if ct := c.timer; ct != nil {
+		c.timer = nil
+		// Only a timer that will not fire may serve another context.
+		if ct.t.Stop() {
+			ct.target.Store(nil)
+			ctxTimers.Put(ct)
+		}
 	}
 	c.closeLocked(context.Canceled)
 	c.mu.Unlock()
@@ -675,5 +725,31 @@ func (c *deadlineCtx) closeLocked(err error) {
 	c.err = err
 	if c.done != nil {
 		close(c.done)
+	}
+	for _, f := range c.funcs {
+		if f != nil {
+			go f()
+		}
+	}
+	c.funcs = nil
+}
+
+// ctxTimer is a deadlineCtx's timer, pooled: a stopped AfterFunc timer can
+// be armed again for another context.
+type ctxTimer struct {
+	t      *time.Timer
+	target atomic.Pointer[deadlineCtx]
+}
+
+var ctxTimers = sync.Pool{New: func() any {
+	ct := new(ctxTimer)
+	ct.t = time.AfterFunc(time.Hour, ct.fire)
+	ct.t.Stop()
+	return ct
+}}
+
+func (ct *ctxTimer) fire() {
+	if c := ct.target.Load(); c != nil {
+		c.expire()
 	}
 }

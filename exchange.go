@@ -27,6 +27,7 @@ type exchange struct {
 	// one allocation holds it. The exchange is never reused: what the app's
 	// handler or the transport keeps of these stays valid.
 	detached context.Context // the request's values without its cancellation
+	forward  deadlineCtx
 	settle   deadlineCtx
 	body     appBody
 	app      appAnswer

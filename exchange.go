@@ -150,10 +150,15 @@ func (h *Handler) projectFor(id string, given, required bool, field string) (*pr
 // run to its end when the client hangs up.
 func (x *exchange) context() context.Context {
 	if x.detached == nil {
-		x.detached = context.WithoutCancel(x.r.Context())
+		// The value layer on top is what lets a deadlineCtx reach the
+		// request's values without an allocation per lookup: called
+		// directly, WithoutCancel's Value copies itself into an interface.
+		x.detached = context.WithValue(context.WithoutCancel(x.r.Context()), detachedKey{}, nil)
 	}
 	return x.detached
 }
+
+type detachedKey struct{}
 
 // setHeader sets one value without allocating its slice. name must be in
 // canonical form.

@@ -4,6 +4,7 @@
 package ecommpay
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -430,9 +431,22 @@ var forwardingHeaders = map[string]bool{
 // isProxied reports whether the request carries a forwarding header, in
 // any spelling.
 func isProxied(hdr http.Header) bool {
+	var buf [64]byte // longer than any of forwardingHeaders
 	for name := range hdr {
-		n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
-		if forwardingHeaders[n] || strings.HasPrefix(n, "x-forwarded-") {
+		// Folded on the stack: ToLower would allocate for every
+		// canonical name. Only ASCII can spell the names looked for.
+		n := buf[:min(len(name), len(buf))]
+		for i := range n {
+			switch c := name[i]; {
+			case c == '_':
+				n[i] = '-'
+			case 'A' <= c && c <= 'Z':
+				n[i] = c + 'a' - 'A'
+			default:
+				n[i] = c
+			}
+		}
+		if (len(n) == len(name) && forwardingHeaders[string(n)]) || bytes.HasPrefix(n, []byte("x-forwarded-")) {
 			return true
 		}
 	}

@@ -220,7 +220,11 @@ func (x *exchange) finish() {
 	}
 	if h.journal != nil && x.journaled() {
 		// The journal must not hold up the answer, nor fail it.
-		if err := h.journal.Record(x.context(), *ev); err != nil {
+		ctx := x.detached // a callback's, when it has one
+		if ctx == nil {
+			ctx = context.WithoutCancel(x.r.Context())
+		}
+		if err := h.journal.Record(ctx, *ev); err != nil {
 			h.logger.Error("could not record in the journal", zap.String("event_key", ev.EventKey), zap.Error(err))
 		}
 	}

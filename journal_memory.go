@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -60,6 +61,7 @@ const (
 type memEvent struct {
 	data              []byte
 	ends              [memStrings]uint32 // where each string ends in data
+	idHead            [16]byte           // the ID's start, to order entries without reading data
 	sec               int64              // Time, in UTC
 	nsec              int32
 	verified, ref     bool
@@ -91,14 +93,18 @@ func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
 	for _, s := range strs {
 		n += len(s)
 	}
-	me := slab.next()
-	*me = memEvent{data: make([]byte, 0, n), sec: e.Time.Unix(), nsec: int32(e.Time.Nanosecond()),
-		verified: e.Verified, status: e.Status, appStatus: e.AppStatus, appLatencyMS: e.AppLatencyMS}
+	data := make([]byte, n)
+	me := slab.next() // zero: fields are set one by one, the pointer once
+	off := 0
 	for i, s := range strs {
-		me.data = append(me.data, s...)
-		me.ends[i] = uint32(len(me.data))
+		off += copy(data[off:], s)
+		me.ends[i] = uint32(off)
 	}
-	me.data = append(me.data, body...)
+	copy(data[off:], body)
+	copy(me.idHead[:], e.ID)
+	me.data = data
+	me.sec, me.nsec = e.Time.Unix(), int32(e.Time.Nanosecond())
+	me.verified, me.status, me.appStatus, me.appLatencyMS = e.Verified, e.Status, e.AppStatus, e.AppLatencyMS
 	return me
 }
 
@@ -114,6 +120,16 @@ func (me *memEvent) str(i int) string {
 }
 
 func (me *memEvent) id() string { return me.str(memID) }
+
+// compareID orders a and b by ID. The heads (zero-padded) order as the
+// IDs do wherever they differ, and IDs differ in their time, which the
+// head holds: data, elsewhere in memory, is read only for a tie.
+func compareID(a, b *memEvent) int {
+	if c := bytes.Compare(a.idHead[:], b.idHead[:]); c != 0 {
+		return c
+	}
+	return strings.Compare(a.id(), b.id())
+}
 
 // body is the body this entry holds, if it holds one.
 func (me *memEvent) body() []byte { return me.data[me.ends[memStrings-1]:] }
@@ -358,7 +374,7 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 	if j.size > j.opts.MaxSize {
 		for j.size > j.opts.MaxSize*9/10 && j.events.len()+j.unverified.len() > 0 {
 			l := &j.events
-			if l.len() == 0 || (j.unverified.len() > 0 && j.unverified.front().id() < l.front().id()) {
+			if l.len() == 0 || (j.unverified.len() > 0 && compareID(j.unverified.front(), l.front()) < 0) {
 				l = &j.unverified
 			}
 			j.drop(l)
@@ -523,11 +539,11 @@ func (l *eventList) items() []*memEvent { return l.s[l.head:] }
 func (l *eventList) front() *memEvent   { return l.s[l.head] }
 
 func (l *eventList) insert(me *memEvent) {
-	if n := len(l.s); n == l.head || l.s[n-1].id() <= me.id() {
+	if n := len(l.s); n == l.head || compareID(l.s[n-1], me) <= 0 {
 		l.s = append(l.s, me)
 		return
 	}
-	i := sort.Search(l.len(), func(i int) bool { return l.s[l.head+i].id() > me.id() })
+	i := sort.Search(l.len(), func(i int) bool { return compareID(l.s[l.head+i], me) > 0 })
 	l.s = slices.Insert(l.s, l.head+i, me)
 }
 
@@ -544,10 +560,10 @@ func (l *eventList) popFront() *memEvent {
 
 // insertByID inserts me into s, sorted by ID, after any equal ID.
 func insertByID(s []*memEvent, me *memEvent) []*memEvent {
-	if len(s) == 0 || s[len(s)-1].id() <= me.id() {
+	if len(s) == 0 || compareID(s[len(s)-1], me) <= 0 {
 		return append(s, me)
 	}
-	i := sort.Search(len(s), func(i int) bool { return s[i].id() > me.id() })
+	i := sort.Search(len(s), func(i int) bool { return compareID(s[i], me) > 0 })
 	return slices.Insert(s, i, me)
 }
 

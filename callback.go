@@ -10,8 +10,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -245,7 +246,7 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	key := verifyWith(p.keys, canonical, signature)
 	if key != nil {
 		sum := sha256.Sum256(canonical)
-		ev.EventKey = p.id + "-" + hex.EncodeToString(sum[:16])
+		ev.EventKey = eventKey(p.id, sum[:16])
 	}
 	if cap(canonical) <= maxPooledCanonical {
 		*cb = canonical
@@ -257,6 +258,18 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	ev.Verified = true
 	noteCallback(d, ev, true)
 	return p, key, nil
+}
+
+// eventKey is the project's id, "-" and the hex of sum, made in one
+// allocation.
+func eventKey(projectID string, sum []byte) string {
+	var b strings.Builder
+	b.Grow(len(projectID) + 1 + hex.EncodedLen(len(sum)))
+	b.WriteString(projectID)
+	b.WriteByte('-')
+	var digits [64]byte
+	b.Write(hex.AppendEncode(digits[:0], sum))
+	return b.String()
 }
 
 // noteCallback copies the callback's identity into ev; unverified values
@@ -401,23 +414,25 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	// The query is not signed: frameworks that merge it into the request's
 	// parameters would take a stranger's values for ecommpay's.
 	r.URL.RawQuery, r.URL.ForceQuery = "", false
-	r.Header.Set(HeaderEventKey, ev.EventKey)
-	r.Header.Set(HeaderProjectID, ev.ProjectID)
+	x.setHeader(r.Header, HeaderEventKey, ev.EventKey)
+	x.setHeader(r.Header, HeaderProjectID, ev.ProjectID)
 	switch ev.Kind {
 	case kindReplay:
-		r.Header.Set(HeaderReplay, "1")
+		x.setHeader(r.Header, HeaderReplay, "1")
 	case kindStatus:
-		r.Header.Set(HeaderSource, "status")
+		x.setHeader(r.Header, HeaderSource, "status")
 	}
-	r.Header.Set("Content-Type", "application/json")
-	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	x.setHeader(r.Header, "Content-Type", "application/json")
+	x.setHeader(r.Header, "Content-Length", x.itoa(len(body)))
 	r.Header.Del("Accept-Encoding") // the app's answer is buffered, not parsed; keep it plain anyway
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	x.body.Reset(body)
+	r.Body = &x.body
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Duration(h.ForwardTimeout))
-	defer cancel()
+	ctx := &x.forward
+	ctx.start(x.context(), time.Duration(h.ForwardTimeout))
+	defer ctx.stop()
 	buf := responseBufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -425,13 +440,14 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 			responseBufs.Put(buf)
 		}
 	}()
-	rec := caddyhttp.NewResponseRecorder(w, buf, func(int, http.Header) bool { return true })
+	rec := &x.app
+	rec.ResponseWriter, rec.buf = w, buf
 	sent := time.Now()
 	err := next.ServeHTTP(rec, r.WithContext(ctx))
 	x.appLatency = time.Since(sent)
-	h.metrics.forwarded(ev.ProjectID, x.appLatency)
+	h.metrics.forwarded(h.lookupProject(ev.ProjectID), ev.ProjectID, x.appLatency)
 
-	appStatus := rec.Status()
+	appStatus := rec.status
 	if err != nil {
 		appStatus = http.StatusBadGateway
 		var he caddyhttp.HandlerError
@@ -444,11 +460,11 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	}
 	ev.AppStatus = appStatus
 	delivered := err == nil && appStatus >= 200 && appStatus < 300
-	h.settleClaim(r.Context(), ev.EventKey, token, delivered)
+	h.settleClaim(x, token, delivered)
 	if delivered {
 		ev.Status, ev.Result = http.StatusOK, "forwarded"
-		w.Header().Set(HeaderEventKey, ev.EventKey)
-		w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+		x.setHeader(w.Header(), HeaderEventKey, ev.EventKey)
+		x.setHeader(w.Header(), "Content-Length", x.itoa(buf.Len()))
 		w.WriteHeader(http.StatusOK) // ecommpay wants exactly 200
 		_, _ = w.Write(buf.Bytes())
 		return nil
@@ -467,7 +483,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 		return x.answer(refuse(cmp.Or(ev.Status, appStatus), "app_error", "the app could not be reached"))
 	}
 	ev.Status = appStatus
-	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	x.setHeader(w.Header(), "Content-Length", x.itoa(buf.Len()))
 	w.WriteHeader(appStatus)
 	_, _ = w.Write(buf.Bytes())
 	return nil
@@ -475,12 +491,14 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 
 // settleClaim commits a delivered event or releases the claim of one that
 // was not. It runs even when ecommpay hung up meanwhile.
-func (h *Handler) settleClaim(parent context.Context, key, token string, delivered bool) {
+func (h *Handler) settleClaim(x *exchange, token string, delivered bool) {
 	if h.store == nil || token == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), 5*time.Second)
-	defer cancel()
+	key := x.ev.EventKey
+	ctx := &x.settle
+	ctx.start(x.context(), 5*time.Second)
+	defer ctx.stop()
 	if delivered {
 		if err := h.store.Commit(ctx, key, token, time.Duration(h.TTL)); err != nil {
 			// The app has it; a 200 stops retries that would deliver it again.
@@ -544,4 +562,194 @@ func textAt(d *Doc, n int32, path ...string) string {
 		return ""
 	}
 	return d.Text(n)
+}
+
+// appBody is the body the app reads: a bytes.Reader that closes as a no-op.
+type appBody struct{ bytes.Reader }
+
+func (*appBody) Close() error { return nil }
+
+// appAnswer buffers the app's answer as caddyhttp's recorder does when told
+// to buffer everything, without its two allocations: 1xx answers go
+// through, flushes are held back, and what else the app's handler asks of
+// the connection (hijack, deadlines) reaches it through Unwrap.
+type appAnswer struct {
+	caddyhttp.ResponseWriterWrapper
+	buf         *bytes.Buffer
+	status      int
+	wroteHeader bool
+}
+
+func (a *appAnswer) WriteHeader(status int) {
+	if a.wroteHeader {
+		return
+	}
+	a.status = status
+	if status >= 100 && status <= 199 { // informational, not the answer
+		a.ResponseWriterWrapper.WriteHeader(status)
+		return
+	}
+	a.wroteHeader = true
+}
+
+func (a *appAnswer) Write(b []byte) (int, error) {
+	a.WriteHeader(http.StatusOK)
+	return a.buf.Write(b)
+}
+
+func (a *appAnswer) ReadFrom(r io.Reader) (int64, error) {
+	a.WriteHeader(http.StatusOK)
+	return a.buf.ReadFrom(r)
+}
+
+// FlushError holds the flush back: the answer is sent once it is complete.
+func (a *appAnswer) FlushError() error { return nil }
+
+// deadlineCtx is a context with the values of its parent, done at its
+// deadline or when stopped: what context.WithTimeout gives, without its
+// four allocations. It costs only what is used: Done makes the channel
+// and arms a pooled timer, and AfterFunc (how a context derived from it
+// follows it) keeps two callbacks inline. So the memory store, which never
+// waits on its context, costs nothing, and a forward through
+// reverse_proxy costs the channel and what the derived context needs.
+type deadlineCtx struct {
+	parent   context.Context // not cancelled: the exchange's context
+	deadline time.Time
+
+	mu     sync.Mutex
+	done   chan struct{}
+	err    error
+	timer  *ctxTimer
+	funcs  []func() // AfterFunc's, nil entries stopped
+	inline [2]func()
+}
+
+// start sets the context up; it is used once.
+func (c *deadlineCtx) start(parent context.Context, timeout time.Duration) {
+	c.parent, c.deadline = parent, time.Now().Add(timeout)
+}
+
+func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Value is the parent's. The parent hides its own cancellation, so
+// context.Cause sees this context's.
+func (c *deadlineCtx) Value(key any) any { return c.parent.Value(key) }
+
+func (c *deadlineCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watchLocked()
+	return c.done
+}
+
+func (c *deadlineCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && !time.Now().Before(c.deadline) {
+		c.closeLocked(context.DeadlineExceeded)
+	}
+	return c.err
+}
+
+// AfterFunc is what context.AfterFunc and a derived context use: f runs
+// in its own goroutine once the context is done.
+func (c *deadlineCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watchLocked()
+	if c.err != nil {
+		go f()
+		return func() bool { return false }
+	}
+	if c.funcs == nil {
+		c.funcs = c.inline[:0]
+	}
+	i := len(c.funcs)
+	c.funcs = append(c.funcs, f)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.err != nil || c.funcs[i] == nil {
+			return false
+		}
+		c.funcs[i] = nil
+		return true
+	}
+}
+
+// watchLocked makes the channel and arms the timer, once.
+func (c *deadlineCtx) watchLocked() {
+	if c.done != nil {
+		return
+	}
+	c.done = make(chan struct{})
+	switch d := time.Until(c.deadline); {
+	case c.err != nil:
+		close(c.done)
+	case d <= 0:
+		c.closeLocked(context.DeadlineExceeded)
+	default:
+		c.timer = ctxTimers.Get().(*ctxTimer)
+		c.timer.target.Store(c)
+		c.timer.t.Reset(d)
+	}
+}
+
+func (c *deadlineCtx) expire() {
+	c.mu.Lock()
+	c.closeLocked(context.DeadlineExceeded)
+	c.mu.Unlock()
+}
+
+// stop ends the context, as a cancel func would.
+func (c *deadlineCtx) stop() {
+	c.mu.Lock()
+	if ct := c.timer; ct != nil {
+		c.timer = nil
+		// Only a timer that will not fire may serve another context.
+		if ct.t.Stop() {
+			ct.target.Store(nil)
+			ctxTimers.Put(ct)
+		}
+	}
+	c.closeLocked(context.Canceled)
+	c.mu.Unlock()
+}
+
+// closeLocked makes the context done with err, once: done is closed
+// exactly when it exists and err is set.
+func (c *deadlineCtx) closeLocked(err error) {
+	if c.err != nil {
+		return
+	}
+	c.err = err
+	if c.done != nil {
+		close(c.done)
+	}
+	for _, f := range c.funcs {
+		if f != nil {
+			go f()
+		}
+	}
+	c.funcs = nil
+}
+
+// ctxTimer is a deadlineCtx's timer, pooled: a stopped AfterFunc timer can
+// be armed again for another context.
+type ctxTimer struct {
+	t      *time.Timer
+	target atomic.Pointer[deadlineCtx]
+}
+
+var ctxTimers = sync.Pool{New: func() any {
+	ct := new(ctxTimer)
+	ct.t = time.AfterFunc(time.Hour, ct.fire)
+	ct.t.Stop()
+	return ct
+}}
+
+func (ct *ctxTimer) fire() {
+	if c := ct.target.Load(); c != nil {
+		c.expire()
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/png"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 const saleSuccess = `{"project_id":210,"payment":{"id":"ORDER-1","type":"purchase","status":"success","method":"wechat","sum":{"amount":1000,"currency":"CNY"}},"operation":{"id":9227000002916,"type":"sale","status":"success","code":"0","message":"Success","rate":1.50,"big":123456789012345678901}}`
@@ -604,6 +606,145 @@ func BenchmarkProxyOnly(b *testing.B) {
 		r := caddyhttp.PrepareRequest(post("/cb", body), caddy.NewReplacer(), nil, &caddyhttp.Server{})
 		if err := next.ServeHTTP(httptest.NewRecorder(), r); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The forward's context: bounded by its deadline, deaf to its parent's
+// cancellation, and followed by the contexts derived from it.
+func TestDeadlineCtx(t *testing.T) {
+	type key struct{}
+	parent, cancelParent := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	detached := context.WithoutCancel(parent)
+	cancelParent() // a client that hung up
+
+	t.Run("deadline", func(t *testing.T) {
+		c := &deadlineCtx{}
+		c.start(detached, 50*time.Millisecond)
+		defer c.stop()
+		if c.Err() != nil || c.Value(key{}) != "v" {
+			t.Fatalf("fresh: err %v, value %v", c.Err(), c.Value(key{}))
+		}
+		if d, ok := c.Deadline(); !ok || time.Until(d) > 50*time.Millisecond {
+			t.Fatalf("deadline %v %v", d, ok)
+		}
+		derived, cancel := context.WithCancel(c)
+		defer cancel()
+		ran := make(chan struct{})
+		context.AfterFunc(c, func() { close(ran) })
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("not done at its deadline")
+		}
+		<-derived.Done()
+		<-ran
+		if c.Err() != context.DeadlineExceeded || context.Cause(c) != context.DeadlineExceeded ||
+			!errors.Is(context.Cause(derived), context.DeadlineExceeded) {
+			t.Fatalf("err %v, cause %v, derived's cause %v", c.Err(), context.Cause(c), context.Cause(derived))
+		}
+	})
+
+	t.Run("deadline without Done", func(t *testing.T) {
+		c := &deadlineCtx{}
+		c.start(detached, time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
+		if c.Err() != context.DeadlineExceeded {
+			t.Fatalf("err %v", c.Err())
+		}
+		select {
+		case <-c.Done():
+		default:
+			t.Fatal("Err reported the deadline but Done is open")
+		}
+		c.stop()
+		if c.Err() != context.DeadlineExceeded {
+			t.Fatalf("stop changed the error to %v", c.Err())
+		}
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		for range 3 { // pooled timers serve again
+			c := &deadlineCtx{}
+			c.start(detached, time.Hour)
+			done := c.Done()
+			derived, cancel := context.WithCancel(c)
+			cancel() // a derived context that ends first lets go of c
+			stopped := context.AfterFunc(c, func() { t.Error("a stopped AfterFunc ran") })
+			if !stopped() || stopped() {
+				t.Fatal("AfterFunc's stop does not report once")
+			}
+			ran := make(chan struct{})
+			context.AfterFunc(c, func() { close(ran) })
+			c.stop()
+			<-done
+			<-ran
+			if c.Err() != context.Canceled || derived.Err() != context.Canceled {
+				t.Fatalf("err %v, derived %v", c.Err(), derived.Err())
+			}
+		}
+		c := &deadlineCtx{}
+		c.start(detached, 20*time.Millisecond)
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("a context with a reused timer is not done at its deadline")
+		}
+		c.stop()
+	})
+}
+
+// The module's own allocations for one callback through the memory backend,
+// the request's and the app's aside.
+func TestCallbackAllocationBudget(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector allocates on its own account")
+	}
+	const budget = 16
+	h := callbackHandler(t, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
+	b := newMemoryBackend(0, journalOptions{}, nil)
+	h.store, h.journal = b, b
+	h.logger = zap.NewNop()
+	const runs = 200
+	bodies := make([][]byte, runs+1) // AllocsPerRun runs once more first
+	for i := range bodies {
+		bodies[i] = sign(t, testSecret, strings.Replace(saleSuccess, `"ORDER-1"`, fmt.Sprintf(`"ORDER-%d"`, i), 1))
+	}
+	app := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	})
+	// What the request costs without the module: made the same way, and
+	// answered by the same app.
+	i := 0
+	bare := testing.AllocsPerRun(runs, func() {
+		w := httptest.NewRecorder()
+		r := caddyhttp.PrepareRequest(post("/cb", bodies[i%len(bodies)]), caddy.NewReplacer(), w, &caddyhttp.Server{})
+		_ = app.ServeHTTP(w, r)
+		i++
+	})
+	i = 0
+	full := testing.AllocsPerRun(runs, func() {
+		w := httptest.NewRecorder()
+		r := caddyhttp.PrepareRequest(post("/cb", bodies[i%len(bodies)]), caddy.NewReplacer(), w, &caddyhttp.Server{})
+		if err := h.ServeHTTP(w, r, app); err != nil || w.Code != http.StatusOK {
+			t.Fatalf("callback %d: %v %d", i, err, w.Code)
+		}
+		i++
+	})
+	if added := full - bare; added > budget {
+		t.Fatalf("a callback allocates %.0f times in the module, budget %d", added, budget)
+	} else {
+		t.Logf("a callback allocates %.0f times in the module (budget %d)", added, budget)
+	}
+}
+
+// setHeader stores values under the names it is given: they must be
+// canonical, as Header.Set would make them.
+func TestModuleHeadersAreCanonical(t *testing.T) {
+	for _, name := range []string{HeaderEventKey, HeaderProjectID, HeaderReplay, HeaderSource, "Content-Type", "Content-Length"} {
+		if http.CanonicalHeaderKey(name) != name {
+			t.Errorf("%s is not canonical", name)
 		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -20,6 +22,20 @@ type exchange struct {
 	ev    journalEvent
 	// appLatency is how long the next handler took, when it was called.
 	appLatency time.Duration
+
+	// What a callback needs on its way, kept here so that the exchange's
+	// one allocation holds it. The exchange is never reused: what the app's
+	// handler or the transport keeps of these stays valid.
+	detached context.Context // the request's values without its cancellation
+	forward  deadlineCtx
+	settle   deadlineCtx
+	body     appBody
+	app      appAnswer
+	vals     [8]string // header values, set as one-element slices
+	nvals    int
+	nums     [40]byte // digits of header values, each written once
+	nnums    int
+	fields   [12]zap.Field
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
@@ -60,10 +76,11 @@ func (x *exchange) readBody() ([]byte, *refusal) {
 	if x.ev.Kind == kindCallback {
 		// A slow sender must not hold the connection: the body of a real
 		// callback arrives at once.
-		_ = http.NewResponseController(x.w).SetReadDeadline(time.Now().Add(time.Duration(x.h.ReadTimeout)))
+		setReadDeadline(x.w, time.Now().Add(time.Duration(x.h.ReadTimeout)))
 	}
 	body, err := readBody(x.r, x.h.MaxBody)
 	switch {
+	case err == nil:
 	case errors.Is(err, errTooLarge):
 		return nil, refuse(http.StatusRequestEntityTooLarge, "too_large", "body too large")
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
@@ -72,6 +89,22 @@ func (x *exchange) readBody() ([]byte, *refusal) {
 		return nil, refuse(http.StatusBadRequest, "malformed", "reading the body failed")
 	}
 	return body, nil
+}
+
+// setReadDeadline is what http.ResponseController's does, without making
+// an error when no writer along the chain can set one (as under tests).
+func setReadDeadline(w http.ResponseWriter, t time.Time) {
+	for {
+		switch v := w.(type) {
+		case interface{ SetReadDeadline(time.Time) error }:
+			_ = v.SetReadDeadline(t)
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return
+		}
+	}
 }
 
 func isTimeout(err error) bool {
@@ -113,6 +146,44 @@ func (h *Handler) projectFor(id string, given, required bool, field string) (*pr
 	return nil, &refusal{http.StatusBadRequest, "invalid", field, field + " is required when several projects are configured"}
 }
 
+// context is the request's context without its cancellation: what must
+// run to its end when the client hangs up.
+func (x *exchange) context() context.Context {
+	if x.detached == nil {
+		// The value layer on top is what lets a deadlineCtx reach the
+		// request's values without an allocation per lookup: called
+		// directly, WithoutCancel's Value copies itself into an interface.
+		x.detached = context.WithValue(context.WithoutCancel(x.r.Context()), detachedKey{}, nil)
+	}
+	return x.detached
+}
+
+type detachedKey struct{}
+
+// setHeader sets one value without allocating its slice. name must be in
+// canonical form.
+func (x *exchange) setHeader(hdr http.Header, name, value string) {
+	if x.nvals == len(x.vals) {
+		hdr[name] = []string{value}
+		return
+	}
+	i := x.nvals
+	x.nvals++
+	x.vals[i] = value
+	hdr[name] = x.vals[i : i+1 : i+1]
+}
+
+// itoa formats n into the exchange's digits. Digits once written are never
+// changed, so the string may alias them.
+func (x *exchange) itoa(n int) string {
+	if len(x.nums)-x.nnums < 20 {
+		return strconv.Itoa(n)
+	}
+	b := strconv.AppendInt(x.nums[x.nnums:x.nnums], int64(n), 10)
+	x.nnums += len(b)
+	return unsafe.String(&b[0], len(b))
+}
+
 // finish logs the outcome, counts it once and records it in the journal.
 func (x *exchange) finish() {
 	h, ev := x.h, &x.ev
@@ -124,7 +195,7 @@ func (x *exchange) finish() {
 	}
 	switch ev.Kind {
 	case kindCallback:
-		h.metrics.callback(ev.ProjectID, ev.Result)
+		h.metrics.callback(h.lookupProject(ev.ProjectID), ev.ProjectID, ev.Result)
 	case kindPaymentPage, kindGate:
 		h.metrics.signRequest(ev.Kind, ev.Result)
 	}
@@ -133,7 +204,7 @@ func (x *exchange) finish() {
 	}
 	// Check first: the fields cost allocations even when Info is off.
 	if ce := h.logger.Check(zap.InfoLevel, logMessages[ev.Kind]); ce != nil {
-		fields := []zap.Field{zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID)}
+		fields := append(x.fields[:0], zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID))
 		switch ev.Kind {
 		case kindCallback, kindReplay, kindStatus:
 			fields = append(fields, zap.String("operation_id", ev.OperationID), zap.String("operation_status", ev.OperationStatus),
@@ -149,7 +220,11 @@ func (x *exchange) finish() {
 	}
 	if h.journal != nil && x.journaled() {
 		// The journal must not hold up the answer, nor fail it.
-		if err := h.journal.Record(context.WithoutCancel(x.r.Context()), *ev); err != nil {
+		ctx := x.detached // a callback's, when it has one
+		if ctx == nil {
+			ctx = context.WithoutCancel(x.r.Context())
+		}
+		if err := h.journal.Record(ctx, *ev); err != nil {
 			h.logger.Error("could not record in the journal", zap.String("event_key", ev.EventKey), zap.Error(err))
 		}
 	}

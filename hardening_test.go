@@ -391,3 +391,19 @@ func TestLargeCallbacksShareABudget(t *testing.T) {
 		t.Fatalf("large callback with room: %d %s", w.Code, w.Body)
 	}
 }
+
+// isProxied folds names without allocating, and a long X-Forwarded-* name
+// still counts.
+func TestIsProxiedFolds(t *testing.T) {
+	long := http.Header{"X-Forwarded-" + strings.Repeat("Long-", 20): {"1"}}
+	direct := http.Header{"Content-Type": {"application/json"}, "User-Agent": {"shop"}, "Accept": {"*/*"}}
+	if !isProxied(long) || isProxied(direct) || !isProxied(http.Header{"X_Real_IP": {"1"}}) {
+		t.Fatal("misjudged")
+	}
+	if raceDetector {
+		return
+	}
+	if n := testing.AllocsPerRun(10, func() { isProxied(direct) }); n != 0 {
+		t.Fatalf("%v allocations", n)
+	}
+}

@@ -3,10 +3,14 @@ package ecommpay
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -28,35 +32,208 @@ func (b *memoryBackend) Destruct() error {
 	return b.memoryStore.Destruct()
 }
 
-// memEventSize estimates an entry's heap cost for the size bound: the
-// struct, its pointer and the strings' bytes.
-func memEventSize(e *journalEvent) int64 {
-	n := 240
-	for _, s := range [...]string{e.ID, e.Kind, e.ProjectID, e.PaymentID, e.OperationID, e.OperationType,
-		e.OperationStatus, e.PaymentStatus, e.EventKey, e.Result, e.Path, e.Amount, e.Currency, e.Method} {
-		n += len(s)
-	}
-	return int64(n)
-}
-
 // memBodyOverhead is a stored body's cost beyond its bytes and key.
 const memBodyOverhead = 64
 
-// memEvent is a stored entry; ref says that it holds a reference on the
-// body of its event key.
+// The strings of a stored entry, in the order they are kept.
+const (
+	memID = iota
+	memKind
+	memProjectID
+	memPaymentID
+	memOperationID
+	memOperationType
+	memOperationStatus
+	memPaymentStatus
+	memEventKey
+	memResult
+	memPath
+	memAmount
+	memCurrency
+	memMethod
+	memStrings
+)
+
+// memEvent is a stored entry. Its strings, and the body when the entry is
+// the first of its event key, are one byte slice that is never changed:
+// one pointer for the collector to follow, and strings read from it need
+// no copy. ref says that it holds a reference on its event key's body.
 type memEvent struct {
-	e   journalEvent
-	ref bool
+	data              []byte
+	ends              [memStrings]uint32 // where each string ends in data
+	idHead            [16]byte           // the ID's start, to order entries without reading data
+	sec               int64              // Time, in UTC
+	nsec              int32
+	verified, ref     bool
+	status, appStatus int
+	appLatencyMS      int64
 }
 
+// memSlab hands out entries from chunks of memSlabLen, one allocation per
+// chunk. Entries are dropped about in the order they came, so a chunk is
+// soon wholly free; drop clears an entry so that it holds nothing
+// meanwhile.
+type memSlab []memEvent
+
+const memSlabLen = 64
+
+func (s *memSlab) next() *memEvent {
+	if len(*s) == 0 {
+		*s = make([]memEvent, memSlabLen)
+	}
+	me := &(*s)[0]
+	*s = (*s)[1:]
+	return me
+}
+
+func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
+	strs := [memStrings]string{e.ID, e.Kind, e.ProjectID, e.PaymentID, e.OperationID, e.OperationType,
+		e.OperationStatus, e.PaymentStatus, e.EventKey, e.Result, e.Path, e.Amount, e.Currency, e.Method}
+	n := len(body)
+	for _, s := range strs {
+		n += len(s)
+	}
+	data := make([]byte, n)
+	me := slab.next() // zero: fields are set one by one, the pointer once
+	off := 0
+	for i, s := range strs {
+		off += copy(data[off:], s)
+		me.ends[i] = uint32(off)
+	}
+	copy(data[off:], body)
+	copy(me.idHead[:], e.ID)
+	me.data = data
+	me.sec, me.nsec = e.Time.Unix(), int32(e.Time.Nanosecond())
+	me.verified, me.status, me.appStatus, me.appLatencyMS = e.Verified, e.Status, e.AppStatus, e.AppLatencyMS
+	return me
+}
+
+func (me *memEvent) str(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = me.ends[i-1]
+	}
+	if me.ends[i] == start {
+		return ""
+	}
+	return unsafe.String(&me.data[start], me.ends[i]-start)
+}
+
+func (me *memEvent) id() string { return me.str(memID) }
+
+// compareID orders a and b by ID. The heads (zero-padded) order as the
+// IDs do wherever they differ, and IDs differ in their time, which the
+// head holds: data, elsewhere in memory, is read only for a tie.
+func compareID(a, b *memEvent) int {
+	if c := bytes.Compare(a.idHead[:], b.idHead[:]); c != 0 {
+		return c
+	}
+	return strings.Compare(a.id(), b.id())
+}
+
+// body is the body this entry holds, if it holds one.
+func (me *memEvent) body() []byte { return me.data[me.ends[memStrings-1]:] }
+
+// event is the entry as a journalEvent, without its body. Its strings
+// share the entry's memory.
+func (me *memEvent) event() journalEvent {
+	return journalEvent{
+		ID: me.str(memID), Time: time.Unix(me.sec, int64(me.nsec)).UTC(), Kind: me.str(memKind),
+		ProjectID: me.str(memProjectID), PaymentID: me.str(memPaymentID),
+		OperationID: me.str(memOperationID), OperationType: me.str(memOperationType),
+		OperationStatus: me.str(memOperationStatus), PaymentStatus: me.str(memPaymentStatus),
+		EventKey: me.str(memEventKey), Result: me.str(memResult),
+		Status: me.status, AppStatus: me.appStatus, AppLatencyMS: me.appLatencyMS, Verified: me.verified,
+		Path: me.str(memPath), Amount: me.str(memAmount), Currency: me.str(memCurrency), Method: me.str(memMethod),
+	}
+}
+
+// size estimates the entry's heap cost for the size bound, as a
+// journalEvent behind a pointer would take: the struct and the strings'
+// bytes. A held body is counted with the body.
+func (me *memEvent) size() int64 { return 240 + int64(me.ends[memStrings-1]) }
+
 type memBody struct {
-	data []byte
+	data []byte // shares the memory of the entry that stored it
 	refs int
 }
+
+// payID identifies a payment in maps.
+type payID struct{ projectID, paymentID string }
 
 type memPayment struct {
 	view   paymentView
 	events []*memEvent // by ID
+	first  [4]*memEvent
+	key    [64]byte // holds the key's strings when they fit; never changed
+}
+
+// own points the view's strings that apply just changed at memory of the
+// payment's own, so that the view keeps no entry's data alive once the
+// entry is dropped. Known statuses and kinds are shared, not copied.
+func (p *memPayment) own(id payID, prev *paymentView) {
+	v := &p.view
+	v.ProjectID, v.PaymentID = id.projectID, id.paymentID
+	v.Mode = internKind(v.Mode)
+	if s, ok := knownStatuses[v.Status]; ok {
+		v.Status = s
+	}
+	fields := [...]struct {
+		dst  *string
+		prev string
+	}{{&v.Status, prev.Status}, {&v.Amount, prev.Amount}, {&v.Currency, prev.Currency}, {&v.Method, prev.Method}}
+	fresh := func(s, prev string) bool { return s != "" && !sameString(s, prev) && !isKnownStatus(s) }
+	n := 0
+	for _, f := range fields {
+		if fresh(*f.dst, f.prev) {
+			n += len(*f.dst)
+		}
+	}
+	if n == 0 {
+		return
+	}
+	buf := make([]byte, 0, n) // never grows: the strings keep pointing into it
+	for _, f := range fields {
+		if fresh(*f.dst, f.prev) {
+			start := len(buf)
+			buf = append(buf, *f.dst...)
+			*f.dst = unsafe.String(&buf[start], len(buf)-start)
+		}
+	}
+}
+
+// sameString reports whether a and b are the same memory (or both empty).
+func sameString(a, b string) bool {
+	return len(a) == len(b) && (len(a) == 0 || unsafe.StringData(a) == unsafe.StringData(b))
+}
+
+func internKind(k string) string {
+	switch k {
+	case kindPaymentPage:
+		return kindPaymentPage
+	case kindGate:
+		return kindGate
+	}
+	return k
+}
+
+// knownStatuses are payment statuses that views share rather than copy.
+var knownStatuses = func() map[string]string {
+	m := map[string]string{}
+	for _, s := range []string{"awaiting customer", "awaiting 3ds result", "awaiting redirect result",
+		"awaiting clarification", "awaiting capture", "awaiting cancellation", "processing",
+		"partially refunded", "partially reversed"} {
+		m[s] = s
+	}
+	for s := range finalStatuses {
+		m[s] = s
+	}
+	return m
+}()
+
+func isKnownStatus(s string) bool {
+	k, ok := knownStatuses[s]
+	return ok && sameString(k, s)
 }
 
 // memoryJournal is the journal of the memory backend. One mutex guards it:
@@ -69,9 +246,12 @@ type memoryJournal struct {
 	opts       journalOptions
 	events     eventList // genuine entries
 	unverified eventList // unverified callbacks, bounded by count
-	payments   map[string]*memPayment
-	bodies     map[string]*memBody
-	size       int64 // estimated bytes held
+	payments   map[payID]*memPayment
+	bodies     map[string]memBody // by event key
+	size       int64              // estimated bytes held
+	// Apart, so that the strangers' short-lived entries do not keep the
+	// chunks of genuine ones.
+	slab, unverifiedSlab memSlab
 }
 
 func newMemoryJournal(opts journalOptions, logger *zap.Logger) *memoryJournal {
@@ -82,8 +262,8 @@ func newMemoryJournal(opts journalOptions, logger *zap.Logger) *memoryJournal {
 		now:      time.Now,
 		prune:    pruneLog{logger: logger},
 		opts:     opts.withDefaults(),
-		payments: make(map[string]*memPayment),
-		bodies:   make(map[string]*memBody),
+		payments: make(map[payID]*memPayment),
+		bodies:   make(map[string]memBody),
 	}
 }
 
@@ -96,49 +276,74 @@ func (j *memoryJournal) setOptions(opts journalOptions) {
 	j.report(n)
 }
 
-// payKey identifies a payment in maps.
+// payKey identifies a payment in maps keyed by string.
 func payKey(projectID, paymentID string) string { return projectID + "\x00" + paymentID }
 
 // Record implements journal.
 func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
 	now := j.now()
 	e.prepare(now)
-	body := e.Body
-	e.Body = nil
-	me := &memEvent{e: e}
 
 	j.mu.Lock()
-	j.size += memEventSize(&me.e)
+	var me *memEvent
 	if e.isUnverified() {
+		me = newMemEvent(&j.unverifiedSlab, &e, nil)
 		j.unverified.insert(me)
 	} else {
+		held, found := j.bodies[e.EventKey]
+		switch {
+		case e.EventKey == "":
+			me = newMemEvent(&j.slab, &e, nil)
+		case found:
+			me = newMemEvent(&j.slab, &e, nil)
+			held.refs++
+			j.bodies[e.EventKey] = held
+			me.ref = true
+		case len(e.Body) > 0 && !j.opts.NoBodies:
+			me = newMemEvent(&j.slab, &e, e.Body) // a copy: the caller may reuse its buffer
+			j.bodies[me.str(memEventKey)] = memBody{data: me.body(), refs: 1}
+			j.size += int64(len(e.Body)+len(e.EventKey)) + memBodyOverhead
+			me.ref = true
+		default:
+			me = newMemEvent(&j.slab, &e, nil)
+		}
 		j.events.insert(me)
 		if e.joinsPayment() {
-			k := payKey(e.ProjectID, e.PaymentID)
-			p := j.payments[k]
-			if p == nil {
-				p = &memPayment{}
-				j.payments[k] = p
-			}
-			p.view.apply(&me.e)
-			p.events = insertByID(p.events, me)
-		}
-		if e.EventKey != "" {
-			if b := j.bodies[e.EventKey]; b != nil {
-				b.refs++
-				me.ref = true
-			} else if len(body) > 0 && !j.opts.NoBodies {
-				// The caller may reuse its buffer.
-				j.bodies[e.EventKey] = &memBody{data: bytes.Clone(body), refs: 1}
-				j.size += int64(len(body)+len(e.EventKey)) + memBodyOverhead
-				me.ref = true
-			}
+			j.joinPayment(me)
 		}
 	}
+	j.size += me.size()
 	n := j.pruneLocked(now)
 	j.mu.Unlock()
 	j.report(n)
 	return nil
+}
+
+// joinPayment adds a verified entry to its payment's view and entries.
+func (j *memoryJournal) joinPayment(me *memEvent) {
+	e := me.event()
+	id := payID{e.ProjectID, e.PaymentID}
+	p := j.payments[id]
+	if p == nil {
+		p = &memPayment{}
+		p.events = p.first[:0]
+		// The key's own copy, which the view shares.
+		var k string
+		if n := len(e.ProjectID) + len(e.PaymentID); n > 0 && n <= len(p.key) {
+			b := append(append(p.key[:0], e.ProjectID...), e.PaymentID...)
+			k = unsafe.String(&b[0], len(b))
+		} else {
+			k = e.ProjectID + e.PaymentID
+		}
+		id = payID{k[:len(e.ProjectID)], k[len(e.ProjectID):]}
+		j.payments[id] = p
+	} else {
+		id = payID{p.view.ProjectID, p.view.PaymentID}
+	}
+	prev := p.view
+	p.view.apply(&e)
+	p.own(id, &prev)
+	p.events = insertByID(p.events, me)
 }
 
 // pruneCounts are entries pruned by reason.
@@ -154,9 +359,10 @@ func (j *memoryJournal) report(n pruneCounts) {
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
 // nine tenths of it, so that a full journal prunes in batches.
 func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
-	cut := idBound(now.Add(-j.opts.MaxAge))
+	var bound [16]byte
+	cut := idBoundIn(&bound, now.Add(-j.opts.MaxAge))
 	for _, l := range []*eventList{&j.events, &j.unverified} {
-		for l.len() > 0 && l.front().e.ID < cut {
+		for l.len() > 0 && l.front().id() < cut {
 			j.drop(l)
 			n.age++
 		}
@@ -168,7 +374,7 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 	if j.size > j.opts.MaxSize {
 		for j.size > j.opts.MaxSize*9/10 && j.events.len()+j.unverified.len() > 0 {
 			l := &j.events
-			if l.len() == 0 || (j.unverified.len() > 0 && j.unverified.front().e.ID < l.front().e.ID) {
+			if l.len() == 0 || (j.unverified.len() > 0 && compareID(j.unverified.front(), l.front()) < 0) {
 				l = &j.unverified
 			}
 			j.drop(l)
@@ -181,10 +387,10 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 // drop removes l's oldest entry and what only it held.
 func (j *memoryJournal) drop(l *eventList) {
 	me := l.popFront()
-	e := &me.e
-	j.size -= memEventSize(e)
+	e := me.event()
+	j.size -= me.size()
 	if e.joinsPayment() {
-		k := payKey(e.ProjectID, e.PaymentID)
+		k := payID{e.ProjectID, e.PaymentID}
 		if p := j.payments[k]; p != nil {
 			// The oldest entry overall is its payment's oldest too.
 			if i := slices.Index(p.events, me); i >= 0 {
@@ -196,13 +402,16 @@ func (j *memoryJournal) drop(l *eventList) {
 		}
 	}
 	if me.ref {
-		if b := j.bodies[e.EventKey]; b != nil {
+		if b, ok := j.bodies[e.EventKey]; ok {
 			if b.refs--; b.refs <= 0 {
 				delete(j.bodies, e.EventKey)
 				j.size -= int64(len(b.data)+len(e.EventKey)) + memBodyOverhead
+			} else {
+				j.bodies[e.EventKey] = b
 			}
 		}
 	}
+	*me = memEvent{} // its chunk may live on
 }
 
 // expire prunes by age before a read, so that an idle journal does not
@@ -222,7 +431,7 @@ func (j *memoryJournal) Events(_ context.Context, f eventFilter) ([]journalEvent
 	defer j.mu.Unlock()
 	var genuine []journalEvent
 	if f.ProjectID != "" && f.PaymentID != "" {
-		if p := j.payments[payKey(f.ProjectID, f.PaymentID)]; p != nil {
+		if p := j.payments[payID{f.ProjectID, f.PaymentID}]; p != nil {
 			genuine = scanNewest(p.events, &f, limit)
 		}
 	} else {
@@ -236,17 +445,16 @@ func (j *memoryJournal) Events(_ context.Context, f eventFilter) ([]journalEvent
 func scanNewest(l []*memEvent, f *eventFilter, limit int) []journalEvent {
 	i := len(l)
 	if start := f.startID(); start != "" {
-		i = sort.Search(len(l), func(i int) bool { return l[i].e.ID >= start })
+		i = sort.Search(len(l), func(i int) bool { return l[i].id() >= start })
 	}
 	stop := f.stopID()
 	var out []journalEvent
 	for i--; i >= 0 && len(out) < limit; i-- {
-		e := &l[i].e
-		if e.ID < stop {
+		if l[i].id() < stop {
 			break
 		}
-		if f.match(e) {
-			out = append(out, *e)
+		if e := l[i].event(); f.match(&e) {
+			out = append(out, e)
 		}
 	}
 	return out
@@ -272,13 +480,13 @@ func (j *memoryJournal) Timeline(_ context.Context, projectID, paymentID string)
 	j.expire()
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	p := j.payments[payKey(projectID, paymentID)]
+	p := j.payments[payID{projectID, paymentID}]
 	if p == nil {
 		return timeline{}, errNotFound
 	}
 	tl := timeline{Payment: p.view, Events: make([]journalEvent, len(p.events))}
 	for i, me := range p.events {
-		tl.Events[i] = me.e
+		tl.Events[i] = me.event()
 	}
 	return tl, nil
 }
@@ -302,11 +510,20 @@ func (j *memoryJournal) OpenPayments(_ context.Context, startedBefore time.Time,
 func (j *memoryJournal) Body(_ context.Context, eventKey string) ([]byte, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	b := j.bodies[eventKey]
-	if b == nil {
+	b, ok := j.bodies[eventKey]
+	if !ok {
 		return nil, errNotFound
 	}
 	return bytes.Clone(b.data), nil
+}
+
+// idBoundIn is idBound(t) written into b, so that a comparison with it
+// allocates nothing.
+func idBoundIn(b *[16]byte, t time.Time) string {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(t.UnixNano()))
+	hex.Encode(b[:], n[:])
+	return unsafe.String(&b[0], len(b))
 }
 
 // eventList is a slice of entries sorted by ID, with a moving head so that
@@ -322,11 +539,11 @@ func (l *eventList) items() []*memEvent { return l.s[l.head:] }
 func (l *eventList) front() *memEvent   { return l.s[l.head] }
 
 func (l *eventList) insert(me *memEvent) {
-	if n := len(l.s); n == l.head || l.s[n-1].e.ID <= me.e.ID {
+	if n := len(l.s); n == l.head || compareID(l.s[n-1], me) <= 0 {
 		l.s = append(l.s, me)
 		return
 	}
-	i := sort.Search(l.len(), func(i int) bool { return l.s[l.head+i].e.ID > me.e.ID })
+	i := sort.Search(l.len(), func(i int) bool { return compareID(l.s[l.head+i], me) > 0 })
 	l.s = slices.Insert(l.s, l.head+i, me)
 }
 
@@ -343,10 +560,10 @@ func (l *eventList) popFront() *memEvent {
 
 // insertByID inserts me into s, sorted by ID, after any equal ID.
 func insertByID(s []*memEvent, me *memEvent) []*memEvent {
-	if len(s) == 0 || s[len(s)-1].e.ID <= me.e.ID {
+	if len(s) == 0 || compareID(s[len(s)-1], me) <= 0 {
 		return append(s, me)
 	}
-	i := sort.Search(len(s), func(i int) bool { return s[i].e.ID > me.e.ID })
+	i := sort.Search(len(s), func(i int) bool { return compareID(s[i], me) > 0 })
 	return slices.Insert(s, i, me)
 }
 

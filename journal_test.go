@@ -624,3 +624,19 @@ func TestMemoryJournalSizeBound(t *testing.T) {
 		t.Fatalf("empty journal holds %d bytes, %d payments, %d bodies", j.size, len(j.payments), len(j.bodies))
 	}
 }
+
+// Entries order by ID as the IDs compare, whatever their length.
+func TestMemEventCompareID(t *testing.T) {
+	ids := []string{"", "a", "ab", "ab\x00", "ab\x00\x00c", "0123456789abcdef", "0123456789abcdef0",
+		"0123456789abcdef1", "0123456789abcdee9", "18a6b2c4d5e6f7a8", "18a6b2c4d5e6f7a8deadbeef", "18a6b2c4d5e6f7a8deadbeee"}
+	var slab memSlab
+	for _, a := range ids {
+		for _, b := range ids {
+			ma := newMemEvent(&slab, &journalEvent{ID: a}, nil)
+			mb := newMemEvent(&slab, &journalEvent{ID: b}, nil)
+			if got, want := compareID(ma, mb), strings.Compare(a, b); got != want {
+				t.Errorf("compareID(%q, %q) = %d, want %d", a, b, got, want)
+			}
+		}
+	}
+}

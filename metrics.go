@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,8 +62,20 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	return &metrics{}, nil
 }
 
-func (m *metrics) callback(project, result string) {
-	callbacksTotal.WithLabelValues(project, result).Inc()
+// callback counts a callback's outcome. p is the project named project,
+// if it is configured: its series are looked up once.
+func (m *metrics) callback(p *project, project, result string) {
+	i := callbackResultIndex(result)
+	if p == nil || p.id != project || i < 0 {
+		callbacksTotal.WithLabelValues(project, result).Inc()
+		return
+	}
+	c := p.series.callbacks[i].Load()
+	if c == nil {
+		c = &counterRef{callbacksTotal.WithLabelValues(project, result)}
+		p.series.callbacks[i].Store(c)
+	}
+	c.Inc()
 }
 
 func (m *metrics) signRequest(mode, result string) {
@@ -76,8 +89,42 @@ func (m *metrics) resigned() { signaturesTotal.WithLabelValues("callback_resign"
 
 func (m *metrics) qrImage(outcome string) { qrImagesTotal.WithLabelValues(outcome).Inc() }
 
-func (m *metrics) forwarded(project string, d time.Duration) {
-	forwardSeconds.WithLabelValues(project).Observe(d.Seconds())
+// forwarded observes a delivery's duration; p is as for callback.
+func (m *metrics) forwarded(p *project, project string, d time.Duration) {
+	if p == nil || p.id != project {
+		forwardSeconds.WithLabelValues(project).Observe(d.Seconds())
+		return
+	}
+	o := p.series.forward.Load()
+	if o == nil {
+		o = &observerRef{forwardSeconds.WithLabelValues(project)}
+		p.series.forward.Store(o)
+	}
+	o.Observe(d.Seconds())
+}
+
+// projectSeries are a project's callback series, each looked up on first
+// use: a label lookup hashes and checks the values on every call. The
+// collectors outlive reloads, so what is kept here stays theirs.
+type projectSeries struct {
+	forward   atomic.Pointer[observerRef]
+	callbacks [len(callbackResults)]atomic.Pointer[counterRef]
+}
+
+type counterRef struct{ prometheus.Counter }
+type observerRef struct{ prometheus.Observer }
+
+// callbackResults are the results of callbacks_total.
+var callbackResults = [...]string{"forwarded", "duplicate", "in_flight", "invalid_signature", "malformed",
+	"unknown_project", "too_large", "too_slow", "busy", "forbidden_source", "app_error", "store_error"}
+
+func callbackResultIndex(result string) int {
+	for i, r := range callbackResults {
+		if r == result {
+			return i
+		}
+	}
+	return -1
 }
 
 func (m *metrics) storeError(op string) { storeErrorsTotal.WithLabelValues(op).Inc() }

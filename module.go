@@ -217,6 +217,7 @@ type project struct {
 	id     string
 	keys   []*Key   // keys[0] signs
 	qrKeys [][]byte // tag keys for hosted QR links, one per secret
+	series projectSeries
 }
 
 // CaddyModule returns the Caddy module information.
@@ -430,23 +431,22 @@ var forwardingHeaders = map[string]bool{
 // isProxied reports whether the request carries a forwarding header, in
 // any spelling.
 func isProxied(hdr http.Header) bool {
-	var buf [64]byte // most names fit: folded without allocating
+	var buf [64]byte // longer than any of forwardingHeaders
 	for name := range hdr {
-		n := buf[:0]
-		if len(name) > len(buf) {
-			n = make([]byte, 0, len(name))
-		}
-		for i := 0; i < len(name); i++ {
-			c := name[i]
-			switch {
+		// Folded on the stack: ToLower would allocate for every
+		// canonical name. Only ASCII can spell the names looked for.
+		n := buf[:min(len(name), len(buf))]
+		for i := range n {
+			switch c := name[i]; {
 			case c == '_':
-				c = '-'
+				n[i] = '-'
 			case 'A' <= c && c <= 'Z':
-				c += 'a' - 'A'
+				n[i] = c + 'a' - 'A'
+			default:
+				n[i] = c
 			}
-			n = append(n, c)
 		}
-		if forwardingHeaders[string(n)] || bytes.HasPrefix(n, []byte("x-forwarded-")) {
+		if (len(n) == len(name) && forwardingHeaders[string(n)]) || bytes.HasPrefix(n, []byte("x-forwarded-")) {
 			return true
 		}
 	}

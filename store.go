@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -83,7 +84,10 @@ var errBadDuration = errors.New("ecommpay: lease and ttl must be positive")
 type keyHash [16]byte
 
 func hashKey(key string) keyHash {
-	sum := sha256.Sum256([]byte(key))
+	// A buffer on the stack: the conversion alone would allocate for keys
+	// longer than 32 bytes, as event keys are.
+	var buf [128]byte
+	sum := sha256.Sum256(append(buf[:0], key...))
 	return keyHash(sum[:16])
 }
 
@@ -105,7 +109,24 @@ type memShard struct {
 	mu      sync.Mutex
 	m       map[keyHash]memEntry
 	inserts int      // new entries since the last sweep
-	_       [40]byte // pads the shard to a 64-byte cache line
+	tokens  []byte   // where tokens are written; see token
+	_       [16]byte // pads the shard to a 64-byte cache line
+}
+
+// tokenChunk is how many bytes of tokens one allocation holds: a claim's
+// token (16 hex digits) then costs a 64th of one.
+const tokenChunk = 1024
+
+// token formats a claim id. Tokens are written one after another into a
+// shared chunk and never changed, so the string can alias it; a chunk is
+// freed once no token from it is held. The shard's lock must be held.
+func (sh *memShard) token(id uint64) string {
+	if cap(sh.tokens)-len(sh.tokens) < 16 {
+		sh.tokens = make([]byte, 0, tokenChunk)
+	}
+	start := len(sh.tokens)
+	sh.tokens = strconv.AppendUint(sh.tokens, id, 16)
+	return unsafe.String(&sh.tokens[start], len(sh.tokens)-start)
 }
 
 // memoryStore is an exact, process-local Store: 32 mutex-guarded map
@@ -182,6 +203,7 @@ func (s *memoryStore) Claim(_ context.Context, key string, lease time.Duration) 
 		id = s.lastID.Add(1)
 	}
 	sh.m[h] = memEntry{exp: now + int64(lease), id: id}
+	token := sh.token(id)
 	if !found {
 		s.count.Add(1)
 		sh.inserts++
@@ -194,7 +216,7 @@ func (s *memoryStore) Claim(_ context.Context, key string, lease time.Duration) 
 	if !found && s.count.Load() > s.maxKeys.Load() {
 		s.evict()
 	}
-	return Claimed, strconv.FormatUint(id, 16), nil
+	return Claimed, token, nil
 }
 
 // Commit implements Store.

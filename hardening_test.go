@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -405,5 +406,28 @@ func TestIsProxiedFolds(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(10, func() { isProxied(direct) }); n != 0 {
 		t.Fatalf("%v allocations", n)
+	}
+}
+
+// Ids of projects that are not configured share the "unknown" series:
+// a stranger cannot make a metric series per id it sends.
+func TestUnknownProjectsShareOneSeries(t *testing.T) {
+	h := callbackHandler(t, nil)
+	before := testutil.ToFloat64(callbacksTotal.WithLabelValues("unknown", "unknown_project"))
+	for i := range 3 {
+		body := strings.Replace(saleSuccess, `"project_id":210`, fmt.Sprintf(`"project_id":%d`, 9000+i), 1)
+		if w := serve(h, post("/cb", sign(t, testSecret, body)), nil); w.Code != http.StatusForbidden {
+			t.Fatalf("unknown project answered %d", w.Code)
+		}
+	}
+	if d := testutil.ToFloat64(callbacksTotal.WithLabelValues("unknown", "unknown_project")) - before; d != 3 {
+		t.Fatalf("unknown series moved by %v, want 3", d)
+	}
+	if n := testutil.CollectAndCount(callbacksTotal); n > 0 {
+		for i := range 3 {
+			if callbacksTotal.DeleteLabelValues(strconv.Itoa(9000+i), "unknown_project") {
+				t.Fatalf("a series for project %d exists", 9000+i)
+			}
+		}
 	}
 }

@@ -6,32 +6,52 @@ import (
 	"encoding/hex"
 	"slices"
 	"time"
+	"unsafe"
 )
 
 // localIndex is what the local journal keeps in memory: each payment's view
 // and entry IDs, and under which entry each event key's body is stored.
 // It is built from the file at open and kept by the writer as it writes
-// and prunes. Its maps are keyed by hashes and its IDs are arrays, so the
-// garbage collector has few pointers to follow however many payments it
-// holds: two small objects per payment.
+// and prunes. Its maps are keyed by hashes, its IDs are arrays and the
+// views' strings live in a byte arena, so the garbage collector, which
+// visits every pointer on every cycle, finds almost none however many
+// payments it holds: only one for each payment of more than two entries.
 type localIndex struct {
 	slots    map[keyHash]int32 // payKey hash → index in pays
 	pays     []localPayment
 	free     []int32 // unused slots of pays
 	bodies   map[keyHash]bodyRef
+	arena    strArena
 	payments int
 }
 
-// localPayment is a payment's view, packed without pointers but two, and
-// its entries' IDs in ID order.
+// localPayment is a payment's view, packed, and its entries' IDs in ID
+// order: up to two inline, more in a slice.
 type localPayment struct {
-	ids []entryID
-	// strs holds the view's strings, each length-prefixed, in the order of
-	// packedStrings.
-	strs                      string
+	inline                    [2]entryID
+	more                      []entryID
+	n                         int32 // entries
+	strs                      strRef
 	started, updated, signed  int64 // Unix nanoseconds; 0 for a zero time
 	callbacks, appErrors, evs int32
 	final                     bool
+}
+
+func (p *localPayment) ids() []entryID {
+	if p.more != nil {
+		return p.more
+	}
+	return p.inline[:p.n]
+}
+
+func (p *localPayment) setIDs(ids []entryID) {
+	p.n = int32(len(ids))
+	if len(ids) <= len(p.inline) {
+		copy(p.inline[:], ids)
+		p.more = nil
+		return
+	}
+	p.more = ids
 }
 
 func (v *paymentView) packedStrings() [7]*string {
@@ -52,27 +72,29 @@ func unpackTime(ns int64) time.Time {
 	return time.Unix(0, ns).UTC()
 }
 
-// set packs v.
-func (p *localPayment) set(v *paymentView) {
-	n := 0
-	for _, s := range v.packedStrings() {
-		n += binary.MaxVarintLen64 + len(*s)
-	}
-	b := make([]byte, 0, n)
+// pack stores v in p, its strings in the arena.
+func (x *localIndex) pack(p *localPayment, v *paymentView) {
+	var buf [256]byte
+	b := buf[:0]
 	for _, s := range v.packedStrings() {
 		b = binary.AppendUvarint(b, uint64(len(*s)))
 		b = append(b, *s...)
 	}
-	p.strs = string(b)
+	x.arena.release(p.strs)
+	p.strs = x.arena.put(b)
 	p.started, p.updated, p.signed = packTime(v.Started), packTime(v.Updated), packTime(v.Signed)
 	p.callbacks, p.appErrors, p.evs = int32(v.Callbacks), int32(v.AppErrors), int32(v.Events)
 	p.final = v.Final
+	if x.arena.wasteful() {
+		x.compact()
+	}
 }
 
-// view unpacks the view; its strings share p's bytes.
-func (p *localPayment) view() paymentView {
+// view unpacks p's view; its strings share the arena's bytes, which are
+// never written again.
+func (x *localIndex) view(p *localPayment) paymentView {
 	var v paymentView
-	s := p.strs
+	s := x.arena.get(p.strs)
 	for _, f := range v.packedStrings() {
 		n, k := uvarintIn(s)
 		if k <= 0 || n > uint64(len(s)-k) {
@@ -85,6 +107,58 @@ func (p *localPayment) view() paymentView {
 	v.Final = p.final
 	return v
 }
+
+// compact copies the live strings to a new arena; the old chunks go once
+// no view returned earlier refers to them.
+func (x *localIndex) compact() {
+	old := x.arena
+	x.arena = strArena{}
+	for i := range x.pays {
+		if p := &x.pays[i]; p.n > 0 {
+			p.strs = x.arena.put([]byte(old.get(p.strs)))
+		}
+	}
+}
+
+// strArena holds strings in append-only chunks: bytes once written never
+// change, so strings that share them stay valid.
+type strArena struct {
+	chunks      [][]byte
+	live, total int
+}
+
+// strRef is a string in a strArena.
+type strRef struct{ chunk, off, n uint32 }
+
+const arenaChunk = 1 << 20
+
+func (a *strArena) put(b []byte) strRef {
+	last := len(a.chunks) - 1
+	if last < 0 || cap(a.chunks[last])-len(a.chunks[last]) < len(b) {
+		a.chunks = append(a.chunks, make([]byte, 0, max(arenaChunk, len(b))))
+		last++
+	}
+	c := a.chunks[last]
+	r := strRef{chunk: uint32(last), off: uint32(len(c)), n: uint32(len(b))}
+	a.chunks[last] = append(c, b...)
+	a.live += len(b)
+	a.total += len(b)
+	return r
+}
+
+func (a *strArena) get(r strRef) string {
+	if r.n == 0 {
+		return ""
+	}
+	c := a.chunks[r.chunk]
+	return unsafe.String(&c[r.off], int(r.n))
+}
+
+// release notes that r's bytes are no longer used.
+func (a *strArena) release(r strRef) { a.live -= int(r.n) }
+
+// wasteful reports whether most of the arena is unused.
+func (a *strArena) wasteful() bool { return a.total-a.live > max(a.live, 4*arenaChunk) }
 
 // bodyRef says under which entry an event key's body is stored and how
 // many entries refer to it: it goes with the last of them.
@@ -156,15 +230,23 @@ func (x *localIndex) add(e *journalEvent) {
 		x.payments++
 	}
 	p := &x.pays[slot]
-	v := p.view()
+	v := x.view(p)
 	v.apply(e)
-	p.set(&v)
-	if n := len(p.ids); n == 0 || compareIDs(p.ids[n-1], id) <= 0 {
-		p.ids = append(p.ids, id)
-	} else {
-		i, _ := slices.BinarySearchFunc(p.ids, id, compareIDs)
-		p.ids = slices.Insert(p.ids, i, id)
+	x.pack(p, &v)
+	ids := p.ids()
+	i := len(ids)
+	if i > 0 && compareIDs(ids[i-1], id) > 0 {
+		i, _ = slices.BinarySearchFunc(ids, id, compareIDs)
 	}
+	switch {
+	case p.more != nil:
+		ids = slices.Insert(ids, i, id)
+	case len(ids) < len(p.inline):
+		ids = slices.Insert(p.inline[:len(ids):len(p.inline)], i, id)
+	default: // inline is full: move to a slice of its own
+		ids = slices.Insert(slices.Clip(ids), i, id)
+	}
+	p.setIDs(ids)
 }
 
 // remove takes a pruned entry out of the index: its payment goes with its
@@ -192,10 +274,13 @@ func (x *localIndex) remove(e *journalEvent, bodyID string) (dropBody string) {
 		return dropBody
 	}
 	p := &x.pays[slot]
-	if i, ok := slices.BinarySearchFunc(p.ids, id, compareIDs); ok {
-		p.ids = slices.Delete(p.ids, i, i+1)
+	if ids := p.ids(); len(ids) > 0 {
+		if i, ok := slices.BinarySearchFunc(ids, id, compareIDs); ok {
+			p.setIDs(slices.Delete(ids, i, i+1))
+		}
 	}
-	if len(p.ids) == 0 {
+	if p.n == 0 {
+		x.arena.release(p.strs)
 		*p = localPayment{}
 		delete(x.slots, h)
 		x.free = append(x.free, slot)
@@ -211,19 +296,19 @@ func (x *localIndex) payment(projectID, paymentID string) (paymentView, []string
 		return paymentView{}, nil, false
 	}
 	p := &x.pays[slot]
-	ids := make([]string, len(p.ids))
-	for i, id := range p.ids {
+	ids := make([]string, p.n)
+	for i, id := range p.ids() {
 		ids[i] = id.String()
 	}
-	return p.view(), ids, true
+	return x.view(p), ids, true
 }
 
 // views returns copies of the views that keep keeps.
 func (x *localIndex) views(keep func(*paymentView) bool) []paymentView {
 	var out []paymentView
 	for i := range x.pays {
-		if p := &x.pays[i]; len(p.ids) > 0 {
-			if v := p.view(); keep(&v) {
+		if p := &x.pays[i]; p.n > 0 {
+			if v := x.view(p); keep(&v) {
 				out = append(out, v)
 			}
 		}

@@ -35,9 +35,10 @@
 #    was at its 99th percentile (if that is large, the machine starved it).
 # 3. With PROFILE=DIR: while wrk loads callback for PROFILE_SECONDS + 4 s,
 #    Caddy's CPU profile (admin /debug/pprof/profile) of PROFILE_SECONDS
-#    from the run's 2nd second; then the same for callback_memory and for
-#    payment_page. It prints `go tool pprof -top` (flat, then cumulative) of
-#    each and keeps the profiles in DIR as TARGET.pb.gz.
+#    from the run's 2nd second; then the same for reverse_proxy,
+#    callback_memory, payment_page and respond, so that each has its
+#    baseline's profile beside it. It prints `go tool pprof -top` (flat,
+#    then cumulative) of each and keeps the profiles in DIR as TARGET.pb.gz.
 # Every callback sent to a callback target is a distinct signed event
 # (bench/gencallbacks) that neither callback target has seen, so none is
 # answered as a cheap duplicate; the script checks that against Caddy's
@@ -73,7 +74,7 @@
 # a minute once Go's module cache is warm). It stops itself if measuring
 # takes a minute longer than planned (planned: 6 x WARMUP + 6 x ROUNDS x
 # (DURATION + 1) + 4 x OL_ROUNDS x (OL_SECONDS + 1) + 60 s for generating
-# callbacks, and 3 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
+# callbacks, and 5 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
 # it started on exit.
 set -euo pipefail
 
@@ -165,7 +166,7 @@ echo "   built in $((SECONDS - START)) s"
 # From here on the run is bounded: it stops a minute after the time that
 # measuring should take with these settings (244 s with the defaults).
 PLAN=$((6 * WARMUP + 6 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 60))
-[[ -z $PROFILE ]] || PLAN=$((PLAN + 3 * (PROFILE_SECONDS + 10)))
+[[ -z $PROFILE ]] || PLAN=$((PLAN + 5 * (PROFILE_SECONDS + 10)))
 BUDGET=$((PLAN + 60))
 (
 	trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
@@ -316,7 +317,7 @@ for i in $(seq "$ROUNDS"); do
 		r=$(run_wrk "$t" "$DURATION" "$file")
 		RPS[$t]+="$(field rps "$r") "
 		CPU[$t]+="$(field cpu_us_per_req "$r") "
-		if [[ $t == callback* ]]; then
+		if [[ $t == callback* || $t == reverse_proxy ]]; then
 			sleep 0.3 # let requests cut off at the end of the run finish
 			check_forwarded "round $i $t" "$(field requests "$r")" "$CONNS" "$(field non200 "$r")" \
 				"$(field repeats "$r")" "$before" "$(metrics_snapshot)"
@@ -360,10 +361,10 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 3. profiles ------------------------------------------------------------
 if [[ -n $PROFILE ]]; then
-	for t in callback callback_memory payment_page; do
+	for t in callback reverse_proxy callback_memory payment_page respond; do
 		echo "== profiling $t: wrk for $((PROFILE_SECONDS + 4)) s, CPU profile of $PROFILE_SECONDS s from its 2nd"
 		file=
-		if [[ $t == callback* ]]; then
+		if [[ $t == callback* || $t == reverse_proxy ]]; then
 			file=$TMP/prof.txt
 			gen "$file" "$(awk -v r="$warm_rps" -v d="$PROFILE_SECONDS" -v h="$HEADROOM" 'BEGIN { print int(r * (d + 4) * h) + 1000 }')"
 		fi

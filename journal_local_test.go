@@ -588,3 +588,47 @@ func TestLocalIndexIDsAndArena(t *testing.T) {
 		t.Fatalf("%d payments, %d live arena bytes after removing everything", x.payments, x.arena.live)
 	}
 }
+
+// Payments come and go, as in a journal at its size bound: the arena
+// compacts while new payments are added, and every view keeps its own
+// strings.
+func TestLocalIndexChurn(t *testing.T) {
+	x := newLocalIndex()
+	now := time.Now().UTC()
+	ev := func(i int) journalEvent {
+		return journalEvent{ID: newEventID(now), Time: now, Kind: kindPaymentPage, Verified: true, ProjectID: "238",
+			PaymentID: fmt.Sprintf("ORDER-%09d", i), Amount: strconv.Itoa(i), Currency: "EUR", Result: "signed"}
+	}
+	var live []journalEvent
+	compactions, lastTotal := 0, 0
+	for i := range 400_000 {
+		e := ev(i)
+		x.add(&e)
+		live = append(live, e)
+		if len(live) > 1000 { // the oldest goes, as pruning does
+			x.remove(&live[0], "")
+			live = live[1:]
+		}
+		if x.arena.total < lastTotal {
+			compactions++
+			// The payment added as the arena compacted reads back whole.
+			if v, _, ok := x.payment(e.ProjectID, e.PaymentID); !ok || v.PaymentID != e.PaymentID || v.Amount != e.Amount {
+				t.Fatalf("payment %s added during a compaction reads back as %+v", e.PaymentID, v)
+			}
+		}
+		lastTotal = x.arena.total
+	}
+	if compactions == 0 {
+		t.Fatal("the arena never compacted")
+	}
+	if x.payments != len(live) {
+		t.Fatalf("%d payments indexed, %d live", x.payments, len(live))
+	}
+	for _, e := range live {
+		v, ids, ok := x.payment(e.ProjectID, e.PaymentID)
+		if !ok || v.PaymentID != e.PaymentID || v.Amount != e.Amount || len(ids) != 1 || ids[0] != e.ID {
+			t.Fatalf("payment %s reads back as %+v, %q", e.PaymentID, v, ids)
+		}
+	}
+	t.Logf("%d compactions; arena %d bytes for %d payments", compactions, x.arena.total, x.payments)
+}

@@ -81,13 +81,16 @@ func (x *localIndex) pack(p *localPayment, v *paymentView) {
 		b = append(b, *s...)
 	}
 	x.arena.release(p.strs)
+	p.strs = strRef{}
+	// Before the put: compaction moves only the payments with entries,
+	// and p may be new.
+	if x.arena.wasteful() {
+		x.compact()
+	}
 	p.strs = x.arena.put(b)
 	p.started, p.updated, p.signed = packTime(v.Started), packTime(v.Updated), packTime(v.Signed)
 	p.callbacks, p.appErrors, p.evs = int32(v.Callbacks), int32(v.AppErrors), int32(v.Events)
 	p.final = v.Final
-	if x.arena.wasteful() {
-		x.compact()
-	}
 }
 
 // view unpacks p's view; its strings share the arena's bytes, which are

@@ -247,7 +247,15 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # run_wrk TARGET SECONDS [BODIES]: prints the script's RESULT fields, and
 # cpu_us_per_req, Caddy's CPU time per answered request (app included).
+# caddy_alive: die with the end of Caddy's log if it is gone.
+caddy_alive() {
+	kill -0 "$CADDY_PID" 2>/dev/null && return 0
+	tail -40 "$TMP/caddy.log" >&2
+	die "Caddy exited during the run (its log's end is above)"
+}
+
 run_wrk() {
+	caddy_alive
 	local port=${PORT[$1]} secs=$2 file=${3:-}
 	local args=(-t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s -s "$BENCH/callbacks.lua" "http://127.0.0.1:$port/")
 	if [[ -n $file ]]; then

@@ -571,7 +571,7 @@ func TestLocalIndexIDsAndArena(t *testing.T) {
 		}
 	}
 	// Rewrite views until the arena compacts several times.
-	p := &x.pays[x.slots[hashKey(payKey("1", "p"))]]
+	p := x.at(x.slots[hashKey(payKey("1", "p"))])
 	for i := range 3 * arenaChunk / 20 {
 		v := x.view(p)
 		v.Status = fmt.Sprintf("s%018d", i)

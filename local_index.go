@@ -17,12 +17,14 @@ import (
 // visits every pointer on every cycle, finds almost none however many
 // payments it holds: only one for each payment of more than two entries.
 type localIndex struct {
-	slots    map[keyHash]int32 // payKey hash → index in pays
-	pays     []localPayment
-	free     []int32 // unused slots of pays
-	bodies   map[keyHash]bodyRef
-	arena    strArena
-	payments int
+	slots map[keyHash]int32 // payKey hash → slot
+	// pays holds the slots in blocks, so that growing never copies them.
+	pays      [][]localPayment
+	free      []int32 // unused slots below slotsUsed
+	slotsUsed int32
+	bodies    map[keyHash]bodyRef
+	arena     strArena
+	payments  int
 }
 
 // localPayment is a payment's view, packed, and its entries' IDs in ID
@@ -116,11 +118,9 @@ func (x *localIndex) view(p *localPayment) paymentView {
 func (x *localIndex) compact() {
 	old := x.arena
 	x.arena = strArena{}
-	for i := range x.pays {
-		if p := &x.pays[i]; p.n > 0 {
-			p.strs = x.arena.put([]byte(old.get(p.strs)))
-		}
-	}
+	x.each(func(p *localPayment) {
+		p.strs = x.arena.put([]byte(old.get(p.strs)))
+	})
 }
 
 // strArena holds strings in append-only chunks: bytes once written never
@@ -226,13 +226,16 @@ func (x *localIndex) add(e *journalEvent) {
 		if n := len(x.free); n > 0 {
 			slot, x.free = x.free[n-1], x.free[:n-1]
 		} else {
-			slot = int32(len(x.pays))
-			x.pays = append(x.pays, localPayment{})
+			slot = x.slotsUsed
+			if int(slot)%payBlock == 0 {
+				x.pays = append(x.pays, make([]localPayment, payBlock))
+			}
+			x.slotsUsed++
 		}
 		x.slots[h] = slot
 		x.payments++
 	}
-	p := &x.pays[slot]
+	p := x.at(slot)
 	v := x.view(p)
 	v.apply(e)
 	x.pack(p, &v)
@@ -276,7 +279,7 @@ func (x *localIndex) remove(e *journalEvent, bodyID string) (dropBody string) {
 	if !ok {
 		return dropBody
 	}
-	p := &x.pays[slot]
+	p := x.at(slot)
 	if ids := p.ids(); len(ids) > 0 {
 		if i, ok := slices.BinarySearchFunc(ids, id, compareIDs); ok {
 			p.setIDs(slices.Delete(ids, i, i+1))
@@ -298,7 +301,7 @@ func (x *localIndex) payment(projectID, paymentID string) (paymentView, []string
 	if !ok {
 		return paymentView{}, nil, false
 	}
-	p := &x.pays[slot]
+	p := x.at(slot)
 	ids := make([]string, p.n)
 	for i, id := range p.ids() {
 		ids[i] = id.String()
@@ -309,13 +312,11 @@ func (x *localIndex) payment(projectID, paymentID string) (paymentView, []string
 // views returns copies of the views that keep keeps.
 func (x *localIndex) views(keep func(*paymentView) bool) []paymentView {
 	var out []paymentView
-	for i := range x.pays {
-		if p := &x.pays[i]; p.n > 0 {
-			if v := x.view(p); keep(&v) {
-				out = append(out, v)
-			}
+	x.each(func(p *localPayment) {
+		if v := x.view(p); keep(&v) {
+			out = append(out, v)
 		}
-	}
+	})
 	return out
 }
 
@@ -330,4 +331,19 @@ func uvarintIn(s string) (uint64, int) {
 		x |= uint64(c&0x7f) << (7 * i)
 	}
 	return 0, 0
+}
+
+const payBlock = 4096
+
+func (x *localIndex) at(slot int32) *localPayment { return &x.pays[slot/payBlock][slot%payBlock] }
+
+// each calls f with every payment that has entries.
+func (x *localIndex) each(f func(*localPayment)) {
+	for _, block := range x.pays {
+		for i := range block {
+			if p := &block[i]; p.n > 0 {
+				f(p)
+			}
+		}
+	}
 }

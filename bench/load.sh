@@ -245,8 +245,6 @@ check_forwarded() {
 caddy_cpu() { awk '{ print $14 + $15 }' "/proc/$CADDY_PID/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# run_wrk TARGET SECONDS [BODIES]: prints the script's RESULT fields, and
-# cpu_us_per_req, Caddy's CPU time per answered request (app included).
 # caddy_alive: die with the end of Caddy's log if it is gone.
 caddy_alive() {
 	kill -0 "$CADDY_PID" 2>/dev/null && return 0
@@ -254,6 +252,8 @@ caddy_alive() {
 	die "Caddy exited during the run (its log's end is above)"
 }
 
+# run_wrk TARGET SECONDS [BODIES]: prints the script's RESULT fields, and
+# cpu_us_per_req, Caddy's CPU time per answered request (app included).
 run_wrk() {
 	caddy_alive
 	local port=${PORT[$1]} secs=$2 file=${3:-}
@@ -325,7 +325,7 @@ for i in $(seq "$ROUNDS"); do
 		r=$(run_wrk "$t" "$DURATION" "$file")
 		RPS[$t]+="$(field rps "$r") "
 		CPU[$t]+="$(field cpu_us_per_req "$r") "
-		if [[ $t == callback* || $t == reverse_proxy ]]; then
+		if [[ $t == callback* ]]; then
 			sleep 0.3 # let requests cut off at the end of the run finish
 			check_forwarded "round $i $t" "$(field requests "$r")" "$CONNS" "$(field non200 "$r")" \
 				"$(field repeats "$r")" "$before" "$(metrics_snapshot)"

@@ -23,23 +23,40 @@ type exchange struct {
 	// appLatency is how long the next handler took, when it was called.
 	appLatency time.Duration
 
-	// What a callback needs on its way, kept here so that the exchange's
-	// one allocation holds it. The exchange is never reused: what the app's
-	// handler or the transport keeps of these stays valid.
 	detached context.Context // the request's values without its cancellation
-	forward  deadlineCtx
-	settle   deadlineCtx
-	body     appBody
-	app      appAnswer
-	vals     [8]string // header values, set as one-element slices
-	nvals    int
-	nums     [40]byte // digits of header values, each written once
-	nnums    int
-	fields   [12]zap.Field
+
+	// Set for the kinds that forward to the app: callbacks, replays and
+	// status events.
+	*forwardParts
+}
+
+// forwardParts is what a forward needs on its way, allocated with its
+// exchange so that the one allocation holds both. The exchange is never
+// reused: what the app's handler or the transport keeps of these stays
+// valid.
+type forwardParts struct {
+	forward deadlineCtx
+	settle  deadlineCtx
+	body    appBody
+	app     appAnswer
+	vals    [8]string // header values, set as one-element slices
+	nvals   int
+	nums    [40]byte // digits of header values, each written once
+	nnums   int
+	fields  [12]zap.Field
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
-	return &exchange{h: h, w: w, r: r, start: time.Now(), ev: journalEvent{Kind: kind}}
+	x := exchange{h: h, w: w, r: r, start: time.Now(), ev: journalEvent{Kind: kind}}
+	if kind == kindPaymentPage || kind == kindGate {
+		return &x // signing needs none of forwardParts
+	}
+	both := &struct {
+		exchange
+		parts forwardParts
+	}{exchange: x}
+	both.forwardParts = &both.parts
+	return &both.exchange
 }
 
 // refusal is an answer decided before anything was forwarded.
@@ -204,7 +221,11 @@ func (x *exchange) finish() {
 	}
 	// Check first: the fields cost allocations even when Info is off.
 	if ce := h.logger.Check(zap.InfoLevel, logMessages[ev.Kind]); ce != nil {
-		fields := append(x.fields[:0], zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID))
+		var fields []zap.Field
+		if x.forwardParts != nil {
+			fields = x.fields[:0]
+		}
+		fields = append(fields, zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID))
 		switch ev.Kind {
 		case kindCallback, kindReplay, kindStatus:
 			fields = append(fields, zap.String("operation_id", ev.OperationID), zap.String("operation_status", ev.OperationStatus),

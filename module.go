@@ -174,6 +174,7 @@ type Handler struct {
 	from         []netip.Prefix
 	limits       Limits
 	paymentPage  *url.URL
+	pageBase     *pageBase // paymentPage as the signed URLs start
 	qrBase       *url.URL
 	qrOpts       QROptions
 	qrCache      *QRCache
@@ -268,6 +269,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("base_url: %w", err)
 		}
 		h.paymentPage.Path = strings.TrimSuffix(h.paymentPage.Path, "/") + "/payment"
+		h.pageBase = newPageBase(h.paymentPage)
 	case ModeGate:
 	case ModeCallback:
 		if err := h.provisionCallback(); err != nil {

@@ -39,8 +39,8 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	}
 	// The query needs no JSON escaping; the base is escaped once.
 	out := append(s.out[:0], `{"url":`...)
-	out = append(out, s.base.json...)
-	out = append(out, s.url[len(s.base.raw):]...)
+	out = append(out, h.pageBase.json...)
+	out = append(out, s.url[len(h.pageBase.raw):]...)
 	out = append(out, `","signature":"`...)
 	out = append(append(out, s.sig[:]...), "\"}\n"...) // base64 needs no JSON escaping
 	s.out = out
@@ -272,8 +272,7 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	}
 	s.canon = appendCanonicalPairs(s.canon[:0], pairs)
 	sig := s.signInto(p.keys[0], s.canon)
-	s.base = pageBaseOf(h.paymentPage)
-	u := append(s.url[:0], s.base.raw...)
+	u := append(s.url[:0], h.pageBase.raw...)
 	u = append(u, '?')
 	for _, kv := range pairs {
 		u = appendQueryEscape(u, kv[0])

@@ -5,12 +5,10 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"unsafe"
-	"weak"
 )
 
 // Working memory for the signing modes, so a signed request allocates
@@ -30,7 +28,6 @@ type signScratch struct {
 	out    []byte
 	sig    [sigLen]byte
 	fields pageFields
-	base   *pageBase
 }
 
 var signPool = sync.Pool{New: func() any {
@@ -52,7 +49,7 @@ func (s *signScratch) release() {
 		return
 	}
 	clear(s.pairs[:cap(s.pairs)]) // do not keep request strings alive
-	s.fields, s.base = pageFields{}, nil
+	s.fields = pageFields{}
 	s.pairs, s.arena, s.canon, s.url, s.out = s.pairs[:0], s.arena[:0], s.canon[:0], s.url[:0], s.out[:0]
 	signPool.Put(s)
 }
@@ -179,24 +176,13 @@ func (s *signScratch) signInto(k *Key, canonical []byte) []byte {
 // "?" once a query is set, and as a JSON string without its closing quote.
 type pageBase struct{ raw, json string }
 
-// pageBases caches the pageBase of each provisioned base URL; entries go
-// with their URL (config reloads).
-var pageBases sync.Map // weak.Pointer[url.URL] -> *pageBase
-
-func pageBaseOf(u *url.URL) *pageBase {
-	k := weak.Make(u)
-	if b, ok := pageBases.Load(k); ok {
-		return b.(*pageBase)
-	}
+// newPageBase is u without its query, as a string and JSON-quoted.
+func newPageBase(u *url.URL) *pageBase {
 	c := *u
 	c.RawQuery, c.ForceQuery = "", false
 	raw := c.String()
 	q := appendQuoted(nil, raw)
-	b := &pageBase{raw: raw, json: string(q[:len(q)-1])}
-	if _, loaded := pageBases.LoadOrStore(k, b); !loaded {
-		runtime.AddCleanup(u, func(k weak.Pointer[url.URL]) { pageBases.Delete(k) }, k)
-	}
-	return b
+	return &pageBase{raw: raw, json: string(q[:len(q)-1])}
 }
 
 // jsonHeaders are writeJSON's header values in one allocation.

@@ -101,8 +101,7 @@ func TestPageBaseMatchesURLString(t *testing.T) {
 		h := paymentPageHandler(t, func(h *Handler) { h.BaseURL = base })
 		u := *h.paymentPage
 		u.RawQuery = "a=1"
-		for range 2 { // computed, then cached
-			b := pageBaseOf(h.paymentPage)
+		for _, b := range []*pageBase{h.pageBase, newPageBase(h.paymentPage)} {
 			var back string
 			if err := json.Unmarshal([]byte(b.json+`"`), &back); err != nil || back != b.raw {
 				t.Errorf("%s: JSON %s is not %q: %v", base, b.json, b.raw, err)

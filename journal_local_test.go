@@ -322,7 +322,7 @@ func TestLocalPrunesByAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.imu.RLock()
-	payments, bodies := b.idx.payments, len(b.idx.bodies)
+	payments, bodies := len(b.idx.slots), len(b.idx.bodies)
 	b.imu.RUnlock()
 	if payments != 1 || bodies != 1 {
 		t.Fatalf("the index holds %d payments and %d bodies after pruning, want 1 and 1", payments, bodies)
@@ -584,8 +584,8 @@ func TestLocalIndexIDsAndArena(t *testing.T) {
 		t.Fatalf("arena holds %d bytes for one payment", x.arena.total)
 	}
 	x.remove(&evs[4], "")
-	if x.payments != 0 || x.arena.live != 0 {
-		t.Fatalf("%d payments, %d live arena bytes after removing everything", x.payments, x.arena.live)
+	if len(x.slots) != 0 || x.arena.live != 0 {
+		t.Fatalf("%d payments, %d live arena bytes after removing everything", len(x.slots), x.arena.live)
 	}
 }
 
@@ -621,8 +621,8 @@ func TestLocalIndexChurn(t *testing.T) {
 	if compactions == 0 {
 		t.Fatal("the arena never compacted")
 	}
-	if x.payments != len(live) {
-		t.Fatalf("%d payments indexed, %d live", x.payments, len(live))
+	if len(x.slots) != len(live) {
+		t.Fatalf("%d payments indexed, %d live", len(x.slots), len(live))
 	}
 	for _, e := range live {
 		v, ids, ok := x.payment(e.ProjectID, e.PaymentID)
@@ -630,5 +630,5 @@ func TestLocalIndexChurn(t *testing.T) {
 			t.Fatalf("payment %s reads back as %+v, %q", e.PaymentID, v, ids)
 		}
 	}
-	t.Logf("%d compactions; arena %d bytes for %d payments", compactions, x.arena.total, x.payments)
+	t.Logf("%d compactions; arena %d bytes for %d payments", compactions, x.arena.total, len(x.slots))
 }

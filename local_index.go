@@ -24,7 +24,6 @@ type localIndex struct {
 	slotsUsed int32
 	bodies    map[keyHash]bodyRef
 	arena     strArena
-	payments  int
 }
 
 // localPayment is a payment's view, packed, and its entries' IDs in ID
@@ -233,7 +232,6 @@ func (x *localIndex) add(e *journalEvent) {
 			x.slotsUsed++
 		}
 		x.slots[h] = slot
-		x.payments++
 	}
 	p := x.at(slot)
 	v := x.view(p)
@@ -290,7 +288,6 @@ func (x *localIndex) remove(e *journalEvent, bodyID string) (dropBody string) {
 		*p = localPayment{}
 		delete(x.slots, h)
 		x.free = append(x.free, slot)
-		x.payments--
 	}
 	return dropBody
 }

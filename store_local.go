@@ -695,7 +695,6 @@ func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
 func (b *localBackend) reindex(tx *bolt.Tx) error {
 	idx := newLocalIndex()
 	var size int64
-	unverified := 0
 	err := tx.Bucket(bktEntries).ForEach(func(k, v []byte) error {
 		size += cost(k, v)
 		e, bodyID, err := decodeRecord(k, v)
@@ -714,12 +713,10 @@ func (b *localBackend) reindex(tx *bolt.Tx) error {
 	for _, name := range [][]byte{bktStrangers, bktBodies} {
 		_ = tx.Bucket(name).ForEach(func(k, v []byte) error {
 			size += cost(k, v)
-			if name[0] == bktStrangers[0] {
-				unverified++
-			}
 			return nil
 		})
 	}
+	unverified := tx.Bucket(bktStrangers).Stats().KeyN
 	b.imu.Lock()
 	b.idx = idx
 	b.imu.Unlock()

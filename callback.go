@@ -430,9 +430,14 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 
-	ctx := &x.forward
-	ctx.start(x.context(), time.Duration(h.ForwardTimeout))
-	defer ctx.stop()
+	deadline := &x.forward
+	deadline.start(x.context(), time.Duration(h.ForwardTimeout))
+	defer deadline.stop()
+	// A context derived under a value layer cannot see a custom context's
+	// AfterFunc and would start a goroutine to watch it; the proxy derives
+	// several. A standard cancel context on top is one they register with.
+	ctx, cancel := context.WithCancel(deadline)
+	defer cancel()
 	buf := responseBufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -454,7 +459,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			appStatus = he.StatusCode
 		}
-		if ctx.Err() == context.DeadlineExceeded {
+		if deadline.Err() == context.DeadlineExceeded {
 			appStatus = http.StatusGatewayTimeout
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"time"
+	"unsafe"
 )
 
 // The local store's entry format: a version byte, flags, the time, three
@@ -42,10 +43,21 @@ func appendRecord(dst []byte, e *journalEvent, bodyID string) []byte {
 // decodeRecord decodes the entry stored under id. Strings are copied out
 // of v, which bbolt owns.
 func decodeRecord(id, v []byte) (e journalEvent, bodyID string, err error) {
+	return decodeRecordAs(id, v, func(b []byte) string { return string(b) })
+}
+
+// decodeRecordBorrowed is decodeRecord with strings that share id's and
+// v's bytes: for a caller that is done with e before they change and keeps
+// none of its strings. It allocates nothing.
+func decodeRecordBorrowed(id, v []byte) (e journalEvent, bodyID string, err error) {
+	return decodeRecordAs(id, v, func(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) })
+}
+
+func decodeRecordAs(id, v []byte, str func([]byte) string) (e journalEvent, bodyID string, err error) {
 	if len(v) < 10 || v[0] != recordFormat {
 		return e, "", errBadRecord
 	}
-	e.ID = string(id)
+	e.ID = str(id)
 	e.Verified = v[1]&recordVerified != 0
 	e.Time = time.Unix(0, int64(binary.BigEndian.Uint64(v[2:10]))).UTC()
 	v = v[10:]
@@ -64,7 +76,7 @@ func decodeRecord(id, v []byte) (e journalEvent, bodyID string, err error) {
 		if k <= 0 || n > uint64(len(v)-k) {
 			return e, "", errBadRecord
 		}
-		*f, v = string(v[k:k+int(n)]), v[k+int(n):]
+		*f, v = str(v[k:k+int(n)]), v[k+int(n):]
 	}
 	return e, bodyID, nil
 }

@@ -659,19 +659,29 @@ func (w *ltx) pruneSize() error {
 type kv struct{ k, v []byte }
 
 // oldest returns copies of bk's first n entries, only those before cut if
-// cut is set.
+// cut is set. The copies share a few large buffers, which nothing changes
+// afterwards.
 func oldest(bk *bolt.Bucket, n int, cut []byte) []kv {
 	var out []kv
+	var slab []byte
 	c := bk.Cursor()
 	for k, v := c.First(); k != nil && len(out) < n && (cut == nil || bytes.Compare(k, cut) < 0); k, v = c.Next() {
-		out = append(out, kv{bytes.Clone(k), bytes.Clone(v)})
+		if cap(slab)-len(slab) < len(k)+len(v) {
+			slab = make([]byte, 0, max(64<<10, len(k)+len(v)))
+		}
+		at := len(slab)
+		slab = append(append(slab, k...), v...)
+		mid := at + len(k)
+		out = append(out, kv{slab[at:mid:mid], slab[mid:len(slab):len(slab)]})
 	}
 	return out
 }
 
 // drop deletes the entry e of bk and what only it held.
 func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
-	ev, bodyID, err := decodeRecord(e.k, e.v)
+	// e is a copy that lives through the call, and the index keeps none
+	// of the entry's strings.
+	ev, bodyID, err := decodeRecordBorrowed(e.k, e.v)
 	if err != nil {
 		return fmt.Errorf("journal entry %s: %w", e.k, err)
 	}
@@ -683,9 +693,11 @@ func (w *ltx) drop(bk *bolt.Bucket, e kv) error {
 		return nil
 	}
 	if id := w.idx.remove(&ev, bodyID); id != "" {
-		bodies := w.tx.Bucket(bktBodies)
-		if v := bodies.Get([]byte(id)); v != nil {
-			return w.del(bodies, []byte(id), v)
+		// One seek finds and deletes the body.
+		c := w.tx.Bucket(bktBodies).Cursor()
+		if k, v := c.Seek([]byte(id)); k != nil && string(k) == id {
+			w.size -= cost(k, v)
+			return c.Delete()
 		}
 	}
 	return nil
@@ -697,7 +709,8 @@ func (b *localBackend) reindex(tx *bolt.Tx) error {
 	var size int64
 	err := tx.Bucket(bktEntries).ForEach(func(k, v []byte) error {
 		size += cost(k, v)
-		e, bodyID, err := decodeRecord(k, v)
+		// The index copies what it keeps.
+		e, bodyID, err := decodeRecordBorrowed(k, v)
 		if err != nil {
 			return fmt.Errorf("journal entry %s: %w", k, err)
 		}

@@ -661,7 +661,7 @@ func (c *deadlineCtx) Err() error {
 func (c *deadlineCtx) AfterFunc(f func()) (stop func() bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.watchLocked()
+	c.armLocked()
 	if c.err != nil {
 		go f()
 		return func() bool { return false }
@@ -684,19 +684,28 @@ func (c *deadlineCtx) AfterFunc(f func()) (stop func() bool) {
 
 // watchLocked makes the channel and arms the timer, once.
 func (c *deadlineCtx) watchLocked() {
-	if c.done != nil {
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.err != nil {
+			close(c.done)
+			return
+		}
+	}
+	c.armLocked()
+}
+
+// armLocked arms the timer, once. AfterFunc needs only the timer: a
+// context derived from this one never asks for the channel.
+func (c *deadlineCtx) armLocked() {
+	if c.timer != nil || c.err != nil {
 		return
 	}
-	c.done = make(chan struct{})
-	switch d := time.Until(c.deadline); {
-	case c.err != nil:
-		close(c.done)
-	case d <= 0:
-		c.closeLocked(context.DeadlineExceeded)
-	default:
+	if d := time.Until(c.deadline); d > 0 {
 		c.timer = ctxTimers.Get().(*ctxTimer)
 		c.timer.target.Store(c)
 		c.timer.t.Reset(d)
+	} else {
+		c.closeLocked(context.DeadlineExceeded)
 	}
 }
 

@@ -80,11 +80,27 @@ func (m *metrics) callback(p *project, project, result string) {
 }
 
 func (m *metrics) signRequest(mode, result string) {
-	signRequestsTotal.WithLabelValues(mode, result).Inc()
 	if result == "signed" {
+		if c := signedSeries[mode]; c != nil {
+			c.requests.Inc()
+			c.signatures.Inc()
+			return
+		}
 		signaturesTotal.WithLabelValues(mode).Inc()
 	}
+	signRequestsTotal.WithLabelValues(mode, result).Inc()
 }
+
+// signedSeries are the series every signed request counts in, looked up
+// once: the vectors are never reset, so the series stay theirs.
+var signedSeries = func() map[string]*struct{ requests, signatures prometheus.Counter } {
+	m := map[string]*struct{ requests, signatures prometheus.Counter }{}
+	for _, mode := range []string{kindPaymentPage, kindGate} {
+		m[mode] = &struct{ requests, signatures prometheus.Counter }{
+			signRequestsTotal.WithLabelValues(mode, "signed"), signaturesTotal.WithLabelValues(mode)}
+	}
+	return m
+}()
 
 func (m *metrics) resigned() { signaturesTotal.WithLabelValues("callback_resign").Inc() }
 

@@ -357,7 +357,7 @@ func (j *memoryJournal) report(n pruneCounts) {
 }
 
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
-// nine tenths of it, so that a full journal prunes in batches.
+// sizePruneFloor.
 func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 	var bound [16]byte
 	cut := idBoundIn(&bound, now.Add(-j.opts.MaxAge))
@@ -372,7 +372,8 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 		n.unverified++
 	}
 	if j.size > j.opts.MaxSize {
-		for j.size > j.opts.MaxSize*9/10 && j.events.len()+j.unverified.len() > 0 {
+		floor := sizePruneFloor(j.opts.MaxSize)
+		for j.size > floor && j.events.len()+j.unverified.len() > 0 {
 			l := &j.events
 			if l.len() == 0 || (j.unverified.len() > 0 && compareID(j.unverified.front(), l.front()) < 0) {
 				l = &j.unverified

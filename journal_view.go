@@ -21,6 +21,12 @@ var journalPrunedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Journal entries pruned, by reason (age, size, unverified).",
 }, []string{"reason"})
 
+// sizePruneFloor is what a journal over maxSize is pruned down to: a
+// sixty-fourth below it, so that a full journal prunes in batches, yet
+// each batch is small enough (4 MiB of the default 256 MiB) not to hold a
+// core, or the memory journal's lock, for long.
+func sizePruneFloor(maxSize int64) int64 { return maxSize - maxSize/64 }
+
 // Prune reasons, the values of journalPrunedTotal's label.
 const (
 	pruneAge        = "age"

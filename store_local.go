@@ -632,15 +632,16 @@ func (w *ltx) applyBounds(now time.Time) error {
 const pruneBatch = 256
 
 // pruneSize drops the oldest entries, genuine or not, until the journal is
-// at nine tenths of MaxSize.
+// at sizePruneFloor.
 func (w *ltx) pruneSize() error {
 	ev, un := w.tx.Bucket(bktEntries), w.tx.Bucket(bktStrangers)
-	for w.size > w.opts.MaxSize*9/10 {
+	floor := sizePruneFloor(w.opts.MaxSize)
+	for w.size > floor {
 		es, us := oldest(ev, pruneBatch, nil), oldest(un, pruneBatch, nil)
 		if len(es) == 0 && len(us) == 0 {
 			return nil
 		}
-		for w.size > w.opts.MaxSize*9/10 && (len(es) > 0 || len(us) > 0) {
+		for w.size > floor && (len(es) > 0 || len(us) > 0) {
 			var err error
 			if len(us) == 0 || (len(es) > 0 && bytes.Compare(es[0].k, us[0].k) < 0) {
 				err, es = w.drop(ev, es[0]), es[1:]

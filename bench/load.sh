@@ -32,7 +32,9 @@
 #    rounds), on a fixed schedule whatever the answers, and reports the
 #    median (p50), 99th percentile (p99) and maximum latency of each,
 #    counted from when each request was due, and how late the sender itself
-#    was at its 99th percentile (if that is large, the machine starved it).
+#    was at its 99th percentile (if that is large, the machine starved it),
+#    and Caddy's CPU time per request during each target's runs: at a fixed
+#    rate, targets' CPU per request compare directly.
 # 3. With PROFILE=DIR: while wrk loads callback for PROFILE_SECONDS + 4 s,
 #    Caddy's CPU profile (admin /debug/pprof/profile) of PROFILE_SECONDS
 #    from the run's 2nd second; then the same for reverse_proxy,
@@ -61,6 +63,9 @@
 #                                    microseconds, and what callback,
 #                                    callback_memory and reverse_proxy_b add
 #                                    to reverse_proxy's
+#   CPU @rate lines                  Caddy's CPU per request in the open loop,
+#                                    of callback, callback_memory and
+#                                    reverse_proxy_b against reverse_proxy
 #
 # Settings (environment): THREADS=2 CONNS=32 DURATION=10 (seconds per wrk
 # run) ROUNDS=2 WARMUP=2 (seconds per target) HEADROOM=2.5 (callbacks
@@ -346,7 +351,7 @@ for t in "${OL_TARGETS[@]}"; do
 done
 before=$(metrics_snapshot)
 ol_out=$(timeout $((4 * OL_ROUNDS * (OL_SECONDS + 5) + 30)) "$TMP/openloop" -rate "$OL_RATE" \
-	-seconds "$OL_SECONDS" -rounds "$OL_ROUNDS" "${ol_args[@]}") || die "openloop failed"
+	-seconds "$OL_SECONDS" -rounds "$OL_ROUNDS" -pid "$CADDY_PID" "${ol_args[@]}") || die "openloop failed"
 sleep 0.3
 after=$(metrics_snapshot)
 declare -A OL
@@ -417,9 +422,9 @@ echo
 echo "open loop, $OL_RATE req/s, $OL_ROUNDS x $OL_SECONDS s per target; microseconds from when each request was due:"
 for t in "${OL_TARGETS[@]}"; do
 	l=${OL[$t]}
-	printf '  %-16s p50 %6d  p99 %6d  max %7d  (%d of %d answered 200; sender late by %d at p99)\n' "$t" \
+	printf '  %-16s p50 %6d  p99 %6d  max %7d  (%d of %d answered 200; sender late by %d at p99; Caddy CPU %d us a request)\n' "$t" \
 		"$(field p50_us "$l")" "$(field p99_us "$l")" "$(field max_us "$l")" "$(field ok "$l")" \
-		"$(field sent "$l")" "$(field lag_p99_us "$l")"
+		"$(field sent "$l")" "$(field lag_p99_us "$l")" "$(field cpu_us "$l")"
 done
 echo
 printf '%s\n' "${CHECKS[@]}"
@@ -461,6 +466,11 @@ printf '%-34s p50 %6d  p99 %6d us\n' "latency reverse_proxy @$OL_RATE/s" \
 for t in callback callback_memory reverse_proxy_b; do
 	printf '%-34s p50 %6d  p99 %6d us, added:%s us\n' "latency $t @$OL_RATE/s" \
 		"$(field p50_us "${OL[$t]}")" "$(field p99_us "${OL[$t]}")" "$(added "$t")"
+done
+for t in callback callback_memory reverse_proxy_b; do
+	printf '%-38s CPU %sx  (%s against %s us a request)\n' "$t/reverse_proxy @$OL_RATE/s" \
+		"$(ratio "$(field cpu_us "${OL[$t]}")" "$(field cpu_us "${OL[reverse_proxy]}")")" \
+		"$(field cpu_us "${OL[$t]}")" "$(field cpu_us "${OL[reverse_proxy]}")"
 done
 [[ $steady == steady ]] ||
 	echo "NOISY: two identical targets differed by more than 5% (in the medians or in a round); do not trust this run's ratios"

@@ -13,11 +13,15 @@
 // in order, and never a line twice. At the end it prints one line per
 // target, in the order given:
 //
-//	OPENLOOP target=NAME sent=N ok=N non200=N errors=N p50_us=N p99_us=N max_us=N lag_p99_us=N
+//	OPENLOOP target=NAME sent=N ok=N non200=N errors=N p50_us=N p99_us=N max_us=N lag_p99_us=N [cpu_us=N]
 //
 // ok counts 200 answers, errors transport failures and timeouts (5 s);
 // latencies are over answered requests; lag_p99_us is how late the sender
-// itself was in sending, which should be small next to the latencies.
+// itself was in sending, which should be small next to the latencies. With
+// -pid PID, cpu_us is that process's CPU time (user + system, from /proc)
+// per request sent, over the target's runs: at a fixed rate each target's
+// figure is comparable with another's, and it moves less with the
+// machine's other work than latencies do.
 package main
 
 import (
@@ -32,6 +36,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -49,12 +54,14 @@ type target struct {
 	ok        int
 	non200    int
 	errors    int
+	cpu       time.Duration // of -pid, over this target's runs
 }
 
 func main() {
 	rate := flag.Int("rate", 1000, "requests per second to each target")
 	seconds := flag.Float64("seconds", 4, "seconds per target and round")
 	rounds := flag.Int("rounds", 2, "rounds")
+	pid := flag.Int("pid", 0, "a process (the server) whose CPU time per request to report")
 	var targets []*target
 	flag.Func("target", "NAME,URL,BODIES_FILE (repeatable)", func(s string) error {
 		parts := strings.SplitN(s, ",", 3)
@@ -90,11 +97,13 @@ func main() {
 			slices.Reverse(order)
 		}
 		for _, t := range order {
+			before := cpuTime(*pid)
 			run(client, t, perRound, interval)
+			t.cpu += cpuTime(*pid) - before
 		}
 	}
 	for _, t := range targets {
-		t.report()
+		t.report(*pid != 0)
 	}
 }
 
@@ -161,14 +170,44 @@ func (t *target) send(client *http.Client, body []byte, due time.Time) {
 	t.latencies = append(t.latencies, latency)
 }
 
-func (t *target) report() {
+// cpuTime is pid's user + system CPU time, or 0 for pid 0.
+func cpuTime(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		log.Fatalf("-pid %d: %v", pid, err)
+	}
+	// Fields 14 and 15 (utime, stime, in clock ticks of 1/100 s on Linux)
+	// follow the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		log.Fatalf("-pid %d: unexpected /proc stat %q", pid, b)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			log.Fatalf("-pid %d: %v", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+func (t *target) report(withCPU bool) {
 	slices.Sort(t.latencies)
 	slices.Sort(t.lags)
 	us := func(d time.Duration) int64 { return d.Microseconds() }
-	fmt.Printf("OPENLOOP target=%s sent=%d ok=%d non200=%d errors=%d p50_us=%d p99_us=%d max_us=%d lag_p99_us=%d\n",
+	fmt.Printf("OPENLOOP target=%s sent=%d ok=%d non200=%d errors=%d p50_us=%d p99_us=%d max_us=%d lag_p99_us=%d",
 		t.name, t.sent, t.ok, t.non200, t.errors,
 		us(quantile(t.latencies, 0.50)), us(quantile(t.latencies, 0.99)),
 		us(quantile(t.latencies, 1)), us(quantile(t.lags, 0.99)))
+	if withCPU && t.sent > 0 {
+		fmt.Printf(" cpu_us=%d", (t.cpu / time.Duration(t.sent)).Microseconds())
+	}
+	fmt.Println()
 }
 
 // quantile of sorted values, nearest rank; 0 for none.

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -749,5 +750,36 @@ func TestModuleHeadersAreCanonical(t *testing.T) {
 		if http.CanonicalHeaderKey(name) != name {
 			t.Errorf("%s is not canonical", name)
 		}
+	}
+}
+
+// What the app's side derives from the forwarded request's context, as
+// reverse_proxy does (values, then cancellation), must not start a
+// goroutine to watch the module's deadline context.
+func TestForwardContextStartsNoWatcher(t *testing.T) {
+	h := callbackHandler(t, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
+	type key struct{}
+	var watchers string
+	app := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		ctx, cancel := context.WithCancel(context.WithValue(r.Context(), key{}, 1))
+		defer cancel()
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("the forward's deadline is not visible")
+		}
+		var b strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		for _, g := range strings.Split(b.String(), "\n\n") {
+			if strings.Contains(g, "context.(*cancelCtx).propagateCancel") {
+				watchers += g + "\n"
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	})
+	if w := serve(h, post("/cb", sign(t, testSecret, saleSuccess)), app); w.Code != http.StatusOK {
+		t.Fatalf("status %d", w.Code)
+	}
+	if watchers != "" {
+		t.Fatalf("a goroutine watches the forward's context:\n%s", watchers)
 	}
 }

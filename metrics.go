@@ -91,16 +91,18 @@ func (m *metrics) signRequest(mode, result string) {
 	signRequestsTotal.WithLabelValues(mode, result).Inc()
 }
 
-// signedSeries are the series every signed request counts in, looked up
-// once: the vectors are never reset, so the series stay theirs.
-var signedSeries = func() map[string]*struct{ requests, signatures prometheus.Counter } {
-	m := map[string]*struct{ requests, signatures prometheus.Counter }{}
-	for _, mode := range []string{kindPaymentPage, kindGate} {
-		m[mode] = &struct{ requests, signatures prometheus.Counter }{
-			signRequestsTotal.WithLabelValues(mode, "signed"), signaturesTotal.WithLabelValues(mode)}
-	}
-	return m
-}()
+// signedSeries are the series every signed request counts in, by mode,
+// looked up once: the vectors are never reset, so the series stay theirs.
+var signedSeries = map[string]*signedCounters{
+	kindPaymentPage: newSignedCounters(kindPaymentPage),
+	kindGate:        newSignedCounters(kindGate),
+}
+
+type signedCounters struct{ requests, signatures prometheus.Counter }
+
+func newSignedCounters(mode string) *signedCounters {
+	return &signedCounters{signRequestsTotal.WithLabelValues(mode, "signed"), signaturesTotal.WithLabelValues(mode)}
+}
 
 func (m *metrics) resigned() { signaturesTotal.WithLabelValues("callback_resign").Inc() }
 

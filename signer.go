@@ -465,18 +465,7 @@ func sortKids(keys []byte, kids []kid) {
 // CanonicalPairs is the canonical string of flat parameters, as a
 // Payment Page request carries them. Values are already rendered.
 func CanonicalPairs(pairs [][2]string) string {
-	c := getCanon()
-	for _, p := range pairs {
-		if p[0] == "frame_mode" {
-			continue
-		}
-		c.path = appendKey(c.path[:0], p[0])
-		c.add(c.path, p[1])
-	}
-	c.out = c.finish(c.out)
-	s := string(c.out)
-	c.release()
-	return s
+	return string(appendCanonicalPairs(nil, pairs))
 }
 
 // renderNumber renders a JSON number literal as PHP's string cast does after

@@ -11,6 +11,9 @@
 #                   store line: the local store, journal on) + reverse_proxy
 #   callback_memory the same with `store memory` (de-dup marks and journal
 #                   in memory)
+#   callback_lean   `store memory` and `journal off`: the least the module
+#                   does for a callback (verify, de-duplicate, rewrite,
+#                   forward), so that the journal's share is visible
 #   reverse_proxy   the same reverse_proxy alone, sent the same bodies
 #   reverse_proxy_b an identical copy of reverse_proxy (the A/A control)
 #   payment_page    ecommpay payment_page, GET with a typical query; each
@@ -23,7 +26,8 @@
 # After a warm-up of WARMUP seconds per target:
 # 1. Throughput, closed loop: wrk with identical settings runs each target
 #    in turn, ROUNDS times, in the order callback, reverse_proxy,
-#    callback_memory, reverse_proxy_b, payment_page, respond in odd rounds
+#    callback_memory, reverse_proxy_b, callback_lean, payment_page, respond
+#    in odd rounds
 #    and in reverse in even ones, so that drift on the machine falls on all
 #    alike.
 # 2. Latency, open loop: bench/openloop sends OL_RATE signed callbacks a
@@ -54,6 +58,7 @@
 #                                    CPU-per-request ratio; against 0.85
 #                                    (issue 10) and 0.90 (issue 13)
 #   callback(memory)/reverse_proxy   the same; against 0.95 (issue 13)
+#   callback(lean)/reverse_proxy     the same, for reference
 #   payment_page/respond             the same; against 0.95 (issue 13)
 #   A/A reverse_proxy_b/reverse_proxy the same; "steady" when the ratio of
 #                                    medians and every round's ratio are
@@ -73,11 +78,11 @@
 # DURATION, at least 20,000 and at most 600,000) OL_RATE=1000 (requests a
 # second) OL_SECONDS=4 OL_ROUNDS=2
 # PROFILE= (a directory: profile as in 3.) PROFILE_SECONDS=10
-# PORT_BASE=19000 (uses PORT_BASE..+6 and +19 for the admin API)
+# PORT_BASE=19000 (uses PORT_BASE..+7 and +19 for the admin API)
 # CADDY=/path/to/caddy (skip the build and use that binary).
-# With the defaults it measures for about 4 minutes, plus the build (under
+# With the defaults it measures for about 4.5 minutes, plus the build (under
 # a minute once Go's module cache is warm). It stops itself if measuring
-# takes a minute longer than planned (planned: 6 x WARMUP + 6 x ROUNDS x
+# takes a minute longer than planned (planned: 7 x WARMUP + 7 x ROUNDS x
 # (DURATION + 1) + 4 x OL_ROUNDS x (OL_SECONDS + 1) + 60 s for generating
 # callbacks, and 5 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
 # it started on exit.
@@ -134,15 +139,15 @@ trap 'echo "load.sh: interrupted" >&2; exit 130' INT TERM
 
 P_APP=$PORT_BASE P_CB=$((PORT_BASE + 1)) P_PROXY=$((PORT_BASE + 2))
 P_PAGE=$((PORT_BASE + 3)) P_RESPOND=$((PORT_BASE + 4)) P_CBMEM=$((PORT_BASE + 5))
-P_PROXY_B=$((PORT_BASE + 6)) P_ADMIN=$((PORT_BASE + 19))
-for p in $P_APP $P_CB $P_PROXY $P_PAGE $P_RESPOND $P_CBMEM $P_PROXY_B $P_ADMIN; do
+P_PROXY_B=$((PORT_BASE + 6)) P_CBLEAN=$((PORT_BASE + 7)) P_ADMIN=$((PORT_BASE + 19))
+for p in $P_APP $P_CB $P_PROXY $P_PAGE $P_RESPOND $P_CBMEM $P_PROXY_B $P_CBLEAN $P_ADMIN; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		die "port $p on 127.0.0.1 is in use; set PORT_BASE to another range"
 	fi
 done
 declare -A PORT=([callback]=$P_CB [callback_memory]=$P_CBMEM [reverse_proxy]=$P_PROXY
-	[reverse_proxy_b]=$P_PROXY_B [payment_page]=$P_PAGE [respond]=$P_RESPOND)
-TARGETS=(callback reverse_proxy callback_memory reverse_proxy_b payment_page respond)
+	[reverse_proxy_b]=$P_PROXY_B [callback_lean]=$P_CBLEAN [payment_page]=$P_PAGE [respond]=$P_RESPOND)
+TARGETS=(callback reverse_proxy callback_memory reverse_proxy_b callback_lean payment_page respond)
 
 # http_get PORT PATH: the raw HTTP/1.0 answer, headers and body (no curl needed).
 http_get() {
@@ -169,8 +174,8 @@ fi
 echo "   built in $((SECONDS - START)) s"
 
 # From here on the run is bounded: it stops a minute after the time that
-# measuring should take with these settings (244 s with the defaults).
-PLAN=$((6 * WARMUP + 6 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 60))
+# measuring should take with these settings (268 s with the defaults).
+PLAN=$((7 * WARMUP + 7 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 60))
 [[ -z $PROFILE ]] || PLAN=$((PLAN + 5 * (PROFILE_SECONDS + 10)))
 BUDGET=$((PLAN + 60))
 (
@@ -186,7 +191,7 @@ WATCHDOG_PID=$!
 # ---- Caddy ------------------------------------------------------------------
 export BENCH_APP_PORT=$P_APP BENCH_CALLBACK_PORT=$P_CB BENCH_PROXY_PORT=$P_PROXY
 export BENCH_PAYPAGE_PORT=$P_PAGE BENCH_RESPOND_PORT=$P_RESPOND BENCH_ADMIN_PORT=$P_ADMIN
-export BENCH_CALLBACK_MEMORY_PORT=$P_CBMEM BENCH_PROXY_B_PORT=$P_PROXY_B
+export BENCH_CALLBACK_MEMORY_PORT=$P_CBMEM BENCH_PROXY_B_PORT=$P_PROXY_B BENCH_CALLBACK_LEAN_PORT=$P_CBLEAN
 export ECOMMPAY_BENCH_SECRET=$SECRET
 DATA=$TMP/data # Caddy's data dir is $DATA/caddy; the default store lives there
 mkdir "$DATA"
@@ -289,7 +294,7 @@ gen() {
 bodies() {
 	case $1 in
 	callback | reverse_proxy | reverse_proxy_b) echo "$TMP/$2.callback.txt" ;;
-	callback_memory) echo "$TMP/$2.callback_memory.txt" ;;
+	callback_memory | callback_lean) echo "$TMP/$2.$1.txt" ;;
 	esac
 }
 
@@ -298,6 +303,7 @@ echo "== warming up ($WARMUP s per target)"
 WARM_LINES=40000
 gen "$TMP/warm.callback.txt" "$WARM_LINES"
 gen "$TMP/warm.callback_memory.txt" "$WARM_LINES"
+gen "$TMP/warm.callback_lean.txt" "$WARM_LINES"
 warm_rps=0
 for t in "${TARGETS[@]}"; do
 	w=$(run_wrk "$t" "$WARMUP" "$(bodies "$t" warm)")
@@ -312,6 +318,7 @@ echo "   generating $PER_RUN distinct callbacks per callback run"
 for i in $(seq "$ROUNDS"); do
 	gen "$TMP/$i.callback.txt" "$PER_RUN"
 	gen "$TMP/$i.callback_memory.txt" "$PER_RUN"
+	gen "$TMP/$i.callback_lean.txt" "$PER_RUN"
 done
 OL_LINES=$((OL_RATE * OL_SECONDS * OL_ROUNDS))
 gen "$TMP/ol.callback.txt" "$OL_LINES"
@@ -458,6 +465,7 @@ sumline "callback(default)/reverse_proxy" callback reverse_proxy \
 	"$(verdict "$r" 0.85) 0.85 (issue 10), $(verdict "$r" 0.90) 0.90 (issue 13)"
 r=$(ratio "${MED[callback_memory]}" "${MED[reverse_proxy]}")
 sumline "callback(memory)/reverse_proxy" callback_memory reverse_proxy "$(verdict "$r" 0.95) 0.95 (issue 13)"
+sumline "callback(lean)/reverse_proxy" callback_lean reverse_proxy "(store memory, journal off: for reference)"
 r=$(ratio "${MED[payment_page]}" "${MED[respond]}")
 sumline "payment_page/respond" payment_page respond "$(verdict "$r" 0.95) 0.95 (issue 13)"
 sumline "A/A reverse_proxy_b/reverse_proxy" reverse_proxy_b reverse_proxy "$steady (steady: all within 0.95-1.05)"

@@ -42,9 +42,11 @@
 # 3. With PROFILE=DIR: while wrk loads callback for PROFILE_SECONDS + 4 s,
 #    Caddy's CPU profile (admin /debug/pprof/profile) of PROFILE_SECONDS
 #    from the run's 2nd second; then the same for reverse_proxy,
-#    callback_memory, payment_page and respond, so that each has its
-#    baseline's profile beside it. It prints `go tool pprof -top` (flat,
-#    then cumulative) of each and keeps the profiles in DIR as TARGET.pb.gz.
+#    callback_memory, callback_lean, payment_page and respond, so that each
+#    has its baseline's profile beside it. It prints the req/s of each run
+#    (a function's share of the profile's seconds, divided by PROFILE_SECONDS
+#    and the req/s, is its cost per request) and `go tool pprof -top` (flat,
+#    then cumulative) of each, and keeps the profiles in DIR as TARGET.pb.gz.
 # Every callback sent to a callback target is a distinct signed event
 # (bench/gencallbacks) that neither callback target has seen, so none is
 # answered as a cheap duplicate; the script checks that against Caddy's
@@ -84,7 +86,7 @@
 # a minute once Go's module cache is warm). It stops itself if measuring
 # takes a minute longer than planned (planned: 7 x WARMUP + 7 x ROUNDS x
 # (DURATION + 1) + 4 x OL_ROUNDS x (OL_SECONDS + 1) + 60 s for generating
-# callbacks, and 5 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
+# callbacks, and 6 x (PROFILE_SECONDS + 10) with PROFILE), and kills what
 # it started on exit.
 set -euo pipefail
 
@@ -176,7 +178,7 @@ echo "   built in $((SECONDS - START)) s"
 # From here on the run is bounded: it stops a minute after the time that
 # measuring should take with these settings (268 s with the defaults).
 PLAN=$((7 * WARMUP + 7 * ROUNDS * (DURATION + 1) + 4 * OL_ROUNDS * (OL_SECONDS + 1) + 60))
-[[ -z $PROFILE ]] || PLAN=$((PLAN + 5 * (PROFILE_SECONDS + 10)))
+[[ -z $PROFILE ]] || PLAN=$((PLAN + 6 * (PROFILE_SECONDS + 10)))
 BUDGET=$((PLAN + 60))
 (
 	trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
@@ -381,14 +383,14 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 3. profiles ------------------------------------------------------------
 if [[ -n $PROFILE ]]; then
-	for t in callback reverse_proxy callback_memory payment_page respond; do
+	for t in callback reverse_proxy callback_memory callback_lean payment_page respond; do
 		echo "== profiling $t: wrk for $((PROFILE_SECONDS + 4)) s, CPU profile of $PROFILE_SECONDS s from its 2nd"
 		file=
 		if [[ $t == callback* || $t == reverse_proxy ]]; then
 			file=$TMP/prof.txt
 			gen "$file" "$(awk -v r="$warm_rps" -v d="$PROFILE_SECONDS" -v h="$HEADROOM" 'BEGIN { print int(r * (d + 4) * h) + 1000 }')"
 		fi
-		run_wrk "$t" $((PROFILE_SECONDS + 4)) "$file" >/dev/null &
+		run_wrk "$t" $((PROFILE_SECONDS + 4)) "$file" >"$TMP/prof.out" &
 		wrk_pid=$!
 		sleep 2
 		PPROF_TMPDIR=$TMP timeout $((PROFILE_SECONDS + 60)) go tool pprof -proto -output "$PROFILE/$t.pb.gz" \
@@ -396,6 +398,7 @@ if [[ -n $PROFILE ]]; then
 			echo "   warning: no profile of $t"
 		wait "$wrk_pid" || true
 		rm -f "$TMP/prof.txt"
+		echo "   $t: $(field rps "$(cat "$TMP/prof.out")") req/s under wrk while profiled"
 		if [[ -s $PROFILE/$t.pb.gz ]]; then
 			go tool pprof -top -nodecount 25 "$PROFILE/$t.pb.gz" 2>/dev/null | tail -n +4
 			echo "   -- cumulative"

@@ -27,9 +27,8 @@
 # 1. Throughput, closed loop: wrk with identical settings runs each target
 #    in turn, ROUNDS times, in the order callback, reverse_proxy,
 #    callback_memory, reverse_proxy_b, callback_lean, payment_page, respond
-#    in odd rounds
-#    and in reverse in even ones, so that drift on the machine falls on all
-#    alike.
+#    in odd rounds and in reverse in even ones, so that drift on the machine
+#    falls on all alike.
 # 2. Latency, open loop: bench/openloop sends OL_RATE signed callbacks a
 #    second to callback, reverse_proxy, callback_memory and reverse_proxy_b
 #    in turn, OL_SECONDS each, OL_ROUNDS times (order reversed in even
@@ -222,7 +221,7 @@ same_answer="differ: update the respond body in bench.Caddyfile to payment_page'
 # ---- helpers ----------------------------------------------------------------
 RESULTS="forwarded duplicate in_flight invalid_signature malformed unknown_project app_error store_error too_large forbidden_source"
 # metrics_snapshot: caddy_ecommpay_callbacks_total for our project, one
-# number per result in RESULTS. Both callback targets count here, so only
+# number per result in RESULTS. All callback targets count here, so only
 # one of them may be loaded between two snapshots.
 metrics_snapshot() {
 	local all r

@@ -398,7 +398,7 @@ func TestBoundsSortMatchesStableSort(t *testing.T) {
 			c.add(p, strconv.Itoa(len(c.items)))
 		}
 		want := slices.Clone(c.items)
-		slices.SortStableFunc(want, func(a, b item) int { return natCompare(c.pathOf(a), c.pathOf(b)) })
+		slices.SortStableFunc(want, func(a, b item) int { return natCompare(pathOf(c.buf, a), pathOf(c.buf, b)) })
 		c.sort()
 		if !slices.Equal(c.items, want) {
 			t.Fatalf("%d items: merge sort differs from a stable sort", n)

@@ -131,13 +131,9 @@ func plainName(s string) bool {
 	return true
 }
 
-// parseQueryOrdered splits an urlencoded query into decoded pairs, in
-// order; it refuses bad encoding and repeated names.
-func parseQueryOrdered(q string) ([][2]string, *refusal) {
-	return new(signScratch).parseQuery(q) // not pooled: the pairs outlive it
-}
-
-// parseQuery is parseQueryOrdered into s: the pairs live in s.pairs and
+// parseQuery splits an urlencoded query into decoded pairs, in order,
+// refusing bad encoding and repeated names, into s: the pairs live in
+// s.pairs and
 // decoded text in s.arena.
 func (s *signScratch) parseQuery(q string) ([][2]string, *refusal) {
 	if n := strings.Count(q, "&") + 1; cap(s.pairs) < n {
@@ -182,11 +178,6 @@ func (s *signScratch) parseQuery(q string) ([][2]string, *refusal) {
 	return pairs, nil
 }
 
-func lookupPair(pairs [][2]string, key string) string {
-	v, _ := findPair(pairs, key)
-	return v
-}
-
 func findPair(pairs [][2]string, key string) (string, bool) {
 	for _, p := range pairs {
 		if p[0] == key {
@@ -196,18 +187,6 @@ func findPair(pairs [][2]string, key string) (string, bool) {
 	return "", false
 }
 
-// signPaymentPage checks the parameters, adds project_id when it was left
-// out and one project is configured, and returns the signed URL.
-func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature string, _ *project, _ *refusal) {
-	s := getScratch()
-	defer s.release()
-	p, rf := h.appendSignedPage(s, pairs)
-	if rf != nil {
-		return "", "", nil, rf
-	}
-	return string(s.url), string(s.sig[:]), p, nil
-}
-
 // pageFields are the parameters the handler reads itself, each the first
 // of its name.
 type pageFields struct {
@@ -215,7 +194,8 @@ type pageFields struct {
 	projectGiven                                   bool
 }
 
-// appendSignedPage is signPaymentPage into s: the URL in s.url, the
+// appendSignedPage checks the parameters, adds project_id when it was left
+// out and one project is configured, and signs: the URL in s.url, the
 // signature in s.sig, and s.fields from pairs whatever the outcome.
 func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project, *refusal) {
 	// One pass finds the fields and the first forbidden parameter.

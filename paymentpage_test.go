@@ -564,3 +564,26 @@ func TestPaymentPageConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// parseQueryOrdered is parseQuery into a scratch of its own, not pooled:
+// the pairs outlive it.
+func parseQueryOrdered(q string) ([][2]string, *refusal) {
+	return new(signScratch).parseQuery(q)
+}
+
+func lookupPair(pairs [][2]string, key string) string {
+	v, _ := findPair(pairs, key)
+	return v
+}
+
+// signPaymentPage is appendSignedPage with the URL and signature copied
+// out of a pooled scratch.
+func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature string, _ *project, _ *refusal) {
+	s := getScratch()
+	defer s.release()
+	p, rf := h.appendSignedPage(s, pairs)
+	if rf != nil {
+		return "", "", nil, rf
+	}
+	return string(s.url), string(s.sig[:]), p, nil
+}

@@ -150,8 +150,6 @@ func sortItems(buf []byte, items []item, scratch *[]item) {
 	copy(items, src) // a no-op when the last pass wrote items
 }
 
-func (c *canon) pathOf(it item) []byte { return pathOf(c.buf, it) }
-
 func pathOf(buf []byte, it item) []byte { return buf[it.start:it.pathEnd] }
 
 // insertion is a stable binary insertion sort.

@@ -197,20 +197,26 @@ func (x *localIndex) bodyOf(eventKey string) (string, bool) {
 	return ref.id.String(), true
 }
 
-// refBody counts one more entry referring to eventKey's body stored under
-// bodyID (the entry's own ID for a new body).
-func (x *localIndex) refBody(eventKey, bodyID string) {
-	id, ok := parseEntryID(bodyID)
-	if !ok {
-		return
-	}
+// refBody counts one more entry referring to eventKey's body and returns
+// the ID of the entry that holds it. When none does yet, the body is the
+// one stored under bodyID (the entry's own ID, for a new body); with no
+// bodyID, nothing is counted and it returns "".
+func (x *localIndex) refBody(eventKey, bodyID string) string {
 	h := hashKey(eventKey)
 	ref := x.bodies[h]
 	if ref.refs == 0 {
+		id, ok := parseEntryID(bodyID)
+		if !ok {
+			return ""
+		}
 		ref.id = id
 	}
 	ref.refs++
 	x.bodies[h] = ref
+	if ref.refs == 1 {
+		return bodyID
+	}
+	return ref.id.String()
 }
 
 // add puts a verified entry in its payment's view.

@@ -575,15 +575,16 @@ func (w *ltx) record(e *journalEvent) error {
 	}
 	var bodyID string
 	if e.EventKey != "" {
-		if id, ok := w.idx.bodyOf(e.EventKey); ok {
-			bodyID = id
-			w.idx.refBody(e.EventKey, id)
-		} else if len(e.Body) > 0 && !w.opts.NoBodies {
+		var own string // e's ID, when e brings a body to store
+		if len(e.Body) > 0 && !w.opts.NoBodies {
+			own = e.ID
+		}
+		// One lookup: the body stored already, or e's. A failed put fails
+		// the transaction, and the index is read again from the file.
+		if bodyID = w.idx.refBody(e.EventKey, own); bodyID != "" && bodyID == own {
 			if err := w.putNew(w.tx.Bucket(bktBodies), []byte(e.ID), e.Body); err != nil {
 				return err
 			}
-			bodyID = e.ID
-			w.idx.refBody(e.EventKey, bodyID)
 		}
 	}
 	if err := w.putNew(w.tx.Bucket(bktEntries), []byte(e.ID), w.encode(e, bodyID)); err != nil {

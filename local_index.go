@@ -184,6 +184,13 @@ func (id entryID) String() string { return hex.EncodeToString(id[:]) }
 
 func compareIDs(a, b entryID) int { return bytes.Compare(a[:], b[:]) }
 
+// sameEntryID reports whether s (as newEventID writes IDs) is id, without
+// writing id out.
+func sameEntryID(id entryID, s string) bool {
+	parsed, ok := parseEntryID(s)
+	return ok && parsed == id
+}
+
 func newLocalIndex() *localIndex {
 	return &localIndex{slots: make(map[keyHash]int32), bodies: make(map[keyHash]bodyRef)}
 }
@@ -265,7 +272,7 @@ func (x *localIndex) add(e *journalEvent) {
 func (x *localIndex) remove(e *journalEvent, bodyID string) (dropBody string) {
 	if bodyID != "" {
 		h := hashKey(e.EventKey)
-		if ref, ok := x.bodies[h]; ok && ref.id.String() == bodyID {
+		if ref, ok := x.bodies[h]; ok && sameEntryID(ref.id, bodyID) {
 			if ref.refs--; ref.refs <= 0 {
 				delete(x.bodies, h)
 				dropBody = bodyID

@@ -149,6 +149,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					h.From = args
 				}
 			}
+		case "hosts":
+			if err = want(1, -1); err == nil {
+				if _, perr := parseHosts(args); perr != nil {
+					return d.Errf("hosts: %v", perr)
+				}
+				h.Hosts = append(h.Hosts, args...)
+			}
 		case "base_url":
 			if err = want(1, 1); err == nil {
 				h.BaseURL = args[0]

@@ -191,6 +191,7 @@ func TestCallbackRejectsWithoutReachingTheApp(t *testing.T) {
 func httptestRequest(method, target string) *http.Request {
 	r, _ := http.NewRequest(method, target, nil)
 	r.RemoteAddr = "127.0.0.1:40000"
+	withLoopbackHost(r)
 	return r
 }
 

@@ -230,6 +230,12 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 		// plausible signature costs no more than its parse.
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "no valid signature")
 	}
+	if !callbackShaped(d) {
+		// A signed Payment Page URL, which every customer sees, verifies
+		// with the same secret: its shape, not its signature, tells it apart.
+		return nil, nil, refuse(http.StatusForbidden, "not_a_callback",
+			"not a callback: a callback carries an object besides general (payment, operation, request, ...)")
+	}
 	if d.canon > bigCanonical {
 		// One large body's canonical work is bounded; many at once are
 		// bounded here, in total, so that strangers cannot add them up.
@@ -258,6 +264,20 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	ev.Verified = true
 	noteCallback(d, ev, true)
 	return p, key, nil
+}
+
+// callbackShaped reports whether d has the shape of an ecommpay callback:
+// a top-level member other than "general" whose value is an object. Every
+// callback format carries one (payment, operation, request, recurring,
+// redirectData, ...); a Payment Page request never does, since its
+// parameters are flat and the payment_page mode refuses nested ones.
+func callbackShaped(d *Doc) bool {
+	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+		if d.Kind(n) == Object && d.Key(n) != "general" {
+			return true
+		}
+	}
+	return false
 }
 
 // eventKey is the project's id, "-" and the hex of sum, made in one

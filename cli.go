@@ -107,6 +107,10 @@ Verifies a callback body as the ecommpay callback handler does: the
 signature is the top-level "signature" member, else "general.signature";
 the canonical string leaves out every "signature" member at any depth.
 
+A body without a callback's shape (a top-level object besides "general",
+such as payment, operation or request) is not a callback, whatever its
+signature: a Payment Page URL's parameters are signed with the same secret.
+
 Prints "valid" when the signature verifies with the secret. Otherwise prints
 "invalid: <reason>" and, on a line labelled "canonical: ", the canonical
 string computed here, to compare with the one the sender signed. Neither
@@ -271,9 +275,12 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 	}
 	signature := d.EmbeddedSignature()
 	canonical := d.Canonical(nil, true)
+	shaped := callbackShaped(d)
 	d.Release()
 	var reason string
 	switch {
+	case !shaped:
+		reason = "not a callback: a callback carries an object besides general (payment, operation, request, ...); a Payment Page request's signature is not a callback's"
 	case signature == "":
 		reason = `no signature: neither a top-level "signature" nor a "general.signature" string`
 	case !wellFormedSignature(signature):

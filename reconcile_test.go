@@ -449,7 +449,13 @@ func TestReconcileSigning(t *testing.T) {
 		body   string
 		want   string
 	}{
-		{200, `{"payment":{"status":"success"}}`, statusFound},
+		{200, `{"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
+		{200, `{"project_id":210,"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
+		{200, `{"general":{"project_id":210},"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
+		{200, `{"payment":{"status":"success"}}`, statusMismatch},
+		{200, `{"payment":{"id":"ORDER-1","status":"success"}}`, statusMismatch},
+		{200, `{"project_id":211,"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
+		{200, `{"general":{"project_id":"211"},"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
 		{400, `{"status":"error","code":"3061","message":"Payment not found"}`, statusNotFound},
 		{200, `{"errors":[{"code":"3061","message":"Transaction not found"}]}`, statusNotFound},
 		{404, `not json`, statusNotFound},
@@ -458,7 +464,7 @@ func TestReconcileSigning(t *testing.T) {
 		{200, `[]`, statusError},
 	} {
 		a := statusAnswer{httpStatus: c.status, body: []byte(c.body)}
-		a.classify(Limits{})
+		a.classify(Limits{}, "210", "ORDER-9")
 		if a.result != c.want {
 			t.Errorf("%d %s: %s, want %s", c.status, c.body, a.result, c.want)
 		}

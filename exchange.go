@@ -35,15 +35,13 @@ type exchange struct {
 // reused: what the app's handler or the transport keeps of these stays
 // valid.
 type forwardParts struct {
-	forward deadlineCtx
-	settle  deadlineCtx
-	body    appBody
-	app     appAnswer
-	vals    [8]string // header values, set as one-element slices
-	nvals   int
-	nums    [40]byte // digits of header values, each written once
-	nnums   int
-	fields  [12]zap.Field
+	body   appBody
+	app    appAnswer
+	vals   [8]string // header values, set as one-element slices
+	nvals  int
+	nums   [40]byte // digits of header values, each written once
+	nnums  int
+	fields [12]zap.Field
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
@@ -167,15 +165,10 @@ func (h *Handler) projectFor(id string, given, required bool, field string) (*pr
 // run to its end when the client hangs up.
 func (x *exchange) context() context.Context {
 	if x.detached == nil {
-		// The value layer on top is what lets a deadlineCtx reach the
-		// request's values without an allocation per lookup: called
-		// directly, WithoutCancel's Value copies itself into an interface.
-		x.detached = context.WithValue(context.WithoutCancel(x.r.Context()), detachedKey{}, nil)
+		x.detached = context.WithoutCancel(x.r.Context())
 	}
 	return x.detached
 }
-
-type detachedKey struct{}
 
 // setHeader sets one value without allocating its slice. name must be in
 // canonical form.

@@ -101,7 +101,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if !strings.Contains(eventText, pid) || !strings.Contains(eventText, `"status": "success"`) {
 		t.Errorf("the event page lacks the body: %q", eventText)
 	}
-	if !strings.Contains(notice, "Replayed: forwarded") {
+	if !strings.Contains(notice, "Replayed: the app accepted the event") {
 		t.Fatalf("replay notice %q", notice)
 	}
 	eventually(t, 5*time.Second, "the replay at the shop", func() (bool, string) {

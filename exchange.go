@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -39,8 +38,6 @@ type forwardParts struct {
 	app    appAnswer
 	vals   [8]string // header values, set as one-element slices
 	nvals  int
-	nums   [40]byte // digits of header values, each written once
-	nnums  int
 	fields [12]zap.Field
 }
 
@@ -129,7 +126,7 @@ func isTimeout(err error) bool {
 
 // parseObject parses body as a JSON object within the handler's limits.
 func (h *Handler) parseObject(body []byte) (*Doc, *refusal) {
-	d, err := parseBorrowed(body, h.limits)
+	d, err := Parse(body, h.limits)
 	if err != nil {
 		if errors.Is(err, ErrMalformed) {
 			return nil, refuse(http.StatusBadRequest, "malformed", err.Error())
@@ -183,16 +180,8 @@ func (x *exchange) setHeader(hdr http.Header, name, value string) {
 	hdr[name] = x.vals[i : i+1 : i+1]
 }
 
-// itoa formats n into the exchange's digits. Digits once written are never
-// changed, so the string may alias them.
-func (x *exchange) itoa(n int) string {
-	if len(x.nums)-x.nnums < 20 {
-		return strconv.Itoa(n)
-	}
-	b := strconv.AppendInt(x.nums[x.nnums:x.nnums], int64(n), 10)
-	x.nnums += len(b)
-	return unsafe.String(&b[0], len(b))
-}
+// itoa formats n for a header value.
+func (x *exchange) itoa(n int) string { return strconv.Itoa(n) }
 
 // finish logs the outcome, counts it once and records it in the journal.
 func (x *exchange) finish() {

@@ -70,28 +70,6 @@ func referenceSignPaymentPage(h *Handler, pairs [][2]string) (signedURL, signatu
 	return u.String(), signature, p, nil
 }
 
-func TestAppendQueryEscapeMatchesNetURL(t *testing.T) {
-	var all []byte
-	for c := 0; c < 256; c++ {
-		all = append(all, byte(c))
-	}
-	for _, s := range []string{"", "plain", "a b+c&d=e;f/g?h#i%j", "Zoë ☕", string(all)} {
-		if got, want := string(appendQueryEscape([]byte("x"), s)), "x"+url.QueryEscape(s); got != want {
-			t.Errorf("%q: got %q, want %q", s, got, want)
-		}
-	}
-}
-
-func TestAppendUnescapedMatchesNetURL(t *testing.T) {
-	for _, s := range []string{"", "plain", "a+b", "%41%7a%7A%e2%82%ac", "%", "%4", "%4g", "a%zz", "%%41", "++%2B%20", "%00", "ab%41cd+e%4", "x%41"} {
-		got, ok := appendUnescaped([]byte("x"), s)
-		want, err := url.QueryUnescape(s)
-		if ok != (err == nil) || ok && string(got) != "x"+want {
-			t.Errorf("%q: got %q %v, want %q %v", s, got, ok, want, err)
-		}
-	}
-}
-
 func TestPageBaseMatchesURLString(t *testing.T) {
 	for _, base := range []string{
 		DefaultBaseURL, "http://127.0.0.1:8081", "https://pp.example.test/x/", "https://pp.example.test/?",

@@ -305,7 +305,7 @@ func BenchmarkSignCanonical(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	buf := make([]byte, 0, 4096)
 	for b.Loop() {
-		d, err := parseBorrowed(body, Limits{}) // as the handlers parse
+		d, err := Parse(body, Limits{}) // as the handlers parse
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -324,7 +324,7 @@ func BenchmarkVerifyCallback(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	buf := make([]byte, 0, 4096)
 	for b.Loop() {
-		d, err := parseBorrowed(body, Limits{}) // as the handlers parse
+		d, err := Parse(body, Limits{}) // as the handlers parse
 		if err != nil {
 			b.Fatal(err)
 		}

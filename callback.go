@@ -229,12 +229,6 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 		// plausible signature costs no more than its parse.
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "no valid signature")
 	}
-	if !callbackShaped(d) {
-		// A signed Payment Page URL, which every customer sees, verifies
-		// with the same secret: its shape, not its signature, tells it apart.
-		return nil, nil, refuse(http.StatusForbidden, "not_a_callback",
-			"not a callback: a callback carries an object besides general (payment, operation, request, ...)")
-	}
 	if d.canon > bigCanonical {
 		// One large body's canonical work is bounded; many at once are
 		// bounded here, in total, so that strangers cannot add them up.
@@ -260,23 +254,57 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	if key == nil {
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "signature does not verify")
 	}
+	if !callbackShaped(d) {
+		// A signed Payment Page URL, which every customer sees, verifies
+		// with the same secret: its shape, not its signature, tells it apart.
+		ev.EventKey = ""
+		return nil, nil, refuse(http.StatusForbidden, "not_a_callback", notACallback)
+	}
 	ev.Verified = true
 	noteCallback(d, ev, true)
 	return p, key, nil
 }
 
+// notACallback is what a verified body without a callback's shape is told.
+const notACallback = "not a callback: a callback carries an object besides general with at least two signed values (payment, operation, request, ...)"
+
 // callbackShaped reports whether d has the shape of an ecommpay callback:
-// a top-level member other than "general" whose value is an object. Every
-// callback format carries one (payment, operation, request, recurring,
-// redirectData, ...); a Payment Page request never does, since its
-// parameters are flat and the payment_page mode refuses nested ones.
+// a top-level member other than "general", named without ':', whose value
+// is an object that puts at least two items into the canonical string.
+// Every callback format has one (payment, operation, request, recurring,
+// redirectData, ...). The canonical string of a Payment Page request can
+// never read as one: its parameter names are unique and hold no ':'
+// (payment_page refuses both), so each name begins exactly one item, while
+// two items of one object begin with the same name. (An empty object, or
+// a value with ':' read as a path, adds no second item.)
 func callbackShaped(d *Doc) bool {
 	for n := d.First(d.Root()); n != none; n = d.Next(n) {
-		if d.Kind(n) == Object && d.Key(n) != "general" {
+		k := d.Key(n)
+		if d.Kind(n) == Object && k != "general" && k != "" && !strings.Contains(k, ":") && signedItems(d, n, 2) >= 2 {
 			return true
 		}
 	}
 	return false
+}
+
+// signedItems counts the canonical items under the container n, stopping
+// at limit: its scalars at any depth, less signature and frame_mode members.
+func signedItems(d *Doc, n int32, limit int) int {
+	count := 0
+	for ch := d.First(n); ch != none && count < limit; ch = d.Next(ch) {
+		if d.Kind(n) == Object {
+			if k := d.Key(ch); k == "signature" || k == "frame_mode" {
+				continue
+			}
+		}
+		switch d.Kind(ch) {
+		case Object, Array:
+			count += signedItems(d, ch, limit-count)
+		default:
+			count++
+		}
+	}
+	return count
 }
 
 // eventKey is the project's id, "-" and the hex of sum, made in one

@@ -419,7 +419,7 @@ func TestCallbackQRBadEntriesPassUnchanged(t *testing.T) {
 		`{"type":"qr_data","data":""}`,
 		`{"type":"qr_data","data":"` + strings.Repeat("x", 8000) + `"}`,
 	} {
-		body := sign(t, testSecret, `{"project_id":210,"payment":{"id":"P"},"display_data":[`+entry+`]}`)
+		body := sign(t, testSecret, `{"project_id":210,"payment":{"id":"P","status":"awaiting customer"},"display_data":[`+entry+`]}`)
 		if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK {
 			t.Fatalf("%.40s: %d", entry, w.Code)
 		}

@@ -107,9 +107,10 @@ Verifies a callback body as the ecommpay callback handler does: the
 signature is the top-level "signature" member, else "general.signature";
 the canonical string leaves out every "signature" member at any depth.
 
-A body without a callback's shape (a top-level object besides "general",
-such as payment, operation or request) is not a callback, whatever its
-signature: a Payment Page URL's parameters are signed with the same secret.
+A body whose signature verifies but that lacks a callback's shape (a
+top-level object besides "general" with at least two signed values, such
+as payment, operation or request) is not a callback: a Payment Page URL's
+parameters are signed with the same secret.
 
 Prints "valid" when the signature verifies with the secret. Otherwise prints
 "invalid: <reason>" and, on a line labelled "canonical: ", the canonical
@@ -279,14 +280,14 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 	d.Release()
 	var reason string
 	switch {
-	case !shaped:
-		reason = "not a callback: a callback carries an object besides general (payment, operation, request, ...); a Payment Page request's signature is not a callback's"
 	case signature == "":
 		reason = `no signature: neither a top-level "signature" nor a "general.signature" string`
 	case !wellFormedSignature(signature):
 		reason = "the signature is not the base64 of an HMAC-SHA512 (88 characters)"
 	case !NewKey(secret).Verify(canonical, signature):
 		reason = "the signature does not match this body with this secret"
+	case !shaped:
+		reason = notACallback + "; a Payment Page request's signature is not a callback's"
 	default:
 		_, err = io.WriteString(out, "valid\n")
 		return err == nil, err

@@ -429,11 +429,17 @@ func (h *Handler) signingRefusal(r *http.Request) *refusal {
 	if !ok || !inPrefixes(addr, h.allow) {
 		return refuse(http.StatusForbidden, "forbidden", "this client may not use the signing endpoint")
 	}
-	if !h.hostAllowed(r.Host) {
-		h.logger.Warn("refused a request whose Host is not an IP address, localhost or a name in hosts: a web page may be rebinding its name to this listener",
+	if !unixPeer(r) && !h.hostAllowed(r.Host) {
+		h.logger.Warn("refused a request whose Host is not an IP address, localhost or a name in hosts: a web page may be rebinding its name to this listener; if the name is yours, add `hosts <name>` to this handler",
 			zap.String("host", truncateUnverified(r.Host)), zap.String("remote", r.RemoteAddr), zap.String("mode", h.Mode))
 		return refuse(http.StatusMisdirectedRequest, "forbidden_host",
 			"this endpoint answers requests for an IP address, localhost or a name listed in hosts only")
+	}
+	if h.Mode != ModeConsole && !h.sameOrigin(r) {
+		// A page of any site can make a browser on this machine post a
+		// form to 127.0.0.1; the shop's server sends neither header.
+		return refuse(http.StatusForbidden, "forbidden",
+			"a web page of another origin may not use the signing endpoint (it sent Origin or Sec-Fetch-Site)")
 	}
 	if r.TLS != nil && !r.TLS.HandshakeComplete {
 		return refuse(http.StatusTooEarly, "forbidden", "retry after the TLS handshake completes")
@@ -457,26 +463,57 @@ func (h *Handler) hostAllowed(host string) bool {
 
 // hostName is the lower-case name of a Host header, without its port,
 // brackets and trailing dot.
+// A malformed one, such as "[::1]x", is "".
 func hostName(host string) string {
 	if rest, ok := strings.CutPrefix(host, "["); ok {
-		host, _, _ = strings.Cut(rest, "]")
+		addr, port, _ := strings.Cut(rest, "]")
+		if port != "" && !strings.HasPrefix(port, ":") {
+			return ""
+		}
+		host = addr
 	} else if strings.Count(host, ":") == 1 { // name:port; bare IPv6 has more
 		host, _, _ = strings.Cut(host, ":")
 	}
 	return strings.ToLower(strings.TrimSuffix(host, "."))
 }
 
-// parseHosts checks the names of hosts and returns them as a set.
+// unixPeer reports whether the request came over a Unix socket, which no
+// web page can reach.
+func unixPeer(r *http.Request) bool {
+	_, unix := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr)
+	return unix
+}
+
+// parseHosts checks the names of hosts, after placeholders, and returns
+// them as a set.
 func parseHosts(list []string) (map[string]bool, error) {
 	set := make(map[string]bool, len(list))
 	for _, s := range list {
-		name := hostName(s)
-		if name == "" || name != strings.ToLower(s) || strings.ContainsAny(name, "/*@ ") {
-			return nil, fmt.Errorf("%q is not a host name (write the name alone, without scheme, port or wildcard)", s)
+		s, err := resolvePlaceholders(s)
+		if err != nil {
+			return nil, err
 		}
-		set[name] = true
+		if err := checkHostName(s); err != nil {
+			return nil, err
+		}
+		set[hostName(s)] = true
 	}
 	return set, nil
+}
+
+// checkHostName accepts a host name as a browser sends it in Host: ASCII
+// (punycode for other scripts), without scheme, port or wildcard.
+func checkHostName(s string) error {
+	name := hostName(s)
+	if name == "" || name != strings.ToLower(s) || strings.ContainsAny(name, "/*@ {}") {
+		return fmt.Errorf("%q is not a host name (write the name alone, without scheme, port or wildcard)", s)
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] >= 0x80 {
+			return fmt.Errorf("%q: write a name in another script in its xn-- form, as browsers send it", s)
+		}
+	}
+	return nil
 }
 
 // forwardingHeaders are what proxies and tunnels add to say whom they
@@ -519,7 +556,7 @@ func peerAddr(r *http.Request) (netip.Addr, bool) {
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		return ap.Addr().Unmap(), true
 	}
-	if _, unix := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr); unix {
+	if unixPeer(r) {
 		return netip.IPv6Loopback(), true
 	}
 	return netip.Addr{}, false

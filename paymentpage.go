@@ -195,7 +195,8 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	// One pass finds the fields and the first forbidden parameter.
 	f, bad := pageFields{}, -1
 	for i, p := range pairs {
-		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature") {
+		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature" ||
+			strings.IndexByte(p[0], ':') >= 0) {
 			bad = i
 		}
 		var dst *string
@@ -222,7 +223,13 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	}
 	s.fields = f
 	if bad >= 0 {
-		if p := pairs[bad]; p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
+		p := pairs[bad]
+		if strings.IndexByte(p[0], ';') < 0 && strings.IndexByte(p[1], ';') < 0 && strings.IndexByte(p[0], ':') >= 0 {
+			// A name with ':' would make the signed string read as a
+			// nested object: a callback's shape (see callbackShaped).
+			return nil, paramRefusal(p[0], bad, "':' is not allowed in Payment Page parameter names")
+		}
+		if p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
 			return nil, paramRefusal(p[0], bad, "';' is not allowed in Payment Page parameters")
 		}
 		return nil, paramRefusal("signature", bad, "leave signature out: it is computed here")

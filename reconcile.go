@@ -662,12 +662,18 @@ func (a *statusAnswer) classify(lim Limits, projectID, paymentID string) {
 }
 
 // answerProject is the project_id a status answer names, top-level or in
-// general, or "" when it names none.
+// general, or "" when it names none. One that names two gives "|", which
+// is no project's id.
 func answerProject(d *Doc) string {
-	if pid := textAt(d, d.Root(), "project_id"); pid != "" {
-		return pid
+	top, general := textAt(d, d.Root(), "project_id"), textAt(d, d.Root(), "general", "project_id")
+	switch {
+	case top == "":
+		return general
+	case general == "" || general == top:
+		return top
+	default:
+		return "|"
 	}
-	return textAt(d, d.Root(), "general", "project_id")
 }
 
 // saysNotFound tells an error answer about an unknown payment: its

@@ -456,6 +456,8 @@ func TestReconcileSigning(t *testing.T) {
 		{200, `{"payment":{"id":"ORDER-1","status":"success"}}`, statusMismatch},
 		{200, `{"project_id":211,"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
 		{200, `{"general":{"project_id":"211"},"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
+		{200, `{"project_id":210,"general":{"project_id":211},"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
+		{200, `{"project_id":210,"general":{"project_id":"210"},"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
 		{400, `{"status":"error","code":"3061","message":"Payment not found"}`, statusNotFound},
 		{200, `{"errors":[{"code":"3061","message":"Transaction not found"}]}`, statusNotFound},
 		{404, `not json`, statusNotFound},

@@ -39,6 +39,9 @@ func referenceSignPaymentPage(h *Handler, pairs [][2]string) (signedURL, signatu
 		if strings.Contains(p[0], ";") || strings.Contains(p[1], ";") {
 			return "", "", nil, paramRefusal(p[0], i, "';' is not allowed in Payment Page parameters")
 		}
+		if strings.Contains(p[0], ":") {
+			return "", "", nil, paramRefusal(p[0], i, "':' is not allowed in Payment Page parameter names")
+		}
 		if p[0] == "signature" {
 			return "", "", nil, paramRefusal(p[0], i, "leave signature out: it is computed here")
 		}

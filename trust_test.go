@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -28,14 +29,14 @@ func TestHostAllowed(t *testing.T) {
 		"127.0.0.1": true, "127.0.0.1:8081": true, "[::1]:8081": true, "[::1]": true, "10.1.2.3:80": true,
 		"localhost": true, "localhost:8081": true, "LOCALHOST:8081": true, "localhost.": true,
 		"pay.internal:8081": true, "PAY.internal": true, "console.shop.test": true,
-		"": false, "evil.example": false, "evil.example:8081": false, "localhost.evil.example": false,
+		"": false, "[::1]evil.example": false, "[::1]:80x": true, "evil.example": false, "evil.example:8081": false, "localhost.evil.example": false,
 		"127.0.0.1.nip.io:8081": false, "pay.internal.evil.example": false, "sub.localhost": false, "[evil]:80": false,
 	} {
 		if got := h.hostAllowed(host); got != want {
 			t.Errorf("Host %q: allowed %v, want %v", host, got, want)
 		}
 	}
-	for _, bad := range []string{"pay.internal:8081", "*.shop.test", "https://pay.internal", ""} {
+	for _, bad := range []string{"pay.internal:8081", "*.shop.test", "https://pay.internal", "", "café.internal", "{env.ECOMMPAY_TEST_UNSET_HOST}"} {
 		if _, err := parseHosts([]string{bad}); err == nil {
 			t.Errorf("hosts %q accepted", bad)
 		}
@@ -88,6 +89,65 @@ func TestSigningModesRefuseForeignHost(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Any web page can make a browser on the shop's machine post a form to
+// 127.0.0.1, whose Host (an IP literal) passes: the signing modes refuse a
+// request that a page of another origin made, and sign for the shop's
+// server, which sends neither Origin nor Sec-Fetch-Site.
+func TestSigningModesRefuseWebPages(t *testing.T) {
+	app := newTestApp(t)
+	next := proxyTo(t, app.srv.URL)
+	gate := gateHandler(t, nil)
+	page := paymentPageHandler(t, nil)
+	refund := `{"general":{"payment_id":"ORDER-1"},"payment":{"amount":100000,"currency":"EUR"}}`
+	for name, hdr := range map[string]map[string]string{
+		"cross-site form":       {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
+		"same-site page":        {"Origin": "http://127.0.0.1:3000", "Sec-Fetch-Site": "same-site"},
+		"opaque origin":         {"Origin": "null"},
+		"old browser, no fetch": {"Origin": "https://evil.example"},
+	} {
+		for mode, r := range map[string]*http.Request{
+			"gate":         localPost("/v2/payment/wallet/wechat/refund", []byte(refund)),
+			"payment_page": pageGet(pageQuery),
+		} {
+			for k, v := range hdr {
+				r.Header.Set(k, v)
+			}
+			h := gate
+			if mode == "payment_page" {
+				h = page
+			}
+			before := len(app.received())
+			if w := serve(h, r, next); w.Code != http.StatusForbidden || strings.Contains(w.Body.String(), "signature") || len(app.received()) != before {
+				t.Errorf("%s to %s: %d %s", name, mode, w.Code, w.Body)
+			}
+		}
+	}
+	// Typed into the address bar, or from the internal site's own page.
+	for name, hdr := range map[string]map[string]string{
+		"address bar":      {"Sec-Fetch-Site": "none"},
+		"same-origin page": {"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1"},
+	} {
+		r := pageGet(pageQuery)
+		for k, v := range hdr {
+			r.Header.Set(k, v)
+		}
+		if w := serve(page, r, nil); w.Code != http.StatusOK {
+			t.Errorf("%s: %d %s", name, w.Code, w.Body)
+		}
+	}
+}
+
+// A client on a Unix socket, which no page can reach, may send any Host.
+func TestUnixSocketClientsSkipTheHostCheck(t *testing.T) {
+	page := paymentPageHandler(t, nil)
+	r := pageGet(pageQuery)
+	r.RemoteAddr, r.Host = "@", "%2Frun%2Fcaddy.sock"
+	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.UnixAddr{Name: "/run/caddy.sock", Net: "unix"}))
+	if w := serve(page, r, nil); w.Code != http.StatusOK {
+		t.Errorf("over a Unix socket: %d %s", w.Code, w.Body)
 	}
 }
 
@@ -232,6 +292,85 @@ func TestPaymentPageSignatureIsNotACallback(t *testing.T) {
 		t.Errorf("caddy ecommpay verify: %v %v %s", valid, err, out.String())
 	}
 }
+
+// The shape rule cannot be met by dressing a Payment Page signature: an
+// object that adds nothing to the canonical string, a value with ':' read as
+// a path, or the parameters moved under an empty name all verify, and all
+// are refused. payment_page refuses ':' in a parameter name, which could
+// otherwise make two signed items under one name.
+func TestPaymentPageSignatureCannotBeDressedAsACallback(t *testing.T) {
+	page := paymentPageHandler(t, nil)
+	w := serve(page, pageGet("payment_id=X&payment_amount=1&payment_currency=EUR&project_id=210"+
+		"&redirect_success_url="+url.QueryEscape("https://shop.example/ok")+"&description="+url.QueryEscape("status:success")), nil)
+	var answer struct{ URL string }
+	if err := json.Unmarshal(w.Body.Bytes(), &answer); err != nil || answer.URL == "" {
+		t.Fatalf("payment_page: %d %s", w.Code, w.Body)
+	}
+	u, _ := url.Parse(answer.URL)
+	params := map[string]any{}
+	for k, v := range u.Query() {
+		params[k] = v[0]
+	}
+	with := func(extra map[string]any) map[string]any {
+		m := map[string]any{}
+		for k, v := range params {
+			m[k] = v
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	sig := params["signature"]
+	inner := map[string]any{}
+	for k, v := range params {
+		if k != "signature" && k != "project_id" {
+			inner[k] = v
+		}
+	}
+	forgeries := map[string]map[string]any{
+		"an empty object":             with(map[string]any{"payment": map[string]any{}}),
+		"an object of a signature":    with(map[string]any{"payment": map[string]any{"signature": "x", "status": map[string]any{}}}),
+		"an object of frame_mode":     with(map[string]any{"payment": map[string]any{"frame_mode": "iframe", "x": []any{}}}),
+		"a value with ':' as objects": with(map[string]any{"redirect_success_url": map[string]any{"https": "//shop.example/ok"}, "description": map[string]any{"status": "success"}}),
+		"parameters under no name":    {"": inner, "project_id": params["project_id"], "signature": sig},
+	}
+	cb := callbackHandler(t, func(h *Handler) { h.Store = "memory" })
+	app := newTestApp(t)
+	next := proxyTo(t, app.srv.URL)
+	for name, body := range forgeries {
+		raw, _ := json.Marshal(body)
+		if !verifies(raw, testSecret) {
+			t.Errorf("%s: the premise, that it verifies, fails: %s", name, raw)
+			continue
+		}
+		if w := serve(cb, post("/cb", raw), next); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "not a callback") {
+			t.Errorf("%s: %d %s", name, w.Code, w.Body)
+		}
+		var out strings.Builder
+		if valid, _ := runVerify(strings.NewReader(string(raw)), testSecret, &out); valid {
+			t.Errorf("%s: verify says valid", name)
+		}
+	}
+	if n := len(app.received()); n != 0 {
+		t.Errorf("the app got %d forgeries", n)
+	}
+	for _, q := range []string{"payment:status=success", "payment%3Aid=1"} {
+		w := serve(page, pageGet("payment_id=X&payment_amount=1&payment_currency=EUR&"+q), nil)
+		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "':' is not allowed") {
+			t.Errorf("%s: %d %s", q, w.Code, w.Body)
+		}
+	}
+	// A body that fails its signature is an invalid signature, whatever
+	// its shape: not_a_callback is kept for verified ones.
+	flat := []byte(`{"project_id":210,"payment_id":"X","signature":"` + wellFormedJunk + `"}`)
+	if w := serve(cb, post("/cb", flat), next); !strings.Contains(w.Body.String(), "signature does not verify") {
+		t.Errorf("a flat forgery: %d %s", w.Code, w.Body)
+	}
+}
+
+// wellFormedJunk has a signature's shape and verifies nothing.
+var wellFormedJunk = strings.Repeat("A", 86) + "=="
 
 // Every shape of callback ecommpay sends has an object besides general:
 // payment callbacks, token callbacks without a payment, recurring ones,

@@ -134,6 +134,27 @@ func TestHostileRebinding(t *testing.T) {
 			}
 		}
 	}
+	// Without rebinding, a page can still make the browser post a form to
+	// 127.0.0.1 itself (an IP literal passes the Host check): a text/plain
+	// form whose field spells a JSON refund. Its Origin gives it away.
+	refundID := newPaymentID("csrf")
+	form := []byte(`{"general":{"payment_id":"` + refundID + `"},"payment":{"amount":100000,"currency":"EUR"},"x":"="}`)
+	for _, hdr := range []map[string]string{
+		{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
+		{"Origin": "http://localhost:3000", "Sec-Fetch-Site": "same-site", "Content-Type": "text/plain"},
+	} {
+		if a := hostRequest("POST", base, "/v2/payment/wallet/wechat/refund", "127.0.0.1", form, hdr); a.status != http.StatusForbidden {
+			t.Errorf("a form from %s to gate: %s, want 403", hdr["Origin"], a)
+		}
+		if a := hostRequest("GET", base, pagePath(refundID), "127.0.0.1", nil, hdr); a.status != http.StatusForbidden || strings.Contains(a.body, "signature") {
+			t.Errorf("a page from %s to payment_page: %s, want 403", hdr["Origin"], a)
+		}
+	}
+	for _, r := range s.fake.allRequests() {
+		if strings.Contains(string(r.Body), refundID) {
+			t.Errorf("a request from a web page reached ecommpay: %s %s", r.Path, r.Body)
+		}
+	}
 	time.Sleep(500 * time.Millisecond) // room for a replay that should not come
 	if e := waitShopEvent(t, s.shop, pid, "sale", "success", time.Second); e.Count != 1 || e.Replays != 0 {
 		t.Errorf("the app got the event %d times, %d replays", e.Count, e.Replays)

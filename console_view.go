@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"context"
+	"errors"
 	"math/big"
 	"slices"
 	"strconv"
@@ -145,29 +146,48 @@ func summarize(list []paymentView) paymentSummary {
 	return s
 }
 
-// pendingAppErrors keeps the refused callbacks that no later attempt of
-// the same event delivered: once a retry, or a replay, reached the app, a
-// human has nothing left to do. Each event is listed once, at its latest
-// refusal.
+// pendingAppErrors keeps the refused callbacks whose event no attempt
+// delivered: once a retry, or a replay, reached the app, a human has
+// nothing left to do. Each event is listed once, at its latest
+// refusal. It reads each payment's timeline, which every backend keeps
+// by payment, rather than searching the journal by event key.
 func (h *Handler) pendingAppErrors(ctx context.Context, refused []journalEvent) ([]journalEvent, error) {
+	delivered := map[string]bool{} // event keys the app has
+	read := map[payID]bool{}
+	for _, e := range refused {
+		id := payID{e.ProjectID, e.PaymentID}
+		if e.EventKey == "" || read[id] {
+			continue
+		}
+		read[id] = true
+		var evs []journalEvent
+		var err error
+		if e.PaymentID != "" {
+			var tl timeline
+			tl, err = h.journal.Timeline(ctx, e.ProjectID, e.PaymentID)
+			evs = tl.Events
+		} else {
+			evs, err = h.journal.Events(ctx, eventFilter{EventKey: e.EventKey, Result: "forwarded", Limit: 1})
+		}
+		if err != nil && !errors.Is(err, errNotFound) {
+			return nil, err
+		}
+		for _, d := range evs {
+			if d.Result == "forwarded" && d.EventKey != "" {
+				delivered[d.EventKey] = true
+			}
+		}
+	}
 	var out []journalEvent
 	seen := map[string]bool{}
 	for _, e := range refused { // newest first
-		if e.EventKey == "" {
-			out = append(out, e)
-			continue
+		if e.EventKey != "" {
+			if seen[e.EventKey] || delivered[e.EventKey] {
+				continue
+			}
+			seen[e.EventKey] = true
 		}
-		if seen[e.EventKey] {
-			continue
-		}
-		seen[e.EventKey] = true
-		later, err := h.journal.Events(ctx, eventFilter{EventKey: e.EventKey, Result: "forwarded", Since: e.Time, Limit: 1})
-		if err != nil {
-			return nil, err
-		}
-		if len(later) == 0 {
-			out = append(out, e)
-		}
+		out = append(out, e)
 	}
 	return out, nil
 }

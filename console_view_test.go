@@ -213,10 +213,16 @@ func TestConsoleAttentionForgetsDeliveredRetries(t *testing.T) {
 	if strings.Count(page, "ORDER-1</a> app 500") != 1 {
 		t.Fatalf("the refused event is not listed once, with the app's answer: %s", page)
 	}
+	// Another payment's refused callback, never delivered, stays.
+	serve(f.cb, post("/cb", sign(t, testSecret, strings.Replace(saleSuccess, `"ORDER-1"`, `"ORDER-2"`, 1))), f.next)
 	f.app.status.Store(http.StatusOK)
 	serve(f.cb, post("/cb", body), f.next)
-	if page := f.get(t, "/attention").Body.String(); strings.Contains(page, "ORDER-1") {
+	page = f.get(t, "/attention").Body.String()
+	if strings.Contains(page, "ORDER-1") {
 		t.Fatalf("a delivered retry is still under Attention: %s", page)
+	}
+	if !strings.Contains(page, "ORDER-2</a> app 500") {
+		t.Fatalf("an undelivered refused callback left Attention: %s", page)
 	}
 }
 

@@ -339,7 +339,12 @@ func noteCallback(d *Doc, ev *journalEvent, verified bool) {
 		if pid := textAt(d, root, "project_id"); pid != "" {
 			ev.ProjectID = cut(pid)
 		}
+		return
 	}
+	// What was paid, for a payment the journal first sees here.
+	ev.Amount = textAt(d, root, "payment", "sum", "amount")
+	ev.Currency = textAt(d, root, "payment", "sum", "currency")
+	ev.Method = textAt(d, root, "payment", "method")
 }
 
 // rewriteCallback returns the body the app gets: the body as received when
@@ -497,13 +502,14 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 
 	appStatus := rec.status
 	if err != nil {
-		appStatus = http.StatusBadGateway
+		// The app never answered: the status is the proxy's.
+		appStatus, ev.Reason = http.StatusBadGateway, reasonUnreachable
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			appStatus = he.StatusCode
 		}
 		if ctx.Err() == context.DeadlineExceeded {
-			appStatus = http.StatusGatewayTimeout
+			appStatus, ev.Reason = http.StatusGatewayTimeout, reasonTimeout
 		}
 	}
 	ev.AppStatus = appStatus
@@ -525,7 +531,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 			h.logger.Error("nothing after `ecommpay callback` answered the callback, so it was not delivered; "+
 				"put reverse_proxy to the app in the same route or handle block, after ecommpay callback",
 				zap.String("event_key", ev.EventKey))
-			ev.Status = http.StatusBadGateway
+			ev.Status, ev.Reason = http.StatusBadGateway, reasonNoHandler
 		}
 		w.Header().Set("Retry-After", retryAfter)
 		return x.answer(refuse(cmp.Or(ev.Status, appStatus), "app_error", "the app could not be reached"))

@@ -36,7 +36,9 @@ var consoleFiles embed.FS
 var consoleTemplates = template.Must(template.New("").Funcs(template.FuncMap{
 	"pathEscape": url.PathEscape,
 	"ago":        ago,
-	"clock":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+	"clock":      clock,
+	"major":      majorAmount,
+	"answer":     answerText,
 }).ParseFS(consoleFiles, "console/*.html"))
 
 // DefaultAttentionAfter is how long after its start a payment without a
@@ -93,6 +95,8 @@ func (h *Handler) provisionConsole() {
 	assets, _ := fs.Sub(consoleFiles, "console/assets")
 	mux.Handle("GET /assets/", http.StripPrefix("/assets/", http.FileServerFS(assets)))
 	mux.HandleFunc("GET /api/payments", h.apiPayments)
+	mux.HandleFunc("GET /api/payments.csv", h.apiPaymentsCSV)
+	mux.HandleFunc("GET /api/events.csv", h.apiEventsCSV)
 	mux.HandleFunc("GET /api/payments/{project}/{payment}", h.apiTimeline)
 	mux.HandleFunc("GET /api/events", h.apiEvents)
 	mux.HandleFunc("GET /api/events/{key}", h.apiEvent)
@@ -378,15 +382,20 @@ type paymentRow struct {
 
 func (h *Handler) consolePayments(w http.ResponseWriter, r *http.Request) {
 	_, pf, err := queryFilters(r)
-	var rows []paymentRow
+	var data struct {
+		Rows    []paymentRow
+		Summary paymentSummary
+		Limit   int
+	}
 	if err == nil {
 		var list []paymentView
 		list, err = h.journal.Payments(r.Context(), pf)
 		for _, p := range list {
-			rows = append(rows, paymentRow{paymentView: p, Stuck: h.stuck(p)})
+			data.Rows = append(data.Rows, paymentRow{paymentView: p, Stuck: h.stuck(p)})
 		}
+		data.Summary, data.Limit = summarize(list), limitOr(pf.Limit)
 	}
-	h.render(w, r, "payments", "Payments", rows, err)
+	h.render(w, r, "payments", "Payments", data, err)
 }
 
 // stuck reports whether a payment has waited too long for a final status.
@@ -422,7 +431,8 @@ func foldTimeline(events []journalEvent) []timelineRow {
 	var rows []timelineRow
 	for _, e := range events {
 		if n := len(rows); n > 0 && e.EventKey != "" && rows[n-1].EventKey == e.EventKey &&
-			rows[n-1].Kind == e.Kind && rows[n-1].Result == e.Result && rows[n-1].AppStatus == e.AppStatus {
+			rows[n-1].Kind == e.Kind && rows[n-1].Result == e.Result && rows[n-1].AppStatus == e.AppStatus &&
+			rows[n-1].Reason == e.Reason {
 			rows[n-1].Count++
 			continue
 		}
@@ -448,6 +458,7 @@ func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 	ev, err := h.eventDetail(r.Context(), r.PathValue("key"))
 	page := eventPage{eventDetail: ev, Token: formToken("replay "+ev.EventKey, time.Now()),
 		Notice: replayNotices[r.URL.Query().Get("replayed")]}
+	page.Attempts = oldestFirst(ev.Attempts) // as the timeline lists them
 	if err == nil && len(ev.Body) > 0 {
 		var buf bytes.Buffer
 		if json.Indent(&buf, ev.Body, "", "  ") == nil {
@@ -540,6 +551,9 @@ func (h *Handler) consoleAttention(w http.ResponseWriter, r *http.Request) {
 	since := time.Now().Add(-24 * time.Hour)
 	if err == nil {
 		data.AppErrors, err = h.journal.Events(ctx, eventFilter{Result: "app_error", Since: since, Limit: 100})
+	}
+	if err == nil {
+		data.AppErrors, err = h.pendingAppErrors(ctx, data.AppErrors)
 	}
 	if err == nil {
 		data.Forgeries, err = h.journal.Events(ctx, eventFilter{Result: "invalid_signature", Since: since, Limit: 100})

@@ -82,9 +82,10 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r)
 	x.ev.Status, x.ev.Result = rec.Status(), "signed"
-	x.ev.AppStatus = rec.Status()
+	x.ev.EcommpayStatus = rec.Status()
 	if err != nil {
 		x.ev.Status, x.ev.Result = http.StatusBadGateway, "upstream_error"
+		x.ev.EcommpayStatus, x.ev.Reason = 0, reasonUnreachable // ecommpay never answered
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			x.ev.Status = he.StatusCode

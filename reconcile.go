@@ -406,7 +406,7 @@ func factsOf(tl timeline) paymentFacts {
 		switch e.Kind {
 		case kindPaymentPage, kindGate:
 			start := (e.Kind == kindPaymentPage && e.Result == "signed") ||
-				(e.AppStatus == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
+				(e.ecommpayAnswer() == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
 			if start && f.started.IsZero() {
 				f.started, f.method = e.Time, e.Method
 			}
@@ -498,12 +498,16 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 		return // stopping; the question is asked again by the next config
 	}
 	statusRequestsTotal.WithLabelValues(ans.result).Inc()
-	asked := journalEvent{Kind: kindStatusRequest, ProjectID: projectID, PaymentID: paymentID,
-		Result: ans.result, AppStatus: ans.httpStatus, PaymentStatus: ans.paymentStatus, Method: f.method}
-	if ans.result == statusMismatch {
-		asked.PaymentStatus = "" // another payment's
+	// app_status keeps ecommpay's answer too, as status requests always had it.
+	req := journalEvent{Kind: kindStatusRequest, ProjectID: projectID, PaymentID: paymentID, Result: ans.result,
+		AppStatus: ans.httpStatus, EcommpayStatus: ans.httpStatus, PaymentStatus: ans.paymentStatus, Method: f.method}
+	if ans.err != nil {
+		req.Reason = truncateReason(ans.err.Error())
 	}
-	rc.record(ctx, asked)
+	if ans.result == statusMismatch {
+		req.PaymentStatus = "" // another payment's
+	}
+	rc.record(ctx, req)
 	giveUp := !rc.now().Before(f.started.Add(rc.giveUp))
 	switch ans.result {
 	case statusError:
@@ -531,6 +535,28 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 		rc.close(ctx, projectID, paymentID, result, f.method)
 		st.done = true
 	}
+}
+
+// ecommpayAnswer is ecommpay's HTTP answer to a Gate request: in
+// EcommpayStatus, or in AppStatus for entries recorded before it existed.
+func (e *journalEvent) ecommpayAnswer() int {
+	if e.EcommpayStatus == 0 && e.Kind == kindGate {
+		return e.AppStatus
+	}
+	return e.EcommpayStatus
+}
+
+// truncateReason bounds a reason kept in the journal.
+func truncateReason(s string) string {
+	const maxReason = 200
+	if len(s) <= maxReason {
+		return s
+	}
+	cut := maxReason
+	for cut > 0 && s[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func latest(a, b time.Time) time.Time {

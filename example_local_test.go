@@ -47,7 +47,7 @@ func TestExampleCaddyfileStaysLocal(t *testing.T) {
 	if err := json.Unmarshal(cfg.Apps["http"], &httpApp); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Admin.Listen == "" || !loopbackHostPort(cfg.Admin.Listen) {
+	if cfg.Admin.Listen == "" || !isLoopbackHostPort(cfg.Admin.Listen) {
 		t.Errorf("admin listens on %q, want a loopback address", cfg.Admin.Listen)
 	}
 	var sent []string // every address checked, for the log
@@ -56,7 +56,7 @@ func TestExampleCaddyfileStaysLocal(t *testing.T) {
 			t.Errorf("server %s: automatic HTTPS is on; it would ask a CA for certificates", name)
 		}
 		for _, l := range srv.Listen {
-			if !loopbackHostPort(strings.TrimPrefix(l, "tcp/")) {
+			if !isLoopbackHostPort(strings.TrimPrefix(l, "tcp/")) {
 				t.Errorf("server %s listens on %q, want loopback only", name, l)
 			}
 		}
@@ -70,7 +70,7 @@ func TestExampleCaddyfileStaysLocal(t *testing.T) {
 				for _, u := range ups {
 					dial := fmt.Sprint(u.(map[string]any)["dial"])
 					sent = append(sent, "reverse_proxy "+dial)
-					if !loopbackHostPort(dial) {
+					if !isLoopbackHostPort(dial) {
 						t.Errorf("server %s: reverse_proxy upstream %q is not loopback", name, dial)
 					}
 				}
@@ -85,7 +85,7 @@ func TestExampleCaddyfileStaysLocal(t *testing.T) {
 				}
 				sent = append(sent, "reconcile "+statusURL)
 				u, err := url.Parse(statusURL)
-				if err != nil || !loopbackHost(u.Hostname()) {
+				if err != nil || !isLoopbackName(u.Hostname()) {
 					t.Errorf("server %s: reconcile asks %q, not a loopback address", name, statusURL)
 				}
 			case "subroute", "static_response", "rewrite", "headers", "vars", "encode":
@@ -118,14 +118,14 @@ func handlersIn(routes []any) []map[string]any {
 	return out
 }
 
-// loopbackHostPort reports whether hostport is a loopback host with a port.
-func loopbackHostPort(hostport string) bool {
+// isLoopbackHostPort reports whether hostport is a loopback host with a port.
+func isLoopbackHostPort(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
-	return err == nil && loopbackHost(host)
+	return err == nil && isLoopbackName(host)
 }
 
-// loopbackHost reports whether host is a loopback IP or localhost.
-func loopbackHost(host string) bool {
+// isLoopbackName reports whether host is a loopback IP or localhost.
+func isLoopbackName(host string) bool {
 	if host == "localhost" {
 		return true
 	}

@@ -40,7 +40,7 @@ func TestProductionCaddyfile(t *testing.T) {
 	for name, srv := range cfg.Apps.HTTP.Servers {
 		loopback := len(srv.Listen) > 0
 		for _, l := range srv.Listen {
-			loopback = loopback && loopbackHostPort(strings.TrimPrefix(l, "tcp/"))
+			loopback = loopback && isLoopbackHostPort(strings.TrimPrefix(l, "tcp/"))
 		}
 		for _, h := range handlersIn(srv.Routes) {
 			switch h["handler"] {

@@ -412,6 +412,8 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() er
 			if err != nil {
 				return nil, err // not a typed nil in the interface
 			}
+			// Once per process and file: where the data lives, for backups.
+			logger.Info("local store opened", zap.String("path", abs))
 			return b, nil
 		}
 	case "memory":

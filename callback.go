@@ -142,7 +142,9 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 	if rf != nil {
 		return x.answer(rf)
 	}
-	return h.deliver(x, next, d, body, p, key)
+	// Verified: now the body is worth a copy of its own, for the app and
+	// the journal.
+	return h.deliver(x, next, d, []byte(body), p, key)
 }
 
 // serveDispatched serves an in-process delivery: a replay, which is
@@ -157,7 +159,7 @@ func (h *Handler) serveDispatched(w http.ResponseWriter, r *http.Request, next c
 	x := h.newExchange(w, r, dsp.kind)
 	defer func() { dsp.ev = x.ev }()
 	defer x.finish()
-	d, rf := h.parseObject(dsp.body)
+	d, rf := h.parseObject(string(dsp.body))
 	if rf != nil {
 		return x.answer(rf)
 	}

@@ -617,12 +617,13 @@ func TestCallbackAllocationBudget(t *testing.T) {
 	if raceDetector {
 		t.Skip("the race detector allocates on its own account")
 	}
-	// 25: among them the standard timeout contexts of the forward and the
-	// settle (context.WithTimeout with its timer), the body's copy for the
-	// parser, header values and claim tokens as plain strings, and the
+	// 27: among them the standard timeout contexts of the forward and the
+	// settle (context.WithTimeout with its timer), the body read as a
+	// string for the parser and copied for the app once verified, header
+	// values and claim tokens as plain strings, and the
 	// payment view's copy of the amount, currency and method of a payment
 	// first seen through its callback, as each one here is.
-	const budget = 25
+	const budget = 27
 	h := callbackHandler(t, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
 	b := newMemoryBackend(0, journalOptions{}, nil)
 	h.store, h.journal = b, b

@@ -74,17 +74,17 @@ func (x *exchange) answer(rf *refusal) error {
 
 // readObject reads the body within max_body and parses it as a JSON object
 // within the limits. The caller releases the Doc.
-func (x *exchange) readObject() (*Doc, []byte, *refusal) {
+func (x *exchange) readObject() (*Doc, string, *refusal) {
 	body, rf := x.readBody()
 	if rf != nil {
-		return nil, nil, rf
+		return nil, "", rf
 	}
 	d, rf := x.h.parseObject(body)
 	return d, body, rf
 }
 
 // readBody reads the body within max_body and, for callbacks, read_timeout.
-func (x *exchange) readBody() ([]byte, *refusal) {
+func (x *exchange) readBody() (string, *refusal) {
 	if x.ev.Kind == kindCallback {
 		// A slow sender must not hold the connection: the body of a real
 		// callback arrives at once.
@@ -94,11 +94,11 @@ func (x *exchange) readBody() ([]byte, *refusal) {
 	switch {
 	case err == nil:
 	case errors.Is(err, errTooLarge):
-		return nil, refuse(http.StatusRequestEntityTooLarge, "too_large", "body too large")
+		return "", refuse(http.StatusRequestEntityTooLarge, "too_large", "body too large")
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-		return nil, refuse(http.StatusRequestTimeout, "too_slow", "the body did not arrive in time")
+		return "", refuse(http.StatusRequestTimeout, "too_slow", "the body did not arrive in time")
 	case err != nil:
-		return nil, refuse(http.StatusBadRequest, "malformed", "reading the body failed")
+		return "", refuse(http.StatusBadRequest, "malformed", "reading the body failed")
 	}
 	return body, nil
 }
@@ -125,8 +125,8 @@ func isTimeout(err error) bool {
 }
 
 // parseObject parses body as a JSON object within the handler's limits.
-func (h *Handler) parseObject(body []byte) (*Doc, *refusal) {
-	d, err := Parse(body, h.limits)
+func (h *Handler) parseObject(body string) (*Doc, *refusal) {
+	d, err := parse(body, h.limits)
 	if err != nil {
 		if errors.Is(err, ErrMalformed) {
 			return nil, refuse(http.StatusBadRequest, "malformed", err.Error())

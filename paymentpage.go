@@ -75,7 +75,7 @@ func (h *Handler) paymentParams(x *exchange, s *signScratch) ([][2]string, *refu
 		return nil, rf
 	}
 	if ct == "application/x-www-form-urlencoded" {
-		return s.parseQuery(string(body))
+		return s.parseQuery(body)
 	}
 	d, rf := h.parseObject(body)
 	if rf != nil {

@@ -1,0 +1,85 @@
+package ecommpay
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func TestSandboxCaddyfile(t *testing.T) {
+	h, err := parseDirective(`ecommpay sandbox {
+		project 210 {env.ECOMMPAY_SECRET}
+		callback http://127.0.0.1:8080/ecommpay/callback
+		base_url http://127.0.0.1:8482
+		pay_after 2s
+		delay 500ms
+		copies 2
+		drop_final
+		retry_scale 1000
+		mbway_limit 1m
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &SandboxConfig{CallbackURLs: []string{"http://127.0.0.1:8080/ecommpay/callback"},
+		PayAfter: caddy.Duration(2 * time.Second), Delay: caddy.Duration(500 * time.Millisecond), Copies: 2,
+		DropFinal: true, RetryScale: 1000, MBWayLimit: caddy.Duration(time.Minute)}
+	if h.Mode != ModeSandbox || h.BaseURL != "http://127.0.0.1:8482" || !reflect.DeepEqual(h.Sandbox, want) {
+		t.Errorf("parsed %+v %+v", h, h.Sandbox)
+	}
+	for _, bad := range []string{
+		"ecommpay sandbox {\nproject 210 s\ncopies 0\n}",
+		"ecommpay sandbox {\nproject 210 s\npay_after soon\n}",
+		"ecommpay sandbox {\nproject 210 s\ncallback\n}",
+		"ecommpay gate {\nproject 210 s\ncallback http://x\n}",
+	} {
+		if _, err := parseDirective(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+	h = Handler{Mode: ModeGate, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Sandbox: &SandboxConfig{}}
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "sandbox does not apply") {
+		t.Errorf("sandbox settings in gate mode: %v", err)
+	}
+}
+
+func TestSandboxAnswersLoopbackOnly(t *testing.T) {
+	h := &Handler{Mode: ModeSandbox, Projects: []Project{{ID: "210", Secrets: []string{"test-secret"}}},
+		Sandbox: &SandboxConfig{CallbackURLs: []string{"http://127.0.0.1:1/callback"}}}
+	if err := h.Provision(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	serve := func(remote string, hdr map[string]string) int {
+		r := httptest.NewRequest(http.MethodGet, "/sandbox/", nil)
+		r.RemoteAddr = remote
+		for k, v := range hdr {
+			r.Header.Set(k, v)
+		}
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		return w.Code
+	}
+	if code := serve("127.0.0.1:5000", nil); code != http.StatusOK {
+		t.Errorf("loopback: %d", code)
+	}
+	if code := serve("203.0.113.9:5000", nil); code != http.StatusForbidden {
+		t.Errorf("a stranger: %d, want 403", code)
+	}
+	if code := serve("127.0.0.1:5000", map[string]string{"X-Forwarded-For": "203.0.113.9"}); code != http.StatusForbidden {
+		t.Errorf("proxied: %d, want 403", code)
+	}
+	if err := (&Handler{Mode: ModeSandbox, Projects: h.Projects}).Provision(testContext(t)); err == nil {
+		t.Error("a sandbox without a callback URL was provisioned")
+	}
+}

@@ -130,7 +130,7 @@ func (s *Sandbox) SignedCallback(paymentID, opType, opStatus string) []byte {
 		requestID: randHex(21), created: now}
 	out := outcome{payStatus: p.Status, opStatus: opStatus, code: "0", message: "Success",
 		provider: map[string]any{"id": providerID(p.Method), "payment_id": randDigits(10), "auth_code": ""}}
-	raw, err := signCallback(s.signer, o.body(out, now), s.callbackSecret(p.ProjectID), false)
+	raw, err := signCallback(s.signer, o.body(out, now), s.CallbackSecret(p.ProjectID), false)
 	if err != nil {
 		panic(err) // the sandbox's own bodies always marshal
 	}
@@ -141,7 +141,7 @@ func (s *Sandbox) SignedCallback(paymentID, opType, opStatus string) []byte {
 // unless the final callback of the payment is to be dropped.
 func (s *Sandbox) emit(name string, p *Payment, body map[string]any, sigInGeneral bool) *Callback {
 	dropped := s.noteStatus(name, p.ID, body)
-	raw, err := signCallback(s.signer, body, s.callbackSecret(p.ProjectID), sigInGeneral)
+	raw, err := signCallback(s.signer, body, s.CallbackSecret(p.ProjectID), sigInGeneral)
 	if err != nil {
 		return nil
 	}

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -144,7 +145,7 @@ type Request struct {
 	At        time.Time
 	Method    string
 	Path      string
-	Query     map[string][]string
+	Query     url.Values
 	Body      []byte
 	SigOK     bool
 	SigReason string
@@ -337,8 +338,8 @@ func (s *Sandbox) DropFinalCallback(paymentID string) {
 // secretOf returns the project's secret, or "" when it is unknown.
 func (s *Sandbox) secretOf(projectID string) string { return s.projects[projectID] }
 
-// callbackSecret is the secret callbacks of the project are signed with.
-func (s *Sandbox) callbackSecret(projectID string) string {
+// CallbackSecret is the secret callbacks of the project are signed with.
+func (s *Sandbox) CallbackSecret(projectID string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.knobs.SignSecret != "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -64,10 +65,15 @@ func (s *Sandbox) noteSig(rec *Request, ok bool, reason string) {
 	s.mu.Unlock()
 }
 
-// base is where browsers reach the sandbox.
+// base is where browsers reach the sandbox: BaseURL, else the address
+// the request came in on (a Gate request proxied from the shop's site
+// still carries that site's Host), else its Host.
 func (s *Sandbox) base(r *http.Request) string {
 	if s.baseURL != "" {
 		return s.baseURL
+	}
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && a.Network() == "tcp" {
+		return "http://" + a.String()
 	}
 	return "http://" + r.Host
 }

@@ -58,7 +58,7 @@ type Config struct {
 	// the configuration says.
 	CallbackURLs []string
 	// BaseURL is where browsers reach the sandbox, for the redirect steps
-	// it sends in callbacks. Default: http:// and the request's Host.
+	// it sends in callbacks. Default: the address the request came in on.
 	BaseURL string
 	// Signer is the signature algorithm. Required.
 	Signer Signer

@@ -1,8 +1,10 @@
 package ecommpay
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -81,5 +83,49 @@ func TestSandboxAnswersLoopbackOnly(t *testing.T) {
 	}
 	if err := (&Handler{Mode: ModeSandbox, Projects: h.Projects}).Provision(testContext(t)); err == nil {
 		t.Error("a sandbox without a callback URL was provisioned")
+	}
+}
+
+// example.sandbox.Caddyfile adapts with the secret left a placeholder and
+// a sandbox that calls the example's callback route; the production
+// example has no sandbox.
+func TestExampleSandboxCaddyfileAdapts(t *testing.T) {
+	body, err := os.ReadFile("example.sandbox.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ECOMMPAY_SECRET", "resolved-secret-must-not-appear")
+	out := adapt(t, body)
+	if strings.Contains(string(out), "resolved-secret-must-not-appear") {
+		t.Fatal("example.sandbox.Caddyfile bakes the secret into the JSON")
+	}
+	var cfg any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	modes := map[string]int{}
+	for _, raw := range findHandlers(cfg, "ecommpay") {
+		b, _ := json.Marshal(raw)
+		var h Handler
+		if err := json.Unmarshal(b, &h); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Validate(); err != nil {
+			t.Fatalf("mode %s: %v", h.Mode, err)
+		}
+		modes[h.Mode]++
+		if h.Mode == ModeSandbox && (h.Sandbox == nil || !reflect.DeepEqual(h.Sandbox.CallbackURLs, []string{"http://127.0.0.1:8080/ecommpay/callback"})) {
+			t.Errorf("the sandbox's callback: %+v", h.Sandbox)
+		}
+	}
+	if modes[ModeSandbox] != 1 || modes[ModeCallback] != 1 || modes[ModePaymentPage] != 2 || modes[ModeGate] != 1 {
+		t.Errorf("modes %v", modes)
+	}
+	prod, err := os.ReadFile("example.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(prod), "ecommpay sandbox") {
+		t.Error("the production example runs a sandbox")
 	}
 }

@@ -105,9 +105,10 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 	shot("sandbox-payment-page.png")
 	do(chromedp.Click(chromedp.CSS("#paid")))
 	arrive(s.pagesURL() + "/success")
-	if body := text("body"); !strings.Contains(body, paid+" succeeded") {
-		t.Errorf("the shop's success page: %q", body)
-	}
+	eventually(t, 5*time.Second, "the shop's success page", func() (bool, string) {
+		body, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
+		return err == nil && strings.Contains(body, paid+" succeeded"), fmt.Sprintf("%q %v", body, err)
+	})
 	waitShopEvent(t, s.shop, paid, "sale", "success", settleTimeout)
 
 	declined := open(newPaymentID("wx-decline"))

@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -128,4 +130,42 @@ func TestExampleSandboxCaddyfileAdapts(t *testing.T) {
 	if strings.Contains(string(prod), "ecommpay sandbox") {
 		t.Error("the production example runs a sandbox")
 	}
+}
+
+// FuzzSandboxPaymentPage feeds the sandbox's Payment Page and its
+// signature comparison arbitrary queries and pasted strings: it answers
+// each with a page or an error, never a panic or a 5xx.
+func FuzzSandboxPaymentPage(f *testing.F) {
+	signed := "customer_id=c1&payment_amount=1000&payment_currency=CNY&payment_id=P1&project_id=210"
+	f.Add(signed+"&signature=x", "customer_id:c1;payment_amount:100")
+	f.Add(signed+"&payment_description=%E2%82%AC+late&frame_mode=popup&signature=abc%3D", "")
+	f.Add("a=1&a=2&signature=s", "a:1;a:2")
+	f.Add("%zz=1&signature=s", "\xff;:")
+	f.Add("signature=&project_id=", ";;;:::")
+	f.Fuzz(func(t *testing.T, query, pasted string) {
+		sb, err := sandbox.New(sandbox.Config{
+			Projects:     []sandbox.Project{{ID: "210", Secret: "fuzz-secret"}, {ID: "211", Secret: "other"}},
+			CallbackURLs: []string{"http://127.0.0.1:1/callback"},
+			Signer:       SandboxSigner(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Close()
+		r := httptest.NewRequest(http.MethodGet, "/payment", nil)
+		r.URL.RawQuery = query
+		w := httptest.NewRecorder()
+		sb.ServeHTTP(w, r)
+		if w.Code >= 500 {
+			t.Fatalf("GET /payment?%s: %d %s", query, w.Code, w.Body)
+		}
+		form := url.Values{"query": {query}, "signed": {pasted}}
+		r = httptest.NewRequest(http.MethodPost, "/sandbox/compare", strings.NewReader(form.Encode()))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w = httptest.NewRecorder()
+		sb.ServeHTTP(w, r)
+		if w.Code >= 500 {
+			t.Fatalf("compare %q with %q: %d %s", query, pasted, w.Code, w.Body)
+		}
+	})
 }

@@ -150,6 +150,9 @@ func TestSandboxDroppedFinalIsReconciled(t *testing.T) {
 
 func TestSandboxWrongSignaturePage(t *testing.T) {
 	s := newSandboxStack(t, "", nil)
+	if !s.caddy.logContains("give it only a test project's secret") {
+		t.Error("the sandbox loaded without its warning")
+	}
 	out := s.shop.call(t, "/checkout", map[string]any{"payment_id": "sig-1", "amount": 1000, "currency": "CNY", "method": "wechat"})
 	signed := str(jsonPath(out.Answer, "url"))
 	if out.Status != 200 || !strings.HasPrefix(signed, s.url+"/payment?") {

@@ -530,3 +530,46 @@ func TestTriggerScenarios(t *testing.T) {
 		t.Errorf("wrong secret: %v, want the route's 403", err)
 	}
 }
+
+func TestPaymentPageChoosesAlipayThroughItsRedirectStep(t *testing.T) {
+	sh := newShop(t)
+	sb, srv := newSandbox(t, sh.srv.URL, sandbox.Knobs{})
+	c := client()
+	params := [][2]string{{"project_id", projectID}, {"payment_id", "ali-page"}, {"payment_amount", "40000"},
+		{"payment_currency", "USD"}, {"customer_id", "c1"}}
+	resp, err := c.Get(pageURL(srv.URL, params, secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// USD: card, WeChat and Alipay are offered, MBWay (EUR only) is not.
+	for _, m := range []string{`value="card"`, `value="wechat"`, `value="alipay"`} {
+		if !strings.Contains(string(page), m) {
+			t.Errorf("the method choice lacks %s", m)
+		}
+	}
+	if strings.Contains(string(page), `value="mbway"`) {
+		t.Error("MBWay is offered for USD")
+	}
+	resp, err = c.PostForm(srv.URL+"/sandbox/pay/ali-page", url.Values{"action": {"pay"}, "method": {"alipay"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(resp.Request.URL.Path, "/sandbox/provider/alipay/ali-page") || !strings.Contains(string(page), "Alipay: log in and pay") {
+		t.Fatalf("after pay the customer is on %s:\n%s", resp.Request.URL, page)
+	}
+	eventually(t, "intermediate", func() bool { return len(sh.statuses("ali-page")) == 1 })
+	rd, _ := sh.find("ali-page", "awaiting redirect result")["redirect_data"].(map[string]any)
+	if rd["url"] != sb.Payment("ali-page").Redirect || !strings.HasSuffix(resp.Request.URL.String(), strings.TrimPrefix(rd["url"].(string), srv.URL)) {
+		t.Errorf("redirect_data %v, the customer went to %s", rd, resp.Request.URL)
+	}
+	c.PostForm(srv.URL+"/sandbox/pay/ali-page", url.Values{"action": {"paid"}})
+	eventually(t, "final", func() bool { return len(sh.statuses("ali-page")) == 2 })
+	// 40000 is declined by the test project even when paid.
+	if got := sh.statuses("ali-page")[1]; got != "sale/decline/decline" {
+		t.Errorf("paid 40000: %s", got)
+	}
+}

@@ -35,9 +35,16 @@ func (s *Sandbox) routes() *http.ServeMux {
 	return mux
 }
 
+// maxRequests bounds the requests the sandbox remembers.
+const maxRequests = 10000
+
 func (s *Sandbox) record(r *http.Request, body []byte) *Request {
 	rec := &Request{At: s.now(), Method: r.Method, Path: r.URL.Path, Query: r.URL.Query(), Body: body}
 	s.mu.Lock()
+	if len(s.requests) >= maxRequests {
+		// A long development session keeps the latest only.
+		s.requests = append(s.requests[:0], s.requests[len(s.requests)-maxRequests/2:]...)
+	}
 	s.requests = append(s.requests, rec)
 	s.mu.Unlock()
 	return rec

@@ -198,7 +198,9 @@ func (s *Sandbox) handleCustomerAction(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case status == "" && (action == "pay" || action == "decline"):
+		s.mu.Lock()
 		method := p.Method
+		s.mu.Unlock()
 		if method == "" {
 			method = strings.ToLower(r.FormValue("method"))
 		}
@@ -214,12 +216,18 @@ func (s *Sandbox) handleCustomerAction(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.mu.Lock()
+		if p.Status != "" {
+			// Another click got there first.
+			s.mu.Unlock()
+			http.Redirect(w, r, back, http.StatusSeeOther)
+			return
+		}
 		p.Method, p.Status, p.Created = method, "processing", s.now()
+		if action == "decline" {
+			p.SaleOpID, p.requestID, p.Pending = newOpID(), randHex(21), true
+		}
 		s.mu.Unlock()
 		if action == "decline" {
-			s.mu.Lock()
-			p.SaleOpID, p.requestID, p.Pending = newOpID(), randHex(21), true
-			s.mu.Unlock()
 			s.finish(p, saleByCustomer)
 			s.redirectAfter(w, r, p, back)
 			return

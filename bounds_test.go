@@ -135,7 +135,7 @@ var hostileShapes = []shape{
 // callbackWork is what the callback handler does with a body before the
 // signature is checked.
 func callbackWork(body, dst []byte) ([]byte, error) {
-	d, err := parseBorrowed(body, Limits{})
+	d, err := Parse(body, Limits{})
 	if err != nil {
 		return dst, err
 	}
@@ -157,7 +157,7 @@ func checkNodeBound(t testing.TB, d *Doc, body []byte) {
 
 // gateWork is what Gate does with a body before it forwards it signed.
 func gateWork(body, dst []byte) ([]byte, error) {
-	d, err := parseBorrowed(body, Limits{})
+	d, err := Parse(body, Limits{})
 	if err != nil {
 		return dst, err
 	}
@@ -174,7 +174,7 @@ func gateWork(body, dst []byte) ([]byte, error) {
 // pageWork is what the Payment Page mode does with a JSON body: its
 // top-level scalars, rendered, make the pairs to sign.
 func pageWork(body, _ []byte) ([]byte, error) {
-	d, err := parseBorrowed(body, Limits{})
+	d, err := Parse(body, Limits{})
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +240,7 @@ func TestBoundsHostileShapes(t *testing.T) {
 					}
 				}
 			}
-			d, err := parseBorrowed(body, Limits{})
+			d, err := Parse(body, Limits{})
 			if err != nil {
 				return
 			}
@@ -477,7 +477,7 @@ func BenchmarkWorstShape(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			buf := make([]byte, 0, 4096)
 			for b.Loop() {
-				d, err := parseBorrowed(body, Limits{})
+				d, err := Parse(body, Limits{})
 				if err != nil {
 					continue
 				}

@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -150,6 +151,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				} else {
 					h.From = args
 				}
+			}
+		case "hosts":
+			if err = want(1, -1); err == nil {
+				for _, a := range args {
+					if !strings.Contains(a, "{") { // placeholders are checked once resolved
+						if perr := checkHostName(a); perr != nil {
+							return d.Errf("hosts: %v", perr)
+						}
+					}
+				}
+				h.Hosts = append(h.Hosts, args...)
 			}
 		case "base_url":
 			if err = want(1, 1); err == nil {

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -255,9 +254,57 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	if key == nil {
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "signature does not verify")
 	}
+	if !callbackShaped(d) {
+		// A signed Payment Page URL, which every customer sees, verifies
+		// with the same secret: its shape, not its signature, tells it apart.
+		ev.EventKey = ""
+		return nil, nil, refuse(http.StatusForbidden, "not_a_callback", notACallback)
+	}
 	ev.Verified = true
 	noteCallback(d, ev, true)
 	return p, key, nil
+}
+
+// notACallback is what a verified body without a callback's shape is told.
+const notACallback = "not a callback: a callback carries an object besides general with at least two signed values (payment, operation, request, ...)"
+
+// callbackShaped reports whether d has the shape of an ecommpay callback:
+// a top-level member other than "general", named without ':', whose value
+// is an object that puts at least two items into the canonical string.
+// Every callback format has one (payment, operation, request, recurring,
+// redirectData, ...). The canonical string of a Payment Page request can
+// never read as one: its parameter names are unique and hold no ':'
+// (payment_page refuses both), so each name begins exactly one item, while
+// two items of one object begin with the same name. (An empty object, or
+// a value with ':' read as a path, adds no second item.)
+func callbackShaped(d *Doc) bool {
+	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+		k := d.Key(n)
+		if d.Kind(n) == Object && k != "general" && k != "" && !strings.Contains(k, ":") && signedItems(d, n, 2) >= 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// signedItems counts the canonical items under the container n, stopping
+// at limit: its scalars at any depth, less signature and frame_mode members.
+func signedItems(d *Doc, n int32, limit int) int {
+	count := 0
+	for ch := d.First(n); ch != none && count < limit; ch = d.Next(ch) {
+		if d.Kind(n) == Object {
+			if k := d.Key(ch); k == "signature" || k == "frame_mode" {
+				continue
+			}
+		}
+		switch d.Kind(ch) {
+		case Object, Array:
+			count += signedItems(d, ch, limit-count)
+		default:
+			count++
+		}
+	}
+	return count
 }
 
 // eventKey is the project's id, "-" and the hex of sum, made in one
@@ -292,7 +339,12 @@ func noteCallback(d *Doc, ev *journalEvent, verified bool) {
 		if pid := textAt(d, root, "project_id"); pid != "" {
 			ev.ProjectID = cut(pid)
 		}
+		return
 	}
+	// What was paid, for a payment the journal first sees here.
+	ev.Amount = textAt(d, root, "payment", "sum", "amount")
+	ev.Currency = textAt(d, root, "payment", "sum", "currency")
+	ev.Method = textAt(d, root, "payment", "method")
 }
 
 // rewriteCallback returns the body the app gets: the body as received when
@@ -430,13 +482,9 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 
-	deadline := &x.forward
-	deadline.start(x.context(), time.Duration(h.ForwardTimeout))
-	defer deadline.stop()
-	// A context derived under a value layer cannot see a custom context's
-	// AfterFunc and would start a goroutine to watch it; the proxy derives
-	// several. A standard cancel context on top is one they register with.
-	ctx, cancel := context.WithCancel(deadline)
+	// Detached from the request: the delivery runs to its end even when
+	// ecommpay hangs up.
+	ctx, cancel := context.WithTimeout(x.context(), time.Duration(h.ForwardTimeout))
 	defer cancel()
 	buf := responseBufs.Get().(*bytes.Buffer)
 	buf.Reset()
@@ -454,13 +502,14 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 
 	appStatus := rec.status
 	if err != nil {
-		appStatus = http.StatusBadGateway
+		// The app never answered: the status is the proxy's.
+		appStatus, ev.Reason = http.StatusBadGateway, reasonUnreachable
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			appStatus = he.StatusCode
 		}
-		if deadline.Err() == context.DeadlineExceeded {
-			appStatus = http.StatusGatewayTimeout
+		if ctx.Err() == context.DeadlineExceeded {
+			appStatus, ev.Reason = http.StatusGatewayTimeout, reasonTimeout
 		}
 	}
 	ev.AppStatus = appStatus
@@ -482,7 +531,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 			h.logger.Error("nothing after `ecommpay callback` answered the callback, so it was not delivered; "+
 				"put reverse_proxy to the app in the same route or handle block, after ecommpay callback",
 				zap.String("event_key", ev.EventKey))
-			ev.Status = http.StatusBadGateway
+			ev.Status, ev.Reason = http.StatusBadGateway, reasonNoHandler
 		}
 		w.Header().Set("Retry-After", retryAfter)
 		return x.answer(refuse(cmp.Or(ev.Status, appStatus), "app_error", "the app could not be reached"))
@@ -501,9 +550,8 @@ func (h *Handler) settleClaim(x *exchange, token string, delivered bool) {
 		return
 	}
 	key := x.ev.EventKey
-	ctx := &x.settle
-	ctx.start(x.context(), 5*time.Second)
-	defer ctx.stop()
+	ctx, cancel := context.WithTimeout(x.context(), 5*time.Second)
+	defer cancel()
 	if delivered {
 		if err := h.store.Commit(ctx, key, token, time.Duration(h.TTL)); err != nil {
 			// The app has it; a 200 stops retries that would deliver it again.
@@ -609,161 +657,3 @@ func (a *appAnswer) ReadFrom(r io.Reader) (int64, error) {
 
 // FlushError holds the flush back: the answer is sent once it is complete.
 func (a *appAnswer) FlushError() error { return nil }
-
-// deadlineCtx is a context with the values of its parent, done at its
-// deadline or when stopped: what context.WithTimeout gives, without its
-// four allocations. It costs only what is used: Done makes the channel
-// and arms a pooled timer, and AfterFunc (how a context derived from it
-// follows it) keeps two callbacks inline. So the memory store, which never
-// waits on its context, costs nothing, and a forward through
-// reverse_proxy costs the channel and what the derived context needs.
-type deadlineCtx struct {
-	parent   context.Context // not cancelled: the exchange's context
-	deadline time.Time
-
-	mu     sync.Mutex
-	done   chan struct{}
-	err    error
-	timer  *ctxTimer
-	funcs  []func() // AfterFunc's, nil entries stopped
-	inline [2]func()
-}
-
-// start sets the context up; it is used once.
-func (c *deadlineCtx) start(parent context.Context, timeout time.Duration) {
-	c.parent, c.deadline = parent, time.Now().Add(timeout)
-}
-
-func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }
-
-// Value is the parent's. The parent hides its own cancellation, so
-// context.Cause sees this context's.
-func (c *deadlineCtx) Value(key any) any { return c.parent.Value(key) }
-
-func (c *deadlineCtx) Done() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.watchLocked()
-	return c.done
-}
-
-func (c *deadlineCtx) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err == nil && !time.Now().Before(c.deadline) {
-		c.closeLocked(context.DeadlineExceeded)
-	}
-	return c.err
-}
-
-// AfterFunc is what context.AfterFunc and a derived context use: f runs
-// in its own goroutine once the context is done.
-func (c *deadlineCtx) AfterFunc(f func()) (stop func() bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.armLocked()
-	if c.err != nil {
-		go f()
-		return func() bool { return false }
-	}
-	if c.funcs == nil {
-		c.funcs = c.inline[:0]
-	}
-	i := len(c.funcs)
-	c.funcs = append(c.funcs, f)
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.err != nil || c.funcs[i] == nil {
-			return false
-		}
-		c.funcs[i] = nil
-		return true
-	}
-}
-
-// watchLocked makes the channel and arms the timer, once.
-func (c *deadlineCtx) watchLocked() {
-	if c.done == nil {
-		c.done = make(chan struct{})
-		if c.err != nil {
-			close(c.done)
-			return
-		}
-	}
-	c.armLocked()
-}
-
-// armLocked arms the timer, once. AfterFunc needs only the timer: a
-// context derived from this one never asks for the channel.
-func (c *deadlineCtx) armLocked() {
-	if c.timer != nil || c.err != nil {
-		return
-	}
-	if d := time.Until(c.deadline); d > 0 {
-		c.timer = ctxTimers.Get().(*ctxTimer)
-		c.timer.target.Store(c)
-		c.timer.t.Reset(d)
-	} else {
-		c.closeLocked(context.DeadlineExceeded)
-	}
-}
-
-func (c *deadlineCtx) expire() {
-	c.mu.Lock()
-	c.closeLocked(context.DeadlineExceeded)
-	c.mu.Unlock()
-}
-
-// stop ends the context, as a cancel func would.
-func (c *deadlineCtx) stop() {
-	c.mu.Lock()
-	if ct := c.timer; ct != nil {
-		c.timer = nil
-		// Only a timer that will not fire may serve another context.
-		if ct.t.Stop() {
-			ct.target.Store(nil)
-			ctxTimers.Put(ct)
-		}
-	}
-	c.closeLocked(context.Canceled)
-	c.mu.Unlock()
-}
-
-// closeLocked makes the context done with err, once: done is closed
-// exactly when it exists and err is set.
-func (c *deadlineCtx) closeLocked(err error) {
-	if c.err != nil {
-		return
-	}
-	c.err = err
-	if c.done != nil {
-		close(c.done)
-	}
-	for _, f := range c.funcs {
-		if f != nil {
-			go f()
-		}
-	}
-	c.funcs = nil
-}
-
-// ctxTimer is a deadlineCtx's timer, pooled: a stopped AfterFunc timer can
-// be armed again for another context.
-type ctxTimer struct {
-	t      *time.Timer
-	target atomic.Pointer[deadlineCtx]
-}
-
-var ctxTimers = sync.Pool{New: func() any {
-	ct := new(ctxTimer)
-	ct.t = time.AfterFunc(time.Hour, ct.fire)
-	ct.t.Stop()
-	return ct
-}}
-
-func (ct *ctxTimer) fire() {
-	if c := ct.target.Load(); c != nil {
-		c.expire()
-	}
-}

@@ -113,6 +113,11 @@ Verifies a callback body as the ecommpay callback handler does: the
 signature is the top-level "signature" member, else "general.signature";
 the canonical string leaves out every "signature" member at any depth.
 
+A body whose signature verifies but that lacks a callback's shape (a
+top-level object besides "general" with at least two signed values, such
+as payment, operation or request) is not a callback: a Payment Page URL's
+parameters are signed with the same secret.
+
 Prints "valid" when the signature verifies with the secret. Otherwise prints
 "invalid: <reason>" and, on a line labelled "canonical: ", the canonical
 string computed here, to compare with the one the sender signed. Neither
@@ -277,6 +282,7 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 	}
 	signature := d.EmbeddedSignature()
 	canonical := d.Canonical(nil, true)
+	shaped := callbackShaped(d)
 	d.Release()
 	var reason string
 	switch {
@@ -286,6 +292,8 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 		reason = "the signature is not the base64 of an HMAC-SHA512 (88 characters)"
 	case !NewKey(secret).Verify(canonical, signature):
 		reason = "the signature does not match this body with this secret"
+	case !shaped:
+		reason = notACallback + "; a Payment Page request's signature is not a callback's"
 	default:
 		_, err = io.WriteString(out, "valid\n")
 		return err == nil, err

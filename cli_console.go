@@ -127,7 +127,10 @@ func printEvents(w io.Writer, events []journalEvent) error {
 	fmt.Fprintln(tw, "TIME\tKIND\tRESULT\tAPP\tPROJECT\tPAYMENT\tOPERATION\tEVENT KEY")
 	for _, e := range events {
 		app := "-"
-		if e.AppStatus != 0 {
+		switch {
+		case e.Reason != "" && e.Kind != kindGate && e.Kind != kindStatusRequest:
+			app = e.Reason // the app never answered: no status of its own
+		case e.AppStatus != 0:
 			app = strconv.Itoa(e.AppStatus)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.UTC().Format(time.RFC3339), e.Kind, e.Result, app,

@@ -55,3 +55,18 @@ func TestEventsAndReplayCommands(t *testing.T) {
 		t.Fatal("an unreachable console was not an error")
 	}
 }
+
+// The APP column says when the app never answered, rather than the
+// proxy's 502.
+func TestPrintEventsSaysUnreachable(t *testing.T) {
+	var out bytes.Buffer
+	err := printEvents(&out, []journalEvent{
+		{Kind: kindCallback, Result: "app_error", AppStatus: 502, Reason: reasonUnreachable, PaymentID: "P1"},
+		{Kind: kindCallback, Result: "app_error", AppStatus: 502, PaymentID: "P2"},
+	})
+	lines := strings.Split(out.String(), "\n")
+	if err != nil || len(lines) < 3 || !strings.Contains(lines[1], "unreachable") || strings.Contains(lines[1], "502") ||
+		!strings.Contains(lines[2], "502") {
+		t.Fatalf("printed (%v):\n%s", err, out.String())
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"html/template"
 	"io/fs"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -35,7 +36,9 @@ var consoleFiles embed.FS
 var consoleTemplates = template.Must(template.New("").Funcs(template.FuncMap{
 	"pathEscape": url.PathEscape,
 	"ago":        ago,
-	"clock":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+	"clock":      clock,
+	"major":      majorAmount,
+	"answer":     answerText,
 }).ParseFS(consoleFiles, "console/*.html"))
 
 // DefaultAttentionAfter is how long after its start a payment without a
@@ -50,10 +53,35 @@ var consoleKey = func() []byte {
 	return k
 }()
 
-func formToken(action string) string {
+// formTokenTTL is how long a replay form works after its page was shown.
+const formTokenTTL = time.Hour
+
+// formToken is the token of a form for action, issued at issued: the issue
+// time in seconds, "." and a MAC of both.
+func formToken(action string, issued time.Time) string {
+	ts := strconv.FormatInt(issued.Unix(), 10)
+	return ts + "." + formMAC(action, ts)
+}
+
+func formMAC(action, ts string) string {
 	m := hmac.New(sha256.New, consoleKey)
-	m.Write([]byte(action))
+	m.Write([]byte(ts + "\n" + action))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// validFormToken reports whether token was issued by this process for
+// action within formTokenTTL before now.
+func validFormToken(token, action string, now time.Time) bool {
+	ts, mac, ok := strings.Cut(token, ".")
+	if !ok || !hmac.Equal([]byte(mac), []byte(formMAC(action, ts))) {
+		return false
+	}
+	secs, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return false
+	}
+	age := now.Sub(time.Unix(secs, 0))
+	return age >= -time.Minute && age <= formTokenTTL
 }
 
 func (h *Handler) provisionConsole() {
@@ -67,6 +95,8 @@ func (h *Handler) provisionConsole() {
 	assets, _ := fs.Sub(consoleFiles, "console/assets")
 	mux.Handle("GET /assets/", http.StripPrefix("/assets/", http.FileServerFS(assets)))
 	mux.HandleFunc("GET /api/payments", h.apiPayments)
+	mux.HandleFunc("GET /api/payments.csv", h.apiPaymentsCSV)
+	mux.HandleFunc("GET /api/events.csv", h.apiEventsCSV)
 	mux.HandleFunc("GET /api/payments/{project}/{payment}", h.apiTimeline)
 	mux.HandleFunc("GET /api/events", h.apiEvents)
 	mux.HandleFunc("GET /api/events/{key}", h.apiEvent)
@@ -106,20 +136,51 @@ func consolePrefix(r *http.Request) string {
 }
 
 // sameOrigin refuses state-changing requests that a page of another
-// origin made in the operator's browser.
-func sameOrigin(r *http.Request) bool {
+// origin made in the operator's browser. An Origin must match the request
+// in scheme, host and port; the Host itself was checked by signingRefusal.
+func (h *Handler) sameOrigin(r *http.Request) bool {
 	switch r.Header.Get("Sec-Fetch-Site") {
 	case "", "same-origin", "none":
 	default:
 		return false
 	}
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || u.Host != r.Host {
-			return false
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	if err != nil {
+		return false
+	}
+	scheme := requestScheme(r, h.AllowProxied)
+	return u.Scheme == scheme && u.Path == "" && originHostPort(u.Host, scheme) == originHostPort(r.Host, scheme)
+}
+
+// requestScheme is the scheme the client used: the connection's, or,
+// behind a proxy that allow_proxied trusts, the one the proxy reports.
+func requestScheme(r *http.Request, proxied bool) string {
+	if proxied {
+		if p := strings.ToLower(r.Header.Get("X-Forwarded-Proto")); p == "http" || p == "https" {
+			return p
 		}
 	}
-	return true
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// originHostPort is host with its port made explicit, for comparing an
+// Origin with a Host.
+func originHostPort(host, scheme string) string {
+	name, port, err := net.SplitHostPort(host)
+	if err != nil {
+		name, port = host, "80"
+		if scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(hostName(name), port)
 }
 
 // queryFilters reads the list filters of pages and API calls.
@@ -216,7 +277,7 @@ func (h *Handler) eventDetail(ctx context.Context, key string) (eventDetail, err
 }
 
 func (h *Handler) apiReplay(w http.ResponseWriter, r *http.Request) {
-	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" || !sameOrigin(r) {
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" || !h.sameOrigin(r) {
 		writeError(w, http.StatusForbidden, "", "replay needs Content-Type: application/json from the same origin")
 		return
 	}
@@ -321,15 +382,20 @@ type paymentRow struct {
 
 func (h *Handler) consolePayments(w http.ResponseWriter, r *http.Request) {
 	_, pf, err := queryFilters(r)
-	var rows []paymentRow
+	var data struct {
+		Rows    []paymentRow
+		Summary paymentSummary
+		Limit   int
+	}
 	if err == nil {
 		var list []paymentView
 		list, err = h.journal.Payments(r.Context(), pf)
 		for _, p := range list {
-			rows = append(rows, paymentRow{paymentView: p, Stuck: h.stuck(p)})
+			data.Rows = append(data.Rows, paymentRow{paymentView: p, Stuck: h.stuck(p)})
 		}
+		data.Summary, data.Limit = summarize(list), limitOr(pf.Limit)
 	}
-	h.render(w, r, "payments", "Payments", rows, err)
+	h.render(w, r, "payments", "Payments", data, err)
 }
 
 // stuck reports whether a payment has waited too long for a final status.
@@ -365,7 +431,8 @@ func foldTimeline(events []journalEvent) []timelineRow {
 	var rows []timelineRow
 	for _, e := range events {
 		if n := len(rows); n > 0 && e.EventKey != "" && rows[n-1].EventKey == e.EventKey &&
-			rows[n-1].Kind == e.Kind && rows[n-1].Result == e.Result && rows[n-1].AppStatus == e.AppStatus {
+			rows[n-1].Kind == e.Kind && rows[n-1].Result == e.Result && rows[n-1].AppStatus == e.AppStatus &&
+			rows[n-1].Reason == e.Reason {
 			rows[n-1].Count++
 			continue
 		}
@@ -382,11 +449,16 @@ type eventPage struct {
 	QRImages  []template.URL
 	Redirect  string
 	Token     string
+	// Notice is one of replayNotices, chosen by the query's code: never
+	// text from the query itself.
+	Notice string
 }
 
 func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 	ev, err := h.eventDetail(r.Context(), r.PathValue("key"))
-	page := eventPage{eventDetail: ev, Token: formToken("replay " + ev.EventKey)}
+	page := eventPage{eventDetail: ev, Token: formToken("replay "+ev.EventKey, time.Now()),
+		Notice: replayNotices[r.URL.Query().Get("replayed")]}
+	page.Attempts = oldestFirst(ev.Attempts) // as the timeline lists them
 	if err == nil && len(ev.Body) > 0 {
 		var buf bytes.Buffer
 		if json.Indent(&buf, ev.Body, "", "  ") == nil {
@@ -428,17 +500,43 @@ func displayData(d *Doc) (qr []template.URL, redirect string) {
 
 func (h *Handler) consoleReplayForm(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
-	if !sameOrigin(r) || !hmac.Equal([]byte(r.PostFormValue("token")), []byte(formToken("replay "+key))) {
-		writeError(w, http.StatusForbidden, "", "replay refused: the form did not come from this console")
+	if !h.sameOrigin(r) || !validFormToken(r.PostFormValue("token"), "replay "+key, time.Now()) {
+		writeError(w, http.StatusForbidden, "", "replay refused: the form did not come from this console, or its page is over an hour old (reload it)")
 		return
 	}
 	ev, err := h.replay(r.Context(), key)
-	msg := "Replayed: " + ev.Result + ", the app answered " + strconv.Itoa(ev.AppStatus)
+	code := replayCode(ev, err)
 	if err != nil {
-		msg = "Replay failed: " + err.Error()
+		h.logger.Warn("replay failed", zap.String("event_key", key), zap.Error(err))
 	}
-	target := consolePrefix(r) + "/events/" + url.PathEscape(key) + "?replayed=" + url.QueryEscape(msg)
+	target := consolePrefix(r) + "/events/" + url.PathEscape(key) + "?replayed=" + code
 	http.Redirect(w, r, target, http.StatusSeeOther)
+}
+
+// replayNotices are the messages the event page shows after a replay, by
+// the code in its query. A code not listed shows nothing.
+var replayNotices = map[string]string{
+	"forwarded":  "Replayed: the app accepted the event (its answer is the newest attempt below).",
+	"app_error":  "Replayed, but the app refused the event or could not be reached (see the newest attempt below).",
+	"no_body":    "Replay failed: the journal keeps no body for this event.",
+	"no_handler": "Replay failed: no callback handler in this Caddy knows the event's project.",
+	"failed":     "Replay failed; the reason is in Caddy's log.",
+}
+
+// replayCode is the replayNotices code for a replay's outcome.
+func replayCode(ev journalEvent, err error) string {
+	switch {
+	case errors.Is(err, errNoBody):
+		return "no_body"
+	case errors.Is(err, errNoCallbackHandler):
+		return "no_handler"
+	case err != nil:
+		return "failed"
+	case ev.Result == "forwarded":
+		return "forwarded"
+	default:
+		return "app_error"
+	}
 }
 
 func (h *Handler) consoleAttention(w http.ResponseWriter, r *http.Request) {
@@ -453,6 +551,9 @@ func (h *Handler) consoleAttention(w http.ResponseWriter, r *http.Request) {
 	since := time.Now().Add(-24 * time.Hour)
 	if err == nil {
 		data.AppErrors, err = h.journal.Events(ctx, eventFilter{Result: "app_error", Since: since, Limit: 100})
+	}
+	if err == nil {
+		data.AppErrors, err = h.pendingAppErrors(ctx, data.AppErrors)
 	}
 	if err == nil {
 		data.Forgeries, err = h.journal.Events(ctx, eventFilter{Result: "invalid_signature", Since: since, Limit: 100})

@@ -42,6 +42,7 @@ func (f *consoleFixture) get(t *testing.T, path string) *httptest.ResponseRecord
 func (f *consoleFixture) do(t *testing.T, r *http.Request) *httptest.ResponseRecorder {
 	t.Helper()
 	r.RemoteAddr = "127.0.0.1:3000"
+	withLoopbackHost(r)
 	w := httptest.NewRecorder()
 	r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, &caddyhttp.Server{})
 	if err := f.con.ServeHTTP(w, r, nil); err != nil {
@@ -138,7 +139,7 @@ func TestConsoleRefusesCrossOriginReplay(t *testing.T) {
 		"foreign origin":    {"Origin": "https://evil.example"},
 		"unparsable origin": {"Origin": "%zz"},
 	} {
-		form := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+formToken("replay "+key)))
+		form := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+formToken("replay "+key, time.Now())))
 		form.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		api := httptest.NewRequest(http.MethodPost, "/api/events/"+key+"/replay", strings.NewReader("{}"))
 		api.Header.Set("Content-Type", "application/json")
@@ -152,7 +153,7 @@ func TestConsoleRefusesCrossOriginReplay(t *testing.T) {
 		}
 	}
 	// A token is bound to its event.
-	other := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+formToken("replay 210-other")))
+	other := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+formToken("replay 210-other", time.Now())))
 	other.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if w := f.do(t, other); w.Code != http.StatusForbidden {
 		t.Errorf("another event's token: %d, want 403", w.Code)

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -35,15 +34,11 @@ type exchange struct {
 // reused: what the app's handler or the transport keeps of these stays
 // valid.
 type forwardParts struct {
-	forward deadlineCtx
-	settle  deadlineCtx
-	body    appBody
-	app     appAnswer
-	vals    [8]string // header values, set as one-element slices
-	nvals   int
-	nums    [40]byte // digits of header values, each written once
-	nnums   int
-	fields  [12]zap.Field
+	body   appBody
+	app    appAnswer
+	vals   [8]string // header values, set as one-element slices
+	nvals  int
+	fields [12]zap.Field
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
@@ -131,7 +126,7 @@ func isTimeout(err error) bool {
 
 // parseObject parses body as a JSON object within the handler's limits.
 func (h *Handler) parseObject(body []byte) (*Doc, *refusal) {
-	d, err := parseBorrowed(body, h.limits)
+	d, err := Parse(body, h.limits)
 	if err != nil {
 		if errors.Is(err, ErrMalformed) {
 			return nil, refuse(http.StatusBadRequest, "malformed", err.Error())
@@ -167,15 +162,10 @@ func (h *Handler) projectFor(id string, given, required bool, field string) (*pr
 // run to its end when the client hangs up.
 func (x *exchange) context() context.Context {
 	if x.detached == nil {
-		// The value layer on top is what lets a deadlineCtx reach the
-		// request's values without an allocation per lookup: called
-		// directly, WithoutCancel's Value copies itself into an interface.
-		x.detached = context.WithValue(context.WithoutCancel(x.r.Context()), detachedKey{}, nil)
+		x.detached = context.WithoutCancel(x.r.Context())
 	}
 	return x.detached
 }
-
-type detachedKey struct{}
 
 // setHeader sets one value without allocating its slice. name must be in
 // canonical form.
@@ -190,16 +180,8 @@ func (x *exchange) setHeader(hdr http.Header, name, value string) {
 	hdr[name] = x.vals[i : i+1 : i+1]
 }
 
-// itoa formats n into the exchange's digits. Digits once written are never
-// changed, so the string may alias them.
-func (x *exchange) itoa(n int) string {
-	if len(x.nums)-x.nnums < 20 {
-		return strconv.Itoa(n)
-	}
-	b := strconv.AppendInt(x.nums[x.nnums:x.nnums], int64(n), 10)
-	x.nnums += len(b)
-	return unsafe.String(&b[0], len(b))
-}
+// itoa formats n for a header value.
+func (x *exchange) itoa(n int) string { return strconv.Itoa(n) }
 
 // finish logs the outcome, counts it once and records it in the journal.
 func (x *exchange) finish() {
@@ -245,6 +227,9 @@ func (x *exchange) finish() {
 		if ctx == nil {
 			ctx = context.WithoutCancel(x.r.Context())
 		}
+		// Assigned here, not by Record, so that a replay's answer names
+		// the entry it made.
+		ev.prepare(time.Now())
 		if err := h.journal.Record(ctx, *ev); err != nil {
 			h.logger.Error("could not record in the journal", zap.String("event_key", ev.EventKey), zap.Error(err))
 		}

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -66,15 +65,14 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	d.Delete(general, "signature")
 	s.canon = d.Canonical(s.canon[:0], false)
 	sig := s.signInto(p.keys[0], s.canon)
-	d.Set(general, "signature", String, unsafe.String(unsafe.SliceData(sig), len(sig)))
+	d.Set(general, "signature", String, string(sig))
 	signed := d.AppendJSON(make([]byte, 0, len(body)+128))
 
 	// The reader and the header values in one allocation; NopCloser kept
 	// so the transport still sees an in-memory body.
 	fw := new(gateForward)
 	fw.body.Reset(signed)
-	n := strconv.AppendInt(fw.n[:0], int64(len(signed)), 10)
-	fw.vals = [2]string{unsafe.String(unsafe.SliceData(n), len(n)), "application/json"}
+	fw.vals = [2]string{strconv.Itoa(len(signed)), "application/json"}
 	r.Body = io.NopCloser(&fw.body)
 	r.ContentLength = int64(len(signed))
 	r.TransferEncoding = nil
@@ -84,9 +82,10 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r)
 	x.ev.Status, x.ev.Result = rec.Status(), "signed"
-	x.ev.AppStatus = rec.Status()
+	x.ev.EcommpayStatus = rec.Status()
 	if err != nil {
 		x.ev.Status, x.ev.Result = http.StatusBadGateway, "upstream_error"
+		x.ev.EcommpayStatus, x.ev.Reason = 0, reasonUnreachable // ecommpay never answered
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			x.ev.Status = he.StatusCode
@@ -99,7 +98,6 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 type gateForward struct {
 	body bytes.Reader
 	vals [2]string
-	n    [20]byte
 }
 
 // parsesAsInt64 reports whether strconv.ParseInt(s, 10, 64) succeeds,

@@ -24,6 +24,13 @@ const (
 	kindGate          = ModeGate         // a signed Gate request
 )
 
+// Reasons of a callback that the app never answered.
+const (
+	reasonUnreachable = "unreachable" // the proxy could not reach the app
+	reasonTimeout     = "timeout"     // no answer within forward_timeout
+	reasonNoHandler   = "no_handler"  // nothing after ecommpay callback answered
+)
+
 // Journal defaults.
 const (
 	DefaultJournalMaxAge  = 30 * 24 * time.Hour
@@ -62,12 +69,19 @@ type journalEvent struct {
 	Status int `json:"status,omitempty"`
 	// AppStatus and AppLatency are the app's answer, when it was asked.
 	AppStatus    int   `json:"app_status"`
-	AppLatencyMS int64 `json:"app_latency_ms,omitempty"`
+	AppLatencyMS int64 `json:"app_latency_ms"`
+	// EcommpayStatus is ecommpay's HTTP answer to a Gate request or a
+	// status request.
+	EcommpayStatus int `json:"ecommpay_status,omitempty"`
+	// Reason says why an entry failed when its result alone does not: a
+	// callback the app never answered, a status request's error.
+	Reason string `json:"reason,omitempty"`
 	// Verified is false for callbacks whose signature was not verified:
 	// their fields are truncated and nothing of them is stored at length.
 	Verified bool `json:"verified"`
 
-	// Signing requests.
+	// Signing requests; amount, currency and method also for verified
+	// callbacks and status events (payment.sum and payment.method).
 	Path     string `json:"path,omitempty"`
 	Amount   string `json:"amount,omitempty"`
 	Currency string `json:"currency,omitempty"`
@@ -216,7 +230,7 @@ func (e *journalEvent) prepare(now time.Time) {
 	if !e.Verified && e.Kind == kindCallback {
 		e.Body = nil
 		for _, f := range []*string{&e.ProjectID, &e.PaymentID, &e.OperationID, &e.OperationType,
-			&e.OperationStatus, &e.PaymentStatus, &e.EventKey} {
+			&e.OperationStatus, &e.PaymentStatus, &e.EventKey, &e.Amount, &e.Currency, &e.Method, &e.Reason} {
 			*f = truncateUnverified(*f)
 		}
 	}

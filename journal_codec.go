@@ -37,7 +37,11 @@ func appendRecord(dst []byte, e *journalEvent, bodyID string) []byte {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 		dst = append(dst, s...)
 	}
-	return dst
+	// Fields added later follow, so that entries written before them
+	// still read.
+	dst = binary.AppendVarint(dst, int64(e.EcommpayStatus))
+	dst = binary.AppendUvarint(dst, uint64(len(e.Reason)))
+	return append(dst, e.Reason...)
 }
 
 // decodeRecord decodes the entry stored under id. Strings are copied out
@@ -78,5 +82,18 @@ func decodeRecordAs(id, v []byte, str func([]byte) string) (e journalEvent, body
 		}
 		*f, v = str(v[k:k+int(n)]), v[k+int(n):]
 	}
+	if len(v) == 0 {
+		return e, bodyID, nil // written before the later fields
+	}
+	n, k := binary.Varint(v)
+	if k <= 0 {
+		return e, "", errBadRecord
+	}
+	e.EcommpayStatus, v = int(n), v[k:]
+	m, k := binary.Uvarint(v)
+	if k <= 0 || m > uint64(len(v)-k) {
+		return e, "", errBadRecord
+	}
+	e.Reason = str(v[k : k+int(m)])
 	return e, bodyID, nil
 }

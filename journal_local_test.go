@@ -521,10 +521,19 @@ func TestLocalRecordsRoundTrip(t *testing.T) {
 	e := journalEvent{ID: newEventID(now), Time: now, Kind: kindCallback, ProjectID: "238", PaymentID: "ORDER-1",
 		OperationID: "17", OperationType: "sale", OperationStatus: "success", PaymentStatus: "success",
 		EventKey: "k", Result: "forwarded", Status: 200, AppStatus: 500, AppLatencyMS: 1234, Verified: true,
-		Path: "/v2/payment/card/sale", Amount: "1000", Currency: "EUR", Method: "card"}
+		Path: "/v2/payment/card/sale", Amount: "1000", Currency: "EUR", Method: "card",
+		EcommpayStatus: 502, Reason: "unreachable"}
 	got, bodyID, err := decodeRecord([]byte(e.ID), appendRecord(nil, &e, "body-id"))
 	if err != nil || bodyID != "body-id" || !reflect.DeepEqual(got, e) {
 		t.Fatalf("decoded %+v, %q, %v; want %+v", got, bodyID, err, e)
+	}
+	// An entry written before ecommpay_status and reason existed still reads.
+	old := e
+	old.EcommpayStatus, old.Reason = 0, ""
+	rec := appendRecord(nil, &old, "body-id")
+	got, bodyID, err = decodeRecord([]byte(e.ID), rec[:len(rec)-2])
+	if err != nil || bodyID != "body-id" || !reflect.DeepEqual(got, old) {
+		t.Fatalf("decoded an older entry as %+v, %q, %v; want %+v", got, bodyID, err, old)
 	}
 	for n := range 10 { // every cut of a record is refused, never misread
 		v := appendRecord(nil, &e, "")

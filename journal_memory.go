@@ -51,6 +51,7 @@ const (
 	memAmount
 	memCurrency
 	memMethod
+	memReason
 	memStrings
 )
 
@@ -67,6 +68,7 @@ type memEvent struct {
 	verified, ref     bool
 	status, appStatus int
 	appLatencyMS      int64
+	ecommpayStatus    int
 }
 
 // memSlab hands out entries from chunks of memSlabLen, one allocation per
@@ -88,7 +90,7 @@ func (s *memSlab) next() *memEvent {
 
 func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
 	strs := [memStrings]string{e.ID, e.Kind, e.ProjectID, e.PaymentID, e.OperationID, e.OperationType,
-		e.OperationStatus, e.PaymentStatus, e.EventKey, e.Result, e.Path, e.Amount, e.Currency, e.Method}
+		e.OperationStatus, e.PaymentStatus, e.EventKey, e.Result, e.Path, e.Amount, e.Currency, e.Method, e.Reason}
 	n := len(body)
 	for _, s := range strs {
 		n += len(s)
@@ -105,6 +107,7 @@ func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
 	me.data = data
 	me.sec, me.nsec = e.Time.Unix(), int32(e.Time.Nanosecond())
 	me.verified, me.status, me.appStatus, me.appLatencyMS = e.Verified, e.Status, e.AppStatus, e.AppLatencyMS
+	me.ecommpayStatus = e.EcommpayStatus
 	return me
 }
 
@@ -145,6 +148,7 @@ func (me *memEvent) event() journalEvent {
 		EventKey: me.str(memEventKey), Result: me.str(memResult),
 		Status: me.status, AppStatus: me.appStatus, AppLatencyMS: me.appLatencyMS, Verified: me.verified,
 		Path: me.str(memPath), Amount: me.str(memAmount), Currency: me.str(memCurrency), Method: me.str(memMethod),
+		EcommpayStatus: me.ecommpayStatus, Reason: me.str(memReason),
 	}
 }
 

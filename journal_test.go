@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -549,6 +550,66 @@ func runBackendSuite(t *testing.T, open func(t *testing.T) backend) {
 		}
 		if vs, err := b.OpenPayments(ctx, now, 0); err != nil || len(vs) != 0 {
 			t.Fatalf("OpenPayments lists aged-out payments: %+v, %v", vs, err)
+		}
+	})
+
+	t.Run("EveryFieldKept", func(t *testing.T) {
+		b := openWith(t, open, journalOptions{})
+		at := suiteBase().Add(-time.Minute)
+		want := []journalEvent{
+			{Kind: kindCallback, Time: at, ProjectID: "10", PaymentID: "f1", OperationID: "7", OperationType: "sale",
+				OperationStatus: "decline", PaymentStatus: "decline", EventKey: "kf", Result: "app_error",
+				Status: 502, AppStatus: 502, AppLatencyMS: 3, Reason: "unreachable", Verified: true,
+				Amount: "1000", Currency: "KWD", Method: "card"},
+			{Kind: kindGate, Time: at.Add(time.Second), ProjectID: "10", PaymentID: "f1", Result: "signed",
+				Status: 200, EcommpayStatus: 200, Verified: true, Path: "/v2/payment/card/sale",
+				Amount: "1000", Currency: "KWD", Method: "card"},
+			{Kind: kindStatusRequest, Time: at.Add(2 * time.Second), ProjectID: "10", PaymentID: "f1",
+				Result: "error", AppStatus: 500, EcommpayStatus: 500, Reason: "HTTP 500", Verified: true, Method: "card"},
+		}
+		for _, e := range want {
+			record(t, b, e)
+		}
+		got := mustEvents(t, b, eventFilter{PaymentID: "f1"})
+		if len(got) != len(want) {
+			t.Fatalf("%d entries, want %d", len(got), len(want))
+		}
+		for i, w := range want {
+			g := got[len(got)-1-i]
+			if !g.Time.Equal(w.Time) || g.ID == "" {
+				t.Fatalf("entry %d: time %v, id %q", i, g.Time, g.ID)
+			}
+			g.ID, g.Time, w.Time = "", time.Time{}, time.Time{}
+			if !reflect.DeepEqual(g, w) {
+				t.Fatalf("entry %d reads back as\n%+v\nwant\n%+v", i, g, w)
+			}
+		}
+	})
+
+	t.Run("CallbackFirstPaymentTakesAmountAndMethod", func(t *testing.T) {
+		b := openWith(t, open, journalOptions{})
+		at := suiteBase().Add(-time.Minute)
+		// Seen only through callbacks: the first one with a sum says it.
+		record(t, b, journalEvent{Kind: kindCallback, Time: at, ProjectID: "10", PaymentID: "c1", Verified: true,
+			Result: "forwarded", EventKey: "c1a", PaymentStatus: "processing", Amount: "1000", Currency: "CNY", Method: "wechat"})
+		record(t, b, journalEvent{Kind: kindCallback, Time: at.Add(time.Second), ProjectID: "10", PaymentID: "c1", Verified: true,
+			Result: "forwarded", EventKey: "c1b", PaymentStatus: "success", Amount: "999", Currency: "USD", Method: "card"})
+		v := mustTimeline(t, b, "10", "c1").Payment
+		if v.Amount != "1000" || v.Currency != "CNY" || v.Method != "wechat" || v.Status != "success" {
+			t.Fatalf("callback-first view = %+v, want 1000 CNY by wechat, success", v)
+		}
+		// A signing request says what was asked for, whatever came first.
+		record(t, b, journalEvent{Kind: kindCallback, Time: at, ProjectID: "10", PaymentID: "c2", Verified: true,
+			Result: "forwarded", EventKey: "c2a", PaymentStatus: "processing", Amount: "1", Currency: "EUR", Method: "card"})
+		record(t, b, journalEvent{Kind: kindPaymentPage, Time: at.Add(time.Second), ProjectID: "10", PaymentID: "c2", Verified: true,
+			Result: "signed", Amount: "500", Currency: "JPY"})
+		v = mustTimeline(t, b, "10", "c2").Payment
+		if v.Amount != "500" || v.Currency != "JPY" || v.Method != "card" {
+			t.Fatalf("signed view = %+v, want 500 JPY, method card from the callback", v)
+		}
+		vs, err := b.Payments(ctx, paymentFilter{Method: "wechat"})
+		if err != nil || len(vs) != 1 || vs[0].PaymentID != "c1" {
+			t.Fatalf("Payments(method wechat) = %+v, %v", vs, err)
 		}
 	})
 

@@ -1,7 +1,6 @@
 package ecommpay
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
-	"unsafe"
 )
 
 // Errors a body can fail parsing with. Callers map them to 4xx statuses.
@@ -138,14 +136,6 @@ var docPool = sync.Pool{New: func() any { return &Doc{nodes: make([]node, 0, 128
 // Parse parses strict JSON (RFC 8259, UTF-8, no duplicate keys) within lim.
 // Release the Doc when done with it.
 func Parse(data []byte, lim Limits) (*Doc, error) { return parse(string(data), lim) }
-
-// parseBorrowed is Parse without copying data: the Doc's strings point into
-// it, so data must not change while the Doc is in use. The handlers own
-// the bodies they read and never change them, and a copy of a 1.5 KB body
-// per callback is measurable.
-func parseBorrowed(data []byte, lim Limits) (*Doc, error) {
-	return parse(unsafe.String(unsafe.SliceData(data), len(data)), lim)
-}
 
 func parse(src string, lim Limits) (*Doc, error) {
 	d := docPool.Get().(*Doc)
@@ -598,9 +588,12 @@ func stops(x uint64) uint64 {
 	return ((x-lsb*0x20)&^x | (q-lsb)&^q | (b-lsb)&^b) & msb
 }
 
-// load64 is s[i:i+8] as a little-endian word.
+// load64 is s[i:i+8] as a little-endian word. The compiler combines the
+// eight byte loads into one.
 func load64(s string, i int) uint64 {
-	return binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:i+8]), 8))
+	s = s[i : i+8]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 func (d *Doc) strSlow(start, max int, tooLong error) (string, error) {

@@ -134,7 +134,7 @@ type counterRef struct{ prometheus.Counter }
 type observerRef struct{ prometheus.Observer }
 
 // callbackResults are the results of callbacks_total.
-var callbackResults = [...]string{"forwarded", "duplicate", "in_flight", "invalid_signature", "malformed",
+var callbackResults = [...]string{"forwarded", "duplicate", "in_flight", "invalid_signature", "not_a_callback", "malformed",
 	"unknown_project", "too_large", "too_slow", "busy", "forbidden_source", "app_error", "store_error"}
 
 func callbackResultIndex(result string) int {

@@ -98,6 +98,14 @@ type Handler struct {
 	// checked against Caddy's client IP, which honours the server's
 	// trusted_proxies (make them strict).
 	AllowProxied bool `json:"allow_proxied,omitempty"`
+	// Hosts lists the host names (besides IP literals and localhost, which
+	// are always accepted) that requests to the signing modes and the
+	// console may carry in their Host header; others get 421. A page on
+	// any web site can rebind its own name to 127.0.0.1 and so reach a
+	// loopback listener from the operator's browser, but only under its
+	// own name: checking Host is what stops it. List the names your
+	// internal site answers to, such as "pay.internal".
+	Hosts []string `json:"hosts,omitempty"`
 
 	// BaseURL is the Payment Page host (payment_page mode); the path
 	// /payment is appended. Default: https://paymentpage.ecommpay.com.
@@ -177,6 +185,7 @@ type Handler struct {
 	projects     map[string]*project
 	only         *project // the single project, when exactly one is configured
 	allow        []netip.Prefix
+	hosts        map[string]bool
 	from         []netip.Prefix
 	limits       Limits
 	paymentPage  *url.URL
@@ -258,6 +267,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.from, err = parsePrefixes(h.From); err != nil {
 		return fmt.Errorf("from: %w", err)
+	}
+	if h.hosts, err = parseHosts(h.Hosts); err != nil {
+		return fmt.Errorf("hosts: %w", err)
 	}
 	if h.metrics, err = registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
@@ -363,6 +375,7 @@ func (h *Handler) Validate() error {
 	return errors.Join(
 		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
 		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
+		misplaced(len(h.Hosts) > 0, "hosts", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
 		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
 		misplaced(h.Journal != JournalConfig{}, "journal", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
 		misplaced(h.AttentionAfter != 0, "attention_after", ModeConsole),
@@ -418,8 +431,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) lookupProject(id string) *project { return h.projects[id] }
 
 // signingRefusal says why a signing request must be refused, if it must:
-// a proxied request (unless allow_proxied), a peer outside allow, or TLS
-// early data (replayable before the handshake completes).
+// a proxied request (unless allow_proxied), a peer outside allow, a Host
+// that names no address of this machine (DNS rebinding), or TLS early
+// data (replayable before the handshake completes).
 func (h *Handler) signingRefusal(r *http.Request) *refusal {
 	if !h.AllowProxied && isProxied(r.Header) {
 		return refuse(http.StatusForbidden, "forbidden",
@@ -432,8 +446,89 @@ func (h *Handler) signingRefusal(r *http.Request) *refusal {
 	if !ok || !inPrefixes(addr, h.allow) {
 		return refuse(http.StatusForbidden, "forbidden", "this client may not use the signing endpoint")
 	}
+	if !unixPeer(r) && !h.hostAllowed(r.Host) {
+		h.logger.Warn("refused a request whose Host is not an IP address, localhost or a name in hosts: a web page may be rebinding its name to this listener; if the name is yours, add `hosts <name>` to this handler",
+			zap.String("host", truncateUnverified(r.Host)), zap.String("remote", r.RemoteAddr), zap.String("mode", h.Mode))
+		return refuse(http.StatusMisdirectedRequest, "forbidden_host",
+			"this endpoint answers requests for an IP address, localhost or a name listed in hosts only")
+	}
+	if h.Mode != ModeConsole && !h.sameOrigin(r) {
+		// A page of any site can make a browser on this machine post a
+		// form to 127.0.0.1; the shop's server sends neither header.
+		return refuse(http.StatusForbidden, "forbidden",
+			"a web page of another origin may not use the signing endpoint (it sent Origin or Sec-Fetch-Site)")
+	}
 	if r.TLS != nil && !r.TLS.HandshakeComplete {
 		return refuse(http.StatusTooEarly, "forbidden", "retry after the TLS handshake completes")
+	}
+	return nil
+}
+
+// hostAllowed reports whether a Host header names this machine in a way
+// that no web page can choose: an IP literal (a page that rebinds a name
+// still sends that name), localhost, or a name the operator listed.
+func (h *Handler) hostAllowed(host string) bool {
+	name := hostName(host)
+	if name == "" {
+		return false
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return true
+	}
+	return name == "localhost" || h.hosts[name]
+}
+
+// hostName is the lower-case name of a Host header, without its port,
+// brackets and trailing dot.
+// A malformed one, such as "[::1]x", is "".
+func hostName(host string) string {
+	if rest, ok := strings.CutPrefix(host, "["); ok {
+		addr, port, _ := strings.Cut(rest, "]")
+		if port != "" && !strings.HasPrefix(port, ":") {
+			return ""
+		}
+		host = addr
+	} else if strings.Count(host, ":") == 1 { // name:port; bare IPv6 has more
+		host, _, _ = strings.Cut(host, ":")
+	}
+	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
+
+// unixPeer reports whether the request came over a Unix socket, which no
+// web page can reach.
+func unixPeer(r *http.Request) bool {
+	_, unix := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr)
+	return unix
+}
+
+// parseHosts checks the names of hosts, after placeholders, and returns
+// them as a set.
+func parseHosts(list []string) (map[string]bool, error) {
+	set := make(map[string]bool, len(list))
+	for _, s := range list {
+		s, err := resolvePlaceholders(s)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkHostName(s); err != nil {
+			return nil, err
+		}
+		set[hostName(s)] = true
+	}
+	return set, nil
+}
+
+// checkHostName accepts a host name as a browser sends it in Host: ASCII
+// (punycode for other scripts), without scheme, port or wildcard.
+func checkHostName(s string) error {
+	name := hostName(s)
+	if name == "" || name != strings.ToLower(s) || strings.ContainsAny(name, "/*@ {}") {
+		return fmt.Errorf("%q is not a host name (write the name alone, without scheme, port or wildcard)", s)
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] >= 0x80 {
+			return fmt.Errorf("%q: write a name in another script in its xn-- form, as browsers send it", s)
+		}
 	}
 	return nil
 }
@@ -478,7 +573,7 @@ func peerAddr(r *http.Request) (netip.Addr, bool) {
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		return ap.Addr().Unmap(), true
 	}
-	if _, unix := r.Context().Value(http.LocalAddrContextKey).(*net.UnixAddr); unix {
+	if unixPeer(r) {
 		return netip.IPv6Loopback(), true
 	}
 	return netip.Addr{}, false

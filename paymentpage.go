@@ -3,9 +3,9 @@ package ecommpay
 import (
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
-	"unsafe"
 )
 
 // servePaymentPage answers with a signed Payment Page URL built from the
@@ -24,12 +24,12 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	}
 	p, rf := h.appendSignedPage(s, pairs)
 	f := &s.fields
-	x.ev.PaymentID = s.own(f.paymentID)
+	x.ev.PaymentID = f.paymentID
 	if rf != nil {
 		return x.answer(rf)
 	}
 	x.ev.ProjectID = p.id
-	x.ev.Amount, x.ev.Currency, x.ev.Method = s.own(f.amount), s.own(f.currency), s.own(f.method)
+	x.ev.Amount, x.ev.Currency, x.ev.Method = f.amount, f.currency, f.method
 	x.ev.Status, x.ev.Result = http.StatusOK, "signed"
 	if h.Redirect {
 		x.ev.Status = http.StatusSeeOther
@@ -44,7 +44,7 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	out = append(out, `","signature":"`...)
 	out = append(append(out, s.sig[:]...), "\"}\n"...) // base64 needs no JSON escaping
 	s.out = out
-	writeJSONAnswer(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -75,8 +75,7 @@ func (h *Handler) paymentParams(x *exchange, s *signScratch) ([][2]string, *refu
 		return nil, rf
 	}
 	if ct == "application/x-www-form-urlencoded" {
-		// body is ours and never written again: no copy.
-		return s.parseQuery(unsafe.String(unsafe.SliceData(body), len(body)))
+		return s.parseQuery(string(body))
 	}
 	d, rf := h.parseObject(body)
 	if rf != nil {
@@ -132,15 +131,10 @@ func plainName(s string) bool {
 }
 
 // parseQuery splits an urlencoded query into decoded pairs, in order,
-// refusing bad encoding and repeated names, into s: the pairs live in
-// s.pairs and
-// decoded text in s.arena.
+// refusing bad encoding and repeated names, into s.pairs.
 func (s *signScratch) parseQuery(q string) ([][2]string, *refusal) {
 	if n := strings.Count(q, "&") + 1; cap(s.pairs) < n {
 		s.pairs = make([][2]string, 0, n)
-	}
-	if cap(s.arena)-len(s.arena) < len(q) && strings.ContainsAny(q, "%+") {
-		s.arena = make([]byte, 0, len(q)) // big enough never to move
 	}
 	pairs := s.pairs[:0]
 	var seen map[string]bool // only for long queries; a scan is cheaper below
@@ -151,9 +145,9 @@ func (s *signScratch) parseQuery(q string) ([][2]string, *refusal) {
 			continue
 		}
 		k, v, _ := strings.Cut(part, "=")
-		key, ok1 := s.unescapeInto(k)
-		val, ok2 := s.unescapeInto(v)
-		if !ok1 || !ok2 {
+		key, err1 := url.QueryUnescape(k)
+		val, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil {
 			return nil, paramRefusal(key, len(pairs), "bad URL encoding")
 		}
 		dup := seen[key]
@@ -201,7 +195,8 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	// One pass finds the fields and the first forbidden parameter.
 	f, bad := pageFields{}, -1
 	for i, p := range pairs {
-		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature") {
+		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature" ||
+			strings.IndexByte(p[0], ':') >= 0) {
 			bad = i
 		}
 		var dst *string
@@ -228,7 +223,13 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	}
 	s.fields = f
 	if bad >= 0 {
-		if p := pairs[bad]; p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
+		p := pairs[bad]
+		if strings.IndexByte(p[0], ';') < 0 && strings.IndexByte(p[1], ';') < 0 && strings.IndexByte(p[0], ':') >= 0 {
+			// A name with ':' would make the signed string read as a
+			// nested object: a callback's shape (see callbackShaped).
+			return nil, paramRefusal(p[0], bad, "':' is not allowed in Payment Page parameter names")
+		}
+		if p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
 			return nil, paramRefusal(p[0], bad, "';' is not allowed in Payment Page parameters")
 		}
 		return nil, paramRefusal("signature", bad, "leave signature out: it is computed here")
@@ -255,13 +256,13 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	u := append(s.url[:0], h.pageBase.raw...)
 	u = append(u, '?')
 	for _, kv := range pairs {
-		u = appendQueryEscape(u, kv[0])
+		u = append(u, url.QueryEscape(kv[0])...)
 		u = append(u, '=')
-		u = appendQueryEscape(u, kv[1])
+		u = append(u, url.QueryEscape(kv[1])...)
 		u = append(u, '&')
 	}
 	u = append(u, "signature="...)
-	s.url = appendQueryEscape(u, unsafe.String(unsafe.SliceData(sig), len(sig)))
+	s.url = append(u, url.QueryEscape(string(sig))...)
 	return p, nil
 }
 

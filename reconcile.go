@@ -8,6 +8,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -69,6 +70,7 @@ const (
 	statusFound      = "found"      // ecommpay knows the payment
 	statusNotFound   = "not_found"  // it does not (a Payment Page never opened)
 	statusError      = "error"      // no usable answer; asked again later
+	statusMismatch   = "mismatch"   // an answer about another payment or project; not delivered
 	statusAbandoned  = "abandoned"  // not found until give_up
 	statusUnresolved = "unresolved" // no final status until give_up
 )
@@ -76,7 +78,7 @@ const (
 var (
 	statusRequestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_requests_total",
-		Help: "Status requests to ecommpay by reconciliation, by outcome (found, not_found, error).",
+		Help: "Status requests to ecommpay by reconciliation, by outcome (found, not_found, mismatch, error).",
 	}, []string{"outcome"})
 	reconciledTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_delivered_total",
@@ -212,8 +214,10 @@ func (h *Handler) provisionReconcile() error {
 	if err != nil {
 		return fmt.Errorf("reconcile status_url: %w", err)
 	}
-	if u.Scheme != "https" {
-		rc.logger.Warn("status_url is not https: status answers are signed for the app, so only ecommpay itself should give them", zap.String("status_url", rc.statusURL))
+	if u.Scheme != "https" && !loopbackHost(u.Hostname()) {
+		// Status answers are signed for the app: only ecommpay itself, or a
+		// stand-in on this machine, may give them.
+		return fmt.Errorf("reconcile status_url %q: must be https, or a loopback address for a local stand-in", rc.statusURL)
 	}
 	rc.client = &http.Client{
 		Timeout: statusTimeout,
@@ -402,7 +406,7 @@ func factsOf(tl timeline) paymentFacts {
 		switch e.Kind {
 		case kindPaymentPage, kindGate:
 			start := (e.Kind == kindPaymentPage && e.Result == "signed") ||
-				(e.AppStatus == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
+				(e.ecommpayAnswer() == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
 			if start && f.started.IsZero() {
 				f.started, f.method = e.Time, e.Method
 			}
@@ -494,13 +498,24 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 		return // stopping; the question is asked again by the next config
 	}
 	statusRequestsTotal.WithLabelValues(ans.result).Inc()
-	rc.record(ctx, journalEvent{Kind: kindStatusRequest, ProjectID: projectID, PaymentID: paymentID,
-		Result: ans.result, AppStatus: ans.httpStatus, PaymentStatus: ans.paymentStatus, Method: f.method})
+	// app_status keeps ecommpay's answer too, as status requests always had it.
+	req := journalEvent{Kind: kindStatusRequest, ProjectID: projectID, PaymentID: paymentID, Result: ans.result,
+		AppStatus: ans.httpStatus, EcommpayStatus: ans.httpStatus, PaymentStatus: ans.paymentStatus, Method: f.method}
+	if ans.err != nil {
+		req.Reason = truncateReason(ans.err.Error())
+	}
+	if ans.result == statusMismatch {
+		req.PaymentStatus = "" // another payment's
+	}
+	rc.record(ctx, req)
 	giveUp := !rc.now().Before(f.started.Add(rc.giveUp))
 	switch ans.result {
 	case statusError:
 		rc.logger.Warn("reconcile: status request failed; asking again later", zap.String("project_id", projectID),
 			zap.String("payment_id", paymentID), zap.Int("status", ans.httpStatus), zap.Error(ans.err), zap.Duration("retry_in", wait))
+	case statusMismatch:
+		rc.logger.Error("reconcile: the status answer is about another payment; nothing was delivered", zap.String("project_id", projectID),
+			zap.String("payment_id", paymentID), zap.Error(ans.err), zap.Duration("retry_in", wait))
 	case statusFound:
 		if !f.sent[ans.paymentStatus] {
 			if rc.deliverStatus(ctx, p, paymentID, ans) {
@@ -520,6 +535,28 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 		rc.close(ctx, projectID, paymentID, result, f.method)
 		st.done = true
 	}
+}
+
+// ecommpayAnswer is ecommpay's HTTP answer to a Gate request: in
+// EcommpayStatus, or in AppStatus for entries recorded before it existed.
+func (e *journalEvent) ecommpayAnswer() int {
+	if e.EcommpayStatus == 0 && e.Kind == kindGate {
+		return e.AppStatus
+	}
+	return e.EcommpayStatus
+}
+
+// truncateReason bounds a reason kept in the journal.
+func truncateReason(s string) string {
+	const maxReason = 200
+	if len(s) <= maxReason {
+		return s
+	}
+	cut := maxReason
+	for cut > 0 && s[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func latest(a, b time.Time) time.Time {
@@ -600,14 +637,25 @@ func (rc *reconciler) ask(ctx context.Context, p *project, paymentID string) sta
 	case int64(len(body)) > rc.h.MaxBody:
 		ans.err = errors.New("the answer is larger than max_body")
 	default:
-		ans.classify(rc.h.limits)
+		ans.classify(rc.h.limits, p.id, paymentID)
 	}
 	return ans
 }
 
-// classify reads an answer: 200 with payment.status is found; 404, or an
-// error answer that says not found, is not found; the rest are errors.
-func (a *statusAnswer) classify(lim Limits) {
+// loopbackHost reports whether host is localhost or a loopback address.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// classify reads an answer: 200 with payment.status is found, if it is
+// about the payment asked for (payment.id, and project_id where it says
+// one), else a mismatch; 404, or an error answer that says not found, is
+// not found; the rest are errors.
+func (a *statusAnswer) classify(lim Limits, projectID, paymentID string) {
 	a.result = statusError
 	d, err := Parse(a.body, lim)
 	if err != nil || d.Kind(d.Root()) != Object {
@@ -626,12 +674,31 @@ func (a *statusAnswer) classify(lim Limits) {
 	switch {
 	case a.httpStatus == http.StatusOK && a.paymentStatus != "":
 		a.result = statusFound
+		if pid, about := answerProject(d), textAt(d, root, "payment", "id"); about != paymentID || (pid != "" && pid != projectID) {
+			a.result = statusMismatch
+			a.err = fmt.Errorf("the answer is about payment %.64q of project %.32q, not the one asked for", about, pid)
+		}
 	case a.httpStatus >= 500:
 		a.err = fmt.Errorf("HTTP %d", a.httpStatus)
 	case a.httpStatus == http.StatusNotFound || saysNotFound(d):
 		a.result = statusNotFound
 	default:
 		a.err = fmt.Errorf("HTTP %d: %.200s", a.httpStatus, textAt(d, root, "message"))
+	}
+}
+
+// answerProject is the project_id a status answer names, top-level or in
+// general, or "" when it names none. One that names two gives "|", which
+// is no project's id.
+func answerProject(d *Doc) string {
+	top, general := textAt(d, d.Root(), "project_id"), textAt(d, d.Root(), "general", "project_id")
+	switch {
+	case top == "":
+		return general
+	case general == "" || general == top:
+		return top
+	default:
+		return "|"
 	}
 }
 

@@ -144,7 +144,7 @@ func (e *recEnv) at(d time.Duration) {
 func (e *recEnv) started(kind, paymentID, method string, ago time.Duration, appStatus int, path string) {
 	e.t.Helper()
 	ev := journalEvent{Time: e.base.Add(-ago), Kind: kind, ProjectID: "210", PaymentID: paymentID, Result: "signed",
-		Method: method, Status: appStatus, AppStatus: appStatus, Path: path, Verified: true}
+		Method: method, Status: appStatus, EcommpayStatus: appStatus, Path: path, Verified: true}
 	if err := e.b.Record(context.Background(), ev); err != nil {
 		e.t.Fatal(err)
 	}
@@ -336,8 +336,9 @@ func TestReconcileErrorsThenUnresolved(t *testing.T) {
 		t.Errorf("timeline: %d errors, %d unresolved: %+v", errs, countKind(tl, kindStatusRequest, statusUnresolved), tl)
 	}
 	for _, ev := range tl {
-		if ev.Kind == kindStatusRequest && ev.Result == statusError && ev.AppStatus != http.StatusBadGateway {
-			t.Errorf("status_request entry without ecommpay's HTTP status: %+v", ev)
+		if ev.Kind == kindStatusRequest && ev.Result == statusError && (ev.AppStatus != http.StatusBadGateway ||
+			ev.EcommpayStatus != http.StatusBadGateway || ev.Reason != "HTTP 502 with a body that is not a JSON object") {
+			t.Errorf("status_request entry without ecommpay's HTTP status and the reason: %+v", ev)
 		}
 	}
 	if d := testutil.ToFloat64(unresolvedTotal) - un0; d != 1 {
@@ -449,7 +450,15 @@ func TestReconcileSigning(t *testing.T) {
 		body   string
 		want   string
 	}{
-		{200, `{"payment":{"status":"success"}}`, statusFound},
+		{200, `{"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
+		{200, `{"project_id":210,"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
+		{200, `{"general":{"project_id":210},"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
+		{200, `{"payment":{"status":"success"}}`, statusMismatch},
+		{200, `{"payment":{"id":"ORDER-1","status":"success"}}`, statusMismatch},
+		{200, `{"project_id":211,"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
+		{200, `{"general":{"project_id":"211"},"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
+		{200, `{"project_id":210,"general":{"project_id":211},"payment":{"id":"ORDER-9","status":"success"}}`, statusMismatch},
+		{200, `{"project_id":210,"general":{"project_id":"210"},"payment":{"id":"ORDER-9","status":"success"}}`, statusFound},
 		{400, `{"status":"error","code":"3061","message":"Payment not found"}`, statusNotFound},
 		{200, `{"errors":[{"code":"3061","message":"Transaction not found"}]}`, statusNotFound},
 		{404, `not json`, statusNotFound},
@@ -458,7 +467,7 @@ func TestReconcileSigning(t *testing.T) {
 		{200, `[]`, statusError},
 	} {
 		a := statusAnswer{httpStatus: c.status, body: []byte(c.body)}
-		a.classify(Limits{})
+		a.classify(Limits{}, "210", "ORDER-9")
 		if a.result != c.want {
 			t.Errorf("%d %s: %s, want %s", c.status, c.body, a.result, c.want)
 		}
@@ -482,5 +491,23 @@ func TestReconcileOldPaymentsDoNotCrowdOutNewOnes(t *testing.T) {
 	e.at(0)
 	if got := e.status.requests(); len(got) != 1 || got[0] != "NEW-1" {
 		t.Fatalf("status requests %v, want NEW-1 only", got)
+	}
+}
+
+// A Gate sale recorded before ecommpay_status existed kept ecommpay's
+// answer in app_status: it still starts a payment.
+func TestFactsOfOlderGateEntry(t *testing.T) {
+	at := time.Now().UTC()
+	for _, e := range []journalEvent{
+		{Kind: kindGate, Time: at, Result: "signed", Path: "/v2/payment/wallet/wechat/sale", Method: "wechat", AppStatus: 200},
+		{Kind: kindGate, Time: at, Result: "signed", Path: "/v2/payment/wallet/wechat/sale", Method: "wechat", EcommpayStatus: 200},
+	} {
+		if f := factsOf(timeline{Events: []journalEvent{e}}); !f.started.Equal(at) || f.method != "wechat" {
+			t.Errorf("%+v does not start the payment: %+v", e, f)
+		}
+	}
+	refused := journalEvent{Kind: kindGate, Time: at, Result: "signed", Path: "/v2/payment/wallet/wechat/sale", EcommpayStatus: 400}
+	if f := factsOf(timeline{Events: []journalEvent{refused}}); !f.started.IsZero() {
+		t.Errorf("a refused sale starts the payment: %+v", f)
 	}
 }

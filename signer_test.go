@@ -86,6 +86,15 @@ func TestConformanceVectors(t *testing.T) {
 				if ok := NewKey(v.Secret).Verify([]byte(canonical), embedded); ok != v.ExpectValid {
 					t.Fatalf("verify = %v, want %v", ok, v.ExpectValid)
 				}
+				// Every callback of the official SDKs has a callback's shape.
+				d, err := Parse([]byte(v.RawBody), Limits{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !callbackShaped(d) {
+					t.Errorf("refused as not a callback: %s", v.RawBody)
+				}
+				d.Release()
 			default:
 				t.Fatalf("unknown vector type %q", v.Type)
 			}
@@ -305,7 +314,7 @@ func BenchmarkSignCanonical(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	buf := make([]byte, 0, 4096)
 	for b.Loop() {
-		d, err := parseBorrowed(body, Limits{}) // as the handlers parse
+		d, err := Parse(body, Limits{}) // as the handlers parse
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -324,7 +333,7 @@ func BenchmarkVerifyCallback(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	buf := make([]byte, 0, 4096)
 	for b.Loop() {
-		d, err := parseBorrowed(body, Limits{}) // as the handlers parse
+		d, err := Parse(body, Limits{}) // as the handlers parse
 		if err != nil {
 			b.Fatal(err)
 		}

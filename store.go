@@ -12,7 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -109,25 +108,11 @@ type memShard struct {
 	mu      sync.Mutex
 	m       map[keyHash]memEntry
 	inserts int      // new entries since the last sweep
-	tokens  []byte   // where tokens are written; see token
-	_       [16]byte // pads the shard to a 64-byte cache line
+	_       [40]byte // pads the shard to a 64-byte cache line
 }
 
-// tokenChunk is how many bytes of tokens one allocation holds: a claim's
-// token (16 hex digits) then costs a 64th of one.
-const tokenChunk = 1024
-
-// token formats a claim id. Tokens are written one after another into a
-// shared chunk and never changed, so the string can alias it; a chunk is
-// freed once no token from it is held. The shard's lock must be held.
-func (sh *memShard) token(id uint64) string {
-	if cap(sh.tokens)-len(sh.tokens) < 16 {
-		sh.tokens = make([]byte, 0, tokenChunk)
-	}
-	start := len(sh.tokens)
-	sh.tokens = strconv.AppendUint(sh.tokens, id, 16)
-	return unsafe.String(&sh.tokens[start], len(sh.tokens)-start)
-}
+// token formats a claim id.
+func (sh *memShard) token(id uint64) string { return strconv.FormatUint(id, 16) }
 
 // memoryStore is an exact, process-local Store: 32 mutex-guarded map
 // shards, a global entry count and a FIFO of commits used to evict the
@@ -427,6 +412,8 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() er
 			if err != nil {
 				return nil, err // not a typed nil in the interface
 			}
+			// Once per process and file: where the data lives, for backups.
+			logger.Info("local store opened", zap.String("path", abs))
 			return b, nil
 		}
 	case "memory":

@@ -36,8 +36,9 @@ var (
 	caddyBuildErr error
 )
 
-// sourceHash hashes every non-test *.go file plus go.mod/go.sum of the module
-// (integration/ and hidden folders excluded), with the Caddy and Go versions.
+// sourceHash hashes every non-test *.go file, embedded page and asset, and
+// go.mod/go.sum of the module (integration/, testdata and hidden folders
+// excluded), with the Caddy and Go versions.
 func sourceHash(root string) (string, error) {
 	var files []string
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -52,7 +53,9 @@ func sourceHash(root string) (string, error) {
 			return nil
 		}
 		name := d.Name()
-		if (strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) || name == "go.mod" || name == "go.sum" {
+		// Embedded pages and assets are part of the binary too.
+		embedded := strings.HasSuffix(name, ".html") || strings.HasSuffix(name, ".css") || strings.HasSuffix(name, ".js") || strings.HasSuffix(name, ".svg")
+		if (strings.HasSuffix(name, ".go") && !strings.HasSuffix(name, "_test.go")) || name == "go.mod" || name == "go.sum" || embedded {
 			files = append(files, rel)
 		}
 		return nil

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -30,13 +32,15 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitSettled(t, s.fake, 2, settleTimeout)
 
 	// A verified callback carrying markup of the customer's: the console
-	// must show it as text.
+	// must show it as text. No signing request started this payment: its
+	// amount and method come from the callback.
 	const evil = `<img src=x onerror="document.title='pwned'">`
 	xssID := newPaymentID("xss")
 	injected := signJSONWithSignatureAt(map[string]any{
 		"project_id": projectID,
-		"payment":    map[string]any{"id": xssID, "type": "purchase", "status": "success", "description": evil},
-		"operation":  map[string]any{"id": 1, "type": "sale", "status": "success"},
+		"payment": map[string]any{"id": xssID, "type": "purchase", "status": "success", "description": evil,
+			"method": "card", "sum": map[string]any{"amount": 12345, "currency": "KWD"}},
+		"operation": map[string]any{"id": 1, "type": "sale", "status": "success"},
 	}, s.fake.callbackSecret(), false)
 	// encoding/json escapes < and >; a sender need not, and the decoded
 	// text (what is signed) is the same.
@@ -80,6 +84,19 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	do(chromedp.EmulateViewport(1200, 800), chromedp.Navigate(base+"/payments"), chromedp.WaitVisible(chromedp.CSS("table")))
 	listText := text("main")
+	summary := text("[data-summary]")
+	rowAmount := func(id string) (shown, hover string) {
+		t.Helper()
+		js := fmt.Sprintf(`(() => { const a = document.querySelector('a[href$="/%s"]'); const s = a && a.closest('tr').querySelector('.amount');
+			return s ? [s.textContent, s.title] : ["", ""]; })()`, url.PathEscape(id))
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](js))
+		if err != nil || len(got) != 2 {
+			t.Fatalf("browser: the amount of %s: %v %v", id, got, err)
+		}
+		return got[0], got[1]
+	}
+	cnyShown, cnyHover := rowAmount(pid)
+	kwdShown, kwdHover := rowAmount(xssID)
 	shot("console-payments.png")
 	do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`a[href$="/%s"]`, url.PathEscape(pid)))), chromedp.WaitVisible(chromedp.CSS("ol.timeline")))
 	timelineText := text("main")
@@ -93,7 +110,25 @@ func TestConsoleInBrowser(t *testing.T) {
 	if !strings.Contains(listText, pid) || !strings.Contains(listText, "success") {
 		t.Errorf("the payments list lacks the payment: %q", listText)
 	}
-	for _, want := range []string{"gate", "/v2/payment/wallet/wechat/sale", "awaiting customer", "success", "forwarded"} {
+	// Major units by the currency's exponent, the minor units on hover.
+	if cnyShown != "10.00 CNY" || cnyHover != "1000 CNY in minor units" {
+		t.Errorf("the Gate payment's amount shows %q, hover %q; want 10.00 CNY, hover 1000 CNY in minor units", cnyShown, cnyHover)
+	}
+	if kwdShown != "12.345 KWD" || kwdHover != "12345 KWD in minor units" {
+		t.Errorf("the callback-first payment's amount shows %q, hover %q; want 12.345 KWD", kwdShown, kwdHover)
+	}
+	if !strings.Contains(listText, "card") {
+		t.Errorf("the callback-first payment's method is not shown: %q", listText)
+	}
+	// The summary line counts and sums what is listed: both payments
+	// succeeded.
+	for _, want := range []string{"2 payments", "2 success", "10.00 CNY", "12.345 KWD"} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("the summary line %q lacks %q", summary, want)
+		}
+	}
+	for _, want := range []string{"gate", "/v2/payment/wallet/wechat/sale", "awaiting customer", "success", "forwarded",
+		"10.00 CNY", "ecommpay 200", " UTC"} {
 		if !strings.Contains(timelineText, want) {
 			t.Errorf("the timeline lacks %q: %q", want, timelineText)
 		}
@@ -101,7 +136,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if !strings.Contains(eventText, pid) || !strings.Contains(eventText, `"status": "success"`) {
 		t.Errorf("the event page lacks the body: %q", eventText)
 	}
-	if !strings.Contains(notice, "Replayed: forwarded") {
+	if !strings.Contains(notice, "Replayed: the app accepted the event") {
 		t.Fatalf("replay notice %q", notice)
 	}
 	eventually(t, 5*time.Second, "the replay at the shop", func() (bool, string) {
@@ -153,6 +188,50 @@ func TestConsoleInBrowser(t *testing.T) {
 	if e := s.shop.state(t).Events[final.Key]; e.Replays != 1 {
 		t.Fatalf("a refused replay reached the shop: %d replays", e.Replays)
 	}
+
+	// The API's replay answers the entry it made.
+	req, _ = http.NewRequest(http.MethodPost, base+"/api/events/"+url.PathEscape(final.Key)+"/replay", strings.NewReader("{}"))
+	req.Header.Set("Content-Type", "application/json")
+	var replayed struct {
+		ID     string    `json:"id"`
+		Time   time.Time `json:"time"`
+		Result string    `json:"result"`
+	}
+	if code := getJSONReq(t, req, &replayed); code != http.StatusOK || replayed.ID == "" || replayed.Time.IsZero() || replayed.Result != "forwarded" {
+		t.Fatalf("API replay: %d %+v", code, replayed)
+	}
+
+	// The CSV download of the filtered list: raw and major amounts.
+	resp, err = http.Get(base + "/api/payments.csv?payment_id=" + url.QueryEscape(pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(resp.Body).ReadAll()
+	resp.Body.Close()
+	if err != nil || resp.Header.Get("Content-Type") != "text/csv; charset=utf-8" || len(rows) != 2 {
+		t.Fatalf("payments.csv: %v %q %v", err, resp.Header.Get("Content-Type"), rows)
+	}
+	row := map[string]string{}
+	for i, name := range rows[0] {
+		row[name] = rows[1][i]
+	}
+	if row["payment_id"] != pid || row["amount"] != "1000" || row["currency"] != "CNY" || row["amount_major"] != "10.00" {
+		t.Fatalf("payments.csv row: %v", row)
+	}
+}
+
+// getJSONReq does req and decodes its JSON answer into v.
+func getJSONReq(t *testing.T, req *http.Request, v any) int {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	return resp.StatusCode
 }
 
 // browser starts a headless Chromium for the test.

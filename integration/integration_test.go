@@ -33,9 +33,10 @@
 //
 //	go test -race -run 'Hostile' ./integration
 //
-// Needs python3, zbarimg (zbar-tools) and redis-server. Without zbarimg or
-// redis-server the tests that need them skip, except when CI=true, where they
-// fail. `go test -short ./...` skips the Caddy build and every end-to-end test.
+// Needs python3, zbarimg (zbar-tools) and redis-server; php-cli with
+// php-sqlite3 for the PHP shop (shop/shop.php) and the app guide's PHP
+// receiver; systemd-analyze (systemd) for the unit in docs/. Without one,
+// the tests that need it skip, except when CI=true, where they fail. `go test -short ./...` skips the Caddy build and every end-to-end test.
 package integration
 
 import (

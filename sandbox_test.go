@@ -53,6 +53,7 @@ func TestSandboxCaddyfile(t *testing.T) {
 }
 
 func TestSandboxAnswersLoopbackOnly(t *testing.T) {
+	var serveAt func(method, target, remote string, hdr map[string]string) int
 	h := &Handler{Mode: ModeSandbox, Projects: []Project{{ID: "210", Secrets: []string{"test-secret"}}},
 		Sandbox: &SandboxConfig{CallbackURLs: []string{"http://127.0.0.1:1/callback"}}}
 	if err := h.Provision(testContext(t)); err != nil {
@@ -63,7 +64,13 @@ func TestSandboxAnswersLoopbackOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	serve := func(remote string, hdr map[string]string) int {
-		r := httptest.NewRequest(http.MethodGet, "/sandbox/", nil)
+		return serveAt(http.MethodGet, "/sandbox/", remote, hdr)
+	}
+	serveAt = func(method, target, remote string, hdr map[string]string) int {
+		r := httptest.NewRequest(method, target, nil)
+		if strings.HasPrefix(target, "/") {
+			r.Host = "127.0.0.1:8482"
+		}
 		r.RemoteAddr = remote
 		for k, v := range hdr {
 			r.Header.Set(k, v)
@@ -82,6 +89,18 @@ func TestSandboxAnswersLoopbackOnly(t *testing.T) {
 	}
 	if code := serve("127.0.0.1:5000", map[string]string{"X-Forwarded-For": "203.0.113.9"}); code != http.StatusForbidden {
 		t.Errorf("proxied: %d, want 403", code)
+	}
+	// The Host check of the signing modes applies (DNS rebinding).
+	if code := serveAt(http.MethodGet, "http://rebound.example/sandbox/", "127.0.0.1:5000", nil); code != http.StatusMisdirectedRequest {
+		t.Errorf("a rebound name: %d, want 421", code)
+	}
+	// The Payment Page opens from the shop's pages, another origin; the
+	// sandbox's forms refuse posts from them.
+	if code := serveAt(http.MethodGet, "/sandbox/", "127.0.0.1:5000", map[string]string{"Sec-Fetch-Site": "cross-site"}); code != http.StatusOK {
+		t.Errorf("a page opened from another site: %d, want 200", code)
+	}
+	if code := serveAt(http.MethodPost, "/sandbox/pay/P1", "127.0.0.1:5000", map[string]string{"Sec-Fetch-Site": "cross-site"}); code != http.StatusForbidden {
+		t.Errorf("a form posted from another site: %d, want 403", code)
 	}
 	if err := (&Handler{Mode: ModeSandbox, Projects: h.Projects}).Provision(testContext(t)); err == nil {
 		t.Error("a sandbox without a callback URL was provisioned")

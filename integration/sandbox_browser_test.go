@@ -57,8 +57,10 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 		}
 		return loc
 	}
-	// open asks the shop for a signed Payment Page URL and shows the QR.
-	open := func(pid string) string {
+	// open shows the Payment Page of a new payment and its QR step, at the
+	// URL Caddy signed for the shop: typed in, or, fromShop, followed from a
+	// page of the shop's (another origin), as a checkout sends the customer.
+	open := func(pid string, fromShop bool) string {
 		t.Helper()
 		out := s.shop.call(t, "/checkout", map[string]any{"payment_id": pid, "amount": 2500, "currency": "CNY", "method": "wechat",
 			"extra": map[string]any{
@@ -70,7 +72,14 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 		if out.Status != 200 || !strings.HasPrefix(pageURL, s.url+"/payment?") {
 			t.Fatalf("payment-page: %d %v", out.Status, out.Answer)
 		}
-		do(chromedp.EmulateViewport(900, 700), chromedp.Navigate(pageURL), chromedp.WaitVisible(chromedp.CSS("#pay")))
+		do(chromedp.EmulateViewport(900, 700))
+		if fromShop {
+			do(chromedp.Navigate(s.pagesURL()+"/success?payment_id=cart"), chromedp.WaitVisible(chromedp.CSS("body")),
+				chromedp.Evaluate[chromedp.Void](fmt.Sprintf("location.href = %q", pageURL)))
+		} else {
+			do(chromedp.Navigate(pageURL))
+		}
+		do(chromedp.WaitVisible(chromedp.CSS("#pay")))
 		if page := text("#payment"); !strings.Contains(page, "25.00 CNY") || !strings.Contains(page, "Order "+pid) || !strings.Contains(page, "wechat") {
 			t.Fatalf("the Payment Page: %q", page)
 		}
@@ -101,7 +110,7 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 		})
 	}
 
-	paid := open(newPaymentID("wx-page"))
+	paid := open(newPaymentID("wx-page"), false)
 	shot("sandbox-payment-page.png")
 	do(chromedp.Click(chromedp.CSS("#paid")))
 	arrive(s.pagesURL() + "/success")
@@ -111,7 +120,7 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 	})
 	waitShopEvent(t, s.shop, paid, "sale", "success", settleTimeout)
 
-	declined := open(newPaymentID("wx-decline"))
+	declined := open(newPaymentID("wx-decline"), true)
 	do(chromedp.Click(chromedp.CSS("#decline")))
 	arrive(s.pagesURL() + "/fail")
 	waitShopEvent(t, s.shop, declined, "sale", "decline", settleTimeout)

@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -141,6 +142,39 @@ func TestExampleSandboxCaddyfileAdapts(t *testing.T) {
 	}
 	if modes[ModeSandbox] != 1 || modes[ModeCallback] != 1 || modes[ModePaymentPage] != 2 || modes[ModeGate] != 1 {
 		t.Errorf("modes %v", modes)
+	}
+	// Like example.Caddyfile it talks to loopback only: upstreams, the
+	// sandbox's callbacks and reconcile's status requests.
+	checked := 0
+	for _, h := range append(findHandlers(cfg, "reverse_proxy"), findHandlers(cfg, "ecommpay")...) {
+		switch h["handler"] {
+		case "reverse_proxy":
+			for _, u := range h["upstreams"].([]any) {
+				checked++
+				if dial := fmt.Sprint(u.(map[string]any)["dial"]); !isLoopbackHostPort(dial) {
+					t.Errorf("reverse_proxy to %s", dial)
+				}
+			}
+		case "ecommpay":
+			var targets []string
+			if sb, ok := h["sandbox"].(map[string]any); ok {
+				for _, u := range sb["callback_urls"].([]any) {
+					targets = append(targets, u.(string))
+				}
+			}
+			if rc, ok := h["reconcile"].(map[string]any); ok {
+				targets = append(targets, fmt.Sprint(rc["status_url"]))
+			}
+			for _, target := range targets {
+				checked++
+				if u, err := url.Parse(target); err != nil || !isLoopbackHostPort(u.Host) {
+					t.Errorf("the %s handler sends to %s", h["mode"], target)
+				}
+			}
+		}
+	}
+	if checked != 4 { // two upstreams, the sandbox's callback, reconcile's status_url
+		t.Errorf("checked %d addresses, want 4", checked)
 	}
 	prod, err := os.ReadFile("example.Caddyfile")
 	if err != nil {

@@ -141,5 +141,5 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 			t.Errorf("%s: the shop recorded %v, want the QR step and %s once each", pid, got, final)
 		}
 	}
-	fmt.Fprintln(os.Stderr, "sandbox screenshots in", shots)
+	t.Logf("sandbox screenshots in %s", shots)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -20,7 +21,8 @@ const ModeSandbox = "sandbox"
 // Payment Page and Gate that sends signed callbacks to the shop's callback
 // route. It mints valid callbacks with the project's secret: give it only
 // a test project's secret. Like the signing modes it answers direct
-// loopback peers only (allow and allow_proxied widen that).
+// loopback peers only, for an IP literal, localhost or a name in hosts
+// (allow, allow_proxied and hosts work as there).
 type SandboxConfig struct {
 	// CallbackURLs receive every callback the sandbox sends, normally the
 	// shop's `ecommpay callback` route. Required.
@@ -68,6 +70,11 @@ func (h *Handler) provisionSandbox() error {
 	c := h.Sandbox
 	if c == nil || len(c.CallbackURLs) == 0 {
 		return errors.New("sandbox: a callback URL is required")
+	}
+	for _, raw := range c.CallbackURLs {
+		if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("sandbox: callback %q is not an absolute http(s) URL", raw)
+		}
 	}
 	cfg := sandbox.Config{
 		Signer:       SandboxSigner(),

@@ -106,6 +106,10 @@ func TestSandboxAnswersLoopbackOnly(t *testing.T) {
 	if err := (&Handler{Mode: ModeSandbox, Projects: h.Projects}).Provision(testContext(t)); err == nil {
 		t.Error("a sandbox without a callback URL was provisioned")
 	}
+	bad := &Handler{Mode: ModeSandbox, Projects: h.Projects, Sandbox: &SandboxConfig{CallbackURLs: []string{"127.0.0.1:8080/callback"}}}
+	if err := bad.Provision(testContext(t)); err == nil || !strings.Contains(err.Error(), "not an absolute http(s) URL") {
+		t.Errorf("a callback URL without a scheme: %v", err)
+	}
 }
 
 // example.sandbox.Caddyfile adapts with the secret left a placeholder and

@@ -242,6 +242,15 @@ func (s *Sandbox) handleCustomerAction(w http.ResponseWriter, r *http.Request) {
 		default:
 			s.redirectAfter(w, r, p, back)
 		}
+	case pending && action == "paid-late":
+		// The customer paid; the final callback comes late.
+		late := s.knob().LateBy
+		s.goFlow(func() {
+			if s.sleep(late) {
+				s.finish(p, saleSuccess)
+			}
+		})
+		http.Redirect(w, r, back, http.StatusSeeOther)
 	case pending && (action == "paid" || action == "paid-drop" || action == "decline"):
 		out := saleSuccess
 		if action == "decline" {

@@ -86,6 +86,9 @@ type Knobs struct {
 	FirstDelay time.Duration
 	// RefundDelay is the wait before a refund's callback. Default: 50ms.
 	RefundDelay time.Duration
+	// LateBy is how late the final callback of a payment marked "paid,
+	// callback late" on the sandbox's pages comes. Default: 30s.
+	LateBy time.Duration
 	// MBWayLimit is how long an MBWay payment waits for the customer
 	// before it is declined. Default: 4m, ecommpay's limit.
 	MBWayLimit time.Duration
@@ -115,6 +118,9 @@ type Knobs struct {
 func (k Knobs) withDefaults() Knobs {
 	if k.RefundDelay <= 0 {
 		k.RefundDelay = 50 * time.Millisecond
+	}
+	if k.LateBy <= 0 {
+		k.LateBy = 30 * time.Second
 	}
 	if k.MBWayLimit <= 0 {
 		k.MBWayLimit = 4 * time.Minute

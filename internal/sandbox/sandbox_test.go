@@ -573,3 +573,44 @@ func TestPaymentPageChoosesAlipayThroughItsRedirectStep(t *testing.T) {
 		t.Errorf("paid 40000: %s", got)
 	}
 }
+
+func TestLogPageKnobs(t *testing.T) {
+	sh := newShop(t)
+	sb, srv := newSandbox(t, sh.srv.URL, sandbox.Knobs{LateBy: 300 * time.Millisecond})
+	for _, pid := range []string{"late1", "drop1", "twice1"} {
+		gate(t, srv.URL, "/v2/payment/wallet/wechat/sale", sale(pid, 1000, "CNY"), secret)
+	}
+	eventually(t, "intermediates", func() bool { return len(sh.statuses("twice1")) == 1 })
+	post := func(path string, form url.Values) {
+		t.Helper()
+		resp, err := http.PostForm(srv.URL+path, form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	start := time.Now()
+	post("/sandbox/pay/late1", url.Values{"action": {"paid-late"}, "from": {"log"}})
+	post("/sandbox/pay/drop1", url.Values{"action": {"paid-drop"}, "from": {"log"}})
+	post("/sandbox/pay/twice1", url.Values{"action": {"paid"}, "from": {"log"}})
+	eventually(t, "the late final", func() bool { return len(sh.statuses("late1")) == 2 })
+	if waited := time.Since(start); waited < 300*time.Millisecond {
+		t.Errorf("the late callback came after %s", waited)
+	}
+	if got := sh.statuses("drop1"); len(got) != 1 || sb.Payment("drop1").Status != "success" {
+		t.Errorf("paid, final dropped: the shop got %v, status %s", got, sb.Payment("drop1").Status)
+	}
+	// Send the final callback of twice1 again.
+	eventually(t, "twice1 final", func() bool { return len(sh.statuses("twice1")) == 2 })
+	var seq int
+	for _, c := range sb.Callbacks() {
+		if c.PaymentID == "twice1" && c.Name == "sale final" {
+			seq = c.Seq
+		}
+	}
+	post(fmt.Sprintf("/sandbox/resend/%d", seq), nil)
+	eventually(t, "the resent callback", func() bool { return len(sh.statuses("twice1")) == 3 })
+	if got := sh.statuses("twice1"); got[1] != got[2] {
+		t.Errorf("resent: %v", got)
+	}
+}

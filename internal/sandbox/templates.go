@@ -138,7 +138,8 @@ var logTmpl = page("log", `{{template "head" "Delivery log"}}
 <td>{{if .Pending}}pending{{else if eq .Status ""}}page open{{else}}{{.Status}}{{end}}</td>
 <td>{{if .Pending}}<form method="post" action="/sandbox/pay/{{.ID}}"><input type="hidden" name="from" value="log">
 <button class="small" name="action" value="paid">paid</button><button class="small decline" name="action" value="decline">declined</button>
-<button class="small plain" name="action" value="paid-drop">paid, lose final callback</button></form>{{end}}</td></tr>{{end}}
+<button class="small plain" name="action" value="paid-drop">paid, lose final callback</button>
+<button class="small plain" name="action" value="paid-late">paid, final callback late</button></form>{{end}}</td></tr>{{end}}
 </table>{{end}}</div>
 <div class="card"><h1>Callbacks</h1><p class="muted">Sent to {{range .URLs}}<code>{{.}}</code> {{else}}no URL configured{{end}},
 retried on ecommpay's schedule, shortened, until the answer is 200.</p>

@@ -27,7 +27,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
 //
-//	ecommpay payment_page|gate|callback|qr|console {
+//	ecommpay payment_page|gate|callback|qr|console|sandbox {
 //		project <project_id> <secret> [<older_secret>...]
 //		max_body   <size>
 //		max_depth  <n>
@@ -72,17 +72,19 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		qr_size  <pixels>
 //		qr_level L|M|Q|H
 //		qr_cache <size>
+//
+//		# sandbox: see unmarshalSandbox
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if !d.NextArg() {
-		return d.Err("expected a mode: payment_page, gate, callback or qr")
+		return d.Err("expected a mode: payment_page, gate, callback, qr, console or sandbox")
 	}
 	h.Mode = d.Val()
 	switch h.Mode {
-	case ModePaymentPage, ModeGate, ModeCallback, ModeQR, ModeConsole:
+	case ModePaymentPage, ModeGate, ModeCallback, ModeQR, ModeConsole, ModeSandbox:
 	default:
-		return d.Errf("unknown mode %q: want payment_page, gate, callback, qr or console", h.Mode)
+		return d.Errf("unknown mode %q: want payment_page, gate, callback, qr, console or sandbox", h.Mode)
 	}
 	if d.NextArg() {
 		return d.ArgErr()
@@ -230,6 +232,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.QRLevel = args[0]
 			}
 		default:
+			if h.Mode == ModeSandbox {
+				if known, serr := h.unmarshalSandbox(d, name, args); known {
+					err = serr
+					break
+				}
+			}
 			return d.Errf("unrecognized subdirective %q", name)
 		}
 		if err != nil {

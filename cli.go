@@ -25,8 +25,8 @@ var errInvalidSignature = errors.New("invalid signature")
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ecommpay",
-		Usage: "sign|verify|events|replay ...",
-		Short: "Signs and verifies for debugging; lists and replays journal events",
+		Usage: "sign|verify|events|replay|trigger ...",
+		Short: "Signs and verifies for debugging; lists and replays journal events; sends test callbacks",
 		Long: `
 Offline helpers to debug ecommpay signatures with the same canonicaliser the
 ecommpay handlers use. Both read a JSON object from <file>, or from stdin
@@ -44,11 +44,17 @@ value. Giving both, or neither, is an error.
 
   caddy ecommpay sign [--canonical] [--callback] [--secret-file <path>] [<file>]
   caddy ecommpay verify [--secret-file <path>] [<file>]
+
+trigger sends a realistic signed callback sequence to a callback route
+(--list shows the scenarios):
+
+  caddy ecommpay trigger <scenario> --to <callback URL> [--project-id <id>] [--payment-id <id>]
+      [--amount <minor units>] [--currency <code>] [--secret-file <path>]
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Args = cobra.NoArgs
 			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand())
+			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand(), newTriggerCommand())
 		},
 	})
 }

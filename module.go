@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -30,6 +31,7 @@ const (
 	ModeCallback    = "callback"
 	ModeQR          = "qr"
 	ModeConsole     = "console"
+	// ModeSandbox is in sandbox.go.
 )
 
 // Defaults for the optional settings.
@@ -54,12 +56,13 @@ const (
 //     exactly once; it answers ecommpay 200 only once the app has it.
 //   - qr: serves the hosted QR images that callback mode links to.
 //   - console: the operator console over the payment journal, with replay.
+//   - sandbox: a local stand-in for ecommpay, for development (sandbox.go).
 //
 // The signing modes answer only clients on loopback unless allow widens it.
 // Callback mode sets the request headers X-Ecommpay-Event-Key and
 // X-Ecommpay-Project-Id for the app, after removing any copies a client sent.
 type Handler struct {
-	// Mode is one of payment_page, gate, callback, qr or console.
+	// Mode is one of payment_page, gate, callback, qr, console or sandbox.
 	Mode string `json:"mode"`
 
 	// Projects are the ecommpay projects this handler signs or verifies
@@ -176,6 +179,9 @@ type Handler struct {
 	// status is shown as stuck in the console. Default: 30m.
 	AttentionAfter caddy.Duration `json:"attention_after,omitempty"`
 
+	// Sandbox configures mode sandbox (sandbox.go).
+	Sandbox *SandboxConfig `json:"sandbox,omitempty"`
+
 	projects     map[string]*project
 	only         *project // the single project, when exactly one is configured
 	allow        []netip.Prefix
@@ -195,6 +201,7 @@ type Handler struct {
 	route        *callbackRoute // callback mode: where dispatches go
 	console      http.Handler
 	reconciler   *reconciler // callback mode with reconcile
+	sandbox      *sandbox.Sandbox
 }
 
 // Project is one ecommpay project and its secrets.
@@ -268,7 +275,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	switch h.Mode {
-	case ModePaymentPage, ModeGate, ModeConsole:
+	case ModePaymentPage, ModeGate, ModeConsole, ModeSandbox:
 		h.warnTrustedProxies(ctx)
 	}
 	switch h.Mode {
@@ -300,10 +307,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.AttentionAfter = caddy.Duration(DefaultAttentionAfter)
 		}
 		h.provisionConsole()
+	case ModeSandbox:
+		if err := h.provisionSandbox(); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr or console", h.Mode)
+		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr, console or sandbox", h.Mode)
 	}
-	if h.Mode != ModeQR {
+	if h.Mode != ModeQR && h.Mode != ModeSandbox {
 		if err := h.provisionStore(); err != nil {
 			return err
 		}
@@ -362,14 +373,15 @@ func (h *Handler) Validate() error {
 		return nil
 	}
 	return errors.Join(
-		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate, ModeConsole),
-		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate, ModeConsole),
-		misplaced(len(h.Hosts) > 0, "hosts", ModePaymentPage, ModeGate, ModeConsole),
+		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
+		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
+		misplaced(len(h.Hosts) > 0, "hosts", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
 		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
 		misplaced(h.Journal != JournalConfig{}, "journal", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
 		misplaced(h.AttentionAfter != 0, "attention_after", ModeConsole),
 		misplaced(h.ReadTimeout != 0, "read_timeout", ModeCallback),
-		misplaced(h.BaseURL != "", "base_url", ModePaymentPage),
+		misplaced(h.BaseURL != "", "base_url", ModePaymentPage, ModeSandbox),
+		misplaced(h.Sandbox != nil, "sandbox", ModeSandbox),
 		misplaced(h.Redirect, "redirect", ModePaymentPage),
 		misplaced(h.Dedupe != "" || h.MaxKeys != 0, "dedupe", ModeCallback),
 		misplaced(h.TTL != 0, "ttl", ModeCallback),
@@ -386,6 +398,9 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	callbackHandlers.Delete(h)
 	h.reconciler.stop()
+	if h.sandbox != nil {
+		h.sandbox.Close()
+	}
 	if h.qrCache != nil {
 		h.qrCache.Close()
 	}
@@ -406,6 +421,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveCallback(w, r, next)
 	case ModeConsole:
 		return h.serveConsole(w, r)
+	case ModeSandbox:
+		return h.serveSandbox(w, r)
 	default:
 		return h.serveQR(w, r)
 	}
@@ -435,7 +452,9 @@ func (h *Handler) signingRefusal(r *http.Request) *refusal {
 		return refuse(http.StatusMisdirectedRequest, "forbidden_host",
 			"this endpoint answers requests for an IP address, localhost or a name listed in hosts only")
 	}
-	if h.Mode != ModeConsole && !h.sameOrigin(r) {
+	// The console and the sandbox check their own forms; the sandbox's
+	// Payment Page is opened from the shop's pages, another origin.
+	if h.Mode != ModeConsole && h.Mode != ModeSandbox && !h.sameOrigin(r) {
 		// A page of any site can make a browser on this machine post a
 		// form to 127.0.0.1; the shop's server sends neither header.
 		return refuse(http.StatusForbidden, "forbidden",

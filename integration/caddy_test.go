@@ -218,6 +218,7 @@ type caddyConfig struct {
 	CallbackOptions         string // more lines inside the public callback block
 	ExtraSites              string // raw Caddyfile sites appended after the two above
 	ExtraPorts              []int  // listeners of ExtraSites that startCaddy waits for
+	GateProxy               string // lines inside the Gate route's reverse_proxy block
 	Debug                   bool
 }
 
@@ -265,7 +266,9 @@ http://127.0.0.1:{{.Internal}} {
 			allow {{.GateAllow}}
 {{- end}}
 		}
-		reverse_proxy 127.0.0.1:{{.Fake}}
+		reverse_proxy 127.0.0.1:{{.Fake}}{{if .GateProxy}} {
+			{{.GateProxy}}
+		}{{end}}
 	}
 	handle_path /ecommpay/* {
 		ecommpay console

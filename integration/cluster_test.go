@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"io"
 	"net"
 	"net/http"
@@ -138,7 +139,7 @@ func TestCluster(t *testing.T) {
 		c.TTL = "10m" // keys left in a shared Redis (ECOMMPAY_TEST_REDIS_URL) expire soon
 		c.QR = fmt.Sprintf("url http://127.0.0.1:%d/ecommpay/qr", c.Public)
 	})
-	fake.configure(func(f *fakeEcommpay) { f.copies = 2 })
+	fake.configure(func(k *sandbox.Knobs) { k.Copies = 2 })
 	t.Cleanup(fake.stopDeliveries)
 	// A slow shop keeps the first copy in flight while the others arrive.
 	shop.admin(t, "slow?ms=300")

@@ -60,12 +60,6 @@ func newStackVerifying(t *testing.T, mutate func(*caddyConfig), extraShopSecrets
 	return &stack{t: t, secret: secret, fake: fake, shop: shop, caddy: caddy}
 }
 
-func (f *fakeEcommpay) configure(fn func(*fakeEcommpay)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fn(f)
-}
-
 // eventually polls cond every 50 ms until it holds or timeout passes.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
@@ -133,12 +127,12 @@ func checkExactlyOnce(t testing.TB, f *fakeEcommpay, st shopState, paymentIDs ..
 		seq := cb.Seq
 		ds := f.deliveriesOf(func(c *fakeCallback) bool { return c.Seq == seq })
 		if len(ds) == 0 {
-			t.Errorf("callback #%d %s: never delivered", cb.Seq, cb.identity())
+			t.Errorf("callback #%d %s: never delivered", cb.Seq, cb.Identity())
 		}
 		fresh := 0
 		for _, d := range ds {
 			if !d.Done {
-				t.Errorf("callback #%d %s → %s: not delivered (gave up=%v, %d attempts)", cb.Seq, cb.identity(), d.URL, d.GaveUp, len(d.Attempts))
+				t.Errorf("callback #%d %s → %s: not delivered (gave up=%v, %d attempts)", cb.Seq, cb.Identity(), d.URL, d.GaveUp, len(d.Attempts))
 			}
 			for _, a := range d.Attempts {
 				if a.Status == 200 && !a.Duplicate {
@@ -150,7 +144,7 @@ func checkExactlyOnce(t testing.TB, f *fakeEcommpay, st shopState, paymentIDs ..
 			}
 		}
 		if fresh != 1 {
-			t.Errorf("callback #%d %s: %d non-duplicate 200 answers over %d deliveries, want exactly 1", cb.Seq, cb.identity(), fresh, len(ds))
+			t.Errorf("callback #%d %s: %d non-duplicate 200 answers over %d deliveries, want exactly 1", cb.Seq, cb.Identity(), fresh, len(ds))
 		}
 		var events []*shopEvent
 		for _, e := range st.eventsFor(cb.PaymentID) {
@@ -160,9 +154,9 @@ func checkExactlyOnce(t testing.TB, f *fakeEcommpay, st shopState, paymentIDs ..
 		}
 		switch {
 		case len(events) != 1:
-			t.Errorf("callback #%d %s: shop stored %d events for it, want 1", cb.Seq, cb.identity(), len(events))
+			t.Errorf("callback #%d %s: shop stored %d events for it, want 1", cb.Seq, cb.Identity(), len(events))
 		case events[0].Count != 1:
-			t.Errorf("callback #%d %s: reached the shop %d times, want 1", cb.Seq, cb.identity(), events[0].Count)
+			t.Errorf("callback #%d %s: reached the shop %d times, want 1", cb.Seq, cb.Identity(), events[0].Count)
 		default:
 			matched[cb.Seq] = events[0]
 		}
@@ -232,7 +226,7 @@ func sameContent(t testing.TB, cb fakeCallback, e *shopEvent, drop ...string) {
 	a := canonicalWithout(t, cb.Body, drop...)
 	b := canonicalWithout(t, got, drop...)
 	if a != b {
-		t.Errorf("callback #%d %s: content changed on the way\n sent: %s\n  got: %s", cb.Seq, cb.identity(), a, b)
+		t.Errorf("callback #%d %s: content changed on the way\n sent: %s\n  got: %s", cb.Seq, cb.Identity(), a, b)
 	}
 }
 
@@ -242,7 +236,7 @@ func sameBytes(t testing.TB, cb fakeCallback, e *shopEvent) {
 	t.Helper()
 	sum := sha256.Sum256(cb.Body)
 	if hex.EncodeToString(sum[:]) != e.RawSHA256 {
-		t.Errorf("callback #%d %s: the shop did not get the bytes the platform sent", cb.Seq, cb.identity())
+		t.Errorf("callback #%d %s: the shop did not get the bytes the platform sent", cb.Seq, cb.Identity())
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"sync"
 	"testing"
 
@@ -17,7 +18,7 @@ func TestRedisCluster(t *testing.T) {
 	requireCaddy(t)
 	cluster := redistest.StartCluster(t)
 	secret, fake, shop, nodeA, nodeB := startTwoNodes(t, func(c *caddyConfig) { c.Dedupe = "redis " + cluster.URL })
-	fake.configure(func(f *fakeEcommpay) { f.copies = 2 })
+	fake.configure(func(k *sandbox.Knobs) { k.Copies = 2 })
 	t.Cleanup(fake.stopDeliveries)
 	// A slow shop keeps the first copy in flight while the others arrive.
 	shop.admin(t, "slow?ms=300")

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/base64"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"io"
 	"net/http"
 	"net/url"
@@ -143,7 +144,7 @@ func TestAlipayRedirectSale(t *testing.T) {
 	// The shop acknowledges with 202 and then 204: any 2xx must reach the
 	// platform as exactly 200, or it would retry.
 	s.shop.admin(t, "ok?status=202")
-	s.fake.configure(func(f *fakeEcommpay) { f.finalDelay = 700 * time.Millisecond })
+	s.fake.configure(func(k *sandbox.Knobs) { k.PayAfter = 700 * time.Millisecond })
 	pid := newPaymentID("ali")
 	out := s.shop.call(t, "/buy", map[string]any{"method": "alipay", "payment_id": pid, "amount": 12000, "currency": "CNY"})
 	checkGateAccepted(t, s, out, "/v2/payment/wallet/alipay/sale", pid)
@@ -165,7 +166,7 @@ func TestAlipayRedirectSale(t *testing.T) {
 	}
 	for _, d := range s.fake.deliveriesOf(nil) {
 		if len(d.Attempts) != 1 || d.Attempts[0].Status != 200 {
-			t.Errorf("%s: attempts %+v; want one attempt answered 200", d.CB.identity(), d.Attempts)
+			t.Errorf("%s: attempts %+v; want one attempt answered 200", d.CB.Identity(), d.Attempts)
 		}
 	}
 	p := st.Payments[pid]
@@ -496,7 +497,7 @@ func TestPaymentPageRedirectMode(t *testing.T) {
 func TestDuplicateCallbacks(t *testing.T) {
 	s := newStack(t, nil)
 	s.shop.admin(t, "slow?ms=700")
-	s.fake.configure(func(f *fakeEcommpay) { f.copies = 5 })
+	s.fake.configure(func(k *sandbox.Knobs) { k.Copies = 5 })
 	pid := newPaymentID("dup")
 	out := s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": pid, "amount": 1000, "currency": "EUR"})
 	checkGateAccepted(t, s, out, "/v2/payment/wallet/wechat/sale", pid)
@@ -542,7 +543,7 @@ func TestDuplicateCallbacks(t *testing.T) {
 			t.Fatal(err)
 		}
 		if code != 200 || hdr.Get("X-Ecommpay-Duplicate") != "1" {
-			t.Errorf("repeat of %s: %d dup=%q %s, want 200 with X-Ecommpay-Duplicate: 1", cb.identity(), code, hdr.Get("X-Ecommpay-Duplicate"), ans)
+			t.Errorf("repeat of %s: %d dup=%q %s, want 200 with X-Ecommpay-Duplicate: 1", cb.Identity(), code, hdr.Get("X-Ecommpay-Duplicate"), ans)
 		}
 	}
 	if st2 := s.shop.state(t); st2.CallbackPosts != 2 {
@@ -562,7 +563,7 @@ func waitRefused(t *testing.T, f *fakeEcommpay, n int) {
 		}
 		for _, d := range ds {
 			if len(d.Attempts) < 4 {
-				return false, fmt.Sprintf("%s has %d attempts", d.CB.identity(), len(d.Attempts))
+				return false, fmt.Sprintf("%s has %d attempts", d.CB.Identity(), len(d.Attempts))
 			}
 		}
 		return true, ""
@@ -575,7 +576,7 @@ func checkAttempts(t *testing.T, f *fakeEcommpay, status int, when string) {
 	for _, d := range f.deliveriesOf(nil) {
 		for _, a := range d.Attempts {
 			if a.Status != status {
-				t.Errorf("%s %s: Caddy answered %d %q, want %d", d.CB.identity(), when, a.Status, a.Answer, status)
+				t.Errorf("%s %s: Caddy answered %d %q, want %d", d.CB.Identity(), when, a.Status, a.Answer, status)
 				break
 			}
 		}
@@ -613,7 +614,7 @@ func TestAppDown(t *testing.T) {
 		s := newStack(t, nil)
 		// The platform waits a little before its first callback (callback.delay),
 		// so the shop is gone by then.
-		s.fake.configure(func(f *fakeEcommpay) { f.firstDelay = 400 * time.Millisecond })
+		s.fake.configure(func(k *sandbox.Knobs) { k.FirstDelay = 400 * time.Millisecond })
 		pid := newPaymentID("gone")
 		checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "mbway", "payment_id": pid, "amount": 1000, "currency": "EUR"}), "/v2/payment/wallet/mbway/sale", pid)
 		s.shop.stop()
@@ -642,7 +643,7 @@ func checkPromptAfter(t *testing.T, f *fakeEcommpay, upAt time.Time, limit time.
 	for _, d := range f.deliveriesOf(nil) {
 		if n := len(d.Attempts); n > 0 && d.Done {
 			if late := d.Attempts[n-1].At.Sub(upAt); late > limit {
-				t.Errorf("%s delivered %s after the shop came back, want within %s", d.CB.identity(), late.Round(time.Millisecond), limit)
+				t.Errorf("%s delivered %s after the shop came back, want within %s", d.CB.Identity(), late.Round(time.Millisecond), limit)
 			}
 		}
 	}
@@ -779,13 +780,13 @@ func TestSecretRotation(t *testing.T) {
 	s := newStackVerifying(t, func(c *caddyConfig) { c.OldSecret = older }, older)
 
 	// Callbacks still signed with the older secret, one of them rewritten (QR).
-	s.fake.configure(func(f *fakeEcommpay) { f.signSecret = older })
+	s.fake.configure(func(k *sandbox.Knobs) { k.SignSecret = older })
 	wx := newPaymentID("rot-wx")
 	checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": wx, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/wechat/sale", wx)
 	waitShopEvent(t, s.shop, wx, "sale", "success", settleTimeout)
 
 	// Callbacks signed with the current secret.
-	s.fake.configure(func(f *fakeEcommpay) { f.signSecret = "" })
+	s.fake.configure(func(k *sandbox.Knobs) { k.SignSecret = "" })
 	ali := newPaymentID("rot-ali")
 	checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "alipay", "payment_id": ali, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/alipay/sale", ali)
 	waitShopEvent(t, s.shop, ali, "sale", "success", settleTimeout)
@@ -812,7 +813,7 @@ func TestSecretRotation(t *testing.T) {
 	}
 
 	before := st.CallbackPosts
-	s.fake.configure(func(f *fakeEcommpay) { f.signSecret = newSecret() })
+	s.fake.configure(func(k *sandbox.Knobs) { k.SignSecret = newSecret() })
 	code, _, ans, err := s.fake.postRaw(s.caddy.callbackURL(), s.fake.signedCallback(ali, "refund", "success"), nil)
 	if err != nil || code != http.StatusForbidden {
 		t.Errorf("callback signed with a third secret: %d %q %v, want 403", code, ans, err)
@@ -869,7 +870,7 @@ func TestPlatformRefusesWrongSecret(t *testing.T) {
 // callback's "QR Code Timeout" says, then answers 404.
 func TestHostedQRExpires(t *testing.T) {
 	s := newStack(t, func(c *caddyConfig) { c.QR = fmt.Sprintf("url http://127.0.0.1:%d/ecommpay/qr", c.Public) })
-	s.fake.configure(func(f *fakeEcommpay) { f.qrTimeout = "2" })
+	s.fake.configure(func(k *sandbox.Knobs) { k.QRTimeout = "2" })
 	pid := newPaymentID("qr-ttl")
 	checkGateAccepted(t, s, s.shop.call(t, "/buy", map[string]any{"method": "wechat", "payment_id": pid, "amount": 1000, "currency": "CNY"}), "/v2/payment/wallet/wechat/sale", pid)
 	waitShopEvent(t, s.shop, pid, "sale", "awaiting customer", settleTimeout)

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"io"
 	"net"
 	"net/http"
@@ -166,7 +167,7 @@ func TestHarnessWithStandIn(t *testing.T) {
 	shop := startShop(t, fmt.Sprintf("http://127.0.0.1:%d", internal), secret, 0)
 	si.app = shop.base
 	fake.setCallbackURLs(fmt.Sprintf("http://127.0.0.1:%d/cb", public))
-	fake.configure(func(f *fakeEcommpay) { f.copies = 3 })
+	fake.configure(func(k *sandbox.Knobs) { k.Copies = 3 })
 	t.Cleanup(fake.stopDeliveries)
 	s := &stack{t: t, secret: secret, fake: fake, shop: shop}
 

@@ -668,7 +668,7 @@ func TestAcquireBackend(t *testing.T) {
 		if b != a {
 			t.Fatal("the same file gave two backends")
 		}
-		if got := b.(*localBackend).opts.Load().MaxAge; got != time.Hour {
+		if got := b.(*localBackend).options().MaxAge; got != time.Hour {
 			t.Fatalf("reload's MaxAge not applied: %v", got)
 		}
 		if err := releaseA(); err != nil {

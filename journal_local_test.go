@@ -365,3 +365,139 @@ func TestLocalQueriesSeeUnflushedRecords(t *testing.T) {
 		}
 	}
 }
+
+// A damaged file never stops the store: it is moved aside, a new one is
+// started, the store says it is unhealthy, and an error line names the
+// file. A directory that cannot hold a file runs the journal in memory.
+func TestLocalDamagedFile(t *testing.T) {
+	damages := map[string]func(t *testing.T, path string){
+		"truncated": func(t *testing.T, path string) {
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, min(64<<10, fi.Size()/2)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"random first pages": func(t *testing.T, path string) {
+			overwrite(t, path, func(b []byte) {
+				for i := range b {
+					b[i] = byte(i*7919 + 13)
+				}
+			})
+		},
+		"zeroed header": func(t *testing.T, path string) {
+			overwrite(t, path, func(b []byte) { clear(b) })
+		},
+		"a directory in its place": func(t *testing.T, path string) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, damage := range damages {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "ecommpay.db")
+			b := openTestLocal(t, path, journalOptions{})
+			fixture(t, b, suiteBase())
+			for i := range 200 { // enough pages that truncation cuts some
+				record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
+					EventKey: "k" + strconv.Itoa(i), Body: bytes.Repeat([]byte("x"), 500)})
+			}
+			if err := b.Destruct(); err != nil {
+				t.Fatal(err)
+			}
+			damage(t, path)
+
+			core, logs := observer.New(zapcore.ErrorLevel)
+			b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = b.Destruct() })
+			checkWorks(t, b)
+			if ok, why := b.healthy(); ok || !strings.Contains(why, "moved aside") {
+				t.Fatalf("healthy() = %v, %q", ok, why)
+			}
+			if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 0 {
+				t.Fatalf("store_healthy = %v", v)
+			}
+			errs := logs.All()
+			if len(errs) != 1 || errs[0].ContextMap()["file"] != path || !strings.Contains(errs[0].Message, "lost") {
+				t.Fatalf("logged %v", errs)
+			}
+			moved, _ := filepath.Glob(path + ".broken-*")
+			if len(moved) != 1 || errs[0].ContextMap()["moved_to"] != moved[0] {
+				t.Fatalf("moved aside: %q, logged %v", moved, errs[0].ContextMap())
+			}
+		})
+	}
+
+	t.Run("unwritable directory", func(t *testing.T) {
+		notDir := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(notDir, "ecommpay", "ecommpay.db")
+		core, logs := observer.New(zapcore.ErrorLevel)
+		b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Destruct() })
+		checkWorks(t, b)
+		if ok, why := b.healthy(); ok || !strings.Contains(why, "in memory") {
+			t.Fatalf("healthy() = %v, %q", ok, why)
+		}
+		if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
+			t.Fatalf("logged %v", errs)
+		}
+	})
+
+	t.Run("sound file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ecommpay.db")
+		_ = openTestLocal(t, path, journalOptions{}).Destruct()
+		b := openTestLocal(t, path, journalOptions{})
+		if ok, why := b.healthy(); !ok {
+			t.Fatalf("a sound file reopened unhealthy: %s", why)
+		}
+		if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
+			t.Fatalf("store_healthy = %v", v)
+		}
+	})
+}
+
+// overwrite changes the first 8 KiB of the file at path.
+func overwrite(t *testing.T, path string, change func([]byte)) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 8<<10)
+	change(b)
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkWorks de-duplicates and journals with b.
+func checkWorks(t *testing.T, b backend) {
+	t.Helper()
+	deliver(t, b, "after", testTTL)
+	mustClaim(t, b, "after", Delivered)
+	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "after",
+		EventKey: "after", Body: []byte("after"), Result: "forwarded"})
+	if evs := mustEvents(t, b, eventFilter{PaymentID: "after"}); len(evs) != 1 {
+		t.Fatalf("listed %d entries after the damage", len(evs))
+	}
+	if got, err := b.Body(context.Background(), "after"); err != nil || string(got) != "after" {
+		t.Fatalf("Body = %q, %v", got, err)
+	}
+}

@@ -292,7 +292,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr or console", h.Mode)
 	}
 	if h.Mode != ModeQR {
-		if err := h.provisionStore(); err != nil {
+		if err := h.provisionStore(ctx); err != nil {
 			return err
 		}
 	}

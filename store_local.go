@@ -114,6 +114,11 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 	return b, nil
 }
 
+// healthReporter is a backend that can lose or fail to write its file.
+type healthReporter interface {
+	healthy() (bool, string)
+}
+
 // healthy reports whether the store has its file, as it was, and its
 // last write succeeded.
 func (b *localBackend) healthy() (bool, string) {

@@ -82,6 +82,7 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 	file, broken, why, err := sqlitestore.Open(path, sqlitestore.Config{
 		Options: sqliteOptions(opts),
 		Fold:    foldPayment,
+		Count:   countDuplicate,
 		Now:     func() time.Time { return b.now() },
 		OnPrune: func(n sqlitestore.Pruned) {
 			now := b.now()
@@ -261,7 +262,7 @@ func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
 	}
 	return j.file.Record(ctx, sqlitestore.Entry{
 		ID: e.ID, Time: e.Time, Kind: e.Kind, ProjectID: e.ProjectID, PaymentID: e.PaymentID,
-		EventKey: e.EventKey, Result: e.Result, Unverified: e.isUnverified(),
+		EventKey: e.EventKey, Result: e.Result, Unverified: e.isUnverified(), Duplicate: e.foldsIntoFirst(),
 		Data: data, Body: e.Body, Value: &e,
 	})
 }
@@ -282,6 +283,16 @@ func foldPayment(prev []byte, en *sqlitestore.Entry) (sqlitestore.Payment, error
 	}
 	return sqlitestore.Payment{ProjectID: v.ProjectID, PaymentID: v.PaymentID, Started: v.Started,
 		Updated: v.Updated, Signed: v.Signed, Status: v.Status, Method: v.Method, Final: v.Final, Data: data}, nil
+}
+
+// countDuplicate counts a duplicate on the first entry of its key.
+func countDuplicate(first []byte, dup *sqlitestore.Entry) ([]byte, error) {
+	var e journalEvent
+	if err := json.Unmarshal(first, &e); err != nil {
+		return nil, err
+	}
+	e.countDuplicate(dup.Value.(*journalEvent))
+	return json.Marshal(&e)
 }
 
 // ageCut raises since to the age bound: entries past it may wait for the

@@ -58,7 +58,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_time ON events(time);
 CREATE INDEX events_payment ON events(project_id, payment_id, id);
-CREATE INDEX events_key ON events(event_key, id) WHERE event_key <> '';
+CREATE INDEX events_key ON events(event_key, id);
 CREATE INDEX events_result ON events(result, id);
 CREATE INDEX events_kind ON events(kind, id);
 CREATE INDEX events_unverified ON events(id) WHERE verified = 0;
@@ -147,8 +147,12 @@ type Entry struct {
 	Data []byte
 	// Body is stored once per event key.
 	Body []byte
-	// Value is the caller's own form of the entry, handed to Fold; it is
-	// not stored.
+	// Duplicate entries are counted on the first verified entry of their
+	// event key of kind callback, through Config.Count, instead of being
+	// stored; when the journal no longer has it, they are stored.
+	Duplicate bool
+	// Value is the caller's own form of the entry, handed to Fold and
+	// Count; it is not stored.
 	Value any
 }
 
@@ -165,6 +169,10 @@ type Payment struct {
 // for a payment not yet in the file.
 type Fold func(prev []byte, e *Entry) (Payment, error)
 
+// Count returns the Data of first, the first entry of dup's event key,
+// with dup counted on it.
+type Count func(first []byte, dup *Entry) ([]byte, error)
+
 // Options bound the journal.
 type Options struct {
 	MaxAge        time.Duration
@@ -180,6 +188,7 @@ type Pruned struct{ Age, Size, Unverified int }
 type Config struct {
 	Options Options
 	Fold    Fold
+	Count   Count
 	// Now is the wall clock (time.Now if nil).
 	Now func() time.Time
 	// OnPrune is told what each transaction pruned.
@@ -229,8 +238,8 @@ func Open(path string, cfg Config) (s *Store, broken string, why error, err erro
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Fold == nil {
-		return nil, "", nil, errors.New("sqlitestore: no Fold")
+	if cfg.Fold == nil || cfg.Count == nil {
+		return nil, "", nil, errors.New("sqlitestore: no Fold or Count")
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, "", nil, err
@@ -636,7 +645,37 @@ type tx struct {
 	pruned   Pruned
 	payments map[[2]string]*Payment
 	order    [][2]string
-	insert   *sql.Stmt
+	stmts    map[string]*sql.Stmt
+}
+
+// stmt is query prepared once per transaction.
+func (w *tx) stmt(query string) (*sql.Stmt, error) {
+	if st, ok := w.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := w.PrepareContext(w.ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	w.stmts[query] = st
+	return st, nil
+}
+
+func (w *tx) exec(query string, args ...any) (sql.Result, error) {
+	st, err := w.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(w.ctx, args...)
+}
+
+func (w *tx) queryRow(query string, args ...any) *sql.Row {
+	st, err := w.stmt(query)
+	if err != nil {
+		// A Row cannot carry the error: the query again gives it.
+		return w.QueryRowContext(w.ctx, query, args...)
+	}
+	return st.QueryRowContext(w.ctx, args...)
 }
 
 func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err error) {
@@ -651,19 +690,16 @@ func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err 
 		}
 	}()
 	w := &tx{Tx: sqlTx, s: s, ctx: ctx, opts: *s.opts.Load(), size: s.size, unverN: s.unverifiedN,
-		payments: map[[2]string]*Payment{}}
+		payments: map[[2]string]*Payment{}, stmts: map[string]*sql.Stmt{}}
+	defer func() {
+		for _, st := range w.stmts {
+			_ = st.Close()
+		}
+	}()
 	if err := w.writeMarks(marks, now); err != nil {
 		return err
 	}
 	slices.SortFunc(records, func(a, b Entry) int { return strings.Compare(a.ID, b.ID) })
-	if len(records) > 0 {
-		w.insert, err = w.PrepareContext(ctx, "INSERT INTO events(id, time, kind, project_id, payment_id, "+
-			"event_key, result, verified, size, data) VALUES(?,?,?,?,?,?,?,?,?,?)")
-		if err != nil {
-			return err
-		}
-		defer w.insert.Close()
-	}
 	for i := range records {
 		if err := w.record(&records[i]); err != nil {
 			return err
@@ -713,13 +749,18 @@ func entryCost(e *Entry) int64 { return int64(len(e.Data)+len(e.ID)) + entryOver
 func bodyCost(key string, n int) int64 { return int64(len(key)+n) + bodyOverhead }
 
 func (w *tx) record(e *Entry) error {
+	if e.Duplicate && !e.Unverified && e.EventKey != "" {
+		if counted, err := w.countDuplicate(e); counted || err != nil {
+			return err
+		}
+	}
 	cost := entryCost(e)
 	verified := 1
 	if e.Unverified {
 		verified = 0
 		w.unverN++
 	} else if e.EventKey != "" && len(e.Body) > 0 && !w.opts.NoBodies {
-		res, err := w.ExecContext(w.ctx, "INSERT INTO bodies(event_key, body) VALUES(?, ?) ON CONFLICT DO NOTHING",
+		res, err := w.exec("INSERT INTO bodies(event_key, body) VALUES(?, ?) ON CONFLICT DO NOTHING",
 			e.EventKey, e.Body)
 		if err != nil {
 			return err
@@ -728,7 +769,8 @@ func (w *tx) record(e *Entry) error {
 			w.size += bodyCost(e.EventKey, len(e.Body))
 		}
 	}
-	if _, err := w.insert.ExecContext(w.ctx, e.ID, e.Time.UnixNano(), e.Kind, e.ProjectID, e.PaymentID,
+	if _, err := w.exec("INSERT INTO events(id, time, kind, project_id, payment_id, event_key, result, verified, "+
+		"size, data) VALUES(?,?,?,?,?,?,?,?,?,?)", e.ID, e.Time.UnixNano(), e.Kind, e.ProjectID, e.PaymentID,
 		e.EventKey, e.Result, verified, cost, e.Data); err != nil {
 		return err
 	}
@@ -739,6 +781,31 @@ func (w *tx) record(e *Entry) error {
 	return w.fold(e)
 }
 
+// countDuplicate counts e on the first entry of its key, if there is one.
+func (w *tx) countDuplicate(e *Entry) (bool, error) {
+	var id string
+	var data []byte
+	var size int64
+	err := w.queryRow("SELECT id, data, size FROM events WHERE event_key = ? AND verified = 1 "+
+		"AND kind = 'callback' ORDER BY id LIMIT 1", e.EventKey).Scan(&id, &data, &size)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	data, err = w.s.cfg.Count(data, e)
+	if err != nil {
+		return false, err
+	}
+	cost := int64(len(data)+len(id)) + entryOverhead
+	if _, err := w.exec("UPDATE events SET data = ?, size = ? WHERE id = ?", data, cost, id); err != nil {
+		return false, err
+	}
+	w.size += cost - size
+	return true, nil
+}
+
 // fold applies e to its payment's row, read once per transaction.
 func (w *tx) fold(e *Entry) error {
 	id := [2]string{e.ProjectID, e.PaymentID}
@@ -747,7 +814,7 @@ func (w *tx) fold(e *Entry) error {
 	if ok {
 		prev = p.Data
 	} else {
-		err := w.QueryRowContext(w.ctx, "SELECT data FROM payments WHERE project_id = ? AND payment_id = ?",
+		err := w.queryRow("SELECT data FROM payments WHERE project_id = ? AND payment_id = ?",
 			e.ProjectID, e.PaymentID).Scan(&prev)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
@@ -808,9 +875,18 @@ func (w *tx) applyBounds(now time.Time) error {
 		}
 	}
 	if w.size > w.opts.MaxSize {
+		// Unverified entries go first: strangers cannot push genuine
+		// ones out.
 		floor := sizePruneFloor(w.opts.MaxSize)
-		n, err = w.prune("ORDER BY id", budget, func() bool { return w.size > floor })
-		w.pruned.Size += n
+		over := func() bool { return w.size > floor }
+		for _, where := range []string{"WHERE verified = 0 ORDER BY id", "ORDER BY id"} {
+			n, err = w.prune(where, budget, over)
+			w.pruned.Size += n
+			budget -= n
+			if err != nil || budget <= 0 || !over() {
+				return err
+			}
+		}
 	}
 	return err
 }
@@ -859,7 +935,7 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 			if more != nil && !more() {
 				break
 			}
-			if _, err := w.ExecContext(w.ctx, "DELETE FROM events WHERE id = ?", v.id); err != nil {
+			if _, err := w.exec("DELETE FROM events WHERE id = ?", v.id); err != nil {
 				return done, err
 			}
 			w.size -= v.size
@@ -878,7 +954,7 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 		// Bodies and payments that no entry holds any more.
 		for k := range keys {
 			var n int64
-			err := w.QueryRowContext(w.ctx, "DELETE FROM bodies WHERE event_key = ? AND NOT EXISTS "+
+			err := w.queryRow("DELETE FROM bodies WHERE event_key = ? AND NOT EXISTS "+
 				"(SELECT 1 FROM events WHERE event_key = ? AND verified = 1) RETURNING length(body)", k, k).Scan(&n)
 			if err == nil {
 				w.size -= bodyCost(k, int(n))
@@ -888,7 +964,7 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 			delete(keys, k)
 		}
 		for p := range pays {
-			if _, err := w.ExecContext(w.ctx, "DELETE FROM payments WHERE project_id = ? AND payment_id = ? AND "+
+			if _, err := w.exec("DELETE FROM payments WHERE project_id = ? AND payment_id = ? AND "+
 				"NOT EXISTS (SELECT 1 FROM events WHERE project_id = ? AND payment_id = ? AND verified = 1)",
 				p[0], p[1], p[0], p[1]); err != nil {
 				return done, err

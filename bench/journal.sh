@@ -5,6 +5,7 @@
 #
 #   bench/journal.sh              # from anywhere; needs Go and curl
 #   SIZES="100000 400000" REPEAT=7 CADDY=/path/to/caddy bench/journal.sh
+#   KEEP=<dir> bench/journal.sh   # keeps the filled data directories in <dir>
 #
 # For each size it fills a new store file through the store's own code
 # (go test -run TestJournalBenchFill: per payment a Payment Page request and
@@ -29,6 +30,9 @@ TMP=$(mktemp -d)
 CADDY_PID=
 cleanup() {
 	[[ -n $CADDY_PID ]] && kill "$CADDY_PID" 2>/dev/null && wait "$CADDY_PID" 2>/dev/null
+	if [[ -n ${KEEP:-} ]]; then
+		mkdir -p "$KEEP" && cp -r "$TMP"/data-* "$KEEP"/
+	fi
 	rm -rf "$TMP"
 }
 trap cleanup EXIT

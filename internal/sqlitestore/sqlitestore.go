@@ -57,7 +57,7 @@ CREATE TABLE events (
   data       TEXT NOT NULL     -- the whole entry: the console API's event object (JSON)
 );
 CREATE INDEX events_time ON events(time);
-CREATE INDEX events_payment ON events(project_id, payment_id, id);
+CREATE INDEX events_payment ON events(payment_id, project_id, id);
 CREATE INDEX events_key ON events(event_key, id);
 CREATE INDEX events_result ON events(result, id);
 CREATE INDEX events_kind ON events(kind, id);
@@ -81,9 +81,11 @@ CREATE TABLE payments (
   PRIMARY KEY (project_id, payment_id)
 ) WITHOUT ROWID;
 CREATE INDEX payments_updated ON payments(updated DESC, project_id, payment_id);
+CREATE INDEX payments_payment ON payments(payment_id);
 CREATE INDEX payments_status ON payments(status, updated DESC, project_id, payment_id);
 CREATE INDEX payments_method ON payments(method, updated DESC, project_id, payment_id);
 CREATE INDEX payments_open ON payments(final, signed, project_id, payment_id);
+CREATE INDEX payments_final ON payments(final, updated DESC, project_id, payment_id);
 
 CREATE TABLE delivered (       -- callbacks the app acknowledged
   key_hash BLOB PRIMARY KEY,   -- first 16 bytes of SHA-256 of the event key
@@ -988,24 +990,41 @@ func (s *Store) Events(ctx context.Context, q EventQuery) ([][]byte, error) {
 	if err := s.sync(ctx); err != nil {
 		return nil, err
 	}
+	query, args := eventsSQL(q)
+	return s.list(ctx, query, args...)
+}
+
+// eventsSQL is the query for Events.
+func eventsSQL(q EventQuery) (string, []any) {
 	var where []string
 	var args []any
 	add := func(cond string, v any) {
 		where = append(where, cond)
 		args = append(args, v)
 	}
+	// A project alone matches most entries of a shop: walking the IDs
+	// newest first and filtering beats gathering and sorting them ("+"
+	// keeps SQLite from choosing an index for it).
+	project := "project_id = ?"
+	if q.PaymentID == "" {
+		project = "+project_id = ?"
+	}
 	for _, f := range []struct {
 		col, v string
-	}{{"project_id", q.ProjectID}, {"payment_id", q.PaymentID}, {"result", q.Result}, {"kind", q.Kind}, {"event_key", q.EventKey}} {
+	}{{project, q.ProjectID}, {"payment_id = ?", q.PaymentID}, {"result = ?", q.Result}, {"kind = ?", q.Kind}, {"event_key = ?", q.EventKey}} {
 		if f.v != "" {
-			add(f.col+" = ?", f.v)
+			add(f.col, f.v)
 		}
 	}
+	// IDs begin with their time: bounds on them keep the walk in ID order
+	// short, where an index on time would have the rows sorted.
 	if !q.Since.IsZero() {
-		add("time >= ?", q.Since.UnixNano())
+		add("+time >= ?", q.Since.UnixNano())
+		add("id >= ?", fmt.Sprintf("%016x", q.Since.UnixNano()))
 	}
 	if !q.Until.IsZero() {
-		add("time < ?", q.Until.UnixNano())
+		add("+time < ?", q.Until.UnixNano())
+		add("id < ?", fmt.Sprintf("%016x", q.Until.UnixNano()+1))
 	}
 	if q.Before != "" {
 		add("id < ?", q.Before)
@@ -1014,7 +1033,7 @@ func (s *Store) Events(ctx context.Context, q EventQuery) ([][]byte, error) {
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	return s.list(ctx, query+" ORDER BY id DESC LIMIT ?", append(args, q.Limit)...)
+	return query + " ORDER BY id DESC LIMIT ?", append(args, q.Limit)
 }
 
 func (s *Store) list(ctx context.Context, query string, args ...any) ([][]byte, error) {
@@ -1048,17 +1067,27 @@ func (s *Store) Payments(ctx context.Context, q PaymentQuery) ([][]byte, error) 
 	if err := s.sync(ctx); err != nil {
 		return nil, err
 	}
+	query, args := paymentsSQL(q)
+	return s.list(ctx, query, args...)
+}
+
+// paymentsSQL is the query for Payments.
+func paymentsSQL(q PaymentQuery) (string, []any) {
 	var where []string
 	var args []any
 	add := func(cond string, v any) {
 		where = append(where, cond)
 		args = append(args, v)
 	}
+	project := "project_id = ?" // as in eventsSQL
+	if q.PaymentID == "" {
+		project = "+project_id = ?"
+	}
 	for _, f := range []struct {
 		col, v string
-	}{{"project_id", q.ProjectID}, {"payment_id", q.PaymentID}, {"status", q.Status}, {"method", q.Method}} {
+	}{{project, q.ProjectID}, {"payment_id = ?", q.PaymentID}, {"status = ?", q.Status}, {"method = ?", q.Method}} {
 		if f.v != "" {
-			add(f.col+" = ?", f.v)
+			add(f.col, f.v)
 		}
 	}
 	if !q.Since.IsZero() {
@@ -1074,7 +1103,7 @@ func (s *Store) Payments(ctx context.Context, q PaymentQuery) ([][]byte, error) 
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	return s.list(ctx, query+" ORDER BY updated DESC, project_id, payment_id LIMIT ?", append(args, q.Limit)...)
+	return query + " ORDER BY updated DESC, project_id, payment_id LIMIT ?", append(args, q.Limit)
 }
 
 // Timeline returns a payment's Data and its verified entries' Data since

@@ -501,3 +501,35 @@ func checkWorks(t *testing.T, b backend) {
 		t.Fatalf("Body = %q, %v", got, err)
 	}
 }
+
+// A write that fails while Caddy runs is counted, logged with the file,
+// and makes the store unhealthy until a write succeeds again.
+func TestLocalWriteFailureReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ecommpay.db")
+	core, logs := observer.New(zapcore.ErrorLevel)
+	b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Destruct() })
+	before := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write"))
+	b.wrote(errors.New("disk full"))
+	if d := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write")) - before; d != 1 {
+		t.Fatalf("store_errors_total{op=write} moved by %v", d)
+	}
+	if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
+		t.Fatalf("logged %v", errs)
+	}
+	// The gauge follows the file's own view of its last write, which the
+	// next transaction sets.
+	deliver(t, b, "after", testTTL)
+	if err := b.flushWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if ok, why := b.healthy(); !ok {
+		t.Fatalf("unhealthy after a good write: %s", why)
+	}
+	if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
+		t.Fatalf("store_healthy = %v after a good write", v)
+	}
+}

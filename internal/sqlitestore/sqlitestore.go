@@ -622,7 +622,7 @@ func (s *Store) flush() error {
 	rebuild := s.filterN > s.filterOf
 	s.mu.Unlock()
 	s.healthy.Store(err == nil)
-	if s.cfg.OnWrite != nil && (err != nil || len(marks) > 0 || len(records) > 0) {
+	if (err != nil || len(marks) > 0 || len(records) > 0) && s.cfg.OnWrite != nil {
 		s.cfg.OnWrite(err)
 	}
 	if err != nil {

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -133,5 +135,57 @@ func TestDataKeepsUnknownFields(t *testing.T) {
 	var v map[string]any
 	if err := json.Unmarshal(got[0], &v); err != nil || v["a_field_added_later"] == nil {
 		t.Fatalf("came back as %s", got[0])
+	}
+}
+
+// A disk that fills up while the store runs: the failed transaction is
+// reported and lost, the store says it is unhealthy, reads go on, and the
+// next transaction that fits makes it healthy again.
+func TestWriteFailsAtRunTime(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "ecommpay.db"))
+	var failures []error
+	s.cfg.OnWrite = func(err error) {
+		if err != nil {
+			failures = append(failures, err)
+		}
+	}
+	ctx := context.Background()
+	// One connection, so that its page limit holds for the writer too.
+	s.db.SetMaxOpenConns(1)
+	var pages int
+	if err := s.db.QueryRow("PRAGMA page_count").Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.Exec("PRAGMA max_page_count = " + strconv.Itoa(pages)); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 64<<10)
+	for i := range 4 {
+		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", time.Now().UnixNano(), i), Time: time.Now(),
+			Kind: "callback", ProjectID: "1", PaymentID: "p", EventKey: "k" + strconv.Itoa(i), Result: "forwarded",
+			Data: []byte(`{}`), Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(ctx); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("Flush on a full disk = %v", err)
+	}
+	if s.Healthy() || len(failures) != 1 {
+		t.Fatalf("healthy %v after a failed write, %d failures reported", s.Healthy(), len(failures))
+	}
+	if _, err := s.Delivered(ctx, Key{1}); err != nil {
+		t.Fatalf("a read on a full disk: %v", err)
+	}
+	if _, err := s.db.Exec("PRAGMA max_page_count = 1000000"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Mark(ctx, Key{2}, time.Now().Add(time.Hour).UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(ctx); err != nil || !s.Healthy() {
+		t.Fatalf("after room was made: %v, healthy %v", err, s.Healthy())
+	}
+	if exp, err := s.Delivered(ctx, Key{2}); err != nil || exp == 0 {
+		t.Fatalf("the mark written after the failure: %d, %v", exp, err)
 	}
 }

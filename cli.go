@@ -25,7 +25,7 @@ var errInvalidSignature = errors.New("invalid signature")
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ecommpay",
-		Usage: "sign|verify|events|replay ...",
+		Usage: "sign|verify|events|replay|backup ...",
 		Short: "Signs and verifies for debugging; lists and replays journal events",
 		Long: `
 Offline helpers to debug ecommpay signatures with the same canonicaliser the
@@ -38,6 +38,10 @@ JSON API, at --console <url> or $` + ConsoleEnv + ` (default ` + DefaultConsoleU
   caddy ecommpay events [--project-id <id>] [--payment-id <id>] [--result <r>] [--limit <n>] [--json]
   caddy ecommpay replay <event_key>
 
+backup copies the local store's file, consistent, while Caddy runs.
+
+  caddy ecommpay backup [--db <path>] <file>
+
 The project secret comes from the ` + SecretEnv + ` environment variable or from
 --secret-file <path> (one trailing newline is trimmed), never from a flag
 value. Giving both, or neither, is an error.
@@ -48,7 +52,7 @@ value. Giving both, or neither, is an error.
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Args = cobra.NoArgs
 			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand())
+			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand(), newBackupCommand())
 		},
 	})
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -186,4 +187,80 @@ func restartDamaged(t *testing.T, c *caddyProc, damage func()) *caddyProc {
 	}
 	n.ready = true
 	return n
+}
+
+// TestBackupRestore: `caddy ecommpay backup` copies the store of a running
+// Caddy; a new Caddy started on the copy lists the same events and still
+// knows the delivered callbacks.
+func TestBackupRestore(t *testing.T) {
+	s := newStack(t, nil)
+	var bodies [][]byte
+	for range 3 {
+		b := plainCallback(s, newPaymentID("bak"))
+		bodies = append(bodies, b)
+		if code, _, _, err := s.fake.postRaw(s.caddy.callbackURL(), b, nil); err != nil || code != http.StatusOK {
+			t.Fatalf("delivery: %d %v", code, err)
+		}
+	}
+	before := consoleEventIDs(t, s.caddy)
+	if len(before) < 3 {
+		t.Fatalf("the console lists %d events", len(before))
+	}
+	path := filepath.Join(s.caddy.cmd.Dir, "data", "caddy", "ecommpay", "ecommpay.db")
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	out, err := exec.Command(caddyBin, "ecommpay", "backup", "--db", path, backup).CombinedOutput()
+	if err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	// Restore: in place of the store's file, with Caddy stopped.
+	s.caddy = restartDamaged(t, s.caddy, func() {
+		for _, ext := range []string{"", "-wal", "-shm"} {
+			_ = os.Remove(path + ext)
+		}
+		data, err := os.ReadFile(backup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if os.Geteuid() == 0 {
+			_ = os.Chown(path, 65534, 65534)
+		}
+	})
+	if after := consoleEventIDs(t, s.caddy); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Fatalf("the restored Caddy lists %q, before %q", after, before)
+	}
+	for _, b := range bodies {
+		code, hdr, _, err := s.fake.postRaw(s.caddy.callbackURL(), b, nil)
+		if err != nil || code != http.StatusOK || hdr.Get("X-Ecommpay-Duplicate") != "1" {
+			t.Fatalf("a callback delivered before the backup: %d %v dup=%q", code, err, hdr.Get("X-Ecommpay-Duplicate"))
+		}
+	}
+	if v := scrape(t, s.caddy)[`caddy_ecommpay_store_healthy{store="local"}`]; v != 1 {
+		t.Fatalf("store_healthy = %v on the restored file", v)
+	}
+}
+
+// consoleEventIDs lists the IDs of the console's events, newest first.
+func consoleEventIDs(t *testing.T, c *caddyProc) []string {
+	t.Helper()
+	resp, err := http.Get(c.internalURL() + "/ecommpay/api/events?limit=100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Events []struct {
+			ID string `json:"id"`
+		} `json:"events"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range out.Events {
+		ids = append(ids, e.ID)
+	}
+	return ids
 }

@@ -214,9 +214,13 @@ type Store struct {
 	records  []Entry       // entries not yet written
 	flushing bool
 	closed   bool
-	filter   *bloom.BloomFilter // every mark written or queued since it was built
+	filter   *bloom.BloomFilter // every mark written or queued since it was built; nil until the first is built
 	filterN  uint               // marks added to it
 	filterOf uint               // marks it was sized for
+	// building says a filter is being built; marks queued meanwhile are
+	// kept in built, to be added to it.
+	building bool
+	built    []Key
 
 	wake    chan struct{}
 	syncReq chan chan error
@@ -296,6 +300,10 @@ func open(path string, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.healthy.Store(true)
+	// Reading every mark takes a while on a large file: until the filter
+	// is built, claims ask the file.
+	s.building = true
+	go func() { _ = s.rebuildFilter(context.Background(), s.db) }()
 	go s.run()
 	return s, nil
 }
@@ -382,9 +390,6 @@ func (s *Store) prepare() error {
 	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM events WHERE verified = 0").Scan(&s.unverifiedN); err != nil {
 		return err
 	}
-	if err := s.rebuildFilter(ctx, tx); err != nil {
-		return err
-	}
 	return tx.Commit()
 }
 
@@ -395,7 +400,17 @@ type querier interface {
 
 // rebuildFilter builds the filter afresh from the unexpired marks in the
 // file and those queued, sized for twice their number.
-func (s *Store) rebuildFilter(ctx context.Context, q querier) error {
+func (s *Store) rebuildFilter(ctx context.Context, q querier) (err error) {
+	s.mu.Lock()
+	s.building, s.built = true, nil
+	s.mu.Unlock()
+	defer func() {
+		if err != nil {
+			s.mu.Lock()
+			s.building, s.built = false, nil
+			s.mu.Unlock()
+		}
+	}()
 	var n int
 	if err := q.QueryRowContext(ctx, "SELECT count(*) FROM delivered").Scan(&n); err != nil {
 		return err
@@ -424,6 +439,10 @@ func (s *Store) rebuildFilter(ctx context.Context, q querier) error {
 		return err
 	}
 	s.mu.Lock()
+	for _, k := range s.built {
+		f.Add(k[:])
+		added++
+	}
 	for k := range s.marks {
 		f.Add(k[:])
 		added++
@@ -433,6 +452,7 @@ func (s *Store) rebuildFilter(ctx context.Context, q querier) error {
 		added++
 	}
 	s.filter, s.filterN, s.filterOf = f, added, size
+	s.building, s.built = false, nil
 	s.mu.Unlock()
 	return nil
 }
@@ -441,6 +461,9 @@ func (s *Store) rebuildFilter(ctx context.Context, q querier) error {
 func (s *Store) FilterBytes() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.filter == nil {
+		return 0
+	}
 	return int(s.filter.Cap() / 8)
 }
 
@@ -469,7 +492,7 @@ func (s *Store) Delivered(ctx context.Context, k Key) (int64, error) {
 		s.mu.Unlock()
 		return exp, nil
 	}
-	maybe := s.filter.Test(k[:])
+	maybe := s.filter == nil || s.filter.Test(k[:])
 	s.mu.Unlock()
 	if !maybe {
 		return 0, nil
@@ -493,8 +516,13 @@ func (s *Store) Mark(ctx context.Context, k Key, exp int64) error {
 		return ErrClosed
 	}
 	s.marks[k] = exp
-	s.filter.Add(k[:])
-	s.filterN++
+	if s.filter != nil {
+		s.filter.Add(k[:])
+		s.filterN++
+	}
+	if s.building {
+		s.built = append(s.built, k)
+	}
 	n := len(s.marks) + len(s.records)
 	s.mu.Unlock()
 	if n >= FlushBatch {
@@ -604,6 +632,8 @@ func (s *Store) flush() error {
 	marks, records := s.marks, s.records
 	if len(marks) > 0 {
 		s.marks = make(map[Key]int64)
+	} else {
+		marks = nil // s.marks stays, and is not ours to read
 	}
 	s.writing, s.records, s.flushing = marks, nil, true
 	s.mu.Unlock()
@@ -1162,12 +1192,6 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-// Backup writes a consistent copy of the file to dst, which must not exist.
-func (s *Store) Backup(ctx context.Context, dst string) error {
-	_, err := s.db.ExecContext(ctx, "VACUUM INTO ?", dst)
-	return err
-}
-
 // Close writes what is queued and closes the file.
 func (s *Store) Close() error {
 	var err error
@@ -1192,4 +1216,30 @@ func IsCorrupt(err error) bool {
 		}
 	}
 	return false
+}
+
+// Backup writes a consistent copy of the store file at src to dst, which
+// must not exist, with VACUUM INTO: a Caddy using src may keep running.
+func Backup(ctx context.Context, src, dst string) error {
+	if _, err := os.Stat(src); err != nil {
+		return fmt.Errorf("no store file: %w", err)
+	}
+	if _, err := os.Stat(dst); err == nil {
+		return fmt.Errorf("%s exists: give a new file", dst)
+	}
+	q := url.Values{"_pragma": {"busy_timeout(5000)"}}
+	db, err := sql.Open("sqlite", "file:"+src+"?"+q.Encode())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("%s: %w", src, err)
+	}
+	if version == 0 || version > SchemaVersion {
+		return fmt.Errorf("%s is not a store file of schema %d (user_version %d)", src, SchemaVersion, version)
+	}
+	_, err = db.ExecContext(ctx, "VACUUM INTO ?", dst)
+	return err
 }

@@ -35,8 +35,7 @@ import (
 	"time"
 
 	"github.com/bits-and-blooms/bloom/v3"
-	sqlite "modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
+	_ "modernc.org/sqlite" // the "sqlite" driver
 )
 
 // SchemaVersion is the PRAGMA user_version of files this package writes.
@@ -341,8 +340,11 @@ func checkHeader(path string) error {
 		return errors.New("not a database (bad page size)")
 	}
 	pages := int64(binary.BigEndian.Uint32(h[28:32]))
-	// The count is valid when the change counter matches version-valid-for.
-	if pages > 0 && bytes.Equal(h[24:28], h[92:96]) && pages*pageSize > st.Size() {
+	// The count is valid when the change counter matches version-valid-for;
+	// a checkpoint cut short may have written page 1 before the pages that
+	// lengthen the file, which the WAL still holds.
+	wal, _ := os.Stat(path + "-wal")
+	if pages > 0 && bytes.Equal(h[24:28], h[92:96]) && pages*pageSize > st.Size() && (wal == nil || wal.Size() == 0) {
 		return fmt.Errorf("truncated: %d bytes, its header says %d", st.Size(), pages*pageSize)
 	}
 	return nil
@@ -1204,18 +1206,6 @@ func (s *Store) Close() error {
 		err = errors.Join(s.lastErr, s.db.Close())
 	})
 	return err
-}
-
-// IsCorrupt tells errors that say the file is damaged.
-func IsCorrupt(err error) bool {
-	var e *sqlite.Error
-	if errors.As(err, &e) {
-		switch e.Code() & 0xff {
-		case sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB:
-			return true
-		}
-	}
-	return false
 }
 
 // Backup writes a consistent copy of the store file at src to dst, which

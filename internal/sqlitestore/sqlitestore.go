@@ -76,15 +76,14 @@ CREATE TABLE payments (
   status     TEXT NOT NULL,    -- the last payment status a verified callback carried
   method     TEXT NOT NULL,
   final      INTEGER NOT NULL, -- 1 once the status is final
-  data       TEXT NOT NULL,    -- the whole view: the console API's payment object (JSON)
-  PRIMARY KEY (project_id, payment_id)
-) WITHOUT ROWID;
-CREATE INDEX payments_updated ON payments(updated DESC, project_id, payment_id);
-CREATE INDEX payments_payment ON payments(payment_id);
-CREATE INDEX payments_status ON payments(status, updated DESC, project_id, payment_id);
-CREATE INDEX payments_method ON payments(method, updated DESC, project_id, payment_id);
+  data       TEXT NOT NULL     -- the whole view: the console API's payment object (JSON)
+);
+CREATE UNIQUE INDEX payments_id ON payments(project_id, payment_id);
+CREATE INDEX payments_updated ON payments(updated, project_id, payment_id);
+CREATE INDEX payments_status ON payments(status, updated, project_id, payment_id);
+CREATE INDEX payments_method ON payments(method, updated, project_id, payment_id);
 CREATE INDEX payments_open ON payments(final, signed, project_id, payment_id);
-CREATE INDEX payments_final ON payments(final, updated DESC, project_id, payment_id);
+CREATE INDEX payments_final ON payments(final, updated, project_id, payment_id);
 
 CREATE TABLE delivered (       -- callbacks the app acknowledged
   key_hash BLOB PRIMARY KEY,   -- first 16 bytes of SHA-256 of the event key
@@ -279,11 +278,15 @@ func open(path string, cfg Config) (*Store, error) {
 	if err := checkHeader(path); err != nil {
 		return nil, err
 	}
-	q := url.Values{"_pragma": {"busy_timeout(5000)", "synchronous(FULL)", "foreign_keys(OFF)"}}
+	// Pages are read through a map of the file (the kernel's cache, not
+	// the heap), and each connection caches 8 MiB of them.
+	q := url.Values{"_pragma": {"busy_timeout(5000)", "synchronous(FULL)", "foreign_keys(OFF)",
+		"mmap_size(1073741824)", "cache_size(-8192)"}}
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, err
 	}
+	db.SetMaxOpenConns(4) // the writer and three readers
 	s := &Store{
 		path: path, db: db, cfg: cfg,
 		marks:   make(map[Key]int64),
@@ -1094,7 +1097,7 @@ type PaymentQuery struct {
 }
 
 // Payments returns the Data of payments matching q, most recently updated
-// first.
+// first (ties in descending project and payment id).
 func (s *Store) Payments(ctx context.Context, q PaymentQuery) ([][]byte, error) {
 	if err := s.sync(ctx); err != nil {
 		return nil, err
@@ -1111,13 +1114,17 @@ func paymentsSQL(q PaymentQuery) (string, []any) {
 		where = append(where, cond)
 		args = append(args, v)
 	}
-	project := "project_id = ?" // as in eventsSQL
-	if q.PaymentID == "" {
+	project, payment := "project_id = ?", "payment_id = ?" // as in eventsSQL
+	switch {
+	case q.PaymentID == "":
 		project = "+project_id = ?"
+	case q.ProjectID == "":
+		// The entries' index finds the projects that have this payment id.
+		payment = "(project_id, payment_id) IN (SELECT project_id, payment_id FROM events WHERE payment_id = ?)"
 	}
 	for _, f := range []struct {
 		col, v string
-	}{{project, q.ProjectID}, {"payment_id = ?", q.PaymentID}, {"status = ?", q.Status}, {"method = ?", q.Method}} {
+	}{{project, q.ProjectID}, {payment, q.PaymentID}, {"status = ?", q.Status}, {"method = ?", q.Method}} {
 		if f.v != "" {
 			add(f.col, f.v)
 		}
@@ -1135,7 +1142,9 @@ func paymentsSQL(q PaymentQuery) (string, []any) {
 	if len(where) > 0 {
 		query += " WHERE " + strings.Join(where, " AND ")
 	}
-	return query + " ORDER BY updated DESC, project_id, payment_id LIMIT ?", append(args, q.Limit)
+	// Indexes on updated ascend, so that a new payment's entries append to
+	// them; read backwards, they give ties in descending order too.
+	return query + " ORDER BY updated DESC, project_id DESC, payment_id DESC LIMIT ?", append(args, q.Limit)
 }
 
 // Timeline returns a payment's Data and its verified entries' Data since

@@ -64,7 +64,7 @@ func TestQueriesNeedNoSort(t *testing.T) {
 		query, args := paymentsSQL(q)
 		if name == "payment id" {
 			// At most a payment per project: a sort of nothing.
-			checkPlan(t, s.db, name, query, args, "payments_payment")
+			checkPlan(t, s.db, name, query, args, "events_payment")
 			continue
 		}
 		checkPlan(t, s.db, name, query, args)

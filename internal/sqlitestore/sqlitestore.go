@@ -55,11 +55,9 @@ CREATE TABLE events (
   size       INTEGER NOT NULL, -- bytes counted against the size bound
   data       TEXT NOT NULL     -- the whole entry: the console API's event object (JSON)
 );
-CREATE INDEX events_time ON events(time);
 CREATE INDEX events_payment ON events(payment_id, project_id, id);
 CREATE INDEX events_key ON events(event_key, id);
 CREATE INDEX events_result ON events(result, id);
-CREATE INDEX events_kind ON events(kind, id);
 CREATE INDEX events_unverified ON events(id) WHERE verified = 0;
 
 CREATE TABLE bodies (          -- once per event key
@@ -281,7 +279,7 @@ func open(path string, cfg Config) (*Store, error) {
 	// Pages are read through a map of the file (the kernel's cache, not
 	// the heap), and each connection caches 8 MiB of them.
 	q := url.Values{"_pragma": {"busy_timeout(5000)", "synchronous(FULL)", "foreign_keys(OFF)",
-		"mmap_size(1073741824)", "cache_size(-8192)"}}
+		"mmap_size(1073741824)", "cache_size(-8192)", "wal_autocheckpoint(10000)"}}
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, err
@@ -896,8 +894,9 @@ func (w *tx) writePayments() error {
 // first, at most pruneMax rows.
 func (w *tx) applyBounds(now time.Time) error {
 	budget := pruneMax
-	cut := now.Add(-w.opts.MaxAge).UnixNano()
-	n, err := w.prune("WHERE time < ? ORDER BY time", budget, nil, cut)
+	// IDs begin with their time (schema): the oldest are first by ID.
+	cut := fmt.Sprintf("%016x", now.Add(-w.opts.MaxAge).UnixNano())
+	n, err := w.prune("WHERE id < ? ORDER BY id", budget, nil, cut)
 	w.pruned.Age += n
 	budget -= n
 	if err != nil || budget <= 0 {

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +164,29 @@ func TestConsoleRefusesCrossOriginReplay(t *testing.T) {
 	}
 	if n := len(f.app.received()); n != 1 {
 		t.Fatalf("a refused replay reached the app: %d deliveries", n)
+	}
+}
+
+// A store that lost its file or runs in memory says so on every page.
+func TestConsoleShowsStoreProblem(t *testing.T) {
+	f := newConsoleFixture(t)
+	if page := f.get(t, "/payments").Body.String(); strings.Contains(page, "store is unhealthy") {
+		t.Fatal("a banner with a healthy store")
+	}
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := openLocalBackend(filepath.Join(notDir, "ecommpay.db"), 0, journalOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Destruct() })
+	f.con.journal = b
+	for _, page := range []string{"/payments", "/attention"} {
+		if body := f.get(t, page).Body.String(); !strings.Contains(body, "The store is unhealthy") ||
+			!strings.Contains(body, "runs in memory") {
+			t.Fatalf("%s shows no banner:\n%s", page, body)
+		}
 	}
 }

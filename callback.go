@@ -67,7 +67,7 @@ func (h *Handler) provisionCallback() error {
 
 // provisionStore opens the backend that holds de-dup state (callbacks) and
 // the journal (every mode but qr).
-func (h *Handler) provisionStore() error {
+func (h *Handler) provisionStore(ctx caddy.Context) error {
 	kind := h.Store
 	switch h.Dedupe {
 	case "", "off":
@@ -103,7 +103,10 @@ func (h *Handler) provisionStore() error {
 	}
 	b, release, err := acquireBackend(backendOptions{
 		Kind: kind, Path: h.StorePath, RedisURL: redisURL, MaxKeys: h.MaxKeys,
-		Journal: journalOptions{MaxAge: time.Duration(h.Journal.MaxAge), MaxSize: h.Journal.MaxSize, NoBodies: h.Journal.NoBodies},
+		Journal:    journalOptions{MaxAge: time.Duration(h.Journal.MaxAge), MaxSize: h.Journal.MaxSize, NoBodies: h.Journal.NoBodies},
+		JournalSet: h.Journal.MaxAge != 0 || h.Journal.MaxSize != 0 || h.Journal.NoBodies,
+		Config:     ctx.Context, // one per config load, shared by its handlers
+		Owner:      "the " + h.Mode + " handler",
 	}, h.logger)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", kind, err)

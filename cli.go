@@ -25,8 +25,8 @@ var errInvalidSignature = errors.New("invalid signature")
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ecommpay",
-		Usage: "sign|verify|events|replay|trigger ...",
-		Short: "Signs and verifies for debugging; lists and replays journal events; sends test callbacks",
+		Usage: "sign|verify|events|replay|backup|trigger ...",
+		Short: "Signs and verifies for debugging; lists and replays journal events; backs up the local journal; sends test callbacks",
 		Long: `
 Offline helpers to debug ecommpay signatures with the same canonicaliser the
 ecommpay handlers use. Both read a JSON object from <file>, or from stdin
@@ -37,6 +37,10 @@ JSON API, at --console <url> or $` + ConsoleEnv + ` (default ` + DefaultConsoleU
 
   caddy ecommpay events [--project-id <id>] [--payment-id <id>] [--result <r>] [--limit <n>] [--json]
   caddy ecommpay replay <event_key>
+
+backup copies the local store's file, consistent, while Caddy runs.
+
+  caddy ecommpay backup [--db <path>] <file>
 
 The project secret comes from the ` + SecretEnv + ` environment variable or from
 --secret-file <path> (one trailing newline is trimmed), never from a flag
@@ -54,7 +58,7 @@ trigger sends a realistic signed callback sequence to a callback route
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Args = cobra.NoArgs
 			cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand(), newTriggerCommand())
+			cmd.AddCommand(newSignCommand(), newVerifyCommand(), newEventsCommand(), newReplayCommand(), newBackupCommand(), newTriggerCommand())
 		},
 	})
 }

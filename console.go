@@ -351,10 +351,17 @@ type pageData struct {
 	Query  url.Values
 	Now    time.Time
 	Data   any
+	// StoreProblem says what the store lost or cannot write, for a banner.
+	StoreProblem string
 }
 
 func (h *Handler) render(w http.ResponseWriter, r *http.Request, name, title string, data any, err error) {
 	p := pageData{Title: title, Prefix: consolePrefix(r), Nav: name, Query: r.URL.Query(), Now: time.Now(), Data: data}
+	if hs, ok := h.journal.(healthReporter); ok {
+		if healthy, why := hs.healthy(); !healthy {
+			p.StoreProblem = why
+		}
+	}
 	status := http.StatusOK
 	switch {
 	case errors.Is(err, errNotFound):

@@ -80,6 +80,13 @@ type journalEvent struct {
 	// their fields are truncated and nothing of them is stored at length.
 	Verified bool `json:"verified"`
 
+	// Duplicates counts later callbacks of this event key answered as
+	// duplicates or in flight: each is counted on the first entry of its
+	// key instead of being entered, so that retries and replayed captures
+	// cannot push other entries out. LastSeen is the newest of them.
+	Duplicates int       `json:"duplicates,omitempty"`
+	LastSeen   time.Time `json:"last_seen,omitzero"`
+
 	// Signing requests; amount, currency and method also for verified
 	// callbacks and status events (payment.sum and payment.method).
 	Path     string `json:"path,omitempty"`
@@ -233,6 +240,20 @@ func (e *journalEvent) prepare(now time.Time) {
 			&e.OperationStatus, &e.PaymentStatus, &e.EventKey, &e.Amount, &e.Currency, &e.Method, &e.Reason} {
 			*f = truncateUnverified(*f)
 		}
+	}
+}
+
+// foldsIntoFirst tells the entries that Record counts on the first entry
+// of their event key, when the journal still has it, instead of keeping.
+func (e *journalEvent) foldsIntoFirst() bool {
+	return e.Kind == kindCallback && e.Verified && e.EventKey != "" && (e.Result == "duplicate" || e.Result == "in_flight")
+}
+
+// countDuplicate counts dup on e, the first entry of its key.
+func (e *journalEvent) countDuplicate(dup *journalEvent) {
+	e.Duplicates++
+	if dup.Time.After(e.LastSeen) {
+		e.LastSeen = dup.Time
 	}
 }
 

@@ -4,22 +4,20 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -42,7 +40,11 @@ func storedBytes(t *testing.T, b *localBackend) int64 {
 	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return b.size
+	n, err := b.file.Size(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func TestLocalBackend(t *testing.T) {
@@ -203,7 +205,7 @@ func TestLocalDurableAfterKill(t *testing.T) {
 	}
 	if evs := mustEvents(t, b, eventFilter{Limit: 1}); len(evs) == 0 {
 		t.Fatal("no journal entry survived the kill")
-	} else if n, _ := strconv.Atoi(evs[0].PaymentID); n < durable-localFlushBatch {
+	} else if n, _ := strconv.Atoi(evs[0].PaymentID); n < durable-sqlitestore.FlushBatch {
 		t.Fatalf("journal durable up to %d, delivered marks to %d", n, durable)
 	}
 }
@@ -271,35 +273,30 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 	checkLocalSize(t, path)
 }
 
-// checkLocalSize recounts the journal buckets of a closed file.
+// checkLocalSize recounts the journal's rows of a closed file.
 func checkLocalSize(t *testing.T, path string) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	var counted, rows int64
+	sqlScan(t, path, "SELECT value FROM meta WHERE name = 'size'", &counted)
+	sqlScan(t, path, "SELECT (SELECT coalesce(sum(size), 0) FROM events) + "+
+		"(SELECT coalesce(sum(length(event_key) + length(body) + 32), 0) FROM bodies)", &rows)
+	if counted != rows {
+		t.Fatalf("meta size %d, rows hold %d", counted, rows)
+	}
+}
+
+// sqlScan runs a one-row query on the file at path, as an operator's
+// sqlite3 shell would.
+func sqlScan(t *testing.T, path, query string, dest ...any) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	_ = db.View(func(tx *bolt.Tx) error {
-		var n int64
-		for _, name := range journalBuckets {
-			_ = tx.Bucket(name).ForEach(func(k, v []byte) error {
-				n += cost(k, v)
-				return nil
-			})
-		}
-		if v := tx.Bucket(bktMeta).Get(metaSize); int64(binaryUint64(v)) != n {
-			t.Fatalf("meta size %d, buckets hold %d", binaryUint64(v), n)
-		}
-		return nil
-	})
-}
-
-func binaryUint64(v []byte) uint64 {
-	var n uint64
-	for _, c := range v {
-		n = n<<8 | uint64(c)
+	if err := db.QueryRow(query).Scan(dest...); err != nil {
+		t.Fatalf("%s: %v", query, err)
 	}
-	return n
 }
 
 func TestLocalPrunesByAge(t *testing.T) {
@@ -318,14 +315,8 @@ func TestLocalPrunesByAge(t *testing.T) {
 	}
 	record(t, b, journalEvent{Kind: kindCallback, Time: now.Add(-2 * time.Hour), PaymentID: "stranger"})
 	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "new", EventKey: "n", Body: []byte("new")})
-	if err := b.sync(context.Background()); err != nil {
+	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
-	}
-	b.imu.RLock()
-	payments, bodies := len(b.idx.slots), len(b.idx.bodies)
-	b.imu.RUnlock()
-	if payments != 1 || bodies != 1 {
-		t.Fatalf("the index holds %d payments and %d bodies after pruning, want 1 and 1", payments, bodies)
 	}
 	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneAge)) - aged; got != 11 {
 		t.Fatalf("age prunes counted %v, want 11", got)
@@ -338,23 +329,13 @@ func TestLocalPrunesByAge(t *testing.T) {
 		t.Fatalf("age pruning logged %d lines: %v", len(infos), infos)
 	}
 	checkLocalSize(t, path)
-	// Only the new entry's keys are left.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
+	// Only the new entry, its body and its payment are left.
+	var events, unverified, bodies, payments int
+	sqlScan(t, path, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM events WHERE verified = 0), "+
+		"(SELECT count(*) FROM bodies), (SELECT count(*) FROM payments)", &events, &unverified, &bodies, &payments)
+	if events != 1 || unverified != 0 || bodies != 1 || payments != 1 {
+		t.Fatalf("left %d entries (%d unverified), %d bodies, %d payments; want 1, 0, 1, 1", events, unverified, bodies, payments)
 	}
-	defer db.Close()
-	_ = db.View(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bktEntries, bktBodies} {
-			if n := tx.Bucket(name).Stats().KeyN; n != 1 {
-				t.Errorf("bucket %s holds %d keys, want 1", name, n)
-			}
-		}
-		if n := tx.Bucket(bktStrangers).Stats().KeyN; n != 0 {
-			t.Errorf("%d unverified entries left", n)
-		}
-		return nil
-	})
 }
 
 func TestLocalSweepsExpiredMarks(t *testing.T) {
@@ -367,37 +348,10 @@ func TestLocalSweepsExpiredMarks(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	deliver(t, b, key(0), testTTL) // delivered again: a new mark
 	_ = b.Destruct()
-	if n := len(b.marks); n != 2 {
-		t.Errorf("%d delivered marks left in memory, want 2", n)
-	}
-
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	_ = db.View(func(tx *bolt.Tx) error {
-		if n := tx.Bucket(bktDeliveredAt).Stats().KeyN; n != 2 {
-			t.Errorf("%d delivered marks left, want 2", n)
-		}
-		return nil
-	})
-}
-
-func TestLocalLockedFileErrorsQuickly(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "ecommpay.db")
-	openTestLocal(t, path, journalOptions{})
-	start := time.Now()
-	b, err := openLocalBackend(path, 0, journalOptions{}, nil)
-	if err == nil {
-		_ = b.Destruct()
-		t.Fatal("a second open of a locked file succeeded")
-	}
-	if d := time.Since(start); d > 3*localLockTimeout {
-		t.Fatalf("the second open took %v to fail", d)
-	}
-	if !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), path) {
-		t.Fatalf("unclear error: %v", err)
+	var n int
+	sqlScan(t, path, "SELECT count(*) FROM delivered", &n)
+	if n != 2 {
+		t.Errorf("%d delivered marks left, want 2", n)
 	}
 }
 
@@ -412,232 +366,170 @@ func TestLocalQueriesSeeUnflushedRecords(t *testing.T) {
 	}
 }
 
-// A file written by the first layout (JSON entries, bodies by event key,
-// payment buckets) opens with its journal converted and nothing lost.
-func TestLocalConvertsFirstLayout(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "ecommpay.db")
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now().UTC()
-	first := []journalEvent{
-		{Kind: kindPaymentPage, Verified: true, ProjectID: "1", PaymentID: "p", Amount: "100", Currency: "EUR", Result: "signed"},
-		{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p", EventKey: "k", PaymentStatus: "success", Result: "forwarded"},
-		{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p", EventKey: "k", PaymentStatus: "success", Result: "duplicate"},
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		ev, _ := tx.CreateBucket(oldEvents)
-		bodies, _ := tx.CreateBucket(oldBodies)
-		for _, name := range oldBuckets[3:] {
-			pb, _ := tx.CreateBucket(name)
-			_ = pb.Put([]byte("x"), []byte("{}"))
-		}
-		_, _ = tx.CreateBucket(oldUnverified)
-		for i := range first {
-			e := &first[i]
-			e.Time = now.Add(time.Duration(i-10) * time.Second)
-			e.ID = newEventID(e.Time)
-			data, _ := json.Marshal(struct {
-				journalEvent
-				Ref bool `json:"body_ref,omitempty"`
-			}{*e, e.EventKey != ""})
-			_ = ev.Put([]byte(e.ID), data)
-		}
-		return bodies.Put([]byte("k"), append([]byte{0, 0, 0, 2}, `{"a":1}`...))
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = db.Close()
-
-	b := openTestLocal(t, path, journalOptions{})
-	tl := mustTimeline(t, b, "1", "p")
-	if len(tl.Events) != 3 || tl.Payment.Amount != "100" || tl.Payment.Status != "success" || !tl.Payment.Final ||
-		tl.Payment.Callbacks != 2 || tl.Events[0].ID != first[0].ID {
-		t.Fatalf("converted timeline = %+v", tl)
-	}
-	if got, err := b.Body(context.Background(), "k"); err != nil || string(got) != `{"a":1}` {
-		t.Fatalf("converted body = %q, %v", got, err)
-	}
-	_ = b.db.View(func(tx *bolt.Tx) error {
-		for _, name := range oldBuckets {
-			if tx.Bucket(name) != nil {
-				t.Errorf("bucket %s of the first layout is still there", name)
+// A damaged file never stops the store: it is moved aside, a new one is
+// started, the store says it is unhealthy, and an error line names the
+// file. A directory that cannot hold a file runs the journal in memory.
+func TestLocalDamagedFile(t *testing.T) {
+	damages := map[string]func(t *testing.T, path string){
+		"truncated": func(t *testing.T, path string) {
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
 			}
+			if err := os.Truncate(path, min(64<<10, fi.Size()/2)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"random first pages": func(t *testing.T, path string) {
+			overwrite(t, path, func(b []byte) {
+				for i := range b {
+					b[i] = byte(i*7919 + 13)
+				}
+			})
+		},
+		"zeroed header": func(t *testing.T, path string) {
+			overwrite(t, path, func(b []byte) { clear(b) })
+		},
+		"a directory in its place": func(t *testing.T, path string) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, damage := range damages {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "ecommpay.db")
+			b := openTestLocal(t, path, journalOptions{})
+			fixture(t, b, suiteBase())
+			for i := range 200 { // enough pages that truncation cuts some
+				record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
+					EventKey: "k" + strconv.Itoa(i), Body: bytes.Repeat([]byte("x"), 500)})
+			}
+			if err := b.Destruct(); err != nil {
+				t.Fatal(err)
+			}
+			damage(t, path)
+
+			core, logs := observer.New(zapcore.ErrorLevel)
+			b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = b.Destruct() })
+			checkWorks(t, b)
+			if ok, why := b.healthy(); ok || !strings.Contains(why, "moved aside") {
+				t.Fatalf("healthy() = %v, %q", ok, why)
+			}
+			if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 0 {
+				t.Fatalf("store_healthy = %v", v)
+			}
+			errs := logs.All()
+			if len(errs) != 1 || errs[0].ContextMap()["file"] != path || !strings.Contains(errs[0].Message, "lost") {
+				t.Fatalf("logged %v", errs)
+			}
+			moved, _ := filepath.Glob(path + ".broken-*")
+			if len(moved) != 1 || errs[0].ContextMap()["moved_to"] != moved[0] {
+				t.Fatalf("moved aside: %q, logged %v", moved, errs[0].ContextMap())
+			}
+		})
+	}
+
+	t.Run("unwritable directory", func(t *testing.T) {
+		notDir := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+			t.Fatal(err)
 		}
-		return nil
+		path := filepath.Join(notDir, "ecommpay", "ecommpay.db")
+		core, logs := observer.New(zapcore.ErrorLevel)
+		b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Destruct() })
+		checkWorks(t, b)
+		if ok, why := b.healthy(); ok || !strings.Contains(why, "in memory") {
+			t.Fatalf("healthy() = %v, %q", ok, why)
+		}
+		if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
+			t.Fatalf("logged %v", errs)
+		}
 	})
-	// The body goes with the last entry that refers to it.
-	b.setOptions(journalOptions{MaxAge: time.Second})
+
+	t.Run("sound file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ecommpay.db")
+		_ = openTestLocal(t, path, journalOptions{}).Destruct()
+		b := openTestLocal(t, path, journalOptions{})
+		if ok, why := b.healthy(); !ok {
+			t.Fatalf("a sound file reopened unhealthy: %s", why)
+		}
+		if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
+			t.Fatalf("store_healthy = %v", v)
+		}
+	})
+}
+
+// overwrite changes the first 8 KiB of the file at path.
+func overwrite(t *testing.T, path string, change func([]byte)) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 8<<10)
+	change(b)
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkWorks de-duplicates and journals with b.
+func checkWorks(t *testing.T, b backend) {
+	t.Helper()
+	deliver(t, b, "after", testTTL)
+	mustClaim(t, b, "after", Delivered)
+	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "after",
+		EventKey: "after", Body: []byte("after"), Result: "forwarded"})
+	if evs := mustEvents(t, b, eventFilter{PaymentID: "after"}); len(evs) != 1 {
+		t.Fatalf("listed %d entries after the damage", len(evs))
+	}
+	if got, err := b.Body(context.Background(), "after"); err != nil || string(got) != "after" {
+		t.Fatalf("Body = %q, %v", got, err)
+	}
+}
+
+// A write that fails while Caddy runs is counted, logged with the file,
+// and makes the store unhealthy until a write succeeds again.
+func TestLocalWriteFailureReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ecommpay.db")
+	core, logs := observer.New(zapcore.ErrorLevel)
+	b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Destruct() })
+	before := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write"))
+	b.wrote(errors.New("disk full"))
+	if d := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write")) - before; d != 1 {
+		t.Fatalf("store_errors_total{op=write} moved by %v", d)
+	}
+	if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
+		t.Fatalf("logged %v", errs)
+	}
+	// The gauge follows the file's own view of its last write, which the
+	// next transaction sets.
+	deliver(t, b, "after", testTTL)
 	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Body(context.Background(), "k"); !errors.Is(err, errNotFound) {
-		t.Fatalf("body after its entries aged out: %v", err)
+	if ok, why := b.healthy(); !ok {
+		t.Fatalf("unhealthy after a good write: %s", why)
 	}
-	if got := storedBytes(t, b); got != 0 {
-		t.Fatalf("an empty journal counts %d bytes", got)
+	if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
+		t.Fatalf("store_healthy = %v after a good write", v)
 	}
-}
-
-// The in-memory index stays small and holds few objects per payment: it
-// has a view for every payment of the journal, and the garbage collector
-// visits every object it holds on every cycle.
-func TestLocalIndexIsCompact(t *testing.T) {
-	if raceDetector {
-		t.Skip("the race detector changes what allocations cost")
-	}
-	const n = 20000
-	events := make([]journalEvent, n)
-	now := time.Now().UTC()
-	for i := range events {
-		events[i] = journalEvent{Kind: kindPaymentPage, Verified: true, ProjectID: "238", Result: "signed",
-			PaymentID: fmt.Sprintf("ORDER-%08d", i), Amount: strconv.Itoa(1000 + i), Currency: "EUR", Method: "card",
-			Time: now, ID: newEventID(now)}
-	}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	x := newLocalIndex()
-	for i := range events {
-		x.add(&events[i])
-	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	bytesPer := float64(after.HeapAlloc-before.HeapAlloc) / n
-	objectsPer := float64(after.HeapObjects-before.HeapObjects) / n
-	t.Logf("index: %.0f bytes and %.1f heap objects per payment", bytesPer, objectsPer)
-	if bytesPer > 300 || objectsPer > 0.1 {
-		t.Fatalf("index holds %.0f bytes and %.2f objects per payment, bound 300 and 0.1", bytesPer, objectsPer)
-	}
-	runtime.KeepAlive(x)
-	runtime.KeepAlive(events)
-}
-
-// Entries and packed views read back as written.
-func TestLocalRecordsRoundTrip(t *testing.T) {
-	now := time.Now().UTC()
-	e := journalEvent{ID: newEventID(now), Time: now, Kind: kindCallback, ProjectID: "238", PaymentID: "ORDER-1",
-		OperationID: "17", OperationType: "sale", OperationStatus: "success", PaymentStatus: "success",
-		EventKey: "k", Result: "forwarded", Status: 200, AppStatus: 500, AppLatencyMS: 1234, Verified: true,
-		Path: "/v2/payment/card/sale", Amount: "1000", Currency: "EUR", Method: "card",
-		EcommpayStatus: 502, Reason: "unreachable"}
-	got, bodyID, err := decodeRecord([]byte(e.ID), appendRecord(nil, &e, "body-id"))
-	if err != nil || bodyID != "body-id" || !reflect.DeepEqual(got, e) {
-		t.Fatalf("decoded %+v, %q, %v; want %+v", got, bodyID, err, e)
-	}
-	// An entry written before ecommpay_status and reason existed still reads.
-	old := e
-	old.EcommpayStatus, old.Reason = 0, ""
-	rec := appendRecord(nil, &old, "body-id")
-	got, bodyID, err = decodeRecord([]byte(e.ID), rec[:len(rec)-2])
-	if err != nil || bodyID != "body-id" || !reflect.DeepEqual(got, old) {
-		t.Fatalf("decoded an older entry as %+v, %q, %v; want %+v", got, bodyID, err, old)
-	}
-	for n := range 10 { // every cut of a record is refused, never misread
-		v := appendRecord(nil, &e, "")
-		if _, _, err := decodeRecord([]byte(e.ID), v[:len(v)*n/10]); err == nil {
-			t.Fatalf("a record cut to %d of %d bytes decoded", len(v)*n/10, len(v))
-		}
-	}
-	x := newLocalIndex()
-	var p localPayment
-	v := paymentView{ProjectID: "238", PaymentID: "ORDER-1", Started: now, Updated: now.Add(time.Second),
-		Mode: kindGate, Amount: "1000", Currency: "EUR", Method: "card", Status: "success", Final: true,
-		Callbacks: 2, AppErrors: 1, Events: 3}
-	x.pack(&p, &v)
-	if back := x.view(&p); !sameView(back, v) || !back.Signed.IsZero() {
-		t.Fatalf("packed view reads back as %+v, want %+v", back, v)
-	}
-}
-
-// A payment's entry IDs stay in order as they move from inline to a slice
-// and back, and views read earlier keep their strings when the arena is
-// compacted.
-func TestLocalIndexIDsAndArena(t *testing.T) {
-	x := newLocalIndex()
-	base := time.Now().UTC()
-	var evs []journalEvent
-	for _, sec := range []int{5, 1, 3, 2, 4} { // out of order
-		at := base.Add(time.Duration(sec) * time.Second)
-		evs = append(evs, journalEvent{ID: newEventID(at), Time: at, Kind: kindCallback, Verified: true,
-			ProjectID: "1", PaymentID: "p", PaymentStatus: "status-" + strconv.Itoa(sec)})
-		x.add(&evs[len(evs)-1])
-	}
-	sorted := func() bool {
-		_, ids, _ := x.payment("1", "p")
-		return slices.IsSorted(ids)
-	}
-	if _, ids, _ := x.payment("1", "p"); len(ids) != 5 || !sorted() {
-		t.Fatalf("ids %q", ids)
-	}
-	early := x.views(func(*paymentView) bool { return true })
-	for i := range evs[:4] {
-		x.remove(&evs[i], "")
-		if _, ids, _ := x.payment("1", "p"); len(ids) != 4-i || !sorted() {
-			t.Fatalf("after %d removals: ids %q", i+1, ids)
-		}
-	}
-	// Rewrite views until the arena compacts several times.
-	p := x.at(x.slots[hashKey(payKey("1", "p"))])
-	for i := range 3 * arenaChunk / 20 {
-		v := x.view(p)
-		v.Status = fmt.Sprintf("s%018d", i)
-		x.pack(p, &v)
-	}
-	if len(early) != 1 || early[0].Status != "status-4" || early[0].PaymentID != "p" {
-		t.Fatalf("a view read before compaction changed: %+v", early)
-	}
-	if x.arena.total > 8*arenaChunk {
-		t.Fatalf("arena holds %d bytes for one payment", x.arena.total)
-	}
-	x.remove(&evs[4], "")
-	if len(x.slots) != 0 || x.arena.live != 0 {
-		t.Fatalf("%d payments, %d live arena bytes after removing everything", len(x.slots), x.arena.live)
-	}
-}
-
-// Payments come and go, as in a journal at its size bound: the arena
-// compacts while new payments are added, and every view keeps its own
-// strings.
-func TestLocalIndexChurn(t *testing.T) {
-	x := newLocalIndex()
-	now := time.Now().UTC()
-	ev := func(i int) journalEvent {
-		return journalEvent{ID: newEventID(now), Time: now, Kind: kindPaymentPage, Verified: true, ProjectID: "238",
-			PaymentID: fmt.Sprintf("ORDER-%09d", i), Amount: strconv.Itoa(i), Currency: "EUR", Result: "signed"}
-	}
-	var live []journalEvent
-	compactions, lastTotal := 0, 0
-	for i := range 400_000 {
-		e := ev(i)
-		x.add(&e)
-		live = append(live, e)
-		if len(live) > 1000 { // the oldest goes, as pruning does
-			x.remove(&live[0], "")
-			live = live[1:]
-		}
-		if x.arena.total < lastTotal {
-			compactions++
-			// The payment added as the arena compacted reads back whole.
-			if v, _, ok := x.payment(e.ProjectID, e.PaymentID); !ok || v.PaymentID != e.PaymentID || v.Amount != e.Amount {
-				t.Fatalf("payment %s added during a compaction reads back as %+v", e.PaymentID, v)
-			}
-		}
-		lastTotal = x.arena.total
-	}
-	if compactions == 0 {
-		t.Fatal("the arena never compacted")
-	}
-	if len(x.slots) != len(live) {
-		t.Fatalf("%d payments indexed, %d live", len(x.slots), len(live))
-	}
-	for _, e := range live {
-		v, ids, ok := x.payment(e.ProjectID, e.PaymentID)
-		if !ok || v.PaymentID != e.PaymentID || v.Amount != e.Amount || len(ids) != 1 || ids[0] != e.ID {
-			t.Fatalf("payment %s reads back as %+v, %q", e.PaymentID, v, ids)
-		}
-	}
-	t.Logf("%d compactions; arena %d bytes for %d payments", compactions, x.arena.total, len(x.slots))
 }

@@ -69,6 +69,8 @@ type memEvent struct {
 	status, appStatus int
 	appLatencyMS      int64
 	ecommpayStatus    int
+	duplicates        int
+	lastSeen          time.Time
 }
 
 // memSlab hands out entries from chunks of memSlabLen, one allocation per
@@ -149,6 +151,7 @@ func (me *memEvent) event() journalEvent {
 		Status: me.status, AppStatus: me.appStatus, AppLatencyMS: me.appLatencyMS, Verified: me.verified,
 		Path: me.str(memPath), Amount: me.str(memAmount), Currency: me.str(memCurrency), Method: me.str(memMethod),
 		EcommpayStatus: me.ecommpayStatus, Reason: me.str(memReason),
+		Duplicates: me.duplicates, LastSeen: me.lastSeen,
 	}
 }
 
@@ -252,7 +255,10 @@ type memoryJournal struct {
 	unverified eventList // unverified callbacks, bounded by count
 	payments   map[payID]*memPayment
 	bodies     map[string]memBody // by event key
-	size       int64              // estimated bytes held
+	// firsts are the first verified callback entries of event keys, which
+	// count their duplicates.
+	firsts map[string]*memEvent
+	size   int64 // estimated bytes held
 	// Apart, so that the strangers' short-lived entries do not keep the
 	// chunks of genuine ones.
 	slab, unverifiedSlab memSlab
@@ -268,6 +274,7 @@ func newMemoryJournal(opts journalOptions, logger *zap.Logger) *memoryJournal {
 		opts:     opts.withDefaults(),
 		payments: make(map[payID]*memPayment),
 		bodies:   make(map[string]memBody),
+		firsts:   make(map[string]*memEvent),
 	}
 }
 
@@ -289,6 +296,15 @@ func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
 	e.prepare(now)
 
 	j.mu.Lock()
+	if e.foldsIntoFirst() {
+		if first := j.firsts[e.EventKey]; first != nil {
+			fe := first.event()
+			fe.countDuplicate(&e)
+			first.duplicates, first.lastSeen = fe.Duplicates, fe.LastSeen
+			j.mu.Unlock()
+			return nil
+		}
+	}
 	var me *memEvent
 	if e.isUnverified() {
 		me = newMemEvent(&j.unverifiedSlab, &e, nil)
@@ -312,6 +328,9 @@ func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
 			me = newMemEvent(&j.slab, &e, nil)
 		}
 		j.events.insert(me)
+		if e.Kind == kindCallback && e.EventKey != "" && j.firsts[e.EventKey] == nil {
+			j.firsts[me.str(memEventKey)] = me
+		}
 		if e.joinsPayment() {
 			j.joinPayment(me)
 		}
@@ -378,9 +397,10 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 	if j.size > j.opts.MaxSize {
 		floor := sizePruneFloor(j.opts.MaxSize)
 		for j.size > floor && j.events.len()+j.unverified.len() > 0 {
-			l := &j.events
-			if l.len() == 0 || (j.unverified.len() > 0 && compareID(j.unverified.front(), l.front()) < 0) {
-				l = &j.unverified
+			// Strangers' entries go first: they cannot push genuine ones out.
+			l := &j.unverified
+			if l.len() == 0 {
+				l = &j.events
 			}
 			j.drop(l)
 			n.size++
@@ -415,6 +435,9 @@ func (j *memoryJournal) drop(l *eventList) {
 				j.bodies[e.EventKey] = b
 			}
 		}
+	}
+	if e.EventKey != "" && j.firsts[e.EventKey] == me {
+		delete(j.firsts, e.EventKey)
 	}
 	*me = memEvent{} // its chunk may live on
 }

@@ -261,14 +261,19 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		b.prune.add(pruneAge, 1, now)
 		return nil
 	}
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	if e.foldsIntoFirst() {
+		if counted, err := b.countDuplicate(ctx, &e); counted || err != nil {
+			return err
+		}
+	}
 	body := e.Body
 	e.Body = nil
 	js, err := json.Marshal(&e)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := b.ctx(ctx)
-	defer cancel()
 
 	if e.isUnverified() {
 		pipe := b.client.Pipeline()
@@ -350,6 +355,43 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		}
 	}
 	return nil
+}
+
+// countDuplicate counts e on the first entry of its event key, if the
+// journal still has it and it is a callback. Two duplicates counted at the
+// same moment on two nodes may count once.
+func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (bool, error) {
+	// All scores are 0: the first by rank is the least ID, the oldest.
+	ids, err := b.client.ZRange(ctx, b.key("ev:x:", e.EventKey), 0, 0).Result()
+	if err != nil || len(ids) == 0 {
+		return false, err
+	}
+	key := b.key("e:", ids[0])
+	raw, err := b.client.Get(ctx, key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var first journalEvent
+	if err := json.Unmarshal(raw, &first); err != nil {
+		return false, err
+	}
+	if first.Kind != kindCallback {
+		return false, nil
+	}
+	first.countDuplicate(e)
+	js, err := json.Marshal(&first)
+	if err != nil {
+		return false, err
+	}
+	if err := b.client.SetArgs(ctx, key, js, redis.SetArgs{KeepTTL: true, Mode: "XX"}).Err(); err != nil &&
+		!errors.Is(err, redis.Nil) {
+		return false, err
+	}
+	b.client.IncrBy(ctx, b.key("bytes"), int64(len(js)-len(raw)))
+	return true, nil
 }
 
 // redisExtendOnly extends one key's expiry (see redisExtend).

@@ -613,6 +613,76 @@ func runBackendSuite(t *testing.T, open func(t *testing.T) backend) {
 		}
 	})
 
+	t.Run("DuplicatesFoldIntoFirst", func(t *testing.T) {
+		b := openWith(t, open, journalOptions{})
+		base := suiteBase().Add(-time.Hour)
+		at := func(m int) time.Time { return base.Add(time.Duration(m) * time.Minute) }
+		record(t, b, journalEvent{OperationID: "first", Kind: kindCallback, Verified: true, ProjectID: "1",
+			PaymentID: "d", EventKey: "kd", Result: "forwarded", PaymentStatus: "success", Time: at(0), Body: []byte("first")})
+		for i := range 5 {
+			result := "duplicate"
+			if i == 2 {
+				result = "in_flight"
+			}
+			record(t, b, journalEvent{OperationID: "dup", Kind: kindCallback, Verified: true, ProjectID: "1",
+				PaymentID: "d", EventKey: "kd", Result: result, PaymentStatus: "success", Time: at(i + 1), Body: []byte("dup")})
+		}
+		// A replay is an entry of its own, and is not where duplicates count.
+		record(t, b, journalEvent{OperationID: "replay", Kind: kindReplay, Verified: true, ProjectID: "1",
+			PaymentID: "d", EventKey: "kd", Result: "forwarded", Time: at(10)})
+		record(t, b, journalEvent{OperationID: "dup", Kind: kindCallback, Verified: true, ProjectID: "1",
+			PaymentID: "d", EventKey: "kd", Result: "duplicate", Time: at(11)})
+		evs := mustEvents(t, b, eventFilter{EventKey: "kd"})
+		if got := opIDs(evs); !slices.Equal(got, []string{"replay", "first"}) {
+			t.Fatalf("entries of kd = %q, want the replay and the first callback only", got)
+		}
+		if f := evs[1]; f.Duplicates != 6 || !f.LastSeen.Equal(at(11)) || f.Result != "forwarded" {
+			t.Fatalf("first entry counts %d duplicates, last seen %v (want 6, %v), result %s", f.Duplicates, f.LastSeen, at(11), f.Result)
+		}
+		if got, err := b.Body(ctx, "kd"); err != nil || string(got) != "first" {
+			t.Fatalf("Body(kd) = %q, %v", got, err)
+		}
+		if v := mustTimeline(t, b, "1", "d").Payment; v.Callbacks != 1 || v.Events != 2 {
+			t.Fatalf("view counts %d callbacks and %d events, want 1 and 2", v.Callbacks, v.Events)
+		}
+		// Without a first entry in the journal, a duplicate is entered.
+		record(t, b, journalEvent{OperationID: "orphan", Kind: kindCallback, Verified: true, ProjectID: "1",
+			PaymentID: "o", EventKey: "ko", Result: "duplicate", Time: at(12)})
+		wantEvents(t, b, eventFilter{EventKey: "ko"}, "orphan")
+	})
+
+	t.Run("FloodKeepsGenuine", func(t *testing.T) {
+		// Strangers' forgeries and retries of one genuine callback, 20,000
+		// each, at a journal of 1 MiB: an older genuine entry and its body
+		// are still there.
+		b := openWith(t, open, journalOptions{MaxSize: 1 << 20})
+		base := suiteBase().Add(-time.Hour)
+		record(t, b, journalEvent{OperationID: "old", Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "old",
+			EventKey: "k-old", Result: "forwarded", Time: base, Body: bytes.Repeat([]byte("o"), 1000)})
+		record(t, b, journalEvent{OperationID: "dup-first", Kind: kindCallback, Verified: true, ProjectID: "1",
+			PaymentID: "retried", EventKey: "k-dup", Result: "forwarded", Time: base.Add(time.Millisecond), Body: []byte("d")})
+		const n = 20_000
+		for i := range n {
+			at := base.Add(time.Duration(i+2) * time.Millisecond)
+			record(t, b, journalEvent{Kind: kindCallback, ProjectID: "1", PaymentID: "forged-" + strconv.Itoa(i),
+				EventKey: "forged-" + strconv.Itoa(i), Result: "invalid_signature", Time: at, Body: bytes.Repeat([]byte("f"), 1000)})
+			record(t, b, journalEvent{OperationID: "dup", Kind: kindCallback, Verified: true, ProjectID: "1",
+				PaymentID: "retried", EventKey: "k-dup", Result: "duplicate", Time: at, Body: []byte("d")})
+		}
+		wantEvents(t, b, eventFilter{EventKey: "k-old"}, "old")
+		if got, err := b.Body(ctx, "k-old"); err != nil || len(got) != 1000 {
+			t.Fatalf("Body(k-old) after the flood: %d bytes, %v", len(got), err)
+		}
+		evs := mustEvents(t, b, eventFilter{EventKey: "k-dup"})
+		if len(evs) != 1 || evs[0].Duplicates != n {
+			t.Fatalf("k-dup: %d entries, the first counting %d duplicates; want 1 counting %d", len(evs), evs[0].Duplicates, n)
+		}
+		// Within their own bound; the size bound takes them first.
+		if got := len(mustEvents(t, b, eventFilter{Result: "invalid_signature", Limit: 2 * n})); got == 0 || got > DefaultJournalMaxUnverified {
+			t.Fatalf("%d forged entries kept, want some, at most %d", got, DefaultJournalMaxUnverified)
+		}
+	})
+
 	t.Run("ConcurrentRecords", func(t *testing.T) {
 		b := openWith(t, open, journalOptions{})
 		var wg sync.WaitGroup

@@ -161,15 +161,16 @@ func (f *paymentFilter) match(v *paymentView) bool {
 		(!f.Open || !v.Final)
 }
 
-// newestUpdatedFirst orders payments for Payments.
+// newestUpdatedFirst orders payments for Payments: ties in descending
+// project and payment id, as the local store's indexes read backwards.
 func newestUpdatedFirst(a, b paymentView) int {
 	if c := b.Updated.Compare(a.Updated); c != 0 {
 		return c
 	}
-	if c := strings.Compare(a.ProjectID, b.ProjectID); c != 0 {
+	if c := strings.Compare(b.ProjectID, a.ProjectID); c != 0 {
 		return c
 	}
-	return strings.Compare(a.PaymentID, b.PaymentID)
+	return strings.Compare(b.PaymentID, a.PaymentID)
 }
 
 // oldestSignedFirst orders payments for OpenPayments.

@@ -29,8 +29,12 @@ var (
 	}, []string{"cache"})
 	storeErrorsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "store_errors_total",
-		Help: "Failed store operations, by operation (claim, commit, release).",
+		Help: "Failed store operations, by operation (claim, commit, release; write and read for the local file).",
 	}, []string{"op"})
+	storeHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "store_healthy",
+		Help: "1 while the store has its file as it was and its writes succeed, else 0, by store (local).",
+	}, []string{"store"})
 	forwardSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "forward_duration_seconds",
 		Help:    "Time spent delivering a callback to the app, by project.",
@@ -40,7 +44,7 @@ var (
 
 // collectors are every metric the module registers.
 var collectors = []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal,
-	storeErrorsTotal, forwardSeconds, journalPrunedTotal, statusRequestsTotal, reconciledTotal,
+	storeErrorsTotal, storeHealthy, forwardSeconds, journalPrunedTotal, statusRequestsTotal, reconciledTotal,
 	unresolvedTotal, abandonedTotal}
 
 // metrics is a handler's handle on the package collectors, obtained by

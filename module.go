@@ -315,7 +315,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr, console or sandbox", h.Mode)
 	}
 	if h.Mode != ModeQR && h.Mode != ModeSandbox {
-		if err := h.provisionStore(); err != nil {
+		if err := h.provisionStore(ctx); err != nil {
 			return err
 		}
 	}

@@ -383,6 +383,57 @@ type backendOptions struct {
 	RedisURL string // redis
 	MaxKeys  int    // memory: de-dup bound; local: recent deliveries kept in memory
 	Journal  journalOptions
+	// JournalSet says that Journal was configured, not left to defaults.
+	// Handlers of one config that share a store must not set different
+	// journal settings; one without settings takes those another set.
+	JournalSet bool
+	// Config identifies the config being loaded (nil: each acquire is a
+	// config of its own); Owner names the handler in errors.
+	Config any
+	Owner  string
+}
+
+// journalChoices records, per store, the journal settings the config
+// loaded last chose and which handler chose them.
+var journalChoices = struct {
+	sync.Mutex
+	m map[string]journalChoice
+}{m: map[string]journalChoice{}}
+
+type journalChoice struct {
+	config any
+	opts   journalOptions
+	set    bool
+	owner  string
+}
+
+// chooseJournal returns the journal settings for store key in opts's
+// config, or an error when two of its handlers set different ones.
+func chooseJournal(key string, opts backendOptions) (journalOptions, error) {
+	journalChoices.Lock()
+	defer journalChoices.Unlock()
+	c, ok := journalChoices.m[key]
+	if ok && opts.Config != nil && c.config == opts.Config {
+		switch {
+		case !opts.JournalSet:
+			return c.opts, nil
+		case c.set && c.opts.withDefaults() != opts.Journal.withDefaults():
+			return journalOptions{}, fmt.Errorf("handlers that share a store disagree on its journal: %s sets %s, %s sets %s; "+
+				"give them the same journal block, or put it on one of them only",
+				c.owner, c.opts.describe(), opts.Owner, opts.Journal.describe())
+		case c.set:
+			return c.opts, nil
+		}
+	}
+	journalChoices.m[key] = journalChoice{config: opts.Config, opts: opts.Journal, set: opts.JournalSet, owner: opts.Owner}
+	return opts.Journal, nil
+}
+
+// describe writes o as a journal block would.
+func (o journalOptions) describe() string {
+	o = o.withDefaults()
+	return fmt.Sprintf("journal { max_age %s max_size %d%s }", o.MaxAge, o.MaxSize,
+		map[bool]string{true: " no_bodies"}[o.NoBodies])
 }
 
 // acquireBackend returns the process-wide backend for opts and a func that
@@ -434,6 +485,11 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (backend, func() er
 		return nil, nil, fmt.Errorf("ecommpay: unknown store %q (want local, memory or redis)", opts.Kind)
 	}
 
+	chosen, err := chooseJournal(key, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Journal = chosen
 	v, loaded, err := storePool.LoadOrNew(key, construct)
 	if err != nil {
 		return nil, nil, err

@@ -3,16 +3,19 @@ package ecommpay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -668,7 +671,7 @@ func TestAcquireBackend(t *testing.T) {
 		if b != a {
 			t.Fatal("the same file gave two backends")
 		}
-		if got := b.(*localBackend).opts.Load().MaxAge; got != time.Hour {
+		if got := b.(*localBackend).options().MaxAge; got != time.Hour {
 			t.Fatalf("reload's MaxAge not applied: %v", got)
 		}
 		if err := releaseA(); err != nil {
@@ -838,6 +841,69 @@ func waitWritten(b *testing.B, be backend) {
 	if lb, ok := be.(*localBackend); ok {
 		if err := lb.flushWait(context.Background()); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// Handlers of one config that share a store and set different journal
+// settings are refused at load, naming both; one without settings takes
+// the other's, whichever is provisioned first.
+func TestJournalSettingsAgreeAcrossHandlers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ecommpay.db")
+	site := func(callbackJournal, consoleJournal string) []byte {
+		return []byte(`{
+	admin off
+}
+:0 {
+	handle_path /console/* {
+		ecommpay console {
+			store local ` + path + `
+			` + consoleJournal + `
+		}
+	}
+	handle /callback {
+		ecommpay callback {
+			project 1 secret
+			store local ` + path + `
+			` + callbackJournal + `
+		}
+		respond 200
+	}
+}`)
+	}
+	validate := func(body []byte) error {
+		var cfg caddy.Config
+		if err := json.Unmarshal(adapt(t, body), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return caddy.Validate(&cfg)
+	}
+	err := validate(site("journal {\n max_age 3s\n}", "journal {\n max_age 1h\n}"))
+	if err == nil || !strings.Contains(err.Error(), "disagree on its journal") ||
+		!strings.Contains(err.Error(), "max_age 3s") || !strings.Contains(err.Error(), "max_age 1h0m0s") ||
+		!strings.Contains(err.Error(), "the console handler") || !strings.Contains(err.Error(), "the callback handler") {
+		t.Fatalf("conflicting journal blocks: %v", err)
+	}
+	for _, ok := range [][2]string{
+		{"journal {\n max_age 3s\n}", ""},
+		{"", "journal {\n max_age 3s\n}"},
+		{"journal {\n max_age 3s\n}", "journal {\n max_age 3s\n}"},
+		{"", ""},
+	} {
+		if err := validate(site(ok[0], ok[1])); err != nil {
+			t.Fatalf("callback %q, console %q: %v", ok[0], ok[1], err)
+		}
+	}
+	// The setting reaches the shared store whichever handler carries it.
+	for _, c := range [][2]string{{"journal {\n max_age 3s\n}", ""}, {"", "journal {\n max_age 3s\n}"}} {
+		if err := validate(site(c[0], c[1])); err != nil {
+			t.Fatal(err)
+		}
+		journalChoices.Lock()
+		got := journalChoices.m["backend|local|"+path].opts.MaxAge
+		journalChoices.Unlock()
+		if got != 3*time.Second {
+			t.Fatalf("callback %q, console %q: the store got max_age %v", c[0], c[1], got)
 		}
 	}
 }

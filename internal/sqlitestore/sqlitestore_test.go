@@ -1,0 +1,191 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func openTest(t *testing.T, path string) *Store {
+	t.Helper()
+	s, broken, _, err := Open(path, Config{
+		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Fold: func(prev []byte, e *Entry) (Payment, error) {
+			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
+				Status: e.Result, Data: []byte(`{}`)}, nil
+		},
+		Count: func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+	})
+	if err != nil || broken != "" {
+		t.Fatalf("Open: %v, moved to %q", err, broken)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// The console's and the API's queries walk an index in the order they
+// answer in: none gathers and sorts rows, which is what made them grow
+// with the journal.
+func TestQueriesNeedNoSort(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "ecommpay.db"))
+	since := time.Now().Add(-time.Hour)
+	events := map[string]EventQuery{
+		"newest":                 {Since: since, Limit: 100},
+		"one project":            {ProjectID: "1", Since: since, Limit: 100},
+		"one payment":            {ProjectID: "1", PaymentID: "p", Since: since, Limit: 100},
+		"by result":              {Result: "app_error", Since: since, Limit: 100},
+		"by kind":                {Kind: "callback", Since: since, Limit: 100},
+		"by key":                 {EventKey: "k", Since: since, Limit: 1000},
+		"a page on":              {Before: "18ee8b529819896cc4a78150", Since: since, Limit: 100},
+		"by result, one project": {ProjectID: "1", Result: "app_error", Since: since, Limit: 100},
+	}
+	for name, q := range events {
+		query, args := eventsSQL(q)
+		checkPlan(t, s.db, name, query, args)
+	}
+	payments := map[string]PaymentQuery{
+		"newest":      {Since: since, Limit: 100},
+		"one project": {ProjectID: "1", Since: since, Limit: 100},
+		"by status":   {Status: "success", Since: since, Limit: 100},
+		"by method":   {Method: "wechat", Since: since, Limit: 100},
+		"open":        {Open: true, Since: since, Limit: 100},
+		"one payment": {ProjectID: "1", PaymentID: "p", Since: since, Limit: 100},
+		"payment id":  {PaymentID: "p", Since: since, Limit: 100},
+	}
+	for name, q := range payments {
+		query, args := paymentsSQL(q)
+		if name == "payment id" {
+			// At most a payment per project: a sort of nothing.
+			checkPlan(t, s.db, name, query, args, "events_payment")
+			continue
+		}
+		checkPlan(t, s.db, name, query, args)
+	}
+}
+
+func checkPlan(t *testing.T, db *sql.DB, name, query string, args []any, wantIndex ...string) {
+	t.Helper()
+	rows, err := db.Query("EXPLAIN QUERY PLAN "+query, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	all := strings.Join(plan, "; ")
+	if len(wantIndex) > 0 {
+		if !strings.Contains(all, wantIndex[0]) {
+			t.Errorf("%s: plan %q does not use %s", name, all, wantIndex[0])
+		}
+		return
+	}
+	if strings.Contains(all, "TEMP B-TREE") {
+		t.Errorf("%s: %s\n  sorts: %s", name, query, all)
+	}
+}
+
+// A file of a newer schema is left alone: Open fails without moving it,
+// and the caller runs without it.
+func TestNewerFileLeftAlone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ecommpay.db")
+	s := openTest(t, path)
+	if _, err := s.db.Exec("PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	_, broken, _, err := Open(path, Config{Fold: func([]byte, *Entry) (Payment, error) { return Payment{}, nil },
+		Count: func(b []byte, _ *Entry) ([]byte, error) { return b, nil }})
+	if !errors.Is(err, errNewer) || broken != "" {
+		t.Fatalf("Open of a newer file = %v, moved to %q", err, broken)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Entries keep every field of their Data, whatever the caller adds.
+func TestDataKeepsUnknownFields(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "ecommpay.db"))
+	ctx := context.Background()
+	data := []byte(`{"id":"x","a_field_added_later":{"nested":[1,2]}}`)
+	now := time.Now()
+	if err := s.Record(ctx, Entry{ID: "18ee8b529819896cc4a78150", Time: now, Kind: "callback", ProjectID: "1",
+		PaymentID: "p", EventKey: "k", Result: "forwarded", Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Events(ctx, EventQuery{Limit: 10})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Events = %d, %v", len(got), err)
+	}
+	var v map[string]any
+	if err := json.Unmarshal(got[0], &v); err != nil || v["a_field_added_later"] == nil {
+		t.Fatalf("came back as %s", got[0])
+	}
+}
+
+// A disk that fills up while the store runs: the failed transaction is
+// reported and lost, the store says it is unhealthy, reads go on, and the
+// next transaction that fits makes it healthy again.
+func TestWriteFailsAtRunTime(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "ecommpay.db"))
+	var failures []error
+	s.cfg.OnWrite = func(err error) {
+		if err != nil {
+			failures = append(failures, err)
+		}
+	}
+	ctx := context.Background()
+	// One connection, so that its page limit holds for the writer too.
+	s.db.SetMaxOpenConns(1)
+	var pages int
+	if err := s.db.QueryRow("PRAGMA page_count").Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.Exec("PRAGMA max_page_count = " + strconv.Itoa(pages)); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 64<<10)
+	for i := range 4 {
+		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", time.Now().UnixNano(), i), Time: time.Now(),
+			Kind: "callback", ProjectID: "1", PaymentID: "p", EventKey: "k" + strconv.Itoa(i), Result: "forwarded",
+			Data: []byte(`{}`), Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(ctx); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("Flush on a full disk = %v", err)
+	}
+	if s.Healthy() || len(failures) != 1 {
+		t.Fatalf("healthy %v after a failed write, %d failures reported", s.Healthy(), len(failures))
+	}
+	if _, err := s.Delivered(ctx, Key{1}); err != nil {
+		t.Fatalf("a read on a full disk: %v", err)
+	}
+	if _, err := s.db.Exec("PRAGMA max_page_count = 1000000"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Mark(ctx, Key{2}, time.Now().Add(time.Hour).UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(ctx); err != nil || !s.Healthy() {
+		t.Fatalf("after room was made: %v, healthy %v", err, s.Healthy())
+	}
+	if exp, err := s.Delivered(ctx, Key{2}); err != nil || exp == 0 {
+		t.Fatalf("the mark written after the failure: %d, %v", exp, err)
+	}
+}

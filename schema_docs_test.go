@@ -1,0 +1,26 @@
+package ecommpay
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
+)
+
+// The README's schema of the local store, a public interface, is the one
+// the store creates.
+func TestReadmeSchemaIsTheStores(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "```sql\nCREATE TABLE events")
+	if !ok {
+		t.Fatal("the README has no schema block")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	if got, want := strings.TrimSpace("CREATE TABLE events"+block), strings.TrimSpace(sqlitestore.Schema); got != want {
+		t.Fatalf("the README's schema differs from the store's:\n%s\n---- the store's ----\n%s", got, want)
+	}
+}

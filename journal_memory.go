@@ -3,14 +3,11 @@ package ecommpay
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/hex"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -56,11 +53,11 @@ const (
 )
 
 // memEvent is a stored entry. Its strings, and the body when the entry is
-// the first of its event key, are one byte slice that is never changed:
+// the first of its event key, are one string:
 // one pointer for the collector to follow, and strings read from it need
 // no copy. ref says that it holds a reference on its event key's body.
 type memEvent struct {
-	data              []byte
+	data              string
 	ends              [memStrings]uint32 // where each string ends in data
 	idHead            [16]byte           // the ID's start, to order entries without reading data
 	sec               int64              // Time, in UTC
@@ -97,16 +94,16 @@ func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
 	for _, s := range strs {
 		n += len(s)
 	}
-	data := make([]byte, n)
+	var data strings.Builder // one string the fields are slices of
+	data.Grow(n)
 	me := slab.next() // zero: fields are set one by one, the pointer once
-	off := 0
 	for i, s := range strs {
-		off += copy(data[off:], s)
-		me.ends[i] = uint32(off)
+		data.WriteString(s)
+		me.ends[i] = uint32(data.Len())
 	}
-	copy(data[off:], body)
+	data.Write(body)
 	copy(me.idHead[:], e.ID)
-	me.data = data
+	me.data = data.String()
 	me.sec, me.nsec = e.Time.Unix(), int32(e.Time.Nanosecond())
 	me.verified, me.status, me.appStatus, me.appLatencyMS = e.Verified, e.Status, e.AppStatus, e.AppLatencyMS
 	me.ecommpayStatus = e.EcommpayStatus
@@ -118,10 +115,7 @@ func (me *memEvent) str(i int) string {
 	if i > 0 {
 		start = me.ends[i-1]
 	}
-	if me.ends[i] == start {
-		return ""
-	}
-	return unsafe.String(&me.data[start], me.ends[i]-start)
+	return me.data[start:me.ends[i]]
 }
 
 func (me *memEvent) id() string { return me.str(memID) }
@@ -137,7 +131,7 @@ func compareID(a, b *memEvent) int {
 }
 
 // body is the body this entry holds, if it holds one.
-func (me *memEvent) body() []byte { return me.data[me.ends[memStrings-1]:] }
+func (me *memEvent) body() string { return me.data[me.ends[memStrings-1]:] }
 
 // event is the entry as a journalEvent, without its body. Its strings
 // share the entry's memory.
@@ -161,7 +155,7 @@ func (me *memEvent) event() journalEvent {
 func (me *memEvent) size() int64 { return 240 + int64(me.ends[memStrings-1]) }
 
 type memBody struct {
-	data []byte // shares the memory of the entry that stored it
+	data string // shares the memory of the entry that stored it
 	refs int
 }
 
@@ -172,7 +166,6 @@ type memPayment struct {
 	view   paymentView
 	events []*memEvent // by ID
 	first  [4]*memEvent
-	key    [64]byte // holds the key's strings when they fit; never changed
 }
 
 // own points the view's strings that apply just changed at memory of the
@@ -189,29 +182,30 @@ func (p *memPayment) own(id payID, prev *paymentView) {
 		dst  *string
 		prev string
 	}{{&v.Status, prev.Status}, {&v.Amount, prev.Amount}, {&v.Currency, prev.Currency}, {&v.Method, prev.Method}}
-	fresh := func(s, prev string) bool { return s != "" && !sameString(s, prev) && !isKnownStatus(s) }
-	n := 0
+	// A value apply left as it was keeps the copy the view already owns.
 	for _, f := range fields {
-		if fresh(*f.dst, f.prev) {
-			n += len(*f.dst)
+		if *f.dst == f.prev {
+			*f.dst = f.prev
 		}
 	}
-	if n == 0 {
+	fresh := func(s, prev string) bool { return s != "" && s != prev && !isKnownStatus(s) }
+	var buf strings.Builder // one copy for the fresh values, sliced
+	for _, f := range fields {
+		if fresh(*f.dst, f.prev) {
+			buf.WriteString(*f.dst)
+		}
+	}
+	if buf.Len() == 0 {
 		return
 	}
-	buf := make([]byte, 0, n) // never grows: the strings keep pointing into it
+	owned, off := buf.String(), 0
 	for _, f := range fields {
 		if fresh(*f.dst, f.prev) {
-			start := len(buf)
-			buf = append(buf, *f.dst...)
-			*f.dst = unsafe.String(&buf[start], len(buf)-start)
+			n := len(*f.dst)
+			*f.dst = owned[off : off+n]
+			off += n
 		}
 	}
-}
-
-// sameString reports whether a and b are the same memory (or both empty).
-func sameString(a, b string) bool {
-	return len(a) == len(b) && (len(a) == 0 || unsafe.StringData(a) == unsafe.StringData(b))
 }
 
 func internKind(k string) string {
@@ -239,8 +233,8 @@ var knownStatuses = func() map[string]string {
 }()
 
 func isKnownStatus(s string) bool {
-	k, ok := knownStatuses[s]
-	return ok && sameString(k, s)
+	_, ok := knownStatuses[s]
+	return ok
 }
 
 // memoryJournal is the journal of the memory backend. One mutex guards it:
@@ -351,13 +345,7 @@ func (j *memoryJournal) joinPayment(me *memEvent) {
 		p = &memPayment{}
 		p.events = p.first[:0]
 		// The key's own copy, which the view shares.
-		var k string
-		if n := len(e.ProjectID) + len(e.PaymentID); n > 0 && n <= len(p.key) {
-			b := append(append(p.key[:0], e.ProjectID...), e.PaymentID...)
-			k = unsafe.String(&b[0], len(b))
-		} else {
-			k = e.ProjectID + e.PaymentID
-		}
+		k := e.ProjectID + e.PaymentID
 		id = payID{k[:len(e.ProjectID)], k[len(e.ProjectID):]}
 		j.payments[id] = p
 	} else {
@@ -382,8 +370,7 @@ func (j *memoryJournal) report(n pruneCounts) {
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
 // sizePruneFloor.
 func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
-	var bound [16]byte
-	cut := idBoundIn(&bound, now.Add(-j.opts.MaxAge))
+	cut := idBound(now.Add(-j.opts.MaxAge))
 	for _, l := range []*eventList{&j.events, &j.unverified} {
 		for l.len() > 0 && l.front().id() < cut {
 			j.drop(l)
@@ -542,16 +529,7 @@ func (j *memoryJournal) Body(_ context.Context, eventKey string) ([]byte, error)
 	if !ok {
 		return nil, errNotFound
 	}
-	return bytes.Clone(b.data), nil
-}
-
-// idBoundIn is idBound(t) written into b, so that a comparison with it
-// allocates nothing.
-func idBoundIn(b *[16]byte, t time.Time) string {
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(t.UnixNano()))
-	hex.Encode(b[:], n[:])
-	return unsafe.String(&b[0], len(b))
+	return []byte(b.data), nil
 }
 
 // eventList is a slice of entries sorted by ID, with a moving head so that

@@ -55,32 +55,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	t.Logf("console screenshots in %s", shots)
 
-	ctx := browser(t, chromium)
+	pg := newBrowserPage(t, chromium, shots)
+	ctx, do, text, shot := pg.ctx, pg.do, pg.text, pg.shot
 	base := s.caddy.internalURL() + "/ecommpay"
-	do := func(steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("browser: %v", err)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("browser: text of %s: %v", sel, err)
-		}
-		return s
-	}
-	shot := func(name string) {
-		t.Helper()
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err == nil {
-			err = os.WriteFile(filepath.Join(shots, name), png, 0o644)
-		}
-		if err != nil {
-			t.Fatalf("screenshot %s: %v", name, err)
-		}
-	}
 
 	do(chromedp.EmulateViewport(1200, 800), chromedp.Navigate(base+"/payments"), chromedp.WaitVisible(chromedp.CSS("table")))
 	listText := text("main")
@@ -235,6 +212,45 @@ func getJSONReq(t *testing.T, req *http.Request, v any) int {
 }
 
 // browser starts a headless Chromium for the test.
+// browserPage is one Chromium tab of a test: steps, the text of an
+// element, and full-page screenshots into a folder.
+type browserPage struct {
+	t     *testing.T
+	ctx   context.Context
+	shots string
+}
+
+func newBrowserPage(t *testing.T, chromium, shots string) *browserPage {
+	return &browserPage{t: t, ctx: browser(t, chromium), shots: shots}
+}
+
+func (p *browserPage) do(steps ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	if err := chromedp.Do(p.ctx, steps...); err != nil {
+		p.t.Fatalf("browser: %v", err)
+	}
+}
+
+func (p *browserPage) text(sel string) string {
+	p.t.Helper()
+	s, err := chromedp.Run(p.ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		p.t.Fatalf("browser: text of %s: %v", sel, err)
+	}
+	return s
+}
+
+func (p *browserPage) shot(name string) {
+	p.t.Helper()
+	png, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(p.shots, name), png, 0o644)
+	}
+	if err != nil {
+		p.t.Fatalf("screenshot %s: %v", name, err)
+	}
+}
+
 func browser(t *testing.T, chromium string) context.Context {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],

@@ -21,22 +21,23 @@ import (
 	"time"
 )
 
-// readmeBlock is the first fenced code block of README.md after the line
-// containing marker, without the indentation of a list item.
-func readmeBlock(t *testing.T, marker string) string {
+// docBlock is the first fenced code block of the document file (relative
+// to the module root) after the line containing marker, without the
+// indentation of a list item.
+func docBlock(t *testing.T, file, marker string) string {
 	t.Helper()
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../" + file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, after, ok := strings.Cut(string(readme), marker)
 	if !ok {
-		t.Fatalf("README.md has no %q", marker)
+		t.Fatalf("%s has no %q", file, marker)
 	}
 	_, after, ok = strings.Cut(after, "```caddyfile\n")
 	block, _, ok2 := strings.Cut(after, "```")
 	if !ok || !ok2 {
-		t.Fatalf("README.md has no caddyfile block after %q", marker)
+		t.Fatalf("%s has no caddyfile block after %q", file, marker)
 	}
 	var out []string
 	for _, line := range strings.Split(block, "\n") {
@@ -72,13 +73,13 @@ func hostRequest(method, base, path, host string, body []byte, hdr map[string]st
 	return answer{status: resp.StatusCode, body: string(b), took: time.Since(start)}
 }
 
-// A bare-port internal site copied from the README, reached under a name
+// A bare-port internal site copied from docs/security.md, reached under a name
 // a page rebound to 127.0.0.1 (the browser's Host is that name): the
 // console shows nothing, replay reaches nobody, nothing is signed. Under
 // its own names (127.0.0.1, localhost, a name in hosts) it works.
 func TestHostileRebinding(t *testing.T) {
 	var port int
-	site := readmeBlock(t, "**The Host must name this machine**")
+	site := docBlock(t, "docs/security.md", "**The Host must name this machine**")
 	s := newStack(t, func(c *caddyConfig) {
 		port = freePort(t)
 		c.ExtraPorts = []int{port}

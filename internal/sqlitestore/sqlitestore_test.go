@@ -124,7 +124,8 @@ func TestDataKeepsUnknownFields(t *testing.T) {
 	ctx := context.Background()
 	data := []byte(`{"id":"x","a_field_added_later":{"nested":[1,2]}}`)
 	now := time.Now()
-	if err := s.Record(ctx, Entry{ID: "18ee8b529819896cc4a78150", Time: now, Kind: "callback", ProjectID: "1",
+	// IDs begin with their time: an older one would be pruned by age.
+	if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", now.UnixNano(), 0), Time: now, Kind: "callback", ProjectID: "1",
 		PaymentID: "p", EventKey: "k", Result: "forwarded", Data: data}); err != nil {
 		t.Fatal(err)
 	}

@@ -680,7 +680,10 @@ type tx struct {
 	pruned   Pruned
 	payments map[[2]string]*Payment
 	order    [][2]string
-	stmts    map[string]*sql.Stmt
+	// stored holds the rows in the file of the payments the transaction's
+	// entries fold into, read before the first.
+	stored map[[2]string][]byte
+	stmts  map[string]*sql.Stmt
 }
 
 // stmt is query prepared once per transaction.
@@ -735,6 +738,9 @@ func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err 
 		return err
 	}
 	slices.SortFunc(records, func(a, b Entry) int { return strings.Compare(a.ID, b.ID) })
+	if err := w.readPayments(records); err != nil {
+		return err
+	}
 	for i := range records {
 		if err := w.record(&records[i]); err != nil {
 			return err
@@ -849,11 +855,7 @@ func (w *tx) fold(e *Entry) error {
 	if ok {
 		prev = p.Data
 	} else {
-		err := w.queryRow("SELECT data FROM payments WHERE project_id = ? AND payment_id = ?",
-			e.ProjectID, e.PaymentID).Scan(&prev)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
+		prev = w.stored[id]
 		w.order = append(w.order, id)
 	}
 	next, err := w.s.cfg.Fold(prev, e)
@@ -861,6 +863,59 @@ func (w *tx) fold(e *Entry) error {
 		return err
 	}
 	w.payments[id] = &next
+	return nil
+}
+
+// paymentsPerRead is the most payments one statement of readPayments asks
+// for.
+const paymentsPerRead = 64
+
+// paymentsReadSQL is the statement of readPayments for n payments.
+func paymentsReadSQL(n int) string {
+	return "SELECT project_id, payment_id, data FROM payments WHERE (project_id, payment_id) IN (VALUES (?,?)" +
+		strings.Repeat(",(?,?)", n-1) + ")"
+}
+
+// readPayments reads the rows of the payments that records may fold into,
+// many to a statement: a statement per payment costs several times more.
+func (w *tx) readPayments(records []Entry) error {
+	w.stored = map[[2]string][]byte{}
+	seen := map[[2]string]bool{}
+	var args []any
+	for i := range records {
+		e := &records[i]
+		id := [2]string{e.ProjectID, e.PaymentID}
+		if e.Unverified || e.PaymentID == "" || seen[id] {
+			continue
+		}
+		seen[id] = true
+		args = append(args, e.ProjectID, e.PaymentID)
+	}
+	for len(args) > 0 {
+		n := min(len(args)/2, paymentsPerRead)
+		st, err := w.stmt(paymentsReadSQL(n))
+		if err != nil {
+			return err
+		}
+		rows, err := st.QueryContext(w.ctx, args[:2*n]...)
+		if err != nil {
+			return err
+		}
+		args = args[2*n:]
+		for rows.Next() {
+			var id [2]string
+			var data []byte
+			if err := rows.Scan(&id[0], &id[1], &data); err != nil {
+				rows.Close()
+				return err
+			}
+			w.stored[id] = data
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -124,7 +124,8 @@ func TestDataKeepsUnknownFields(t *testing.T) {
 	ctx := context.Background()
 	data := []byte(`{"id":"x","a_field_added_later":{"nested":[1,2]}}`)
 	now := time.Now()
-	if err := s.Record(ctx, Entry{ID: "18ee8b529819896cc4a78150", Time: now, Kind: "callback", ProjectID: "1",
+	// IDs begin with their time: an older one would be pruned by age.
+	if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", now.UnixNano(), 0), Time: now, Kind: "callback", ProjectID: "1",
 		PaymentID: "p", EventKey: "k", Result: "forwarded", Data: data}); err != nil {
 		t.Fatal(err)
 	}
@@ -187,5 +188,66 @@ func TestWriteFailsAtRunTime(t *testing.T) {
 	}
 	if exp, err := s.Delivered(ctx, Key{2}); err != nil || exp == 0 {
 		t.Fatalf("the mark written after the failure: %d, %v", exp, err)
+	}
+}
+
+// The writer reads the payments of a transaction's entries through their
+// unique index, many to a statement.
+func TestPaymentsReadUsesTheIndex(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "ecommpay.db"))
+	for _, n := range []int{1, paymentsPerRead} {
+		args := make([]any, 2*n)
+		for i := range args {
+			args[i] = strconv.Itoa(i)
+		}
+		checkPlan(t, s.db, fmt.Sprintf("%d payments", n), paymentsReadSQL(n), args, "USING INDEX payments_id")
+	}
+}
+
+// A payment's entries in one transaction and in the next fold into one
+// row, each from the row the one before left.
+func TestFoldAcrossTransactions(t *testing.T) {
+	var prevs []string
+	s, _, _, err := Open(filepath.Join(t.TempDir(), "ecommpay.db"), Config{
+		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Fold: func(prev []byte, e *Entry) (Payment, error) {
+			prevs = append(prevs, e.PaymentID+":"+string(prev))
+			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
+				Status: e.Result, Data: []byte(string(prev) + e.Result)}, nil
+		},
+		Count: func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	n := 0
+	record := func(payment, result string) {
+		now := time.Now()
+		n++
+		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", now.UnixNano(), n), Time: now, Kind: "callback",
+			ProjectID: "1", PaymentID: payment, EventKey: fmt.Sprint("k", n), Result: result, Data: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record("a", "1")
+	record("b", "x")
+	record("a", "2")
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	record("a", "3")
+	record("c", "y")
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"a:", "b:", "a:1", "a:12", "c:"}
+	if strings.Join(prevs, " ") != strings.Join(want, " ") {
+		t.Fatalf("folded from %q, want %q", prevs, want)
+	}
+	got, err := s.Payments(ctx, PaymentQuery{ProjectID: "1", PaymentID: "a", Limit: 1})
+	if err != nil || len(got) != 1 || string(got[0]) != "123" {
+		t.Fatalf("payment a = %q, %v", got, err)
 	}
 }

@@ -127,6 +127,11 @@ func startShop(t testing.TB, caddyInternal, secret string, port int, extraEnv ..
 		"PYTHONUNBUFFERED=1",
 	)
 	s.env = append(s.env, extraEnv...)
+	if port == 0 {
+		// Not the shop's own bind to port 0: the kernel may hand it a port
+		// given to Caddy that Caddy has not bound yet.
+		port = freePort(t)
+	}
 	s.start(port)
 	t.Cleanup(func() {
 		s.stop()

@@ -1,0 +1,285 @@
+package ecommpay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Events implements journal.
+func (b *redisBackend) Events(ctx context.Context, f eventFilter) ([]journalEvent, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	limit := limitOr(f.Limit)
+	hi := "+"
+	if s := f.startID(); s != "" {
+		hi = "(" + s
+	}
+	lo := max(f.stopID(), b.cutID())
+	var ix string
+	switch {
+	case f.ProjectID != "" && f.PaymentID != "":
+		_, ix = b.payKeys(payMember(f.ProjectID, f.PaymentID))
+	case f.EventKey != "":
+		ix = b.key("ev:x:", f.EventKey)
+	case f.ProjectID != "":
+		ix = b.key("ev:p:", f.ProjectID)
+	case f.Result != "":
+		ix = b.key("ev:r:", f.Result)
+	case f.Kind != "":
+		ix = b.key("ev:k:", f.Kind)
+	default:
+		ix = b.key("ev")
+	}
+	genuine, err := b.scan(ctx, ix, hi, "["+lo, limit, &f, b.entries)
+	if err != nil {
+		return nil, err
+	}
+	strangers, err := b.scan(ctx, b.key("uv"), hi, "["+lo, limit, &f, inlineEntries)
+	if err != nil {
+		return nil, err
+	}
+	return mergeNewest(genuine, strangers, limit), nil
+}
+
+// cutID is the least ID within MaxAge.
+func (b *redisBackend) cutID() string { return idBound(time.Now().Add(-b.opts.Load().MaxAge)) }
+
+// scan pages through a sorted set of IDs (or "<id> <JSON>"), newest
+// first, and returns up to limit entries that match f.
+func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, f *eventFilter,
+	load func(context.Context, []string) ([]journalEvent, error)) ([]journalEvent, error) {
+	var out []journalEvent
+	for len(out) < limit {
+		members, err := b.client.ZRevRangeByLex(ctx, key, &redis.ZRangeBy{Max: hi, Min: lo, Count: redisScanPage}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		evs, err := load(ctx, members)
+		if err != nil {
+			return nil, err
+		}
+		for i := range evs {
+			if len(out) < limit && f.match(&evs[i]) {
+				out = append(out, evs[i])
+			}
+		}
+		if len(members) < redisScanPage {
+			break
+		}
+		hi = "(" + members[len(members)-1]
+	}
+	return out, nil
+}
+
+// entries loads entries by ID in order, skipping those gone.
+func (b *redisBackend) entries(ctx context.Context, ids []string) ([]journalEvent, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	pipe := b.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Get(ctx, b.key("e:", id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+	out := make([]journalEvent, 0, len(ids))
+	for _, c := range cmds {
+		var e journalEvent
+		if raw, err := c.Bytes(); err == nil && json.Unmarshal(raw, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// inlineEntries decodes members of uv.
+func inlineEntries(_ context.Context, members []string) ([]journalEvent, error) {
+	out := make([]journalEvent, 0, len(members))
+	for _, m := range members {
+		var e journalEvent
+		if _, js, ok := strings.Cut(m, " "); ok && json.Unmarshal([]byte(js), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// Timeline implements journal.
+func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string) (timeline, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	vk, ek := b.payKeys(payMember(projectID, paymentID))
+	pipe := b.client.Pipeline()
+	vc := pipe.HGetAll(ctx, vk)
+	ic := pipe.ZRangeByLex(ctx, ek, &redis.ZRangeBy{Min: "[" + b.cutID(), Max: "+"})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return timeline{}, fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+	v, ok := b.parseView(vc.Val())
+	if !ok || len(ic.Val()) == 0 {
+		return timeline{}, errNotFound
+	}
+	evs, err := b.entries(ctx, ic.Val())
+	if err != nil {
+		return timeline{}, err
+	}
+	return timeline{Payment: v, Events: evs}, nil
+}
+
+// parseView reads a view hash; a missing or aged-out view is not ok.
+func (b *redisBackend) parseView(h map[string]string) (paymentView, bool) {
+	o := b.opts.Load()
+	if h["started"] == "" {
+		return paymentView{}, false
+	}
+	n := func(k string) int { i, _ := strconv.Atoi(h[k]); return i }
+	v := paymentView{
+		ProjectID: h["project"], PaymentID: h["payment"],
+		Started: hexTime(h["started"]), Updated: hexTime(h["updated"]),
+		Mode: h["mode"], Amount: h["amount"], Currency: h["currency"], Method: h["method"],
+		Status: h["status"], Final: h["final"] == "1",
+		Callbacks: n("callbacks"), AppErrors: n("app_errors"), Events: n("events"),
+	}
+	if h["signed"] != "" {
+		v.Signed = hexTime(h["signed"])
+	}
+	return v, !v.Updated.Before(time.Now().Add(-o.MaxAge))
+}
+
+// views loads payment views by member, in order, skipping those gone; it
+// also returns the members whose views are gone.
+func (b *redisBackend) views(ctx context.Context, members []string) ([]paymentView, []string, error) {
+	pipe := b.client.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(members))
+	for i, m := range members {
+		vk, _ := b.payKeys(m)
+		cmds[i] = pipe.HGetAll(ctx, vk)
+	}
+	if len(members) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+	}
+	var out []paymentView
+	var gone []string
+	for i, c := range cmds {
+		if v, ok := b.parseView(c.Val()); ok {
+			out = append(out, v)
+		} else {
+			gone = append(gone, members[i])
+		}
+	}
+	return out, gone, nil
+}
+
+// Payments implements journal.
+func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
+	o := b.opts.Load()
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	limit := limitOr(f.Limit)
+	if f.ProjectID != "" && f.PaymentID != "" {
+		vs, _, err := b.views(ctx, []string{payMember(f.ProjectID, f.PaymentID)})
+		if err != nil || len(vs) == 0 || !f.match(&vs[0]) {
+			return nil, err
+		}
+		return vs, nil
+	}
+	key := b.key("pay")
+	if f.ProjectID != "" {
+		key = b.key("pay:p:", f.ProjectID)
+	}
+	// Scores are microseconds: widen the bounds and let match decide.
+	lo := time.Now().Add(-o.MaxAge).UnixMicro() - 1
+	if !f.Since.IsZero() {
+		lo = max(lo, f.Since.UnixMicro()-1)
+	}
+	hi := "+inf"
+	if !f.Until.IsZero() {
+		hi = strconv.FormatInt(f.Until.UnixMicro()+1, 10)
+	}
+	var out []paymentView
+	for off := int64(0); len(out) < limit; off += redisScanPage {
+		members, err := b.client.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{
+			Max: hi, Min: strconv.FormatInt(lo, 10), Offset: off, Count: redisScanPage}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		vs, _, err := b.views(ctx, members)
+		if err != nil {
+			return nil, err
+		}
+		for i := range vs {
+			if f.match(&vs[i]) {
+				out = append(out, vs[i])
+			}
+		}
+		if len(members) < redisScanPage {
+			break
+		}
+	}
+	slices.SortFunc(out, newestUpdatedFirst)
+	return out[:min(len(out), limit)], nil
+}
+
+// OpenPayments implements journal.
+func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]paymentView, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	limit = limitOr(limit)
+	hi := strconv.FormatInt(startedBefore.UnixMicro()+1, 10)
+	var out []paymentView
+	var gone []string
+	for off := int64(0); len(out) < limit; off += redisScanPage {
+		members, err := b.client.ZRangeByScore(ctx, b.key("open"), &redis.ZRangeBy{
+			Min: "-inf", Max: hi, Offset: off, Count: redisScanPage}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+		}
+		vs, g, err := b.views(ctx, members)
+		if err != nil {
+			return nil, err
+		}
+		gone = append(gone, g...)
+		for i := range vs {
+			if vs[i].isOpenSince(startedBefore) {
+				out = append(out, vs[i])
+			}
+		}
+		if len(members) < redisScanPage {
+			break
+		}
+	}
+	if len(gone) > 0 {
+		// Aged out; their keys expire by themselves.
+		b.client.ZRem(ctx, b.key("open"), toAny(gone)...)
+	}
+	slices.SortFunc(out, oldestSignedFirst)
+	return out[:min(len(out), limit)], nil
+}
+
+// Body implements journal.
+func (b *redisBackend) Body(ctx context.Context, eventKey string) ([]byte, error) {
+	ctx, cancel := b.ctx(ctx)
+	defer cancel()
+	vals, err := b.client.HMGet(ctx, b.key("b:", eventKey), "d", "last").Result()
+	if err != nil {
+		return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
+	}
+	d, _ := vals[0].(string)
+	last, _ := vals[1].(string)
+	if vals[0] == nil || last < b.cutID() {
+		return nil, errNotFound
+	}
+	return []byte(d), nil
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -480,7 +481,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 		x.setHeader(r.Header, HeaderSource, "status")
 	}
 	x.setHeader(r.Header, "Content-Type", "application/json")
-	x.setHeader(r.Header, "Content-Length", x.itoa(len(body)))
+	x.setHeader(r.Header, "Content-Length", strconv.Itoa(len(body)))
 	r.Header.Del("Accept-Encoding") // the app's answer is buffered, not parsed; keep it plain anyway
 	x.body.Reset(body)
 	r.Body = &x.body
@@ -523,7 +524,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	if delivered {
 		ev.Status, ev.Result = http.StatusOK, "forwarded"
 		x.setHeader(w.Header(), HeaderEventKey, ev.EventKey)
-		x.setHeader(w.Header(), "Content-Length", x.itoa(buf.Len()))
+		x.setHeader(w.Header(), "Content-Length", strconv.Itoa(buf.Len()))
 		w.WriteHeader(http.StatusOK) // ecommpay wants exactly 200
 		_, _ = w.Write(buf.Bytes())
 		return nil
@@ -542,7 +543,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 		return x.answer(refuse(cmp.Or(ev.Status, appStatus), "app_error", "the app could not be reached"))
 	}
 	ev.Status = appStatus
-	x.setHeader(w.Header(), "Content-Length", x.itoa(buf.Len()))
+	x.setHeader(w.Header(), "Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(appStatus)
 	_, _ = w.Write(buf.Bytes())
 	return nil

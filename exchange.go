@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -179,9 +178,6 @@ func (x *exchange) setHeader(hdr http.Header, name, value string) {
 	x.vals[i] = value
 	hdr[name] = x.vals[i : i+1 : i+1]
 }
-
-// itoa formats n for a header value.
-func (x *exchange) itoa(n int) string { return strconv.Itoa(n) }
 
 // finish logs the outcome, counts it once and records it in the journal.
 func (x *exchange) finish() {

@@ -17,7 +17,7 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 		return x.answer(rf)
 	}
 	s := getScratch()
-	defer s.release() // runs before finish: hence own() for the event
+	defer s.release()
 	pairs, rf := h.paymentParams(x, s)
 	if rf != nil {
 		return x.answer(rf)

@@ -73,7 +73,7 @@ func TestLocalSurvivesReopen(t *testing.T) {
 	if err := b.Destruct(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Commit(ctx, "held", held, testTTL); !errors.Is(err, errLocalClosed) {
+	if err := b.Commit(ctx, "held", held, testTTL); !errors.Is(err, sqlitestore.ErrClosed) {
 		t.Fatalf("Commit after Destruct = %v", err)
 	}
 

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"go.uber.org/zap"
 )
 
@@ -368,7 +369,7 @@ func (j *memoryJournal) report(n pruneCounts) {
 }
 
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
-// sizePruneFloor.
+// sqlitestore.SizePruneFloor.
 func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 	cut := idBound(now.Add(-j.opts.MaxAge))
 	for _, l := range []*eventList{&j.events, &j.unverified} {
@@ -382,7 +383,7 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 		n.unverified++
 	}
 	if j.size > j.opts.MaxSize {
-		floor := sizePruneFloor(j.opts.MaxSize)
+		floor := sqlitestore.SizePruneFloor(j.opts.MaxSize)
 		for j.size > floor && j.events.len()+j.unverified.len() > 0 {
 			// Strangers' entries go first: they cannot push genuine ones out.
 			l := &j.unverified

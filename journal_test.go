@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 )
 
 // The backend suite: one set of behaviour tests that every backend passes.
@@ -781,8 +783,8 @@ func TestSizePruneFloor(t *testing.T) {
 		{4 << 20, 4<<20 - (4<<20)/10},
 		{1000, 900},
 	} {
-		if got := sizePruneFloor(c.max); got != c.floor {
-			t.Errorf("sizePruneFloor(%d) = %d, want %d", c.max, got, c.floor)
+		if got := sqlitestore.SizePruneFloor(c.max); got != c.floor {
+			t.Errorf("SizePruneFloor(%d) = %d, want %d", c.max, got, c.floor)
 		}
 	}
 }

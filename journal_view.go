@@ -21,15 +21,6 @@ var journalPrunedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Help: "Journal entries pruned, by reason (age, size, unverified).",
 }, []string{"reason"})
 
-// sizePruneFloor is what a journal over maxSize is pruned down to, so that
-// a full journal prunes in batches: a tenth of maxSize below it, but no
-// more than 1 MiB or a sixty-fourth of maxSize, whichever is larger (4 MiB
-// of the default 256 MiB), so that no batch holds a core, or the memory
-// journal's lock, for long.
-func sizePruneFloor(maxSize int64) int64 {
-	return maxSize - max(maxSize/64, min(maxSize/10, 1<<20))
-}
-
 // Prune reasons, the values of journalPrunedTotal's label.
 const (
 	pruneAge        = "age"

@@ -30,8 +30,6 @@ const (
 	localErrLogEvery = 10 * time.Second
 )
 
-var errLocalClosed = sqlitestore.ErrClosed
-
 // localBackend implements backend on a SQLite file.
 type localBackend struct {
 	journal // the file's, or memory's when no file could be used

@@ -8,14 +8,9 @@ import (
 	"github.com/bits-and-blooms/bloom/v3"
 )
 
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
 // rebuildFilter builds the filter afresh from the unexpired marks in the
 // file and those queued, sized for twice their number.
-func (s *Store) rebuildFilter(ctx context.Context, q querier) (err error) {
+func (s *Store) rebuildFilter(ctx context.Context) (err error) {
 	s.mu.Lock()
 	s.building, s.built = true, nil
 	s.mu.Unlock()
@@ -27,7 +22,7 @@ func (s *Store) rebuildFilter(ctx context.Context, q querier) (err error) {
 		}
 	}()
 	var n int
-	if err := q.QueryRowContext(ctx, "SELECT count(*) FROM delivered").Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM delivered").Scan(&n); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -35,7 +30,7 @@ func (s *Store) rebuildFilter(ctx context.Context, q querier) (err error) {
 	s.mu.Unlock()
 	size := uint(max(filterMin, 2*(n+queued)))
 	f := bloom.NewWithEstimates(size, filterFP)
-	rows, err := q.QueryContext(ctx, "SELECT key_hash FROM delivered WHERE expires > ?", s.cfg.Now().UnixNano())
+	rows, err := s.db.QueryContext(ctx, "SELECT key_hash FROM delivered WHERE expires > ?", s.cfg.Now().UnixNano())
 	if err != nil {
 		return err
 	}
@@ -71,19 +66,6 @@ func (s *Store) rebuildFilter(ctx context.Context, q querier) (err error) {
 	s.mu.Unlock()
 	return nil
 }
-
-// FilterBytes is the memory the filter of delivered marks takes.
-func (s *Store) FilterBytes() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.filter == nil {
-		return 0
-	}
-	return int(s.filter.Cap() / 8)
-}
-
-// Path is the file's path.
-func (s *Store) Path() string { return s.path }
 
 // Healthy reports whether the last transaction succeeded.
 func (s *Store) Healthy() bool { return s.healthy.Load() }
@@ -122,26 +104,14 @@ func (s *Store) Delivered(ctx context.Context, k Key) (int64, error) {
 
 // Mark queues a delivered mark of k until exp (Unix ns).
 func (s *Store) Mark(ctx context.Context, k Key, exp int64) error {
-	if err := s.makeRoom(ctx); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return ErrClosed
-	}
-	s.marks[k] = exp
-	if s.filter != nil {
-		s.filter.Add(k[:])
-		s.filterN++
-	}
-	if s.building {
-		s.built = append(s.built, k)
-	}
-	n := len(s.marks) + len(s.records)
-	s.mu.Unlock()
-	if n >= FlushBatch {
-		s.kick()
-	}
-	return nil
+	return s.enqueue(ctx, func() {
+		s.marks[k] = exp
+		if s.filter != nil {
+			s.filter.Add(k[:])
+			s.filterN++
+		}
+		if s.building {
+			s.built = append(s.built, k)
+		}
+	})
 }

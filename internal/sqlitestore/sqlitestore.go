@@ -301,7 +301,7 @@ func open(path string, cfg Config) (*Store, error) {
 	// Reading every mark takes a while on a large file: until the filter
 	// is built, claims ask the file.
 	s.building = true
-	go func() { _ = s.rebuildFilter(context.Background(), s.db) }()
+	go func() { _ = s.rebuildFilter(context.Background()) }()
 	go s.run()
 	return s, nil
 }

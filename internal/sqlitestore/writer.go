@@ -20,6 +20,12 @@ func (s *Store) Record(ctx context.Context, e Entry) error {
 			e.Body = bytes.Clone(e.Body)
 		}
 	}
+	return s.enqueue(ctx, func() { s.records = append(s.records, e) })
+}
+
+// enqueue runs add under the lock, once there is room and unless the
+// store is closed, and starts a flush when a batch is full.
+func (s *Store) enqueue(ctx context.Context, add func()) error {
 	if err := s.makeRoom(ctx); err != nil {
 		return err
 	}
@@ -28,7 +34,7 @@ func (s *Store) Record(ctx context.Context, e Entry) error {
 		s.mu.Unlock()
 		return ErrClosed
 	}
-	s.records = append(s.records, e)
+	add()
 	n := len(s.marks) + len(s.records)
 	s.mu.Unlock()
 	if n >= FlushBatch {
@@ -141,7 +147,7 @@ func (s *Store) flush() error {
 	if rebuild {
 		// The filter holds more than it was sized for (expired marks
 		// included): start it again from the file.
-		_ = s.rebuildFilter(context.Background(), s.db)
+		_ = s.rebuildFilter(context.Background())
 	}
 	return nil
 }
@@ -245,12 +251,11 @@ func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err 
 
 func (w *tx) writeMarks(marks map[Key]int64, now time.Time) error {
 	if len(marks) > 0 {
-		st, err := w.PrepareContext(w.ctx, "INSERT INTO delivered(key_hash, expires) VALUES(?, ?) "+
+		st, err := w.stmt("INSERT INTO delivered(key_hash, expires) VALUES(?, ?) " +
 			"ON CONFLICT(key_hash) DO UPDATE SET expires = excluded.expires")
 		if err != nil {
 			return err
 		}
-		defer st.Close()
 		for k, exp := range marks {
 			if _, err := st.ExecContext(w.ctx, k[:], exp); err != nil {
 				return err
@@ -262,7 +267,10 @@ func (w *tx) writeMarks(marks map[Key]int64, now time.Time) error {
 	return err
 }
 
-func entryCost(e *Entry) int64 { return int64(len(e.Data)+len(e.ID)) + entryOverhead }
+func entryCost(e *Entry) int64 { return rowCost(e.ID, e.Data) }
+
+// rowCost is what an entry row of this ID and data counts against MaxSize.
+func rowCost(id string, data []byte) int64 { return int64(len(data)+len(id)) + entryOverhead }
 
 func bodyCost(key string, n int) int64 { return int64(len(key)+n) + bodyOverhead }
 
@@ -316,7 +324,7 @@ func (w *tx) countDuplicate(e *Entry) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	cost := int64(len(data)+len(id)) + entryOverhead
+	cost := rowCost(id, data)
 	if _, err := w.exec("UPDATE events SET data = ?, size = ? WHERE id = ?", data, cost, id); err != nil {
 		return false, err
 	}
@@ -400,14 +408,13 @@ func (w *tx) writePayments() error {
 	if len(w.order) == 0 {
 		return nil
 	}
-	st, err := w.PrepareContext(w.ctx, "INSERT INTO payments(project_id, payment_id, started, updated, signed, "+
-		"status, method, final, data) VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(project_id, payment_id) DO UPDATE SET "+
-		"started = excluded.started, updated = excluded.updated, signed = excluded.signed, status = excluded.status, "+
+	st, err := w.stmt("INSERT INTO payments(project_id, payment_id, started, updated, signed, " +
+		"status, method, final, data) VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(project_id, payment_id) DO UPDATE SET " +
+		"started = excluded.started, updated = excluded.updated, signed = excluded.signed, status = excluded.status, " +
 		"method = excluded.method, final = excluded.final, data = excluded.data")
 	if err != nil {
 		return err
 	}
-	defer st.Close()
 	for _, id := range w.order {
 		p := w.payments[id]
 		var signed any
@@ -445,7 +452,7 @@ func (w *tx) applyBounds(now time.Time) error {
 	if w.size > w.opts.MaxSize {
 		// Unverified entries go first: strangers cannot push genuine
 		// ones out.
-		floor := sizePruneFloor(w.opts.MaxSize)
+		floor := SizePruneFloor(w.opts.MaxSize)
 		over := func() bool { return w.size > floor }
 		for _, where := range []string{"WHERE verified = 0 ORDER BY id", "ORDER BY id"} {
 			n, err = w.prune(where, budget, over)
@@ -459,9 +466,12 @@ func (w *tx) applyBounds(now time.Time) error {
 	return err
 }
 
-// sizePruneFloor is what a journal over maxSize is pruned down to, so that
-// a full journal prunes in batches rather than on every write.
-func sizePruneFloor(maxSize int64) int64 {
+// SizePruneFloor is what a journal over maxSize is pruned down to, so that
+// a full journal prunes in batches: a tenth of maxSize below it, but no
+// more than 1 MiB or a sixty-fourth of maxSize, whichever is larger (4 MiB
+// of the default 256 MiB), so that no batch holds a core, or the memory
+// journal's lock, for long. Every local and memory journal prunes so.
+func SizePruneFloor(maxSize int64) int64 {
 	return maxSize - max(maxSize/64, min(maxSize/10, 1<<20))
 }
 

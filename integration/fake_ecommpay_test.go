@@ -64,10 +64,10 @@ func referenceSigner() sandbox.Signer {
 }
 
 // fakeKnobs are the tests' timings: each payment is paid 150 ms after its
-// intermediate callback; retries 100 times faster than ecommpay's.
+// intermediate callback; the rest are the sandbox's defaults (retries 100
+// times faster than ecommpay's).
 func fakeKnobs() sandbox.Knobs {
-	return sandbox.Knobs{PayAfter: 150 * time.Millisecond, RetryScale: 100, RetryCap: 2 * time.Second,
-		MaxAttempts: 60, RetryWindow: 60 * time.Second, QRTimeout: "600"}
+	return sandbox.Knobs{PayAfter: 150 * time.Millisecond}
 }
 
 func startFake(t testing.TB, secret string) *fakeEcommpay {

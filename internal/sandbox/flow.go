@@ -139,11 +139,11 @@ func (s *Sandbox) SignedCallback(paymentID, opType, opStatus string) []byte {
 
 // emit signs a callback body and delivers it to every callback URL,
 // unless the final callback of the payment is to be dropped.
-func (s *Sandbox) emit(name string, p *Payment, body map[string]any, sigInGeneral bool) *Callback {
+func (s *Sandbox) emit(name string, p *Payment, body map[string]any, sigInGeneral bool) {
 	dropped := s.noteStatus(name, p.ID, body)
 	raw, err := signCallback(s.signer, body, s.CallbackSecret(p.ProjectID), sigInGeneral)
 	if err != nil {
-		return nil
+		return
 	}
 	pay, _ := body["payment"].(map[string]any)
 	o, _ := body["operation"].(map[string]any)
@@ -161,7 +161,6 @@ func (s *Sandbox) emit(name string, p *Payment, body map[string]any, sigInGenera
 	if !dropped {
 		s.deliver(cb, urls, copies)
 	}
-	return cb
 }
 
 // Resend delivers callback seq (1-based) once more, as ecommpay does when
@@ -181,13 +180,11 @@ func (s *Sandbox) Resend(seq int) bool {
 
 // deliver starts copies × len(urls) independent deliveries of cb at once,
 // each retrying until it gets exactly HTTP 200.
-func (s *Sandbox) deliver(cb *Callback, urls []string, copies int) []*Delivery {
+func (s *Sandbox) deliver(cb *Callback, urls []string, copies int) {
 	start := make(chan struct{})
-	var ds []*Delivery
 	for _, u := range urls {
 		for c := 0; c < copies; c++ {
 			d := &Delivery{CB: cb, URL: u, Copy: c}
-			ds = append(ds, d)
 			s.mu.Lock()
 			s.deliveries = append(s.deliveries, d)
 			s.mu.Unlock()
@@ -198,7 +195,6 @@ func (s *Sandbox) deliver(cb *Callback, urls []string, copies int) []*Delivery {
 		}
 	}
 	close(start)
-	return ds
 }
 
 // retryDelay is the wait after attempt n (1-based): ecommpay's schedule
@@ -248,13 +244,6 @@ func (s *Sandbox) attempt(d *Delivery) Attempt {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", s.userAgent)
-	s.mu.Lock()
-	for k, vs := range s.extraHeaders {
-		for _, v := range vs {
-			req.Header.Add(k, v)
-		}
-	}
-	s.mu.Unlock()
 	resp, err := s.client.Do(req)
 	if err != nil {
 		a.Err = err.Error()

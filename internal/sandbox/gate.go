@@ -313,7 +313,6 @@ func (s *Sandbox) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	s.statusSigOK++
 	p := s.payments[pid]
 	var answer map[string]any
 	if p != nil && p.Status != "" && p.ProjectID == projectID {

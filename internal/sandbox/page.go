@@ -1,11 +1,14 @@
 package sandbox
 
 import (
+	"math/big"
 	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/currency"
 )
 
 // The Payment Page: GET /payment checks the signature as ecommpay does; a
@@ -308,19 +311,10 @@ func (s *Sandbox) handleResend(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/sandbox/", http.StatusSeeOther)
 }
 
-// formatAmount renders minor units with two decimals (zero for JPY).
-func formatAmount(amount int64, currency string) string {
-	if currency == "JPY" {
-		return strconv.FormatInt(amount, 10) + " " + currency
-	}
-	return strconv.FormatInt(amount/100, 10) + "." + leftPad(strconv.FormatInt(amount%100, 10)) + " " + currency
-}
-
-func leftPad(s string) string {
-	if len(s) < 2 {
-		return "0" + s
-	}
-	return s
+// formatAmount renders minor units in major units by the currency's
+// exponent.
+func formatAmount(amount int64, code string) string {
+	return currency.FormatMajor(big.NewInt(amount), code) + " " + code
 }
 
 // ---- the delivery log ----

@@ -242,7 +242,6 @@ type Sandbox struct {
 	mu           sync.Mutex
 	knobs        Knobs
 	callbackURLs []string
-	extraHeaders http.Header
 	requests     []*Request
 	payments     map[string]*Payment
 	order        []string // payment IDs, oldest first
@@ -250,8 +249,7 @@ type Sandbox struct {
 	deliveries   []*Delivery
 	statusPay    map[string]any              // payment_id → the last payment object
 	statusOps    map[string][]map[string]any // payment_id → its operations, latest state
-	statusSigOK  int
-	dropFinal    map[string]bool // payment_id → its final sale callback is not sent
+	dropFinal    map[string]bool             // payment_id → its final sale callback is not sent
 }
 
 // New builds a Sandbox. Call Close to stop its deliveries.
@@ -324,13 +322,6 @@ func (s *Sandbox) SetCallbackURLs(urls ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.callbackURLs = append([]string(nil), urls...)
-}
-
-// SetExtraHeaders adds these headers to every callback sent from now on.
-func (s *Sandbox) SetExtraHeaders(h http.Header) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.extraHeaders = h.Clone()
 }
 
 // DropFinalCallback makes the sandbox lose the final sale callback of a
@@ -490,13 +481,6 @@ func (s *Sandbox) Settled() (bool, int, string) {
 		}
 	}
 	return len(pending) == 0, len(s.deliveries), strings.Join(pending, "; ")
-}
-
-// StatusRequestsWithGoodSignature counts status requests that verified.
-func (s *Sandbox) StatusRequestsWithGoodSignature() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.statusSigOK
 }
 
 // Summary describes every request and delivery, for test failure logs.

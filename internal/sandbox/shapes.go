@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -193,10 +194,8 @@ func checkCurrency(method, currency string) string {
 	if !ok {
 		return ""
 	}
-	for _, c := range list {
-		if c == currency {
-			return ""
-		}
+	if slices.Contains(list, currency) {
+		return ""
 	}
 	return fmt.Sprintf("currency %s is not available for %s", currency, method)
 }

@@ -153,20 +153,29 @@ func summarize(list []paymentView) paymentSummary {
 // by payment, rather than searching the journal by event key.
 func (h *Handler) pendingAppErrors(ctx context.Context, refused []journalEvent) ([]journalEvent, error) {
 	delivered := map[string]bool{} // event keys the app has
-	read := map[payID]bool{}
+	readPayments := map[payID]bool{}
+	readKeys := map[string]bool{}
 	for _, e := range refused {
-		id := payID{e.ProjectID, e.PaymentID}
-		if e.EventKey == "" || read[id] {
+		if e.EventKey == "" {
 			continue
 		}
-		read[id] = true
 		var evs []journalEvent
 		var err error
 		if e.PaymentID != "" {
+			// One payment's timeline answers for all its refused events.
+			id := payID{e.ProjectID, e.PaymentID}
+			if readPayments[id] {
+				continue
+			}
+			readPayments[id] = true
 			var tl timeline
 			tl, err = h.journal.Timeline(ctx, e.ProjectID, e.PaymentID)
 			evs = tl.Events
 		} else {
+			if readKeys[e.EventKey] {
+				continue
+			}
+			readKeys[e.EventKey] = true
 			evs, err = h.journal.Events(ctx, eventFilter{EventKey: e.EventKey, Result: "forwarded", Limit: 1})
 		}
 		if err != nil && !errors.Is(err, errNotFound) {

@@ -351,3 +351,25 @@ func TestReplayAnswersItsEntry(t *testing.T) {
 		t.Fatalf("journal has %+v (%v); the replay answered id %q, time %v", evs, err, d.ev.ID, d.ev.Time)
 	}
 }
+
+// Refused callbacks without a payment (a card token's) are each checked
+// for a delivered retry, not only the first of their project.
+func TestConsoleAttentionForgetsDeliveredTokenRetries(t *testing.T) {
+	f := newConsoleFixture(t)
+	tokenCallback := func(op string) []byte {
+		return sign(t, testSecret, `{"project_id":210,"customer":{"id":"C-`+op+`"},"token":"tok-`+op+`","operation":{"id":`+op+`,"type":"tokenize","status":"success"}}`)
+	}
+	first, second := tokenCallback("9227000003001"), tokenCallback("9227000003002")
+	f.app.status.Store(http.StatusInternalServerError)
+	serve(f.cb, post("/cb", first), f.next)
+	serve(f.cb, post("/cb", second), f.next)
+	if page := f.get(t, "/attention").Body.String(); strings.Count(page, "app 500") != 2 {
+		t.Fatalf("two refused token callbacks are not both under Attention: %s", page)
+	}
+	f.app.status.Store(http.StatusOK)
+	serve(f.cb, post("/cb", first), f.next)
+	serve(f.cb, post("/cb", second), f.next)
+	if page := f.get(t, "/attention").Body.String(); strings.Contains(page, "app 500") {
+		t.Fatalf("a delivered token callback is still under Attention: %s", page)
+	}
+}

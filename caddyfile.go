@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -226,7 +227,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "qr_level":
 			if err = want(1, 1); err == nil {
-				if _, perr := ParseQRLevel(args[0]); perr != nil {
+				if _, perr := qr.ParseLevel(args[0]); perr != nil {
 					return d.Errf("qr_level: %v", perr)
 				}
 				h.QRLevel = args[0]

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr/qrtest"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -404,7 +405,7 @@ func TestCallbackQRImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := zxingDecode(t, img); got != qr["source"] {
+	if got := qrtest.Decode(t, img); got != qr["source"] {
 		t.Fatalf("the PNG decodes to %q", got)
 	}
 }
@@ -455,7 +456,7 @@ func TestCallbackQRHostedLink(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	_, _ = buf.ReadFrom(res.Body)
-	if got := zxingDecode(t, buf.Bytes()); got != "weixin://wxpay/bizpayurl?pr=dMrSpJG" {
+	if got := qrtest.Decode(t, buf.Bytes()); got != "weixin://wxpay/bizpayurl?pr=dMrSpJG" {
 		t.Fatalf("decodes to %q", got)
 	}
 	if _, err := png.Decode(bytes.NewReader(buf.Bytes())); err != nil {

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -484,7 +485,7 @@ func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 
 // displayData renders a body's QR strings as inline PNGs and finds its
 // redirect link, when there is one.
-func displayData(d *Doc) (qr []template.URL, redirect string) {
+func displayData(d *Doc) (images []template.URL, redirect string) {
 	root := d.Root()
 	list := d.Get(root, "display_data")
 	if list != none && d.Kind(list) == Array {
@@ -492,17 +493,17 @@ func displayData(d *Doc) (qr []template.URL, redirect string) {
 			if textAt(d, e, "type") != "qr_data" {
 				continue
 			}
-			png, err := RenderQR(textAt(d, e, "data"), QROptions{})
+			png, err := qr.Render(textAt(d, e, "data"), qr.Options{})
 			if err == nil {
 				// A PNG of our own making: safe as a data: URL.
-				qr = append(qr, template.URL("data:image/png;base64,"+base64.StdEncoding.EncodeToString(png)))
+				images = append(images, template.URL("data:image/png;base64,"+base64.StdEncoding.EncodeToString(png)))
 			}
 		}
 	}
 	if u, err := url.Parse(textAt(d, root, "redirect_data", "url")); err == nil && (u.Scheme == "https" || u.Scheme == "http") {
 		redirect = u.String()
 	}
-	return qr, redirect
+	return images, redirect
 }
 
 func (h *Handler) consoleReplayForm(w http.ResponseWriter, r *http.Request) {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -191,8 +192,8 @@ type Handler struct {
 	paymentPage  *url.URL
 	pageBase     *pageBase // paymentPage as the signed URLs start
 	qrBase       *url.URL
-	qrOpts       QROptions
-	qrCache      *QRCache
+	qrOpts       qr.Options
+	qrCache      *qr.Cache
 	store        Store
 	journal      journal
 	releaseStore func() error
@@ -346,7 +347,7 @@ func (h *Handler) provisionProjects() error {
 				return fmt.Errorf("project %s: secret #%d is empty or its placeholder cannot be resolved", p.ID, i+1)
 			}
 			pr.keys = append(pr.keys, NewKey(secret))
-			pr.qrKeys = append(pr.qrKeys, QRLinkKey(secret))
+			pr.qrKeys = append(pr.qrKeys, qr.LinkKey(secret))
 		}
 		h.projects[p.ID] = pr
 	}

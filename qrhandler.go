@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -20,23 +21,23 @@ const maxQRTimeout = 24 * time.Hour
 var now = time.Now
 
 func (h *Handler) provisionQROptions() error {
-	h.qrOpts = QROptions{Size: h.QRSize}
+	h.qrOpts = qr.Options{Size: h.QRSize}
 	if h.QRLevel != "" {
-		lvl, err := ParseQRLevel(h.QRLevel)
+		lvl, err := qr.ParseLevel(h.QRLevel)
 		if err != nil {
 			return fmt.Errorf("qr_level: %w", err)
 		}
 		h.qrOpts.Level = lvl
 	}
-	if _, err := h.qrOpts.normalize(); err != nil {
+	if _, err := h.qrOpts.Normalize(); err != nil {
 		return fmt.Errorf("qr_size or qr_level: %w", err)
 	}
 	size := h.QRCacheSize
 	if size <= 0 {
-		size = DefaultQRCacheBytes
+		size = qr.DefaultCacheBytes
 	}
 	var err error
-	h.qrCache, err = NewQRCache(size)
+	h.qrCache, err = qr.NewCache(size)
 	return err
 }
 
@@ -90,7 +91,7 @@ func (h *Handler) rewriteQR(d *Doc, p *project) bool {
 		}
 		payload := d.Text(data)
 		if h.qrBase != nil {
-			link := MakeQRLink(h.qrBase.String(), p.qrKeys[0], p.id, payload, now().Add(h.qrLifetime(d, list)))
+			link := qr.MakeLink(h.qrBase.String(), p.qrKeys[0], p.id, payload, now().Add(h.qrLifetime(d, list)))
 			d.Set(e, "type", String, "qr_url")
 			d.Set(e, "data", String, link)
 		} else {
@@ -143,7 +144,7 @@ func (h *Handler) serveQR(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	t := now()
-	link, err := ParseQRLink(r.URL.EscapedPath())
+	link, err := qr.ParseLink(r.URL.EscapedPath())
 	var p *project
 	if err == nil {
 		p = h.lookupProject(link.Project)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -63,8 +64,8 @@ func SandboxSigner() sandbox.Signer {
 	}
 }
 
-// SandboxQR renders the sandbox's QR codes as the callback route does.
-func SandboxQR(payload string) ([]byte, error) { return RenderQR(payload, QROptions{}) }
+// sandboxQR renders the sandbox's QR codes as the callback route does.
+func sandboxQR(payload string) ([]byte, error) { return qr.Render(payload, qr.Options{}) }
 
 func (h *Handler) provisionSandbox() error {
 	c := h.Sandbox
@@ -78,7 +79,7 @@ func (h *Handler) provisionSandbox() error {
 	}
 	cfg := sandbox.Config{
 		Signer:       SandboxSigner(),
-		QRPNG:        SandboxQR,
+		QRPNG:        sandboxQR,
 		CallbackURLs: c.CallbackURLs,
 		BaseURL:      h.BaseURL,
 		Knobs: sandbox.Knobs{

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	ecommpay "github.com/caddy-ecommpay/caddy-ecommpay"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 )
 
@@ -91,7 +92,7 @@ func newSandbox(t *testing.T, callbackURL string, knobs sandbox.Knobs) (*sandbox
 		Projects:     []sandbox.Project{{ID: projectID, Secret: secret}, {ID: "211", Secret: "other-project-secret"}},
 		CallbackURLs: []string{callbackURL},
 		Signer:       ecommpay.SandboxSigner(),
-		QRPNG:        ecommpay.SandboxQR,
+		QRPNG:        func(p string) ([]byte, error) { return qr.Render(p, qr.Options{}) },
 		Knobs:        knobs,
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package ecommpay
+package qr
 
 import (
 	"bytes"
@@ -12,87 +12,88 @@ import (
 	qrcode "github.com/yeqown/go-qrcode/v2"
 )
 
-// QR rendering errors; test for them with errors.Is.
+// Rendering errors, wrapped with the offending value; the package tests
+// tell them apart with errors.Is. Callers only log them.
 var (
-	// ErrQREmpty reports an empty payload.
-	ErrQREmpty = errors.New("ecommpay: empty QR payload")
-	// ErrQRTooLong reports a payload that does not fit a version-40 symbol at the chosen level.
-	ErrQRTooLong = errors.New("ecommpay: QR payload too long for the error-correction level")
-	// ErrQRLevel reports an error-correction level other than L, M, Q or H.
-	ErrQRLevel = errors.New("ecommpay: QR level must be L, M, Q or H")
-	// ErrQRSize reports a negative target size or one above MaxQRSize.
-	ErrQRSize = errors.New("ecommpay: QR size out of range")
+	// errEmpty reports an empty payload.
+	errEmpty = errors.New("ecommpay: empty QR payload")
+	// errTooLong reports a payload that does not fit a version-40 symbol at the chosen level.
+	errTooLong = errors.New("ecommpay: QR payload too long for the error-correction level")
+	// errLevel reports an error-correction level other than L, M, Q or H.
+	errLevel = errors.New("ecommpay: QR level must be L, M, Q or H")
+	// errSize reports a negative target size or one above maxSize.
+	errSize = errors.New("ecommpay: QR size out of range")
 )
 
 const (
-	// DefaultQRSize is the target image side in pixels when QROptions.Size is 0.
-	DefaultQRSize = 256
-	// MaxQRSize bounds QROptions.Size so a config typo cannot allocate gigabytes.
-	MaxQRSize = 4096
-	// qrQuiet is the quiet zone in modules required by ISO/IEC 18004.
-	qrQuiet = 4
+	// defaultSize is the target image side in pixels when Options.Size is 0.
+	defaultSize = 256
+	// maxSize bounds Options.Size so a config typo cannot allocate gigabytes.
+	maxSize = 4096
+	// quietZone is the quiet zone in modules required by ISO/IEC 18004.
+	quietZone = 4
 )
 
-// QROptions selects the error-correction level and target size of a QR image.
-type QROptions struct {
+// Options selects the error-correction level and target size of a QR image.
+type Options struct {
 	Level byte // 'L', 'M', 'Q' or 'H'; 0 means 'M'
-	Size  int  // target image side in px; 0 means DefaultQRSize
+	Size  int  // target image side in px; 0 means defaultSize
 }
 
-// normalize applies defaults and validates, so equal renders share one cache key.
-func (o QROptions) normalize() (QROptions, error) {
+// Normalize applies defaults and validates, so equal renders share one cache key.
+func (o Options) Normalize() (Options, error) {
 	if o.Level == 0 {
 		o.Level = 'M'
 	}
 	if o.Level >= 'a' && o.Level <= 'z' {
 		o.Level -= 'a' - 'A'
 	}
-	if _, ok := qrLevels[o.Level]; !ok {
-		return o, fmt.Errorf("%w: %q", ErrQRLevel, o.Level)
+	if _, ok := levels[o.Level]; !ok {
+		return o, fmt.Errorf("%w: %q", errLevel, o.Level)
 	}
 	if o.Size == 0 {
-		o.Size = DefaultQRSize
+		o.Size = defaultSize
 	}
-	if o.Size < 0 || o.Size > MaxQRSize {
-		return o, fmt.Errorf("%w: %d (max %d)", ErrQRSize, o.Size, MaxQRSize)
+	if o.Size < 0 || o.Size > maxSize {
+		return o, fmt.Errorf("%w: %d (max %d)", errSize, o.Size, maxSize)
 	}
 	return o, nil
 }
 
-var qrLevels = map[byte]qrcode.EncodeOption{
+var levels = map[byte]qrcode.EncodeOption{
 	'L': qrcode.WithErrorCorrectionLevel(qrcode.ErrorCorrectionLow),
 	'M': qrcode.WithErrorCorrectionLevel(qrcode.ErrorCorrectionMedium),
 	'Q': qrcode.WithErrorCorrectionLevel(qrcode.ErrorCorrectionQuart),
 	'H': qrcode.WithErrorCorrectionLevel(qrcode.ErrorCorrectionHighest),
 }
 
-// ParseQRLevel parses a config value "L", "M", "Q" or "H" (any case) into a QROptions.Level.
-func ParseQRLevel(s string) (byte, error) {
+// ParseLevel parses a config value "L", "M", "Q" or "H" (any case) into a Options.Level.
+func ParseLevel(s string) (byte, error) {
 	if len(s) == 1 {
-		if o, err := (QROptions{Level: s[0]}).normalize(); err == nil {
+		if o, err := (Options{Level: s[0]}).Normalize(); err == nil {
 			return o.Level, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: %q", ErrQRLevel, s)
+	return 0, fmt.Errorf("%w: %q", errLevel, s)
 }
 
-// RenderQR encodes payload (UTF-8 text goes in byte mode) as a 1-bit greyscale PNG
+// Render encodes payload (UTF-8 text goes in byte mode) as a 1-bit greyscale PNG
 // with whole pixels per module and at least 4 modules of quiet zone. The image
 // side is exactly opt.Size unless the symbol needs more than that at 1 px per module.
 // The encoder breaks mask-score ties in goroutine order, so a few percent of
 // payloads can come out as different (equally valid) bytes between calls.
-func RenderQR(payload string, opt QROptions) ([]byte, error) {
-	opt, err := opt.normalize()
+func Render(payload string, opt Options) ([]byte, error) {
+	opt, err := opt.Normalize()
 	if err != nil {
 		return nil, err
 	}
 	if payload == "" {
-		return nil, ErrQREmpty
+		return nil, errEmpty
 	}
-	code, err := qrcode.NewWith(payload, qrLevels[opt.Level])
+	code, err := qrcode.NewWith(payload, levels[opt.Level])
 	if err != nil {
 		// With a non-empty payload the only failure is version selection.
-		return nil, fmt.Errorf("%w: %d bytes at level %c", ErrQRTooLong, len(payload), opt.Level)
+		return nil, fmt.Errorf("%w: %d bytes at level %c", errTooLong, len(payload), opt.Level)
 	}
 	var m matrixGrab
 	if err := code.Save(&m); err != nil {
@@ -124,8 +125,8 @@ var pngPool = sync.Pool{New: func() any {
 // pixels one at a time and costs several times more.
 func writeQRPNG(m *qrcode.Matrix, size int) []byte {
 	dim := m.Width()
-	scale := max(size/(dim+2*qrQuiet), 1)
-	side := (dim + 2*qrQuiet) * scale
+	scale := max(size/(dim+2*quietZone), 1)
+	side := (dim + 2*quietZone) * scale
 	if side < size {
 		side = size // extra border; the quiet zone only grows
 	}

@@ -1,4 +1,4 @@
-package ecommpay
+package qr
 
 import (
 	"bytes"
@@ -14,8 +14,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/makiuchi-d/gozxing"
-	zxqr "github.com/makiuchi-d/gozxing/qrcode"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr/qrtest"
 )
 
 const (
@@ -73,27 +72,27 @@ func TestQRFixtures(t *testing.T) {
 func TestRenderQRRoundTrip(t *testing.T) {
 	type tc struct {
 		name, payload string
-		opt           QROptions
+		opt           Options
 	}
 	var cases []tc
 	for name, p := range qrPayloads {
 		for _, size := range []int{0, 512} {
-			cases = append(cases, tc{fmt.Sprintf("%s/%d", name, size), p, QROptions{Size: size}})
+			cases = append(cases, tc{fmt.Sprintf("%s/%d", name, size), p, Options{Size: size}})
 		}
 	}
 	for _, lv := range []byte("LMQH") {
 		for _, name := range []string{"alipay", "emvco"} {
-			cases = append(cases, tc{fmt.Sprintf("%s/level-%c", name, lv), qrPayloads[name], QROptions{Level: lv}})
+			cases = append(cases, tc{fmt.Sprintf("%s/level-%c", name, lv), qrPayloads[name], Options{Level: lv}})
 		}
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			b, err := RenderQR(c.payload, c.opt)
+			b, err := Render(c.payload, c.opt)
 			if err != nil {
 				t.Fatal(err)
 			}
 			checkQRImage(t, b, c.opt)
-			if got := zxingDecode(t, b); got != c.payload {
+			if got := qrtest.Decode(t, b); got != c.payload {
 				t.Errorf("gozxing read %q", got)
 			}
 			if got := zbarDecode(t, b); got != c.payload {
@@ -106,11 +105,11 @@ func TestRenderQRRoundTrip(t *testing.T) {
 // Numeric and alphanumeric payloads take the encoder's compact modes.
 func TestRenderQRCompactModes(t *testing.T) {
 	for _, p := range []string{"20261123004200000001", "HTTPS://QR.ALIPAY.COM/BAX03431LJHOKIRWL38F00A7"} {
-		b, err := RenderQR(p, QROptions{})
+		b, err := Render(p, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := zxingDecode(t, b); got != p {
+		if got := qrtest.Decode(t, b); got != p {
 			t.Errorf("gozxing read %q, want %q", got, p)
 		}
 		if got := zbarDecode(t, b); got != p {
@@ -121,8 +120,8 @@ func TestRenderQRCompactModes(t *testing.T) {
 
 func TestRenderQRSmallSize(t *testing.T) {
 	// 1 px per module plus quiet zone exceeds 40 px: the image grows instead.
-	opt := QROptions{Size: 40}
-	b, err := RenderQR(qrURL300, opt)
+	opt := Options{Size: 40}
+	b, err := Render(qrURL300, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,26 +133,26 @@ func TestRenderQRSmallSize(t *testing.T) {
 func TestRenderQRErrors(t *testing.T) {
 	for _, c := range []struct {
 		payload string
-		opt     QROptions
+		opt     Options
 		want    error
 	}{
-		{"", QROptions{}, ErrQREmpty},
-		{strings.Repeat("x", 8000), QROptions{Level: 'H'}, ErrQRTooLong},
-		{strings.Repeat("x", 1274), QROptions{Level: 'H'}, ErrQRTooLong}, // v40-H holds 1273 bytes
-		{strings.Repeat("x", 2954), QROptions{Level: 'L'}, ErrQRTooLong}, // v40-L holds 2953 bytes
-		{qrWeChat, QROptions{Level: 'X'}, ErrQRLevel},
-		{qrWeChat, QROptions{Size: -1}, ErrQRSize},
-		{qrWeChat, QROptions{Size: MaxQRSize + 1}, ErrQRSize},
+		{"", Options{}, errEmpty},
+		{strings.Repeat("x", 8000), Options{Level: 'H'}, errTooLong},
+		{strings.Repeat("x", 1274), Options{Level: 'H'}, errTooLong}, // v40-H holds 1273 bytes
+		{strings.Repeat("x", 2954), Options{Level: 'L'}, errTooLong}, // v40-L holds 2953 bytes
+		{qrWeChat, Options{Level: 'X'}, errLevel},
+		{qrWeChat, Options{Size: -1}, errSize},
+		{qrWeChat, Options{Size: maxSize + 1}, errSize},
 	} {
-		if _, err := RenderQR(c.payload, c.opt); !errors.Is(err, c.want) {
-			t.Errorf("RenderQR(%d bytes, %+v) = %v, want %v", len(c.payload), c.opt, err, c.want)
+		if _, err := Render(c.payload, c.opt); !errors.Is(err, c.want) {
+			t.Errorf("Render(%d bytes, %+v) = %v, want %v", len(c.payload), c.opt, err, c.want)
 		}
 	}
 	for _, c := range []struct {
 		n     int
 		level byte
 	}{{1273, 'H'}, {2953, 'L'}} {
-		if _, err := RenderQR(strings.Repeat("x", c.n), QROptions{Level: c.level}); err != nil {
+		if _, err := Render(strings.Repeat("x", c.n), Options{Level: c.level}); err != nil {
 			t.Errorf("%d bytes at %c: %v", c.n, c.level, err)
 		}
 	}
@@ -161,20 +160,20 @@ func TestRenderQRErrors(t *testing.T) {
 
 func TestParseQRLevel(t *testing.T) {
 	for in, want := range map[string]byte{"L": 'L', "m": 'M', "Q": 'Q', "h": 'H'} {
-		if got, err := ParseQRLevel(in); err != nil || got != want {
-			t.Errorf("ParseQRLevel(%q) = %c, %v", in, got, err)
+		if got, err := ParseLevel(in); err != nil || got != want {
+			t.Errorf("ParseLevel(%q) = %c, %v", in, got, err)
 		}
 	}
 	for _, in := range []string{"", "X", "LM", "medium", " M"} {
-		if _, err := ParseQRLevel(in); !errors.Is(err, ErrQRLevel) {
-			t.Errorf("ParseQRLevel(%q) = %v, want ErrQRLevel", in, err)
+		if _, err := ParseLevel(in); !errors.Is(err, errLevel) {
+			t.Errorf("ParseLevel(%q) = %v, want errLevel", in, err)
 		}
 	}
 }
 
 // checkQRImage asserts the PNG format and geometry and returns the px per
 // module and the symbol side in modules.
-func checkQRImage(t *testing.T, b []byte, opt QROptions) (scale, dim int) {
+func checkQRImage(t *testing.T, b []byte, opt Options) (scale, dim int) {
 	t.Helper()
 	if len(b) < 33 || string(b[12:16]) != "IHDR" {
 		t.Fatalf("no IHDR chunk")
@@ -216,12 +215,12 @@ func checkQRImage(t *testing.T, b []byte, opt QROptions) (scale, dim int) {
 	}
 	size := opt.Size
 	if size == 0 {
-		size = DefaultQRSize
+		size = defaultSize
 	}
-	if want := max(size/(dim+2*qrQuiet), 1); scale != want {
+	if want := max(size/(dim+2*quietZone), 1); scale != want {
 		t.Errorf("scale %d px/module, want %d", scale, want)
 	}
-	if want := max(size, (dim+2*qrQuiet)*scale); w != want {
+	if want := max(size, (dim+2*quietZone)*scale); w != want {
 		t.Errorf("side %d px, want %d", w, want)
 	}
 	q := 4 * scale
@@ -239,24 +238,6 @@ func checkQRImage(t *testing.T, b []byte, opt QROptions) (scale, dim int) {
 		}
 	}
 	return scale, dim
-}
-
-func zxingDecode(t *testing.T, b []byte) string {
-	t.Helper()
-	img, err := png.Decode(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bmp, err := gozxing.NewBinaryBitmapFromImage(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := zxqr.NewQRCodeReader().Decode(bmp, nil)
-	if err != nil {
-		t.Errorf("gozxing: %v", err)
-		return ""
-	}
-	return res.GetText()
 }
 
 func zbarDecode(t *testing.T, b []byte) string {
@@ -291,9 +272,9 @@ func FuzzRenderQR(f *testing.F) {
 	f.Add("0123456789", byte('h'), int16(21))
 	f.Add("ABC $%*+-./:", byte('q'), int16(1000))
 	f.Fuzz(func(t *testing.T, payload string, level byte, size int16) {
-		b, err := RenderQR(payload, QROptions{Level: level, Size: int(size)})
+		b, err := Render(payload, Options{Level: level, Size: int(size)})
 		if err != nil {
-			for _, e := range []error{ErrQREmpty, ErrQRTooLong, ErrQRLevel, ErrQRSize} {
+			for _, e := range []error{errEmpty, errTooLong, errLevel, errSize} {
 				if errors.Is(err, e) {
 					return
 				}
@@ -315,7 +296,7 @@ func BenchmarkRenderQRWeChat256(b *testing.B) {
 	var out []byte
 	for b.Loop() {
 		var err error
-		if out, err = RenderQR(qrWeChat, QROptions{Size: 256}); err != nil {
+		if out, err = Render(qrWeChat, Options{Size: 256}); err != nil {
 			b.Fatal(err)
 		}
 	}

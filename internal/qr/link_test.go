@@ -1,4 +1,4 @@
-package ecommpay
+package qr
 
 import (
 	"bytes"
@@ -10,21 +10,21 @@ import (
 )
 
 var (
-	linkKey   = QRLinkKey("project-secret")
-	linkOther = QRLinkKey("another-secret")
+	linkKey   = LinkKey("project-secret")
+	linkOther = LinkKey("another-secret")
 	linkNow   = time.Unix(1_795_000_000, 0)
 	linkExp   = linkNow.Add(15 * time.Minute)
 )
 
-func parseLink(t *testing.T, link string) QRLink {
+func parseLink(t *testing.T, link string) Link {
 	t.Helper()
 	u, err := url.Parse(link)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ParseQRLink(u.EscapedPath())
+	l, err := ParseLink(u.EscapedPath())
 	if err != nil {
-		t.Fatalf("ParseQRLink(%q): %v", u.EscapedPath(), err)
+		t.Fatalf("ParseLink(%q): %v", u.EscapedPath(), err)
 	}
 	return l
 }
@@ -33,7 +33,7 @@ func TestQRLinkRoundTrip(t *testing.T) {
 	for _, base := range []string{"https://pay.example.com/qr", "https://pay.example.com/qr/", "https://pay.example.com"} {
 		for name, payload := range qrPayloads {
 			for _, project := range []string{"1234", "shop/eu ä"} {
-				link := MakeQRLink(base, linkKey, project, payload, linkExp)
+				link := MakeLink(base, linkKey, project, payload, linkExp)
 				if !strings.HasPrefix(link, strings.TrimRight(base, "/")+"/") || strings.Contains(link[len("https://"):], "//") {
 					t.Fatalf("link %q not under %q", link, base)
 				}
@@ -47,30 +47,30 @@ func TestQRLinkRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	link := MakeQRLink("https://pay.example.com/qr", linkKey, "1234", qrWeChat, linkExp)
+	link := MakeLink("https://pay.example.com/qr", linkKey, "1234", qrWeChat, linkExp)
 	if len(link) > 140 {
 		t.Errorf("WeChat link is %d chars: %s", len(link), link)
 	}
 	// A handler under a stripped route prefix sees only the tail.
 	u, _ := url.Parse(link)
 	tail := strings.TrimPrefix(u.EscapedPath(), "/qr")
-	if l, err := ParseQRLink(tail); err != nil || !l.Valid([][]byte{linkKey}, linkNow) {
+	if l, err := ParseLink(tail); err != nil || !l.Valid([][]byte{linkKey}, linkNow) {
 		t.Fatalf("tail %q: %v", tail, err)
 	}
-	if l, err := ParseQRLink(strings.TrimPrefix(tail, "/")); err != nil || !l.Valid([][]byte{linkKey}, linkNow) {
+	if l, err := ParseLink(strings.TrimPrefix(tail, "/")); err != nil || !l.Valid([][]byte{linkKey}, linkNow) {
 		t.Fatalf("relative tail: %v", err)
 	}
 }
 
 func TestQRLinkRejects(t *testing.T) {
-	l := parseLink(t, MakeQRLink("https://h/qr", linkKey, "1234", qrAlipay, linkExp))
+	l := parseLink(t, MakeLink("https://h/qr", linkKey, "1234", qrAlipay, linkExp))
 	keys := [][]byte{linkKey}
 	flip := func(s string, i int) string { // swap one base64url character
 		b := []byte(s)
 		b[i] = "AB"[min(strings.IndexByte("AB", b[i])+1, 1)]
 		return string(b)
 	}
-	for name, bad := range map[string]QRLink{
+	for name, bad := range map[string]Link{
 		"forged tag":      {l.Project, l.Payload, l.Expires, flip(l.Tag, 0)},
 		"forged tag end":  {l.Project, l.Payload, l.Expires, flip(l.Tag, 20)},
 		"changed payload": {l.Project, l.Payload + "x", l.Expires, l.Tag},
@@ -97,19 +97,19 @@ func TestQRLinkRejects(t *testing.T) {
 		t.Error("accepted after expiry")
 	}
 	// The project secret itself is not the tag key.
-	if VerifyQRLink([]byte("project-secret"), l.Project, l.Payload, l.Expires, l.Tag) {
+	if verifyLink([]byte("project-secret"), l.Project, l.Payload, l.Expires, l.Tag) {
 		t.Error("raw secret verifies")
 	}
 }
 
 func TestQRLinkKey(t *testing.T) {
-	if !bytes.Equal(QRLinkKey("s"), QRLinkKey("s")) || bytes.Equal(QRLinkKey("s"), QRLinkKey("t")) || len(QRLinkKey("s")) != 32 {
-		t.Fatal("QRLinkKey is not a deterministic 32-byte derivation")
+	if !bytes.Equal(LinkKey("s"), LinkKey("s")) || bytes.Equal(LinkKey("s"), LinkKey("t")) || len(LinkKey("s")) != 32 {
+		t.Fatal("LinkKey is not a deterministic 32-byte derivation")
 	}
 }
 
 func TestParseQRLinkMalformed(t *testing.T) {
-	good := parseLink(t, MakeQRLink("https://h/qr", linkKey, "1234", "hi", linkExp))
+	good := parseLink(t, MakeLink("https://h/qr", linkKey, "1234", "hi", linkExp))
 	exp := strconv.FormatInt(good.Expires, 10)
 	for _, p := range []string{
 		"", "/", "/qr", "/a/b/c", "1234/" + exp + "/" + good.Tag,
@@ -128,27 +128,27 @@ func TestParseQRLinkMalformed(t *testing.T) {
 		"/%zz/" + exp + "/" + good.Tag + "/aGk.png",           // bad escape
 		"/1234/" + exp + "/" + good.Tag + "/aGk.png/",         // trailing slash
 		"/1234/99999999999999999999/" + good.Tag + "/aGk.png", // overflow
-		"/1234/" + exp + "/" + good.Tag + "/" + strings.Repeat("A", qrMaxPayloadB64+4) + ".png",
+		"/1234/" + exp + "/" + good.Tag + "/" + strings.Repeat("A", maxPayloadB64+4) + ".png",
 	} {
-		if l, err := ParseQRLink(p); err == nil {
-			t.Errorf("ParseQRLink(%q) = %+v", p, l)
+		if l, err := ParseLink(p); err == nil {
+			t.Errorf("ParseLink(%q) = %+v", p, l)
 		}
 	}
-	if _, err := ParseQRLink("/1234/" + exp + "/" + good.Tag + "/aGk.png"); err != nil {
+	if _, err := ParseLink("/1234/" + exp + "/" + good.Tag + "/aGk.png"); err != nil {
 		t.Fatalf("control case: %v", err)
 	}
 }
 
 func FuzzParseQRLink(f *testing.F) {
 	for _, p := range qrPayloads {
-		u, _ := url.Parse(MakeQRLink("https://h/qr/", linkKey, "1234", p, linkExp))
+		u, _ := url.Parse(MakeLink("https://h/qr/", linkKey, "1234", p, linkExp))
 		f.Add(u.EscapedPath())
 	}
-	u, _ := url.Parse(MakeQRLink("", linkKey, "a/b c", "x", time.Unix(-5, 0)))
+	u, _ := url.Parse(MakeLink("", linkKey, "a/b c", "x", time.Unix(-5, 0)))
 	f.Add(u.EscapedPath())
 	f.Add("/1234/1/AAAAAAAAAAAAAAAAAAAAAA/aGk.png")
 	f.Fuzz(func(t *testing.T, path string) {
-		l, err := ParseQRLink(path)
+		l, err := ParseLink(path)
 		if err != nil {
 			return
 		}
@@ -158,11 +158,11 @@ func FuzzParseQRLink(f *testing.F) {
 		if !strings.HasSuffix("/"+path, tail) {
 			t.Fatalf("%q parsed to %+v, which writes %q", path, l, tail)
 		}
-		ok := VerifyQRLink(linkKey, l.Project, l.Payload, l.Expires, l.Tag)
-		if ok != (l.Tag == qrLinkTag(linkKey, l.Project, l.Payload, l.Expires)) {
+		ok := verifyLink(linkKey, l.Project, l.Payload, l.Expires, l.Tag)
+		if ok != (l.Tag == linkTag(linkKey, l.Project, l.Payload, l.Expires)) {
 			t.Fatalf("verify=%v disagrees with the tag for %+v", ok, l)
 		}
-		if ok && VerifyQRLink(linkOther, l.Project, l.Payload, l.Expires, l.Tag) {
+		if ok && verifyLink(linkOther, l.Project, l.Payload, l.Expires, l.Tag) {
 			t.Fatalf("%+v verifies under two keys", l)
 		}
 	})

@@ -1,4 +1,4 @@
-package ecommpay
+package qr
 
 import (
 	"strconv"
@@ -7,20 +7,20 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 )
 
-// DefaultQRCacheBytes is the cache budget NewQRCache uses for maxBytes <= 0.
-const DefaultQRCacheBytes = 16 << 20
+// DefaultCacheBytes is the cache budget NewCache uses for maxBytes <= 0.
+const DefaultCacheBytes = 16 << 20
 
-// QRCache memoises RenderQR. Sets are asynchronous and may be dropped, which
-// only costs a re-render, so a lossy cache is fine here. A nil *QRCache
+// Cache memoises Render. Sets are asynchronous and may be dropped, which
+// only costs a re-render, so a lossy cache is fine here. A nil *Cache
 // renders every time.
-type QRCache struct {
+type Cache struct {
 	c *ristretto.Cache[string, []byte]
 }
 
-// NewQRCache returns a cache holding up to maxBytes of PNG data.
-func NewQRCache(maxBytes int64) (*QRCache, error) {
+// NewCache returns a cache holding up to maxBytes of PNG data.
+func NewCache(maxBytes int64) (*Cache, error) {
 	if maxBytes <= 0 {
-		maxBytes = DefaultQRCacheBytes
+		maxBytes = DefaultCacheBytes
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
 		// Ten counters per item expected at ~1 KB per PNG, as ristretto advises.
@@ -32,25 +32,25 @@ func NewQRCache(maxBytes int64) (*QRCache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &QRCache{c: c}, nil
+	return &Cache{c: c}, nil
 }
 
-// PNG returns RenderQR(payload, opt), from the cache when hit is true.
+// PNG returns Render(payload, opt), from the cache when hit is true.
 // Callers must not modify the returned slice: it is shared.
-func (c *QRCache) PNG(payload string, opt QROptions) (png []byte, hit bool, err error) {
+func (c *Cache) PNG(payload string, opt Options) (png []byte, hit bool, err error) {
 	if c == nil {
-		png, err = RenderQR(payload, opt)
+		png, err = Render(payload, opt)
 		return png, false, err
 	}
-	opt, err = opt.normalize()
+	opt, err = opt.Normalize()
 	if err != nil {
 		return nil, false, err
 	}
-	key := qrCacheKey(payload, opt)
+	key := cacheKey(payload, opt)
 	if png, ok := c.c.Get(key); ok {
 		return png, true, nil
 	}
-	if png, err = RenderQR(payload, opt); err != nil {
+	if png, err = Render(payload, opt); err != nil {
 		return nil, false, err
 	}
 	c.c.Set(key, png, int64(len(png)))
@@ -58,14 +58,14 @@ func (c *QRCache) PNG(payload string, opt QROptions) (png []byte, hit bool, err 
 }
 
 // Close stops the cache's goroutines; the cache must not be used afterwards.
-func (c *QRCache) Close() {
+func (c *Cache) Close() {
 	if c != nil {
 		c.c.Close()
 	}
 }
 
-// qrCacheKey frames level and size ahead of the payload, so keys never collide.
-func qrCacheKey(payload string, opt QROptions) string {
+// cacheKey frames level and size ahead of the payload, so keys never collide.
+func cacheKey(payload string, opt Options) string {
 	var num [20]byte
 	size := strconv.AppendInt(num[:0], int64(opt.Size), 10)
 	var b strings.Builder

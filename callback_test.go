@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -78,7 +79,7 @@ func TestCallbackForwardsOnceAndAnswers200(t *testing.T) {
 }
 
 func mustCanonical(t testing.TB, body []byte) string {
-	c, _, err := CallbackCanonical(body)
+	c, _, err := signature.CallbackCanonical(body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +498,7 @@ func TestCallbackLogsNoSecrets(t *testing.T) {
 	var forbidden []string
 	forbidden = append(forbidden, testSecret, "wrong-secret-value")
 	for _, b := range [][]byte{good, wrong} {
-		_, sig, _ := CallbackCanonical(b)
+		_, sig, _ := signature.CallbackCanonical(b)
 		forbidden = append(forbidden, sig)
 	}
 	for _, e := range logs.All() {

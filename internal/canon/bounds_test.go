@@ -1,4 +1,4 @@
-package ecommpay
+package canon
 
 import (
 	"bytes"
@@ -26,7 +26,7 @@ import (
 const (
 	allocPerByte = 64
 	allocSlack   = 128 << 10
-	maxBody      = DefaultMaxBody // what a handler reads at most
+	maxBody      = 1 << 20 // what a handler reads at most (its DefaultMaxBody)
 )
 
 // shape builds a hostile body from a size parameter; larger n, larger body.
@@ -164,7 +164,7 @@ func gateWork(body, dst []byte) ([]byte, error) {
 	defer d.Release()
 	root := d.Root()
 	d.Delete(root, "signature")
-	if g := d.Object(root, "general"); g != none {
+	if g := d.Object(root, "general"); g != None {
 		d.Set(g, "project_id", Number, "238")
 	}
 	dst = d.Canonical(dst, false)
@@ -180,18 +180,18 @@ func pageWork(body, _ []byte) ([]byte, error) {
 	}
 	defer d.Release()
 	var pairs [][2]string
-	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+	for n := d.First(d.Root()); n != None; n = d.Next(n) {
 		switch d.Kind(n) {
 		case Number:
-			pairs = append(pairs, [2]string{d.Key(n), renderNumber(d.Text(n))})
+			pairs = append(pairs, [2]string{d.Key(n), RenderNumber(d.Text(n))})
 		case String, Bool, Null:
 			pairs = append(pairs, [2]string{d.Key(n), d.Text(n)})
 		}
 	}
-	return []byte(CanonicalPairs(pairs)), nil
+	return AppendPairs(nil, pairs), nil
 }
 
-// worstOf is the largest body of a shape that is accepted (or, if none
+// worstOf is the largest body of a shape that is accepted (or, if None
 // is, the smallest), found by bisection on n, within the handler's body
 // limit; and the next larger one.
 func worstOf(s shape) (worst, next []byte) {
@@ -437,11 +437,11 @@ func FuzzParseBounds(f *testing.F) {
 			t.Fatalf("canonical string of %d bytes, estimated %d", len(c1), d.canon)
 		}
 		for n := range d.nodes {
-			if d.nodes[n].kind == Number && len(renderNumber(d.nodes[n].text)) > renderedBound(d.nodes[n].text) {
+			if d.nodes[n].kind == Number && len(RenderNumber(d.nodes[n].text)) > renderedBound(d.nodes[n].text) {
 				t.Fatalf("%s renders longer than its bound", d.nodes[n].text)
 			}
-			if d.nodes[n].verbatim && renderNumber(d.nodes[n].text) != d.nodes[n].text {
-				t.Fatalf("%s taken as is, but renders as %s", d.nodes[n].text, renderNumber(d.nodes[n].text))
+			if d.nodes[n].verbatim && RenderNumber(d.nodes[n].text) != d.nodes[n].text {
+				t.Fatalf("%s taken as is, but renders as %s", d.nodes[n].text, RenderNumber(d.nodes[n].text))
 			}
 		}
 		var before, after runtime.MemStats

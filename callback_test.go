@@ -360,6 +360,9 @@ func TestCallbackConformanceVectors(t *testing.T) {
 			if v.ExpectValid != (w.Code == http.StatusOK) || v.ExpectValid != delivered {
 				t.Fatalf("expect_valid=%v but got %d and delivered=%v", v.ExpectValid, w.Code, delivered)
 			}
+			if err := signature.VerifyCallback([]byte(v.RawBody), v.Secret); (err == nil) != delivered {
+				t.Fatalf("the handler delivered=%v, but signature.VerifyCallback says %v", delivered, err)
+			}
 			if delivered && !verifies(app.received()[0].body, v.Secret) {
 				t.Fatal("the app got a body that does not verify")
 			}

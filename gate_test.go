@@ -98,6 +98,11 @@ func TestGateSignsAndForwards(t *testing.T) {
 	if strings.Contains(string(body), "stale-signature") {
 		t.Fatal("the app's stale signature was forwarded")
 	}
+	// The signature package signs as the handler does: the forwarded
+	// body, signed again, comes back byte for byte.
+	if again, err := signature.SignGate(body, testSecret); err != nil || string(again) != string(body) {
+		t.Fatalf("signature.SignGate differs from the handler (%v):\n%s\n%s", err, again, body)
+	}
 
 	// The exact bytes: key order kept, project_id filled in as a number
 	// after the existing general members, the signature last in general.

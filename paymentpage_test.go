@@ -589,3 +589,33 @@ func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature strin
 	}
 	return string(s.url), string(s.sig[:]), p, nil
 }
+
+// TestPaymentPageAgreesWithSignaturePackage: the signature the handler
+// puts in a Payment Page URL is signature.SignPaymentPage's, and what
+// the handler refuses to sign, the package refuses too.
+func TestPaymentPageAgreesWithSignaturePackage(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	signed := 0
+	for _, pairs := range [][][2]string{
+		{{"payment_id", "P1"}, {"payment_amount", "100"}, {"payment_currency", "USD"}, {"project_id", "210"}},
+		{{"payment_id", "P 2"}, {"payment_amount", "5"}, {"payment_currency", "EUR"}, {"frame_mode", "popup"}, {"customer_id", "c:1"}, {"project_id", "210"}},
+		{{"payment_id", "P3"}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"}, {"a:b", "1"}},
+		{{"payment_id", "P4"}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"}, {"note", "x;y"}},
+	} {
+		q := url.Values{}
+		for _, p := range pairs {
+			q.Set(p[0], p[1])
+		}
+		want, werr := signature.SignPaymentPage(q, testSecret)
+		_, got, _, rf := h.signPaymentPage(pairs)
+		if (rf != nil) != (werr != nil) || (rf == nil && got != want) {
+			t.Errorf("%q: the handler signs %q (refusal %v), the package %q (%v)", pairs, got, rf, want, werr)
+		}
+		if rf == nil {
+			signed++
+		}
+	}
+	if signed != 2 {
+		t.Fatalf("%d of the 4 signed, want 2", signed)
+	}
+}

@@ -487,17 +487,14 @@ func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 // redirect link, when there is one.
 func displayData(d *canon.Doc) (qr []template.URL, redirect string) {
 	root := d.Root()
-	list := d.Get(root, "display_data")
-	if list != canon.None && d.Kind(list) == canon.Array {
-		for e := d.First(list); e != canon.None; e = d.Next(e) {
-			if textAt(d, e, "type") != "qr_data" {
-				continue
-			}
-			png, err := RenderQR(textAt(d, e, "data"), QROptions{})
-			if err == nil {
-				// A PNG of our own making: safe as a data: URL.
-				qr = append(qr, template.URL("data:image/png;base64,"+base64.StdEncoding.EncodeToString(png)))
-			}
+	for e := range displayEntries(d) {
+		if textAt(d, e, "type") != "qr_data" {
+			continue
+		}
+		png, err := RenderQR(textAt(d, e, "data"), QROptions{})
+		if err == nil {
+			// A PNG of our own making: safe as a data: URL.
+			qr = append(qr, template.URL("data:image/png;base64,"+base64.StdEncoding.EncodeToString(png)))
 		}
 	}
 	if u, err := url.Parse(textAt(d, root, "redirect_data", "url")); err == nil && (u.Scheme == "https" || u.Scheme == "http") {

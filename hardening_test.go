@@ -268,7 +268,7 @@ func TestHugeQRCodeTimeoutIsClamped(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := h.qrLifetime(d, d.Get(d.Root(), "display_data"))
+		got := h.qrLifetime(d)
 		d.Release()
 		if got != maxQRTimeout {
 			t.Errorf("QR Code Timeout %s: lifetime %v, want %v", secs, got, maxQRTimeout)

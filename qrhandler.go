@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"iter"
 	"net/http"
 	"strconv"
 	"strings"
@@ -74,13 +75,9 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 	if h.QR == "off" {
 		return false
 	}
-	list := d.Get(d.Root(), "display_data")
-	if list == canon.None || d.Kind(list) != canon.Array {
-		return false
-	}
 	changed := false
-	for e := d.First(list); e != canon.None; e = d.Next(e) {
-		if d.Kind(e) != canon.Object || textAt(d, e, "type") != "qr_data" {
+	for e := range displayEntries(d) {
+		if textAt(d, e, "type") != "qr_data" {
 			continue
 		}
 		data := d.Get(e, "data")
@@ -91,7 +88,7 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 		}
 		payload := d.Text(data)
 		if h.qrBase != nil {
-			link := MakeQRLink(h.qrBase.String(), p.qrKeys[0], p.id, payload, now().Add(h.qrLifetime(d, list)))
+			link := MakeQRLink(h.qrBase.String(), p.qrKeys[0], p.id, payload, now().Add(h.qrLifetime(d)))
 			d.Set(e, "type", canon.String, "qr_url")
 			d.Set(e, "data", canon.String, link)
 		} else {
@@ -111,11 +108,27 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 	return changed
 }
 
+// displayEntries yields the objects of a body's display_data array, where
+// ecommpay puts what the customer is shown (qr_data, add_info entries).
+func displayEntries(d *canon.Doc) iter.Seq[int32] {
+	return func(yield func(int32) bool) {
+		list := d.Get(d.Root(), "display_data")
+		if list == canon.None || d.Kind(list) != canon.Array {
+			return
+		}
+		for e := d.First(list); e != canon.None; e = d.Next(e) {
+			if d.Kind(e) == canon.Object && !yield(e) {
+				return
+			}
+		}
+	}
+}
+
 // qrLifetime is the callback's "QR Code Timeout" (seconds, in an add_info
 // entry), else the configured default.
-func (h *Handler) qrLifetime(d *canon.Doc, list int32) time.Duration {
-	for e := d.First(list); e != canon.None; e = d.Next(e) {
-		if d.Kind(e) != canon.Object || !strings.EqualFold(textAt(d, e, "title"), "QR Code Timeout") {
+func (h *Handler) qrLifetime(d *canon.Doc) time.Duration {
+	for e := range displayEntries(d) {
+		if !strings.EqualFold(textAt(d, e, "title"), "QR Code Timeout") {
 			continue
 		}
 		secs, err := strconv.ParseFloat(textAt(d, e, "data"), 64)

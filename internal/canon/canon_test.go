@@ -25,17 +25,8 @@ func loadVectors(tb testing.TB) []vectors.Vector {
 	return vs
 }
 
-// canonicalJSON, callbackCanonical, canonicalPairs and sign are the
-// signature package's entry points, rebuilt here (it imports this one).
-func canonicalJSON(body []byte) (string, error) {
-	d, err := Parse(body, Limits{})
-	if err != nil {
-		return "", err
-	}
-	defer d.Release()
-	return string(d.Canonical(nil, false)), nil
-}
-
+// callbackCanonical, canonicalPairs and sign are the signature
+// package's entry points, rebuilt here (it imports this one).
 func callbackCanonical(body []byte) (canonical, signature string, err error) {
 	d, err := Parse(body, Limits{})
 	if err != nil {
@@ -49,57 +40,27 @@ func canonicalPairs(pairs [][2]string) string { return string(AppendPairs(nil, p
 
 func sign(canonical, secret string) string { return NewKey(secret).Sign([]byte(canonical)) }
 
-func TestConformanceVectors(t *testing.T) {
-	signing, callbacks := 0, 0
+// TestVectorsHaveCallbackShape: every callback of the official SDKs, sound
+// or tampered, has a callback's shape. (The signature package runs the
+// vectors' canonical strings and signatures through this package.)
+func TestVectorsHaveCallbackShape(t *testing.T) {
+	n := 0
 	for _, v := range loadVectors(t) {
-		t.Run(v.Name, func(t *testing.T) {
-			switch v.Type {
-			case "sign":
-				signing++
-				got, err := canonicalJSON([]byte(v.ParamsJSON))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got != v.Canonical {
-					t.Fatalf("canonical\n got %q\nwant %q", got, v.Canonical)
-				}
-				if sig := sign(got, v.Secret); sig != v.Signature {
-					t.Fatalf("signature %s, want %s", sig, v.Signature)
-				}
-			case "callback":
-				callbacks++
-				canonical, embedded, err := callbackCanonical([]byte(v.RawBody))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if embedded != v.Embedded {
-					t.Fatalf("embedded signature %q, want %q", embedded, v.Embedded)
-				}
-				if v.ExpectValid && canonical != v.Canonical {
-					t.Fatalf("canonical\n got %q\nwant %q", canonical, v.Canonical)
-				}
-				if !v.ExpectValid && v.ReceivedCanon != "" && canonical != v.ReceivedCanon {
-					t.Fatalf("received canonical\n got %q\nwant %q", canonical, v.ReceivedCanon)
-				}
-				if ok := NewKey(v.Secret).Verify([]byte(canonical), embedded); ok != v.ExpectValid {
-					t.Fatalf("verify = %v, want %v", ok, v.ExpectValid)
-				}
-				// Every callback of the official SDKs has a callback's shape.
-				d, err := Parse([]byte(v.RawBody), Limits{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !d.CallbackShaped() {
-					t.Errorf("refused as not a callback: %s", v.RawBody)
-				}
-				d.Release()
-			default:
-				t.Fatalf("unknown vector type %q", v.Type)
-			}
-		})
+		if v.Type != "callback" {
+			continue
+		}
+		d, err := Parse([]byte(v.RawBody), Limits{})
+		if err != nil {
+			t.Fatalf("%s: %v", v.Name, err)
+		}
+		if !d.CallbackShaped() {
+			t.Errorf("%s: refused as not a callback: %s", v.Name, v.RawBody)
+		}
+		d.Release()
+		n++
 	}
-	if signing != vectors.SignCases || callbacks != vectors.CallbackCases {
-		t.Fatalf("ran %d signing and %d callback vectors, want all", signing, callbacks)
+	if n != vectors.CallbackCases {
+		t.Fatalf("%d callback vectors, want %d", n, vectors.CallbackCases)
 	}
 }
 

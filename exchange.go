@@ -44,7 +44,7 @@ type forwardParts struct {
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
 	x := exchange{h: h, w: w, r: r, start: time.Now(), ev: journalEvent{Kind: kind}}
 	if kind == kindPaymentPage || kind == kindGate {
-		return &x // signing needs canon.None of forwardParts
+		return &x // signing needs none of forwardParts
 	}
 	both := &struct {
 		exchange

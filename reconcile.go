@@ -390,7 +390,7 @@ func (rc *reconciler) maxGiveUp() time.Duration { return rc.giveUp + maxReconcil
 
 // paymentFacts is what a payment's timeline says to reconciliation.
 type paymentFacts struct {
-	started   time.Time // the accepted start; zero when canon.None
+	started   time.Time // the accepted start; zero when none
 	method    string
 	asked     int       // status requests made
 	lastAsked time.Time // the last one

@@ -813,25 +813,25 @@ func (k *Key) AppendSign(dst, canonical []byte) []byte {
 
 // Why a flat parameter cannot be signed, in the order CheckPair tests.
 var (
-	// ErrPairSemicolon: ';' joins the items, so a name or value holding
+	// errPairSemicolon: ';' joins the items, so a name or value holding
 	// one could pass for two parameters.
-	ErrPairSemicolon = errors.New("';' is not allowed in Payment Page parameters")
-	// ErrPairColon: a name with ':' makes the signed string read as a
+	errPairSemicolon = errors.New("';' is not allowed in Payment Page parameters")
+	// errPairColon: a name with ':' makes the signed string read as a
 	// nested object, a callback's shape (see Doc.CallbackShaped).
-	ErrPairColon = errors.New("':' is not allowed in Payment Page parameter names")
-	// ErrPairSignature: the signature is never among what it signs.
-	ErrPairSignature = errors.New("leave signature out: it is computed here")
+	errPairColon = errors.New("':' is not allowed in Payment Page parameter names")
+	// errPairSignature: the signature is never among what it signs.
+	errPairSignature = errors.New("leave signature out: it is computed here")
 )
 
 // CheckPair reports why the parameter name=value cannot be signed, or nil.
 func CheckPair(name, value string) error {
 	switch {
 	case strings.IndexByte(name, ';') >= 0 || strings.IndexByte(value, ';') >= 0:
-		return ErrPairSemicolon
+		return errPairSemicolon
 	case strings.IndexByte(name, ':') >= 0:
-		return ErrPairColon
+		return errPairColon
 	case name == "signature":
-		return ErrPairSignature
+		return errPairSignature
 	}
 	return nil
 }

@@ -145,12 +145,12 @@ func TestParseRejects(t *testing.T) {
 		`tru`:                   ErrMalformed,
 		``:                      ErrMalformed,
 		`{"a":[`:                ErrMalformed,
-		strings.Repeat("[", 40) + strings.Repeat("]", 40):                                     ErrTooDeep,
-		`[` + strings.Repeat(`1,`, 10000) + `1]`:                                              ErrTooManyLeaves,
-		`["` + strings.Repeat("x", DefaultMaxString+1) + `"]`:                                 ErrStringTooLong,
-		`["` + strings.Repeat(`\n`, DefaultMaxString) + `"]`:                                  ErrStringTooLong,
-		`{"` + strings.Repeat("k", DefaultMaxKey+1) + `":1}`:                                  ErrKeyTooLong,
-		`{"` + strings.Repeat("k", DefaultMaxKey) + `":[` + strings.Repeat(`1,`, 200) + `1]}`: ErrTooExpensive,
+		strings.Repeat("[", 40) + strings.Repeat("]", 40):                                     errTooDeep,
+		`[` + strings.Repeat(`1,`, 10000) + `1]`:                                              errTooManyLeaves,
+		`["` + strings.Repeat("x", defaultMaxString+1) + `"]`:                                 errStringTooLong,
+		`["` + strings.Repeat(`\n`, defaultMaxString) + `"]`:                                  errStringTooLong,
+		`{"` + strings.Repeat("k", defaultMaxKey+1) + `":1}`:                                  errKeyTooLong,
+		`{"` + strings.Repeat("k", defaultMaxKey) + `":[` + strings.Repeat(`1,`, 200) + `1]}`: errTooExpensive,
 	}
 	for in, want := range bad {
 		d, err := Parse([]byte(in), Limits{})
@@ -225,9 +225,9 @@ func FuzzCanonicalJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		d, err := Parse(body, Limits{})
 		if err != nil {
-			if json.Valid(body) && !errors.Is(err, ErrTooDeep) && !errors.Is(err, ErrTooManyLeaves) &&
-				!errors.Is(err, ErrStringTooLong) && !errors.Is(err, ErrKeyTooLong) &&
-				!errors.Is(err, ErrTooExpensive) && !strings.Contains(err.Error(), "duplicate key") &&
+			if json.Valid(body) && !errors.Is(err, errTooDeep) && !errors.Is(err, errTooManyLeaves) &&
+				!errors.Is(err, errStringTooLong) && !errors.Is(err, errKeyTooLong) &&
+				!errors.Is(err, errTooExpensive) && !strings.Contains(err.Error(), "duplicate key") &&
 				!strings.Contains(err.Error(), "surrogate") && utf8.Valid(body) {
 				t.Fatalf("rejected valid JSON: %v", err)
 			}
@@ -241,7 +241,7 @@ func FuzzCanonicalJSON(f *testing.F) {
 		// Writing the document back must keep its canonical string.
 		out := d.AppendJSON(nil)
 		d2, err := Parse(out, Limits{MaxString: 1 << 30, MaxLeaves: 1 << 30, MaxDepth: 1 << 10, MaxKey: 1 << 30})
-		if errors.Is(err, ErrTooExpensive) && len(out) < len(body) {
+		if errors.Is(err, errTooExpensive) && len(out) < len(body) {
 			return // a compact rewrite has a smaller budget than a padded original
 		}
 		if err != nil {

@@ -11,17 +11,19 @@ import (
 	"unicode/utf8"
 )
 
-// Errors a body can fail parsing with. Callers map them to 4xx statuses.
+// Errors a body can fail parsing with: ErrMalformed for what is not
+// strict JSON, the others for what exceeds the limits (callers answer 400
+// and 413).
 var (
 	ErrMalformed     = errors.New("malformed JSON")
-	ErrTooDeep       = errors.New("JSON nested too deeply")
-	ErrTooManyLeaves = errors.New("JSON has too many values")
-	ErrStringTooLong = errors.New("JSON string too long")
-	ErrKeyTooLong    = errors.New("JSON member name too long")
-	// ErrTooExpensive: the canonical string would be out of proportion to
+	errTooDeep       = errors.New("JSON nested too deeply")
+	errTooManyLeaves = errors.New("JSON has too many values")
+	errStringTooLong = errors.New("JSON string too long")
+	errKeyTooLong    = errors.New("JSON member name too long")
+	// errTooExpensive: the canonical string would be out of proportion to
 	// the body, as when a long key sits above many values (each value's
 	// item repeats its whole path). Refused before any of it is built.
-	ErrTooExpensive = errors.New("JSON flattens to too large a canonical string")
+	errTooExpensive = errors.New("JSON flattens to too large a canonical string")
 )
 
 // Limits bound what Parse accepts from untrusted input. Zero fields take
@@ -35,14 +37,14 @@ type Limits struct {
 
 // Default limits: far above any real ecommpay message, far below what hurts.
 const (
-	DefaultMaxDepth  = 32
-	DefaultMaxLeaves = 10000
-	DefaultMaxString = 256 << 10
-	DefaultMaxKey    = 1 << 10 // ecommpay's names are under 64 bytes
+	defaultMaxDepth  = 32
+	defaultMaxLeaves = 10000
+	defaultMaxString = 256 << 10
+	defaultMaxKey    = 1 << 10 // ecommpay's names are under 64 bytes
 )
 
 // The canonical string of an accepted body is at most canonPerByte bytes
-// per body byte plus canonSlack; Parse refuses more (ErrTooExpensive). A
+// per body byte plus canonSlack; Parse refuses more (errTooExpensive). A
 // typical callback's is 1.2 times its size, and no signature vector's
 // over 1.9; the slack lets small bodies nest freely. Everything done
 // before the signature is checked is then linear in the body.
@@ -67,16 +69,16 @@ func renderedBound(lit string) int {
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxDepth <= 0 {
-		l.MaxDepth = DefaultMaxDepth
+		l.MaxDepth = defaultMaxDepth
 	}
 	if l.MaxLeaves <= 0 {
-		l.MaxLeaves = DefaultMaxLeaves
+		l.MaxLeaves = defaultMaxLeaves
 	}
 	if l.MaxString <= 0 {
-		l.MaxString = DefaultMaxString
+		l.MaxString = defaultMaxString
 	}
 	if l.MaxKey <= 0 {
-		l.MaxKey = DefaultMaxKey
+		l.MaxKey = defaultMaxKey
 	}
 	return l
 }
@@ -94,7 +96,7 @@ const (
 	Array
 )
 
-// None marks a missing node.
+// None is the node index of a missing value (Get of an absent member).
 const None int32 = -1
 
 // node is one value of a Doc. Nodes sit in one arena slice and link to
@@ -214,7 +216,7 @@ func (d *Doc) grow() {
 func (d *Doc) leaf() error {
 	d.leaves++
 	if d.leaves > d.lim.MaxLeaves {
-		return fmt.Errorf("%w: more than %d", ErrTooManyLeaves, d.lim.MaxLeaves)
+		return fmt.Errorf("%w: more than %d", errTooManyLeaves, d.lim.MaxLeaves)
 	}
 	return nil
 }
@@ -228,7 +230,7 @@ func (d *Doc) scalar(plen, vlen int) error {
 	}
 	d.canon += plen + vlen + 2
 	if d.canon > d.budget {
-		return fmt.Errorf("%w: over %d bytes for a body of %d", ErrTooExpensive, d.budget, len(d.src))
+		return fmt.Errorf("%w: over %d bytes for a body of %d", errTooExpensive, d.budget, len(d.src))
 	}
 	return nil
 }
@@ -262,14 +264,14 @@ func (d *Doc) value(depth, plen int) (int32, error) {
 	switch c := d.src[d.pos]; {
 	case c == '{' || c == '[':
 		if depth >= d.lim.MaxDepth {
-			return None, fmt.Errorf("%w: more than %d levels", ErrTooDeep, d.lim.MaxDepth)
+			return None, fmt.Errorf("%w: more than %d levels", errTooDeep, d.lim.MaxDepth)
 		}
 		if c == '{' {
 			return d.object(depth+1, plen)
 		}
 		return d.array(depth+1, plen)
 	case c == '"':
-		s, err := d.str(d.lim.MaxString, ErrStringTooLong)
+		s, err := d.str(d.lim.MaxString, errStringTooLong)
 		if err != nil {
 			return None, err
 		}
@@ -474,7 +476,7 @@ func (d *Doc) number() (lit string, integer bool, err error) {
 	}
 	d.pos = i
 	if i-start > d.lim.MaxString {
-		return "", false, fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
+		return "", false, fmt.Errorf("%w: a number of %d bytes", errStringTooLong, i-start)
 	}
 	return s[start:i], integer, nil
 }
@@ -510,7 +512,7 @@ func (d *Doc) name() (key string, tame bool, err error) {
 		}
 		return key, tameKey(key), nil
 	}
-	if key, err = d.str(d.lim.MaxKey, ErrKeyTooLong); err != nil {
+	if key, err = d.str(d.lim.MaxKey, errKeyTooLong); err != nil {
 		return "", false, err
 	}
 	return key, tameKey(key), nil

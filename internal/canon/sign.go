@@ -115,9 +115,9 @@ func (d *Doc) prune(n, keepSig int32) bool {
 	return changed
 }
 
-// SignedItems counts the items the scalars below container n put into a
+// signedItems counts the items the scalars below container n put into a
 // callback's canonical string, stopping at limit.
-func (d *Doc) SignedItems(n int32, limit int) int {
+func (d *Doc) signedItems(n int32, limit int) int {
 	count := 0
 	for ch := d.First(n); ch != None && count < limit; ch = d.Next(ch) {
 		if d.Kind(n) == Object && unsigned(d.Key(ch), true) {
@@ -125,7 +125,7 @@ func (d *Doc) SignedItems(n int32, limit int) int {
 		}
 		switch d.Kind(ch) {
 		case Object, Array:
-			count += d.SignedItems(ch, limit-count)
+			count += d.signedItems(ch, limit-count)
 		default:
 			count++
 		}
@@ -145,7 +145,7 @@ func (d *Doc) SignedItems(n int32, limit int) int {
 func (d *Doc) CallbackShaped() bool {
 	for n := d.First(d.Root()); n != None; n = d.Next(n) {
 		k := d.Key(n)
-		if d.Kind(n) == Object && k != "general" && k != "" && !strings.Contains(k, ":") && d.SignedItems(n, 2) >= 2 {
+		if d.Kind(n) == Object && k != "general" && k != "" && !strings.Contains(k, ":") && d.signedItems(n, 2) >= 2 {
 			return true
 		}
 	}

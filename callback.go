@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -177,7 +178,7 @@ func (h *Handler) serveDispatched(w http.ResponseWriter, r *http.Request, next c
 
 // deliver claims a verified event (replays excepted), rewrites it,
 // forwards it and settles the claim.
-func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *Doc, body []byte, p *project, key *Key) error {
+func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *canon.Doc, body []byte, p *project, key *canon.Key) error {
 	w, r := x.w, x.r
 	var token string
 	if h.store != nil && x.ev.Kind != kindReplay {
@@ -213,16 +214,16 @@ func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *Doc, body []by
 // verifyCallback finds the callback's project, verifies its signature and
 // notes what it says. Fields read before the signature is known to be
 // right are noted truncated and marked unverified.
-func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *refusal) {
+func (h *Handler) verifyCallback(d *canon.Doc, ev *journalEvent) (*project, *canon.Key, *refusal) {
 	root := d.Root()
 	general := d.Get(root, "general")
 	noteCallback(d, ev, false)
 	pid := d.Get(root, "project_id")
-	if pid == none {
+	if pid == canon.None {
 		pid = d.Get(general, "project_id")
 	}
 	var p *project
-	if pid != none && (d.Kind(pid) == Number || d.Kind(pid) == String) {
+	if pid != canon.None && (d.Kind(pid) == canon.Number || d.Kind(pid) == canon.String) {
 		p = h.lookupProject(d.Text(pid))
 	}
 	if p == nil {
@@ -230,21 +231,21 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	}
 	ev.ProjectID = p.id
 	signature := d.EmbeddedSignature()
-	if !wellFormedSignature(signature) {
+	if !canon.WellFormedSignature(signature) {
 		// Checked before the canonical string is built: a body without a
 		// plausible signature costs no more than its parse.
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "no valid signature")
 	}
-	if d.canon > bigCanonical {
+	if bound := d.CanonicalBound(); bound > bigCanonical {
 		// One large body's canonical work is bounded; many at once are
 		// bounded here, in total, so that strangers cannot add them up.
 		ctx, cancel := context.WithTimeout(context.Background(), canonWait)
-		err := canonInFlight.Acquire(ctx, int64(2*d.canon))
+		err := canonInFlight.Acquire(ctx, int64(2*bound))
 		cancel()
 		if err != nil {
 			return nil, nil, refuse(http.StatusServiceUnavailable, "busy", "too many large callbacks at once; retry later")
 		}
-		defer canonInFlight.Release(int64(2 * d.canon))
+		defer canonInFlight.Release(int64(2 * bound))
 	}
 	cb := canonBufs.Get().(*[]byte)
 	canonical := d.Canonical((*cb)[:0], true)
@@ -260,7 +261,7 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 	if key == nil {
 		return nil, nil, refuse(http.StatusForbidden, "invalid_signature", "signature does not verify")
 	}
-	if !callbackShaped(d) {
+	if !d.CallbackShaped() {
 		// A signed Payment Page URL, which every customer sees, verifies
 		// with the same secret: its shape, not its signature, tells it apart.
 		ev.EventKey = ""
@@ -273,45 +274,6 @@ func (h *Handler) verifyCallback(d *Doc, ev *journalEvent) (*project, *Key, *ref
 
 // notACallback is what a verified body without a callback's shape is told.
 const notACallback = "not a callback: a callback carries an object besides general with at least two signed values (payment, operation, request, ...)"
-
-// callbackShaped reports whether d has the shape of an ecommpay callback:
-// a top-level member other than "general", named without ':', whose value
-// is an object that puts at least two items into the canonical string.
-// Every callback format has one (payment, operation, request, recurring,
-// redirectData, ...). The canonical string of a Payment Page request can
-// never read as one: its parameter names are unique and hold no ':'
-// (payment_page refuses both), so each name begins exactly one item, while
-// two items of one object begin with the same name. (An empty object, or
-// a value with ':' read as a path, adds no second item.)
-func callbackShaped(d *Doc) bool {
-	for n := d.First(d.Root()); n != none; n = d.Next(n) {
-		k := d.Key(n)
-		if d.Kind(n) == Object && k != "general" && k != "" && !strings.Contains(k, ":") && signedItems(d, n, 2) >= 2 {
-			return true
-		}
-	}
-	return false
-}
-
-// signedItems counts the canonical items under the container n, stopping
-// at limit: its scalars at any depth, less signature and frame_mode members.
-func signedItems(d *Doc, n int32, limit int) int {
-	count := 0
-	for ch := d.First(n); ch != none && count < limit; ch = d.Next(ch) {
-		if d.Kind(n) == Object {
-			if k := d.Key(ch); k == "signature" || k == "frame_mode" {
-				continue
-			}
-		}
-		switch d.Kind(ch) {
-		case Object, Array:
-			count += signedItems(d, ch, limit-count)
-		default:
-			count++
-		}
-	}
-	return count
-}
 
 // eventKey is the project's id, "-" and the hex of sum, made in one
 // allocation.
@@ -327,7 +289,7 @@ func eventKey(projectID string, sum []byte) string {
 
 // noteCallback copies the callback's identity into ev; unverified values
 // are cut short.
-func noteCallback(d *Doc, ev *journalEvent, verified bool) {
+func noteCallback(d *canon.Doc, ev *journalEvent, verified bool) {
 	root := d.Root()
 	cut := truncateUnverified
 	if verified {
@@ -356,8 +318,8 @@ func noteCallback(d *Doc, ev *journalEvent, verified bool) {
 // rewriteCallback returns the body the app gets: the body as received when
 // nothing needs changing; else without what the signature does not cover,
 // with QR codes rendered, and re-signed when the signed content changed.
-func (h *Handler) rewriteCallback(d *Doc, body []byte, p *project, key *Key) []byte {
-	dropped := dropUnsigned(d)
+func (h *Handler) rewriteCallback(d *canon.Doc, body []byte, p *project, key *canon.Key) []byte {
+	dropped := d.DropUnsigned()
 	if !h.rewriteQR(d, p) {
 		if !dropped {
 			return body
@@ -368,19 +330,7 @@ func (h *Handler) rewriteCallback(d *Doc, body []byte, p *project, key *Key) []b
 	}
 	// The app's own verification must still pass: re-sign with the key
 	// that verified, in the place the signature came from.
-	root := d.Root()
-	cb := canonBufs.Get().(*[]byte)
-	canonical := d.Canonical((*cb)[:0], true)
-	resigned := key.Sign(canonical)
-	if cap(canonical) <= maxPooledCanonical {
-		*cb = canonical
-		canonBufs.Put(cb)
-	}
-	if s := d.Get(root, "signature"); s != none && d.Kind(s) == String {
-		d.Set(root, "signature", String, resigned)
-	} else {
-		d.Set(d.Get(root, "general"), "signature", String, resigned)
-	}
+	key.SignCallback(d, d.SignatureHolder())
 	h.metrics.resigned()
 	return d.AppendJSON(make([]byte, 0, len(body)+2048))
 }
@@ -403,56 +353,9 @@ const maxPooledCanonical = 64 << 10
 
 var canonBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// dropUnsigned removes from d the members the signature does not cover
-// that could carry data, so that nothing unverified reaches the app:
-// "frame_mode" members and "signature" members other than the one that
-// was verified. Empty objects and arrays are not signed either but carry
-// nothing, and ecommpay sends some (redirect_data.body), so they stay. It
-// reports whether it removed anything.
-func dropUnsigned(d *Doc) bool {
-	root := d.Root()
-	keep := root // the verified signature's object
-	if s := d.Get(root, "signature"); s == none || d.Kind(s) != String {
-		keep = d.Get(root, "general")
-	}
-	return d.prune(root, keep)
-}
-
-// prune drops frame_mode and stray signature members below n.
-func (d *Doc) prune(n, keepSig int32) bool {
-	changed := false
-	nd := &d.nodes[n]
-	if nd.kind != Object && nd.kind != Array {
-		return false
-	}
-	prev := none
-	for c := nd.child; c != none; c = d.nodes[c].next {
-		if nd.kind == Object {
-			k := d.nodes[c].key
-			if k == "frame_mode" || (k == "signature" && (n != keepSig || d.nodes[c].kind != String)) {
-				changed = true
-				if prev == none {
-					d.nodes[n].child = d.nodes[c].next
-				} else {
-					d.nodes[prev].next = d.nodes[c].next
-				}
-				if d.nodes[n].last == c {
-					d.nodes[n].last = prev
-				}
-				continue
-			}
-		}
-		if d.prune(c, keepSig) {
-			changed = true
-		}
-		prev = c
-	}
-	return changed
-}
-
 // verifyWith returns the key whose signature matches, trying every key.
-func verifyWith(keys []*Key, canonical []byte, signature string) *Key {
-	var match *Key
+func verifyWith(keys []*canon.Key, canonical []byte, signature string) *canon.Key {
+	var match *canon.Key
 	for _, k := range keys {
 		if k.Verify(canonical, signature) && match == nil {
 			match = k
@@ -613,11 +516,11 @@ const maxPooledResponse = 64 << 10
 var responseBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // textAt follows object keys from n and returns the scalar's text, or "".
-func textAt(d *Doc, n int32, path ...string) string {
+func textAt(d *canon.Doc, n int32, path ...string) string {
 	for _, k := range path {
 		n = d.Get(n, k)
 	}
-	if n == none || d.Kind(n) == Object || d.Kind(n) == Array {
+	if n == canon.None || d.Kind(n) == canon.Object || d.Kind(n) == canon.Array {
 		return ""
 	}
 	return d.Text(n)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr/qrtest"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -79,7 +80,7 @@ func TestCallbackForwardsOnceAndAnswers200(t *testing.T) {
 }
 
 func mustCanonical(t testing.TB, body []byte) string {
-	c, _, err := CallbackCanonical(body)
+	c, _, err := signature.CallbackCanonical(body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,6 +361,9 @@ func TestCallbackConformanceVectors(t *testing.T) {
 			if v.ExpectValid != (w.Code == http.StatusOK) || v.ExpectValid != delivered {
 				t.Fatalf("expect_valid=%v but got %d and delivered=%v", v.ExpectValid, w.Code, delivered)
 			}
+			if err := signature.VerifyCallback([]byte(v.RawBody), v.Secret); (err == nil) != delivered {
+				t.Fatalf("the handler delivered=%v, but signature.VerifyCallback says %v", delivered, err)
+			}
 			if delivered && !verifies(app.received()[0].body, v.Secret) {
 				t.Fatal("the app got a body that does not verify")
 			}
@@ -498,7 +502,7 @@ func TestCallbackLogsNoSecrets(t *testing.T) {
 	var forbidden []string
 	forbidden = append(forbidden, testSecret, "wrong-secret-value")
 	for _, b := range [][]byte{good, wrong} {
-		_, sig, _ := CallbackCanonical(b)
+		_, sig, _ := signature.CallbackCanonical(b)
 		forbidden = append(forbidden, sig)
 	}
 	for _, e := range logs.All() {

@@ -1,14 +1,13 @@
 package ecommpay
 
 import (
-	"crypto/sha512"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 )
@@ -209,18 +208,18 @@ type signOpts struct {
 
 // parseObject reads in and parses it as a JSON object with the default
 // limits. Release the Doc when done with it.
-func parseObject(in io.Reader) (*Doc, error) {
+func parseObject(in io.Reader) (*canon.Doc, error) {
 	body, err := io.ReadAll(in)
 	if err != nil {
 		return nil, fmt.Errorf("reading the input: %w", err)
 	}
-	d, err := Parse(body, Limits{})
+	d, err := canon.Parse(body, canon.Limits{})
 	if err != nil {
 		return nil, err
 	}
-	if d.Kind(d.Root()) != Object {
+	if d.Kind(d.Root()) != canon.Object {
 		d.Release()
-		return nil, fmt.Errorf("%w: the input is not a JSON object", ErrMalformed)
+		return nil, fmt.Errorf("%w: the input is not a JSON object", canon.ErrMalformed)
 	}
 	return d, nil
 }
@@ -240,27 +239,22 @@ func runSign(in io.Reader, secret string, opts signOpts, out io.Writer) error {
 		return err
 	}
 	defer d.Release()
-	root, general := d.Root(), none
-	if opts.body && !opts.callback {
-		// A Gate request is signed without any signature, which then goes
-		// to general.signature.
-		if general = d.Object(root, "general"); general == none {
-			return fmt.Errorf("%w: general is not an object", ErrMalformed)
-		}
-		d.Delete(root, "signature")
-		d.Delete(general, "signature")
-	}
-	canonical := d.Canonical(nil, opts.callback)
-	signature := NewKey(secret).Sign(canonical)
+	key, root := canon.NewKey(secret), d.Root()
 	var b []byte
 	switch {
 	case opts.body && opts.callback:
-		d.Set(root, "signature", String, signature)
+		key.SignCallback(d, root)
 		b = append(d.AppendJSON(nil), '\n')
 	case opts.body:
-		d.Set(general, "signature", String, signature)
+		general := d.Object(root, "general")
+		if general == canon.None {
+			return fmt.Errorf("%w: general is not an object", canon.ErrMalformed)
+		}
+		key.SignGate(d, general)
 		b = append(d.AppendJSON(nil), '\n')
 	default:
+		canonical := d.Canonical(nil, opts.callback)
+		signature := key.Sign(canonical)
 		if opts.canonical {
 			b = append(b, "canonical: "...)
 			b = append(b, canonical...)
@@ -286,15 +280,15 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 	}
 	signature := d.EmbeddedSignature()
 	canonical := d.Canonical(nil, true)
-	shaped := callbackShaped(d)
+	shaped := d.CallbackShaped()
 	d.Release()
 	var reason string
 	switch {
 	case signature == "":
 		reason = `no signature: neither a top-level "signature" nor a "general.signature" string`
-	case !wellFormedSignature(signature):
+	case !canon.WellFormedSignature(signature):
 		reason = "the signature is not the base64 of an HMAC-SHA512 (88 characters)"
-	case !NewKey(secret).Verify(canonical, signature):
+	case !canon.NewKey(secret).Verify(canonical, signature):
 		reason = "the signature does not match this body with this secret"
 	case !shaped:
 		reason = notACallback + "; a Payment Page request's signature is not a callback's"
@@ -304,13 +298,4 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 	}
 	_, err = fmt.Fprintf(out, "invalid: %s\ncanonical: %s\n", reason, canonical)
 	return false, err
-}
-
-// wellFormedSignature reports whether sig is standard base64 of 64 bytes.
-func wellFormedSignature(sig string) bool {
-	if len(sig) != base64.StdEncoding.EncodedLen(sha512.Size) {
-		return false
-	}
-	raw, err := base64.StdEncoding.DecodeString(sig)
-	return err == nil && len(raw) == sha512.Size
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 )
@@ -123,13 +125,13 @@ func TestRunSignBody(t *testing.T) {
 	if err := runSign(strings.NewReader(gate), testSecret, signOpts{body: true}, &out); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Parse(out.Bytes(), Limits{})
+	d, err := canon.Parse(out.Bytes(), canon.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sig := textAt(d, d.Root(), "general", "signature")
 	d.Delete(d.Get(d.Root(), "general"), "signature")
-	if want := NewKey(testSecret).Sign(d.Canonical(nil, false)); sig != want {
+	if want := canon.NewKey(testSecret).Sign(d.Canonical(nil, false)); sig != want {
 		t.Fatalf("general.signature %q, want %q over %s", sig, want, out.String())
 	}
 	d.Release()
@@ -153,7 +155,7 @@ func TestRunSignErrors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
 			err := runSign(strings.NewReader(body), "k", signOpts{}, &out)
-			if !errors.Is(err, ErrMalformed) {
+			if !errors.Is(err, canon.ErrMalformed) {
 				t.Fatalf("err = %v, want ErrMalformed", err)
 			}
 			if out.Len() != 0 {
@@ -184,7 +186,7 @@ func TestRunVerifyVectors(t *testing.T) {
 				t.Fatalf("valid = %v, want %v; output %q", valid, v.ExpectValid, out.String())
 			}
 			got := out.String()
-			canonical, embedded, err := CallbackCanonical([]byte(v.RawBody))
+			canonical, embedded, err := signature.CallbackCanonical([]byte(v.RawBody))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -207,7 +209,7 @@ func TestRunVerifyVectors(t *testing.T) {
 			if embedded != "" && strings.Contains(got, embedded) {
 				t.Fatalf("output shows the received signature: %q", got)
 			}
-			if expected := Sign(canonical, v.Secret); strings.Contains(got, expected) {
+			if expected := signature.Sign(canonical, v.Secret); strings.Contains(got, expected) {
 				t.Fatalf("output shows the expected signature: %q", got)
 			}
 		})
@@ -220,11 +222,11 @@ func TestRunVerifyVectors(t *testing.T) {
 func TestRunVerifyReasons(t *testing.T) {
 	const secret = "k3y"
 	body := `{"project_id":1,"payment":{"id":"p","status":"success"}}`
-	canonical, err := CanonicalJSON([]byte(body))
+	canonical, err := signature.Canonical([]byte(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := Sign(canonical, secret)
+	good := signature.Sign(canonical, secret)
 	withSig := func(path, sig string) string {
 		if path == "general" {
 			return `{"project_id":1,"payment":{"id":"p","status":"success"},"general":{"signature":"` + sig + `"}}`
@@ -241,7 +243,7 @@ func TestRunVerifyReasons(t *testing.T) {
 		{"not a string", `{"project_id":1,"payment":{"id":"p","status":"success"},"signature":7}`, "no signature", false},
 		{"not base64", withSig("", "abc"), "not the base64", false},
 		{"truncated", withSig("", good[:len(good)-4]), "not the base64", false},
-		{"mismatch", withSig("", Sign(canonical+"x", secret)), "does not match", false},
+		{"mismatch", withSig("", signature.Sign(canonical+"x", secret)), "does not match", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
@@ -283,7 +285,7 @@ func TestRunVerifyErrors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
 			valid, err := runVerify(strings.NewReader(body), "k", &out)
-			if valid || !errors.Is(err, ErrMalformed) {
+			if valid || !errors.Is(err, canon.ErrMalformed) {
 				t.Fatalf("valid = %v, err = %v; want false and ErrMalformed", valid, err)
 			}
 			if out.Len() != 0 {
@@ -411,7 +413,7 @@ func TestCommandTree(t *testing.T) {
 		t.Fatalf("verify tampered printed the error again: %q", errOut)
 	}
 	_, errOut, err = runTree(t, `{"signature":`, "ecommpay", "verify", "-")
-	if !errors.Is(err, ErrMalformed) || !strings.Contains(errOut, "malformed JSON") {
+	if !errors.Is(err, canon.ErrMalformed) || !strings.Contains(errOut, "malformed JSON") {
 		t.Fatalf("verify malformed: err = %v, stderr %q", err, errOut)
 	}
 

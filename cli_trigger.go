@@ -72,7 +72,7 @@ that refuses a wrong secret answers 403) or on any error.
 			defer cancel()
 			client := &http.Client{Timeout: 30 * time.Second}
 			p := sandbox.Params{ProjectID: o.projectID, PaymentID: o.paymentID, Amount: o.amount, Currency: o.currency}
-			_, err = sandbox.Trigger(ctx, client, SandboxSigner(), secret, o.to, sc, p, func(r sandbox.TriggerResult) {
+			_, err = sandbox.Trigger(ctx, client, sandbox.ModuleSigner(), secret, o.to, sc, p, func(r sandbox.TriggerResult) {
 				fmt.Fprintf(out, "→ %s %s\n%s\n← %d %s\n\n", sc.Name, r.Name, r.Body, r.Status, strings.TrimSpace(r.Answer))
 			})
 			return err

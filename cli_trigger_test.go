@@ -7,6 +7,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 )
 
 func TestTriggerCommand(t *testing.T) {
@@ -14,8 +17,8 @@ func TestTriggerCommand(t *testing.T) {
 	var bodies []string
 	route := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		canonical, sig, err := CallbackCanonical(body)
-		if err != nil || !NewKey(secret).Verify([]byte(canonical), sig) {
+		canonical, sig, err := signature.CallbackCanonical(body)
+		if err != nil || !canon.NewKey(secret).Verify([]byte(canonical), sig) {
 			http.Error(w, `{"error":"signature does not verify"}`, http.StatusForbidden)
 			return
 		}

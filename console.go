@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -472,7 +473,7 @@ func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 		if json.Indent(&buf, ev.Body, "", "  ") == nil {
 			page.Pretty = buf.String()
 		}
-		if d, perr := Parse(ev.Body, Limits{}); perr == nil {
+		if d, perr := canon.Parse(ev.Body, canon.Limits{}); perr == nil {
 			page.QRImages, page.Redirect = displayData(d)
 			if r.URL.Query().Get("canonical") == "1" {
 				page.Canonical = string(d.Canonical(nil, true))
@@ -485,19 +486,16 @@ func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 
 // displayData renders a body's QR strings as inline PNGs and finds its
 // redirect link, when there is one.
-func displayData(d *Doc) (images []template.URL, redirect string) {
+func displayData(d *canon.Doc) (images []template.URL, redirect string) {
 	root := d.Root()
-	list := d.Get(root, "display_data")
-	if list != none && d.Kind(list) == Array {
-		for e := d.First(list); e != none; e = d.Next(e) {
-			if textAt(d, e, "type") != "qr_data" {
-				continue
-			}
-			png, err := qr.Render(textAt(d, e, "data"), qr.Options{})
-			if err == nil {
-				// A PNG of our own making: safe as a data: URL.
-				images = append(images, template.URL("data:image/png;base64,"+base64.StdEncoding.EncodeToString(png)))
-			}
+	for e := range displayEntries(d) {
+		if textAt(d, e, "type") != "qr_data" {
+			continue
+		}
+		png, err := qr.Render(textAt(d, e, "data"), qr.Options{})
+		if err == nil {
+			// A PNG of our own making: safe as a data: URL.
+			images = append(images, template.URL("data:image/png;base64,"+base64.StdEncoding.EncodeToString(png)))
 		}
 	}
 	if u, err := url.Parse(textAt(d, root, "redirect_data", "url")); err == nil && (u.Scheme == "https" || u.Scheme == "http") {

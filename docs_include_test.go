@@ -51,3 +51,9 @@ func checkIncludes(t *testing.T, doc string, want ...string) {
 func TestAppGuideIncludes(t *testing.T) {
 	checkIncludes(t, "docs/app-guide.md", "examples/app/receiver.php", "examples/app/receiver.py", "examples/app/verify.php")
 }
+
+// The signature guide prints the signature package's example, which
+// go test runs.
+func TestSignatureDocIncludes(t *testing.T) {
+	checkIncludes(t, "docs/signature.md", "signature/example_test.go")
+}

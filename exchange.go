@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"go.uber.org/zap"
 )
 
@@ -73,7 +74,7 @@ func (x *exchange) answer(rf *refusal) error {
 
 // readObject reads the body within max_body and parses it as a JSON object
 // within the limits. The caller releases the Doc.
-func (x *exchange) readObject() (*Doc, string, *refusal) {
+func (x *exchange) readObject() (*canon.Doc, string, *refusal) {
 	body, rf := x.readBody()
 	if rf != nil {
 		return nil, "", rf
@@ -124,15 +125,15 @@ func isTimeout(err error) bool {
 }
 
 // parseObject parses body as a JSON object within the handler's limits.
-func (h *Handler) parseObject(body string) (*Doc, *refusal) {
-	d, err := parse(body, h.limits)
+func (h *Handler) parseObject(body string) (*canon.Doc, *refusal) {
+	d, err := canon.ParseString(body, h.limits)
 	if err != nil {
-		if errors.Is(err, ErrMalformed) {
+		if errors.Is(err, canon.ErrMalformed) {
 			return nil, refuse(http.StatusBadRequest, "malformed", err.Error())
 		}
 		return nil, refuse(http.StatusRequestEntityTooLarge, "too_large", err.Error())
 	}
-	if d.Kind(d.Root()) != Object {
+	if d.Kind(d.Root()) != canon.Object {
 		d.Release()
 		return nil, refuse(http.StatusBadRequest, "malformed", "the body must be a JSON object")
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -27,45 +28,33 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	if rf != nil {
 		return x.answer(rf)
 	}
-	s := getScratch()
-	defer s.release() // after d.Release: the Doc points at s.sig
 	defer d.Release()
 	root := d.Root()
 	general := d.Object(root, "general")
-	if general == none {
+	if general == canon.None {
 		return x.answer(&refusal{http.StatusBadRequest, "invalid", "general", "general must be an object"})
 	}
 	x.ev.PaymentID = textAt(d, general, "payment_id")
 	pid := d.Get(general, "project_id")
-	if pid != none && d.Kind(pid) != Number && d.Kind(pid) != String {
+	if pid != canon.None && d.Kind(pid) != canon.Number && d.Kind(pid) != canon.String {
 		return x.answer(&refusal{http.StatusBadRequest, "invalid", "general.project_id", "general.project_id must be a number"})
 	}
 	var id string
-	if pid != none {
+	if pid != canon.None {
 		id = d.Text(pid)
 	}
-	p, rf := h.projectFor(id, pid != none, false, "general.project_id")
+	p, rf := h.projectFor(id, pid != canon.None, false, "general.project_id")
 	if rf != nil {
 		return x.answer(rf)
 	}
-	if pid == none {
-		kind := String
-		if parsesAsInt64(p.id) {
-			kind = Number
-		}
-		d.Set(general, "project_id", kind, p.id)
+	if pid == canon.None {
+		d.SetProjectID(general, p.id)
 	}
 	x.ev.ProjectID, x.ev.Path = p.id, r.URL.Path
 	x.ev.Amount = textAt(d, root, "payment", "amount")
 	x.ev.Currency = textAt(d, root, "payment", "currency")
 	x.ev.Method = gateMethod(r.URL.Path)
-	// The signature covers the body without any signature, and goes to
-	// general.signature, where Gate looks for it.
-	d.Delete(root, "signature")
-	d.Delete(general, "signature")
-	s.canon = d.Canonical(s.canon[:0], false)
-	sig := s.signInto(p.keys[0], s.canon)
-	d.Set(general, "signature", String, string(sig))
+	p.keys[0].SignGate(d, general)
 	signed := d.AppendJSON(make([]byte, 0, len(body)+128))
 
 	// The reader and the header values in one allocation; NopCloser kept
@@ -98,22 +87,6 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 type gateForward struct {
 	body bytes.Reader
 	vals [2]string
-}
-
-// parsesAsInt64 reports whether strconv.ParseInt(s, 10, 64) succeeds,
-// without its error allocation for the common plain case.
-func parsesAsInt64(s string) bool {
-	if len(s) > 0 && len(s) < 19 {
-		plain := true
-		for i := 0; i < len(s) && plain; i++ {
-			plain = isDigit(s[i])
-		}
-		if plain {
-			return true
-		}
-	}
-	_, err := strconv.ParseInt(s, 10, 64)
-	return err == nil
 }
 
 // gateMethod is the payment method a Gate path names:

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -52,25 +54,25 @@ func localPost(target string, body []byte) *http.Request {
 
 // gateSignature parses a forwarded Gate body, takes general.signature out
 // and returns it with the canonical string of the rest.
-func gateSignature(t testing.TB, body []byte) (canonical, signature string) {
+func gateSignature(t testing.TB, body []byte) (canonical, sig string) {
 	t.Helper()
-	d, err := Parse(body, Limits{})
+	d, err := canon.Parse(body, canon.Limits{})
 	if err != nil {
 		t.Fatalf("forwarded body does not parse: %v\n%s", err, body)
 	}
 	defer d.Release()
 	g := d.Get(d.Root(), "general")
 	s := d.Get(g, "signature")
-	if s == none || d.Kind(s) != String {
+	if s == canon.None || d.Kind(s) != canon.String {
 		t.Fatalf("forwarded body has no general.signature: %s", body)
 	}
-	signature = d.Text(s)
+	sig = d.Text(s)
 	d.Delete(g, "signature")
-	canonical, err = CanonicalJSON(d.AppendJSON(nil))
+	canonical, err = signature.Canonical(d.AppendJSON(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return canonical, signature
+	return canonical, sig
 }
 
 func TestGateSignsAndForwards(t *testing.T) {
@@ -90,11 +92,16 @@ func TestGateSignsAndForwards(t *testing.T) {
 	if canonical != gateSaleCanonical {
 		t.Fatalf("signed content differs:\n got %s\nwant %s", canonical, gateSaleCanonical)
 	}
-	if want := Sign(canonical, testSecret); sig != want {
+	if want := signature.Sign(canonical, testSecret); sig != want {
 		t.Fatalf("general.signature %q does not verify (want %q)", sig, want)
 	}
 	if strings.Contains(string(body), "stale-signature") {
 		t.Fatal("the app's stale signature was forwarded")
+	}
+	// The signature package signs as the handler does: the forwarded
+	// body, signed again, comes back byte for byte.
+	if again, err := signature.SignGate(body, testSecret); err != nil || string(again) != string(body) {
+		t.Fatalf("signature.SignGate differs from the handler (%v):\n%s\n%s", err, again, body)
 	}
 
 	// The exact bytes: key order kept, project_id filled in as a number
@@ -132,7 +139,7 @@ func TestGateStringProjectIDAndTopLevelSignature(t *testing.T) {
 	}
 	got := string(app.received()[0].body)
 	canonical, sig := gateSignature(t, []byte(got))
-	if canonical != "general:payment_id:P2;general:project_id:shop-eu" || sig != Sign(canonical, testSecret) {
+	if canonical != "general:payment_id:P2;general:project_id:shop-eu" || sig != signature.Sign(canonical, testSecret) {
 		t.Fatalf("canonical %q, signature %q", canonical, sig)
 	}
 	if want := `{"general":{"payment_id":"P2","project_id":"shop-eu","signature":"` + sig + `"}}`; got != want {
@@ -158,10 +165,10 @@ func TestGateTwoProjects(t *testing.T) {
 		got := app.received()
 		fwd := got[len(got)-1].body
 		canonical, sig := gateSignature(t, fwd)
-		if sig != Sign(canonical, otherSecret) {
+		if sig != signature.Sign(canonical, otherSecret) {
 			t.Fatalf("project_id %s: not signed with project 211's first secret", id)
 		}
-		if sig == Sign(canonical, testSecret) {
+		if sig == signature.Sign(canonical, testSecret) {
 			t.Fatalf("project_id %s: signed with project 210's secret", id)
 		}
 		if !strings.HasPrefix(string(fwd), `{"general":{"project_id":`+id+`,"payment_id":"P-211","signature":`) {
@@ -454,16 +461,6 @@ func TestGateMethodMatchesSplit(t *testing.T) {
 	} {
 		if got, want := gateMethod(p), reference(p); got != want {
 			t.Errorf("%q: %q, want %q", p, got, want)
-		}
-	}
-}
-
-func TestParsesAsInt64(t *testing.T) {
-	for _, s := range []string{"", "0", "210", "007", "-1", "+1", "1_0", "abc", "９", "999999999999999999",
-		"9223372036854775807", "9223372036854775808", "-9223372036854775808", "12345678901234567890"} {
-		_, err := strconv.ParseInt(s, 10, 64)
-		if got := parsesAsInt64(s); got != (err == nil) {
-			t.Errorf("%q: %v, ParseInt error %v", s, got, err)
 		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -145,18 +147,18 @@ func serve(h *Handler, r *http.Request, next caddyhttp.Handler) *httptest.Respon
 // sign adds a top-level signature to a JSON object body.
 func sign(t testing.TB, secret, body string) []byte {
 	t.Helper()
-	canonical, _, err := CallbackCanonical([]byte(body))
+	canonical, _, err := signature.CallbackCanonical([]byte(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	body = strings.TrimSpace(body)
-	return []byte(body[:len(body)-1] + `,"signature":"` + Sign(canonical, secret) + `"}`)
+	return []byte(body[:len(body)-1] + `,"signature":"` + signature.Sign(canonical, secret) + `"}`)
 }
 
 // verifies reports whether a callback body carries a valid signature.
 func verifies(body []byte, secret string) bool {
-	canonical, sig, err := CallbackCanonical(body)
-	return err == nil && NewKey(secret).Verify([]byte(canonical), sig)
+	canonical, sig, err := signature.CallbackCanonical(body)
+	return err == nil && canon.NewKey(secret).Verify([]byte(canonical), sig)
 }
 
 // withLoopbackHost gives a request with httptest's placeholder Host (or none)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -263,11 +264,11 @@ func TestHugeQRCodeTimeoutIsClamped(t *testing.T) {
 	h := callbackHandler(t, func(h *Handler) { h.QR = "url"; h.QRBaseURL = "https://shop.example/qr"; h.Dedupe = "off" })
 	for _, secs := range []string{"1e12", "9223372036854775807", "1e300"} {
 		body := strings.Replace(awaitingQR, `"data":"600"`, `"data":"`+secs+`"`, 1)
-		d, err := Parse([]byte(body), Limits{})
+		d, err := canon.Parse([]byte(body), canon.Limits{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := h.qrLifetime(d, d.Get(d.Root(), "display_data"))
+		got := h.qrLifetime(d)
 		d.Release()
 		if got != maxQRTimeout {
 			t.Errorf("QR Code Timeout %s: lifetime %v, want %v", secs, got, maxQRTimeout)

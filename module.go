@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddyserver/caddy/v2"
@@ -188,7 +189,7 @@ type Handler struct {
 	allow        []netip.Prefix
 	hosts        map[string]bool
 	from         []netip.Prefix
-	limits       Limits
+	limits       canon.Limits
 	paymentPage  *url.URL
 	pageBase     *pageBase // paymentPage as the signed URLs start
 	qrBase       *url.URL
@@ -233,8 +234,8 @@ type JournalConfig struct {
 
 type project struct {
 	id     string
-	keys   []*Key   // keys[0] signs
-	qrKeys [][]byte // tag keys for hosted QR links, one per secret
+	keys   []*canon.Key // keys[0] signs
+	qrKeys [][]byte     // tag keys for hosted QR links, one per secret
 	series projectSeries
 }
 
@@ -257,7 +258,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBody <= 0 {
 		h.MaxBody = DefaultMaxBody
 	}
-	h.limits = Limits{MaxDepth: h.MaxDepth, MaxLeaves: h.MaxLeaves, MaxString: h.MaxString, MaxKey: h.MaxKey}.withDefaults()
+	h.limits = canon.Limits{MaxDepth: h.MaxDepth, MaxLeaves: h.MaxLeaves, MaxString: h.MaxString, MaxKey: h.MaxKey}
 	var err error
 	allow := h.Allow
 	if len(allow) == 0 {
@@ -346,7 +347,7 @@ func (h *Handler) provisionProjects() error {
 				// Never echo the value: it may be the secret itself.
 				return fmt.Errorf("project %s: secret #%d is empty or its placeholder cannot be resolved", p.ID, i+1)
 			}
-			pr.keys = append(pr.keys, NewKey(secret))
+			pr.keys = append(pr.keys, canon.NewKey(secret))
 			pr.qrKeys = append(pr.qrKeys, qr.LinkKey(secret))
 		}
 		h.projects[p.ID] = pr

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -94,7 +95,7 @@ func signsWith(t *testing.T, h *Handler, secret string) {
 	checkSignedURL(t, u, DefaultBaseURL, secret, [][2]string{
 		{"payment_id", "P1"}, {"payment_amount", "100"}, {"payment_currency", "USD"}, {"project_id", "210"},
 	})
-	if sig != Sign("payment_amount:100;payment_currency:USD;payment_id:P1;project_id:210", secret) {
+	if sig != signature.Sign("payment_amount:100;payment_currency:USD;payment_id:P1;project_id:210", secret) {
 		t.Fatalf("not signed with %q", secret)
 	}
 }

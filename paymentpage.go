@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 )
 
 // servePaymentPage answers with a signed Payment Page URL built from the
@@ -83,19 +85,19 @@ func (h *Handler) paymentParams(x *exchange, s *signScratch) ([][2]string, *refu
 	}
 	defer d.Release()
 	pairs := s.pairs[:0]
-	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+	for n := d.First(d.Root()); n != canon.None; n = d.Next(n) {
 		var v string
 		switch d.Kind(n) {
-		case String:
+		case canon.String:
 			v = d.Text(n)
-		case Number:
-			v = renderNumber(d.Text(n))
-		case Bool:
+		case canon.Number:
+			v = canon.RenderNumber(d.Text(n))
+		case canon.Bool:
 			v = "0"
 			if d.Text(n) == "true" {
 				v = "1"
 			}
-		case Null:
+		case canon.Null:
 		default:
 			return nil, paramRefusal(d.Key(n), len(pairs), "Payment Page parameters must be flat: no objects or arrays")
 		}
@@ -193,11 +195,12 @@ type pageFields struct {
 // signature in s.sig, and s.fields from pairs whatever the outcome.
 func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project, *refusal) {
 	// One pass finds the fields and the first forbidden parameter.
-	f, bad := pageFields{}, -1
+	f, bad, why := pageFields{}, -1, error(nil)
 	for i, p := range pairs {
-		if bad < 0 && (strings.IndexByte(p[0], ';') >= 0 || strings.IndexByte(p[1], ';') >= 0 || p[0] == "signature" ||
-			strings.IndexByte(p[0], ':') >= 0) {
-			bad = i
+		if bad < 0 {
+			if why = canon.CheckPair(p[0], p[1]); why != nil {
+				bad = i
+			}
 		}
 		var dst *string
 		switch p[0] {
@@ -223,16 +226,7 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	}
 	s.fields = f
 	if bad >= 0 {
-		p := pairs[bad]
-		if strings.IndexByte(p[0], ';') < 0 && strings.IndexByte(p[1], ';') < 0 && strings.IndexByte(p[0], ':') >= 0 {
-			// A name with ':' would make the signed string read as a
-			// nested object: a callback's shape (see callbackShaped).
-			return nil, paramRefusal(p[0], bad, "':' is not allowed in Payment Page parameter names")
-		}
-		if p[0] != "signature" || strings.IndexByte(p[1], ';') >= 0 {
-			return nil, paramRefusal(p[0], bad, "';' is not allowed in Payment Page parameters")
-		}
-		return nil, paramRefusal("signature", bad, "leave signature out: it is computed here")
+		return nil, paramRefusal(pairs[bad][0], bad, why.Error())
 	}
 	for _, r := range [...]struct{ name, v string }{
 		{"payment_id", f.paymentID}, {"payment_amount", f.amount}, {"payment_currency", f.currency},
@@ -251,8 +245,8 @@ func (h *Handler) appendSignedPage(s *signScratch, pairs [][2]string) (*project,
 	if !f.projectGiven {
 		pairs = append(pairs, [2]string{"project_id", p.id})
 	}
-	s.canon = appendCanonicalPairs(s.canon[:0], pairs)
-	sig := s.signInto(p.keys[0], s.canon)
+	s.canon = canon.AppendPairs(s.canon[:0], pairs)
+	sig := p.keys[0].AppendSign(s.sig[:0], s.canon)
 	u := append(s.url[:0], h.pageBase.raw...)
 	u = append(u, '?')
 	for _, kv := range pairs {
@@ -278,3 +272,5 @@ func isPositiveInteger(s string) bool {
 	}
 	return true
 }
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -61,7 +62,7 @@ func urlParams(t testing.TB, rawQuery string) (pairs [][2]string, raw []string) 
 // checkSignedURL checks a signed Payment Page URL: where it points, that
 // it carries exactly want (in order) and then the signature, and that the
 // signature is the one over want without frame_mode, made with secret.
-func checkSignedURL(t testing.TB, signed, base, secret string, want [][2]string) (signature string) {
+func checkSignedURL(t testing.TB, signed, base, secret string, want [][2]string) (sig string) {
 	t.Helper()
 	u, err := url.Parse(signed)
 	if err != nil {
@@ -78,8 +79,8 @@ func checkSignedURL(t testing.TB, signed, base, secret string, want [][2]string)
 	if last < 0 || pairs[last][0] != "signature" {
 		t.Fatalf("signature is not the last parameter: %q", u.RawQuery)
 	}
-	signature = pairs[last][1]
-	if raw[last] != "signature="+url.QueryEscape(signature) {
+	sig = pairs[last][1]
+	if raw[last] != "signature="+url.QueryEscape(sig) {
 		t.Fatalf("signature is not URL-encoded: %q", raw[last])
 	}
 	params := pairs[:last]
@@ -102,10 +103,10 @@ func checkSignedURL(t testing.TB, signed, base, secret string, want [][2]string)
 			signedPairs = append(signedPairs, p)
 		}
 	}
-	if Sign(CanonicalPairs(signedPairs), secret) != signature {
-		t.Fatalf("signature %q does not verify over %q", signature, signedPairs)
+	if signature.Sign(canonicalPairs(signedPairs), secret) != sig {
+		t.Fatalf("signature %q does not verify over %q", sig, signedPairs)
 	}
-	return signature
+	return sig
 }
 
 // signedAnswer decodes the JSON answer {"url","signature"}.
@@ -159,7 +160,7 @@ func TestPaymentPageQueryAndForm(t *testing.T) {
 			if got := checkSignedURL(t, u, DefaultBaseURL, testSecret, pageQueryParams); got != sig {
 				t.Fatalf("URL signature %q, JSON signature %q", got, sig)
 			}
-			if want := Sign(pageQueryCanonical, testSecret); sig != want {
+			if want := signature.Sign(pageQueryCanonical, testSecret); sig != want {
 				t.Fatalf("signature %q, want %q over %q", sig, want, pageQueryCanonical)
 			}
 		})
@@ -180,7 +181,7 @@ func TestPaymentPageJSON(t *testing.T) {
 	for _, ct := range []string{"application/json", "application/json; charset=utf-8", ""} {
 		u, sig := signedAnswer(t, serve(h, pagePost(ct, body), nil))
 		checkSignedURL(t, u, DefaultBaseURL, testSecret, want)
-		if sig != Sign(canonical, testSecret) {
+		if sig != signature.Sign(canonical, testSecret) {
 			t.Fatalf("Content-Type %q: signature is not over %q", ct, canonical)
 		}
 		if !strings.Contains(u, "&force_acs=1&close_on_missing=0&") || !strings.Contains(u, "&frame_mode=iframe&") {
@@ -200,7 +201,7 @@ func TestPaymentPageProjects(t *testing.T) {
 	checkSignedURL(t, u, "https://pp.example.test/sub", otherSecret, [][2]string{
 		{"project_id", "211"}, {"payment_id", "P1"}, {"payment_amount", "5"}, {"payment_currency", "GBP"},
 	})
-	if sig == Sign("payment_amount:5;payment_currency:GBP;payment_id:P1;project_id:211", testSecret) {
+	if sig == signature.Sign("payment_amount:5;payment_currency:GBP;payment_id:P1;project_id:211", testSecret) {
 		t.Fatal("signed with the other project's secret")
 	}
 
@@ -236,7 +237,7 @@ func TestPaymentPageRedirect(t *testing.T) {
 		}
 		loc := w.Header().Get("Location")
 		sig := checkSignedURL(t, loc, DefaultBaseURL, testSecret, pageQueryParams)
-		if sig != Sign(pageQueryCanonical, testSecret) {
+		if sig != signature.Sign(pageQueryCanonical, testSecret) {
 			t.Fatalf("%s: Location carries a wrong signature", name)
 		}
 		if w.Header().Get("Cache-Control") != "no-store" {
@@ -392,7 +393,7 @@ func FuzzPaymentPageQuery(f *testing.F) {
 		if !slices.Equal(params, out) {
 			t.Fatalf("URL carries %q, signer returned %q", params, out)
 		}
-		if Sign(CanonicalPairs(params), testSecret) != sig {
+		if signature.Sign(canonicalPairs(params), testSecret) != sig {
 			t.Fatalf("signature does not verify over the URL's parameters %q", params)
 		}
 		if !isPositiveInteger(lookupPair(params, "payment_amount")) || lookupPair(params, "payment_id") == "" ||
@@ -587,4 +588,34 @@ func (h *Handler) signPaymentPage(pairs [][2]string) (signedURL, signature strin
 		return "", "", nil, rf
 	}
 	return string(s.url), string(s.sig[:]), p, nil
+}
+
+// TestPaymentPageAgreesWithSignaturePackage: the signature the handler
+// puts in a Payment Page URL is signature.SignPaymentPage's, and what
+// the handler refuses to sign, the package refuses too.
+func TestPaymentPageAgreesWithSignaturePackage(t *testing.T) {
+	h := paymentPageHandler(t, nil)
+	signed := 0
+	for _, pairs := range [][][2]string{
+		{{"payment_id", "P1"}, {"payment_amount", "100"}, {"payment_currency", "USD"}, {"project_id", "210"}},
+		{{"payment_id", "P 2"}, {"payment_amount", "5"}, {"payment_currency", "EUR"}, {"frame_mode", "popup"}, {"customer_id", "c:1"}, {"project_id", "210"}},
+		{{"payment_id", "P3"}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"}, {"a:b", "1"}},
+		{{"payment_id", "P4"}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"}, {"note", "x;y"}},
+	} {
+		q := url.Values{}
+		for _, p := range pairs {
+			q.Set(p[0], p[1])
+		}
+		want, werr := signature.SignPaymentPage(q, testSecret)
+		_, got, _, rf := h.signPaymentPage(pairs)
+		if (rf != nil) != (werr != nil) || (rf == nil && got != want) {
+			t.Errorf("%q: the handler signs %q (refusal %v), the package %q (%v)", pairs, got, rf, want, werr)
+		}
+		if rf == nil {
+			signed++
+		}
+	}
+	if signed != 2 {
+		t.Fatalf("%d of the 4 signed, want 2", signed)
+	}
 }

@@ -4,11 +4,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"iter"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -70,30 +72,26 @@ func (h *Handler) provisionQR() error { return h.provisionQROptions() }
 // (qr_img, base64 PNG) or a hosted link (qr_url), keeping the original
 // string under "source". It reports whether anything changed. An entry it
 // cannot render is left as it was: the callback is never refused for it.
-func (h *Handler) rewriteQR(d *Doc, p *project) bool {
+func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 	if h.QR == "off" {
 		return false
 	}
-	list := d.Get(d.Root(), "display_data")
-	if list == none || d.Kind(list) != Array {
-		return false
-	}
 	changed := false
-	for e := d.First(list); e != none; e = d.Next(e) {
-		if d.Kind(e) != Object || textAt(d, e, "type") != "qr_data" {
+	for e := range displayEntries(d) {
+		if textAt(d, e, "type") != "qr_data" {
 			continue
 		}
 		data := d.Get(e, "data")
-		if data == none || d.Kind(data) != String || d.Text(data) == "" {
+		if data == canon.None || d.Kind(data) != canon.String || d.Text(data) == "" {
 			h.logger.Warn("qr_data entry without a string to render; forwarded as it came")
 			h.metrics.qrImage("error")
 			continue
 		}
 		payload := d.Text(data)
 		if h.qrBase != nil {
-			link := qr.MakeLink(h.qrBase.String(), p.qrKeys[0], p.id, payload, now().Add(h.qrLifetime(d, list)))
-			d.Set(e, "type", String, "qr_url")
-			d.Set(e, "data", String, link)
+			link := qr.MakeLink(h.qrBase.String(), p.qrKeys[0], p.id, payload, now().Add(h.qrLifetime(d)))
+			d.Set(e, "type", canon.String, "qr_url")
+			d.Set(e, "data", canon.String, link)
 		} else {
 			png, hit, err := h.qrCache.PNG(payload, h.qrOpts)
 			if err != nil {
@@ -102,20 +100,36 @@ func (h *Handler) rewriteQR(d *Doc, p *project) bool {
 				continue
 			}
 			h.metrics.qrImage(cacheOutcome(hit))
-			d.Set(e, "type", String, "qr_img")
-			d.Set(e, "data", String, base64.StdEncoding.EncodeToString(png))
+			d.Set(e, "type", canon.String, "qr_img")
+			d.Set(e, "data", canon.String, base64.StdEncoding.EncodeToString(png))
 		}
-		d.Set(e, "source", String, payload)
+		d.Set(e, "source", canon.String, payload)
 		changed = true
 	}
 	return changed
 }
 
+// displayEntries yields the objects of a body's display_data array, where
+// ecommpay puts what the customer is shown (qr_data, add_info entries).
+func displayEntries(d *canon.Doc) iter.Seq[int32] {
+	return func(yield func(int32) bool) {
+		list := d.Get(d.Root(), "display_data")
+		if list == canon.None || d.Kind(list) != canon.Array {
+			return
+		}
+		for e := d.First(list); e != canon.None; e = d.Next(e) {
+			if d.Kind(e) == canon.Object && !yield(e) {
+				return
+			}
+		}
+	}
+}
+
 // qrLifetime is the callback's "QR Code Timeout" (seconds, in an add_info
 // entry), else the configured default.
-func (h *Handler) qrLifetime(d *Doc, list int32) time.Duration {
-	for e := d.First(list); e != none; e = d.Next(e) {
-		if d.Kind(e) != Object || !strings.EqualFold(textAt(d, e, "title"), "QR Code Timeout") {
+func (h *Handler) qrLifetime(d *canon.Doc) time.Duration {
+	for e := range displayEntries(d) {
+		if !strings.EqualFold(textAt(d, e, "title"), "QR Code Timeout") {
 			continue
 		}
 		secs, err := strconv.ParseFloat(textAt(d, e, "data"), 64)

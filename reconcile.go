@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -598,19 +599,15 @@ type statusAnswer struct {
 // statusBody is a signed status request: general.project_id and
 // general.payment_id, signed like a Gate request.
 func statusBody(p *project, paymentID string) []byte {
-	d, err := Parse([]byte(`{"general":{}}`), Limits{})
+	d, err := canon.Parse([]byte(`{"general":{}}`), canon.Limits{})
 	if err != nil {
 		panic(err)
 	}
 	defer d.Release()
 	general := d.Get(d.Root(), "general")
-	kind := String
-	if _, err := strconv.ParseInt(p.id, 10, 64); err == nil {
-		kind = Number
-	}
-	d.Set(general, "project_id", kind, p.id)
-	d.Set(general, "payment_id", String, paymentID)
-	d.Set(general, "signature", String, p.keys[0].Sign(d.Canonical(nil, false)))
+	d.SetProjectID(general, p.id)
+	d.Set(general, "payment_id", canon.String, paymentID)
+	p.keys[0].SignGate(d, general)
 	return d.AppendJSON(nil)
 }
 
@@ -655,10 +652,10 @@ func loopbackHost(host string) bool {
 // about the payment asked for (payment.id, and project_id where it says
 // one), else a mismatch; 404, or an error answer that says not found, is
 // not found; the rest are errors.
-func (a *statusAnswer) classify(lim Limits, projectID, paymentID string) {
+func (a *statusAnswer) classify(lim canon.Limits, projectID, paymentID string) {
 	a.result = statusError
-	d, err := Parse(a.body, lim)
-	if err != nil || d.Kind(d.Root()) != Object {
+	d, err := canon.Parse(a.body, lim)
+	if err != nil || d.Kind(d.Root()) != canon.Object {
 		if err == nil {
 			d.Release()
 		}
@@ -690,7 +687,7 @@ func (a *statusAnswer) classify(lim Limits, projectID, paymentID string) {
 // answerProject is the project_id a status answer names, top-level or in
 // general, or "" when it names none. One that names two gives "|", which
 // is no project's id.
-func answerProject(d *Doc) string {
+func answerProject(d *canon.Doc) string {
 	top, general := textAt(d, d.Root(), "project_id"), textAt(d, d.Root(), "general", "project_id")
 	switch {
 	case top == "":
@@ -704,14 +701,14 @@ func answerProject(d *Doc) string {
 
 // saysNotFound tells an error answer about an unknown payment: its
 // message, or one of its errors' messages, says so.
-func saysNotFound(d *Doc) bool {
+func saysNotFound(d *canon.Doc) bool {
 	root := d.Root()
 	notFound := func(s string) bool { return strings.Contains(strings.ToLower(s), "not found") }
 	if notFound(textAt(d, root, "message")) {
 		return true
 	}
-	if errs := d.Get(root, "errors"); errs != none && d.Kind(errs) == Array {
-		for e := d.First(errs); e != none; e = d.Next(e) {
+	if errs := d.Get(root, "errors"); errs != canon.None && d.Kind(errs) == canon.Array {
+		for e := d.First(errs); e != canon.None; e = d.Next(e) {
 			if notFound(textAt(d, e, "message")) {
 				return true
 			}
@@ -763,27 +760,23 @@ func (rc *reconciler) deliverStatus(ctx context.Context, p *project, paymentID s
 // signedStatusEvent is the body the app receives for a status answer: the
 // answer as ecommpay sent it (number literals kept), with the project's id
 // and a top-level signature made with its first secret, as on a callback.
-func signedStatusEvent(p *project, answer []byte, lim Limits) ([]byte, error) {
-	d, err := Parse(answer, lim)
+func signedStatusEvent(p *project, answer []byte, lim canon.Limits) ([]byte, error) {
+	d, err := canon.Parse(answer, lim)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Release()
 	root := d.Root()
-	if d.Kind(root) != Object {
+	if d.Kind(root) != canon.Object {
 		return nil, errors.New("the answer is not a JSON object")
 	}
 	d.Delete(root, "signature")
-	if g := d.Get(root, "general"); g != none && d.Kind(g) == Object {
+	if g := d.Get(root, "general"); g != canon.None && d.Kind(g) == canon.Object {
 		d.Delete(g, "signature")
 	}
-	if pid := d.Get(root, "project_id"); pid == none || d.Text(pid) != p.id {
-		kind := String
-		if _, err := strconv.ParseInt(p.id, 10, 64); err == nil {
-			kind = Number
-		}
-		d.Set(root, "project_id", kind, p.id)
+	if pid := d.Get(root, "project_id"); pid == canon.None || d.Text(pid) != p.id {
+		d.SetProjectID(root, p.id)
 	}
-	d.Set(root, "signature", String, p.keys[0].Sign(d.Canonical(nil, true)))
+	p.keys[0].SignCallback(d, root)
 	return d.AppendJSON(make([]byte, 0, len(answer)+128)), nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -37,7 +38,7 @@ func newFakeStatus(t *testing.T, clock func() time.Time) *fakeStatus {
 	f := &fakeStatus{t: t, answer: map[string]func() (int, string){}, clock: clock}
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		d, err := Parse(body, Limits{})
+		d, err := canon.Parse(body, canon.Limits{})
 		if err != nil {
 			t.Errorf("status request is not JSON: %s", body)
 			w.WriteHeader(http.StatusBadRequest)
@@ -47,11 +48,11 @@ func newFakeStatus(t *testing.T, clock func() time.Time) *fakeStatus {
 		general := d.Get(d.Root(), "general")
 		sig := textAt(d, general, "signature")
 		pid := d.Get(general, "project_id")
-		if pid == none || d.Kind(pid) != Number || d.Text(pid) != "210" {
+		if pid == canon.None || d.Kind(pid) != canon.Number || d.Text(pid) != "210" {
 			t.Errorf("status request general.project_id: %s", body)
 		}
 		d.Delete(general, "signature")
-		if !NewKey(testSecret).Verify(d.Canonical(nil, false), sig) || r.URL.Path != "/v2/payment/status" {
+		if !canon.NewKey(testSecret).Verify(d.Canonical(nil, false), sig) || r.URL.Path != "/v2/payment/status" {
 			t.Errorf("status request %s %s: signature does not verify", r.URL.Path, body)
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -424,9 +425,9 @@ func TestReconcileStopsOnCleanup(t *testing.T) {
 // The status request is signed like a Gate request; the event for the app
 // like a callback, with ecommpay's signature replaced.
 func TestReconcileSigning(t *testing.T) {
-	p := &project{id: "210", keys: []*Key{NewKey(testSecret), NewKey("older")}}
+	p := &project{id: "210", keys: []*canon.Key{canon.NewKey(testSecret), canon.NewKey("older")}}
 	body := statusBody(p, "ORDER-9")
-	d, err := Parse(body, Limits{})
+	d, err := canon.Parse(body, canon.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,7 +438,7 @@ func TestReconcileSigning(t *testing.T) {
 		t.Errorf("status request %s", body)
 	}
 	d.Release()
-	ev, err := signedStatusEvent(p, []byte(`{"payment":{"id":"O","status":"decline"},"signature":"forged","general":{"signature":"x"},"n":1.0}`), Limits{})
+	ev, err := signedStatusEvent(p, []byte(`{"payment":{"id":"O","status":"decline"},"signature":"forged","general":{"signature":"x"},"n":1.0}`), canon.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +468,7 @@ func TestReconcileSigning(t *testing.T) {
 		{200, `[]`, statusError},
 	} {
 		a := statusAnswer{httpStatus: c.status, body: []byte(c.body)}
-		a.classify(Limits{}, "210", "ORDER-9")
+		a.classify(canon.Limits{}, "210", "ORDER-9")
 		if a.result != c.want {
 			t.Errorf("%d %s: %s, want %s", c.status, c.body, a.result, c.want)
 		}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 )
 
 // errTooLarge marks a body over max_body.
@@ -51,10 +53,10 @@ var copyBufs = sync.Pool{New: func() any {
 func writeError(w http.ResponseWriter, status int, field, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	out := []byte(`{"error":`)
-	out = appendQuoted(out, msg)
+	out = canon.AppendQuoted(out, msg)
 	if field != "" {
 		out = append(out, `,"field":`...)
-		out = appendQuoted(out, field)
+		out = canon.AppendQuoted(out, field)
 	}
 	out = append(out, "}\n"...)
 	writeJSON(w, status, out)

@@ -47,23 +47,6 @@ type SandboxConfig struct {
 	MBWayLimit caddy.Duration `json:"mbway_limit,omitempty"`
 }
 
-// SandboxSigner is the module's signature implementation, as the sandbox
-// takes it.
-func SandboxSigner() sandbox.Signer {
-	return sandbox.Signer{
-		Canonical: func(body []byte, strip bool) (string, error) {
-			d, err := Parse(body, Limits{})
-			if err != nil {
-				return "", err
-			}
-			defer d.Release()
-			return string(d.Canonical(nil, strip)), nil
-		},
-		CanonicalPairs: CanonicalPairs,
-		Sign:           Sign,
-	}
-}
-
 // sandboxQR renders the sandbox's QR codes as the callback route does.
 func sandboxQR(payload string) ([]byte, error) { return qr.Render(payload, qr.Options{}) }
 
@@ -78,7 +61,6 @@ func (h *Handler) provisionSandbox() error {
 		}
 	}
 	cfg := sandbox.Config{
-		Signer:       SandboxSigner(),
 		QRPNG:        sandboxQR,
 		CallbackURLs: c.CallbackURLs,
 		BaseURL:      h.BaseURL,

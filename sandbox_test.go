@@ -203,7 +203,6 @@ func FuzzSandboxPaymentPage(f *testing.F) {
 		sb, err := sandbox.New(sandbox.Config{
 			Projects:     []sandbox.Project{{ID: "210", Secret: "fuzz-secret"}, {ID: "211", Secret: "other"}},
 			CallbackURLs: []string{"http://127.0.0.1:1/callback"},
-			Signer:       SandboxSigner(),
 		})
 		if err != nil {
 			t.Fatal(err)

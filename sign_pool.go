@@ -2,9 +2,10 @@ package ecommpay
 
 import (
 	"crypto/sha512"
-	"encoding/base64"
 	"net/url"
 	"sync"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 )
 
 // Working memory for the signing modes, so a signed request allocates
@@ -47,30 +48,6 @@ func (s *signScratch) release() {
 	signPool.Put(s)
 }
 
-// appendCanonicalPairs appends CanonicalPairs(pairs) to dst.
-func appendCanonicalPairs(dst []byte, pairs [][2]string) []byte {
-	c := getCanon()
-	for _, p := range pairs {
-		if p[0] == "frame_mode" {
-			continue
-		}
-		c.path = appendKey(c.path[:0], p[0])
-		c.add(c.path, p[1])
-	}
-	dst = c.finish(dst)
-	c.release()
-	return dst
-}
-
-// signInto writes k.Sign(canonical) to s.sig and returns it as a slice
-// of it.
-func (s *signScratch) signInto(k *Key, canonical []byte) []byte {
-	m := k.mac(canonical)
-	base64.StdEncoding.Encode(s.sig[:], m.sum[:])
-	k.macs.Put(m)
-	return s.sig[:]
-}
-
 // pageBase is a Payment Page base URL as u.String() writes it before
 // "?" once a query is set, and as a JSON string without its closing quote.
 type pageBase struct{ raw, json string }
@@ -80,6 +57,6 @@ func newPageBase(u *url.URL) *pageBase {
 	c := *u
 	c.RawQuery, c.ForceQuery = "", false
 	raw := c.String()
-	q := appendQuoted(nil, raw)
+	q := canon.AppendQuoted(nil, raw)
 	return &pageBase{raw: raw, json: string(q[:len(q)-1])}
 }

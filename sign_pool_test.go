@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 )
 
 // The reference below is the Payment Page signer as first written, on
@@ -62,7 +64,7 @@ func referenceSignPaymentPage(h *Handler, pairs [][2]string) (signedURL, signatu
 	if !given {
 		pairs = append(slices.Clip(pairs), [2]string{"project_id", p.id})
 	}
-	signature = p.keys[0].Sign([]byte(CanonicalPairs(pairs)))
+	signature = p.keys[0].Sign([]byte(canonicalPairs(pairs)))
 	var q strings.Builder
 	for _, kv := range pairs {
 		q.WriteString(url.QueryEscape(kv[0]) + "=" + url.QueryEscape(kv[1]) + "&")
@@ -140,8 +142,8 @@ func FuzzPaymentPageMatchesReference(f *testing.F) {
 			if refRf != nil {
 				writeError(ref, refRf.status, refRf.field, "%s", refRf.msg)
 			} else {
-				body := appendQuoted([]byte(`{"url":`), refURL)
-				body = appendQuoted(append(body, `,"signature":`...), refSig)
+				body := canon.AppendQuoted([]byte(`{"url":`), refURL)
+				body = canon.AppendQuoted(append(body, `,"signature":`...), refSig)
 				writeJSON(ref, http.StatusOK, append(body, "}\n"...))
 			}
 			if w.Code != ref.Code || w.Body.String() != ref.Body.String() || !reflect.DeepEqual(w.Header(), ref.Header()) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -409,11 +410,11 @@ func TestEveryCallbackFormatIsACallback(t *testing.T) {
 // signGeneral signs body and puts the signature at general.signature.
 func signGeneral(t *testing.T, body string) []byte {
 	t.Helper()
-	canonical, _, err := CallbackCanonical([]byte(body))
+	canonical, _, err := signature.CallbackCanonical([]byte(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig := `"signature":"` + Sign(canonical, testSecret) + `"`
+	sig := `"signature":"` + signature.Sign(canonical, testSecret) + `"`
 	if strings.Contains(body, `"general":{}`) {
 		return []byte(strings.Replace(body, `"general":{}`, `"general":{`+sig+`}`, 1))
 	}

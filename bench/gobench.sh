@@ -16,8 +16,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ecommpay-gobench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
-(cd "$ROOT" && go test -c -o "$TMP/ecommpay.test" .)
-cd "$ROOT" # the benchmarks read testdata relative to the package
+(cd "$ROOT" && go test -c -o "$TMP/ecommpay.test" ./internal/canon)
+cd "$ROOT/internal/canon" # the benchmarks run in their package directory
 for i in $(seq "$COUNT"); do
 	"$TMP/ecommpay.test" -test.run '^$' -test.bench 'VerifyCallback|BareHMAC|SignCanonical' \
 		-test.benchmem -test.cpu 1 -test.count 1 | grep '^Benchmark' | tee -a "$TMP/all.txt"

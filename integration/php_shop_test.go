@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/vectors"
 )
 
 // startPHPShop serves shop/shop.php with PHP's built-in server (Debian
@@ -231,7 +233,7 @@ func TestPHPShopMBWay(t *testing.T) {
 // refuses each callback vector as the official SDKs do.
 func TestPHPVerifyConformance(t *testing.T) {
 	php := needPHP(t)
-	cmd := exec.Command(php, filepath.Join("shop", "selftest.php"), filepath.Join(repoRoot, "testdata", "signature-vectors.json"))
+	cmd := exec.Command(php, filepath.Join("shop", "selftest.php"), vectors.Path())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)

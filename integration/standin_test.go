@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	ecommpay "github.com/caddy-ecommpay/caddy-ecommpay"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 )
 
 type standIn struct {
@@ -231,15 +231,15 @@ func TestSignerAgreesWithModule(t *testing.T) {
 		for _, inGeneral := range []bool{false, true} {
 			raw := signJSONWithSignatureAt(b, secret, inGeneral)
 			mine, _ := verifyCallbackBody(raw, secret)
-			canon, sig, err := ecommpay.CallbackCanonical(raw)
+			canon, sig, err := signature.CallbackCanonical(raw)
 			if err != nil {
 				t.Fatalf("body %d: module: %v", i, err)
 			}
-			if !mine || ecommpay.Sign(canon, secret) != sig {
+			if !mine || signature.Sign(canon, secret) != sig {
 				t.Errorf("body %d (general=%v): fake verifies %v, module canonical %q", i, inGeneral, mine, canon)
 			}
 			plain, _ := json.Marshal(b)
-			modCanon, err := ecommpay.CanonicalJSON(plain)
+			modCanon, err := signature.Canonical(plain)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -15,7 +15,7 @@ import (
 	"os"
 	"strings"
 
-	ecommpay "github.com/caddy-ecommpay/caddy-ecommpay"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 )
 
 // template is the typical callback of signer_test.go (typicalCallback) with
@@ -47,7 +47,7 @@ func main() {
 	for i := *from; i < *from+*n; i++ {
 		op := int64(9227000000000) + 2*int64(i)
 		body := fmt.Sprintf(template, *project, i, op, op+1)
-		canonical, sig, err := ecommpay.CallbackCanonical([]byte(body))
+		canonical, sig, err := signature.CallbackCanonical([]byte(body))
 		if err != nil {
 			log.Fatalf("callback %d: %v", i, err)
 		}
@@ -55,7 +55,7 @@ func main() {
 			log.Fatalf("callback %d already carries a signature", i)
 		}
 		// Sign the way ecommpay does: general.signature, last member.
-		signed := body[:len(body)-2] + `,"signature":"` + ecommpay.Sign(canonical, *secret) + `"}}`
+		signed := body[:len(body)-2] + `,"signature":"` + signature.Sign(canonical, *secret) + `"}}`
 		w.WriteString(signed)
 		w.WriteByte('\n')
 	}

@@ -8,8 +8,9 @@
 //
 // It mints valid callbacks for the secrets it is given, so it must only
 // ever hold a test project's secret and answer only its own machine; the
-// caller guards who reaches the handler. The signature rules come from the
-// caller too (Config.Signer), so there is one implementation of them.
+// caller guards who reaches the handler. It signs and verifies with the
+// module's own signature implementation (internal/canon) unless given
+// another (Config.Signer).
 //
 // Scenarios (scenarios.go) build the same callbacks without a sandbox, for
 // "caddy ecommpay trigger".
@@ -28,18 +29,6 @@ import (
 	"sync"
 	"time"
 )
-
-// Signer is ecommpay's signature algorithm, supplied by the caller.
-type Signer struct {
-	// Canonical returns the canonical string of a JSON object; with
-	// stripSignatures every "signature" member, at any depth, is left out.
-	Canonical func(body []byte, stripSignatures bool) (string, error)
-	// CanonicalPairs returns the canonical string of flat parameters (a
-	// Payment Page query), values already decoded.
-	CanonicalPairs func(pairs [][2]string) string
-	// Sign returns base64(HMAC-SHA512(secret, canonical)).
-	Sign func(canonical, secret string) string
-}
 
 // Project is one test project the sandbox plays ecommpay for.
 type Project struct {
@@ -60,7 +49,7 @@ type Config struct {
 	// BaseURL is where browsers reach the sandbox, for the redirect steps
 	// it sends in callbacks. Default: the address the request came in on.
 	BaseURL string
-	// Signer is the signature algorithm. Required.
+	// Signer is the signature algorithm. Default: ModuleSigner.
 	Signer Signer
 	// QRPNG renders a QR payload as a PNG for the customer page; without
 	// it the page shows the payload as text.
@@ -254,8 +243,11 @@ type Sandbox struct {
 
 // New builds a Sandbox. Call Close to stop its deliveries.
 func New(cfg Config) (*Sandbox, error) {
+	if cfg.Signer.zero() {
+		cfg.Signer = ModuleSigner()
+	}
 	if cfg.Signer.Canonical == nil || cfg.Signer.CanonicalPairs == nil || cfg.Signer.Sign == nil {
-		return nil, errors.New("sandbox: a signer is required")
+		return nil, errors.New("sandbox: a signer needs all of Canonical, CanonicalPairs and Sign")
 	}
 	if len(cfg.Projects) == 0 {
 		return nil, errors.New("sandbox: at least one project is required")

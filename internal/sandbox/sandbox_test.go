@@ -15,10 +15,13 @@ import (
 	"testing"
 	"time"
 
-	ecommpay "github.com/caddy-ecommpay/caddy-ecommpay"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
+	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 )
+
+// canonicalPairs is the canonical string of Payment Page parameters.
+func canonicalPairs(pairs [][2]string) string { return sandbox.ModuleSigner().CanonicalPairs(pairs) }
 
 const (
 	projectID = "210"
@@ -38,8 +41,8 @@ func newShop(t *testing.T) *shop {
 	s := &shop{}
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		canonical, sig, err := ecommpay.CallbackCanonical(body)
-		if err != nil || sig == "" || ecommpay.Sign(canonical, secret) != sig {
+		canonical, sig, err := signature.CallbackCanonical(body)
+		if err != nil || sig == "" || signature.Sign(canonical, secret) != sig {
 			http.Error(w, `{"error":"signature does not verify"}`, http.StatusForbidden)
 			return
 		}
@@ -91,7 +94,6 @@ func newSandbox(t *testing.T, callbackURL string, knobs sandbox.Knobs) (*sandbox
 	sb, err := sandbox.New(sandbox.Config{
 		Projects:     []sandbox.Project{{ID: projectID, Secret: secret}, {ID: "211", Secret: "other-project-secret"}},
 		CallbackURLs: []string{callbackURL},
-		Signer:       ecommpay.SandboxSigner(),
 		QRPNG:        func(p string) ([]byte, error) { return qr.Render(p, qr.Options{}) },
 		Knobs:        knobs,
 	})
@@ -109,7 +111,7 @@ func pageURL(base string, params [][2]string, key string) string {
 	for _, p := range params {
 		q.Set(p[0], p[1])
 	}
-	q.Set("signature", ecommpay.Sign(ecommpay.CanonicalPairs(sortedPairs(q)), key))
+	q.Set("signature", signature.Sign(canonicalPairs(sortedPairs(q)), key))
 	return base + "/payment?" + q.Encode()
 }
 
@@ -142,11 +144,11 @@ func sortedKeys(q url.Values) []string {
 func gate(t *testing.T, base, path string, body map[string]any, key string) (int, map[string]any) {
 	t.Helper()
 	raw, _ := json.Marshal(body)
-	canonical, err := ecommpay.CanonicalJSON(raw)
+	canonical, err := signature.Canonical(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body["general"].(map[string]any)["signature"] = ecommpay.Sign(canonical, key)
+	body["general"].(map[string]any)["signature"] = signature.Sign(canonical, key)
 	raw, _ = json.Marshal(body)
 	resp, err := http.Post(base+path, "application/json", bytes.NewReader(raw))
 	if err != nil {
@@ -352,7 +354,7 @@ func TestWrongPaymentPageSignatureNamesTheDifference(t *testing.T) {
 	for _, p := range sortedPairs(q) {
 		encoded = append(encoded, [2]string{p[0], url.QueryEscape(p[1])})
 	}
-	q.Set("signature", ecommpay.Sign(ecommpay.CanonicalPairs(encoded), secret))
+	q.Set("signature", signature.Sign(canonicalPairs(encoded), secret))
 	if _, page = get(srv.URL + "/payment?" + q.Encode()); !strings.Contains(page, "signed URL-encoded") ||
 		!strings.Contains(page, `<b id="diff-param">payment_description</b>`) {
 		t.Errorf("URL-encoded values: page does not say so:\n%s", page)
@@ -516,7 +518,7 @@ func TestTriggerScenarios(t *testing.T) {
 	}
 	for _, sc := range sandbox.Scenarios() {
 		pid := "trig-" + sc.Name
-		res, err := sandbox.Trigger(context.Background(), http.DefaultClient, ecommpay.SandboxSigner(), secret, sh.srv.URL, sc,
+		res, err := sandbox.Trigger(context.Background(), http.DefaultClient, sandbox.ModuleSigner(), secret, sh.srv.URL, sc,
 			sandbox.Params{ProjectID: projectID, PaymentID: pid}, nil)
 		if err != nil || len(res) != 2 {
 			t.Fatalf("%s: %v", sc.Name, err)
@@ -525,7 +527,7 @@ func TestTriggerScenarios(t *testing.T) {
 			t.Errorf("%s: %v, want %v", sc.Name, got, want[sc.Name])
 		}
 	}
-	_, err := sandbox.Trigger(context.Background(), http.DefaultClient, ecommpay.SandboxSigner(), "wrong", sh.srv.URL,
+	_, err := sandbox.Trigger(context.Background(), http.DefaultClient, sandbox.ModuleSigner(), "wrong", sh.srv.URL,
 		sandbox.Scenarios()[0], sandbox.Params{ProjectID: projectID}, nil)
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("wrong secret: %v, want the route's 403", err)

@@ -1,4 +1,4 @@
-package ecommpay
+package canon
 
 import (
 	"errors"
@@ -11,17 +11,19 @@ import (
 	"unicode/utf8"
 )
 
-// Errors a body can fail parsing with. Callers map them to 4xx statuses.
+// Errors a body can fail parsing with: ErrMalformed for what is not
+// strict JSON, the others for what exceeds the limits (callers answer 400
+// and 413).
 var (
 	ErrMalformed     = errors.New("malformed JSON")
-	ErrTooDeep       = errors.New("JSON nested too deeply")
-	ErrTooManyLeaves = errors.New("JSON has too many values")
-	ErrStringTooLong = errors.New("JSON string too long")
-	ErrKeyTooLong    = errors.New("JSON member name too long")
-	// ErrTooExpensive: the canonical string would be out of proportion to
+	errTooDeep       = errors.New("JSON nested too deeply")
+	errTooManyLeaves = errors.New("JSON has too many values")
+	errStringTooLong = errors.New("JSON string too long")
+	errKeyTooLong    = errors.New("JSON member name too long")
+	// errTooExpensive: the canonical string would be out of proportion to
 	// the body, as when a long key sits above many values (each value's
 	// item repeats its whole path). Refused before any of it is built.
-	ErrTooExpensive = errors.New("JSON flattens to too large a canonical string")
+	errTooExpensive = errors.New("JSON flattens to too large a canonical string")
 )
 
 // Limits bound what Parse accepts from untrusted input. Zero fields take
@@ -35,14 +37,14 @@ type Limits struct {
 
 // Default limits: far above any real ecommpay message, far below what hurts.
 const (
-	DefaultMaxDepth  = 32
-	DefaultMaxLeaves = 10000
-	DefaultMaxString = 256 << 10
-	DefaultMaxKey    = 1 << 10 // ecommpay's names are under 64 bytes
+	defaultMaxDepth  = 32
+	defaultMaxLeaves = 10000
+	defaultMaxString = 256 << 10
+	defaultMaxKey    = 1 << 10 // ecommpay's names are under 64 bytes
 )
 
 // The canonical string of an accepted body is at most canonPerByte bytes
-// per body byte plus canonSlack; Parse refuses more (ErrTooExpensive). A
+// per body byte plus canonSlack; Parse refuses more (errTooExpensive). A
 // typical callback's is 1.2 times its size, and no signature vector's
 // over 1.9; the slack lets small bodies nest freely. Everything done
 // before the signature is checked is then linear in the body.
@@ -51,11 +53,11 @@ const (
 	canonSlack   = 16 << 10
 )
 
-// maxRenderedNumber bounds len(renderNumber(lit)): an int64 is at most 20
+// maxRenderedNumber bounds len(RenderNumber(lit)): an int64 is at most 20
 // bytes, a float at most 21 ("-1.2345678901234E-308").
 const maxRenderedNumber = 21
 
-// renderedBound bounds len(renderNumber(lit)) without rendering it. An
+// renderedBound bounds len(RenderNumber(lit)) without rendering it. An
 // integer literal never grows: it is itself, or a float of at most as many
 // bytes once it no longer fits an int64 (19 digits and more).
 func renderedBound(lit string) int {
@@ -67,16 +69,16 @@ func renderedBound(lit string) int {
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxDepth <= 0 {
-		l.MaxDepth = DefaultMaxDepth
+		l.MaxDepth = defaultMaxDepth
 	}
 	if l.MaxLeaves <= 0 {
-		l.MaxLeaves = DefaultMaxLeaves
+		l.MaxLeaves = defaultMaxLeaves
 	}
 	if l.MaxString <= 0 {
-		l.MaxString = DefaultMaxString
+		l.MaxString = defaultMaxString
 	}
 	if l.MaxKey <= 0 {
-		l.MaxKey = DefaultMaxKey
+		l.MaxKey = defaultMaxKey
 	}
 	return l
 }
@@ -94,8 +96,8 @@ const (
 	Array
 )
 
-// none marks a missing node.
-const none int32 = -1
+// None is the node index of a missing value (Get of an absent member).
+const None int32 = -1
 
 // node is one value of a Doc. Nodes sit in one arena slice and link to
 // children and siblings by index, so a parse allocates almost nothing.
@@ -135,9 +137,9 @@ var docPool = sync.Pool{New: func() any { return &Doc{nodes: make([]node, 0, 128
 
 // Parse parses strict JSON (RFC 8259, UTF-8, no duplicate keys) within lim.
 // Release the Doc when done with it.
-func Parse(data []byte, lim Limits) (*Doc, error) { return parse(string(data), lim) }
+func Parse(data []byte, lim Limits) (*Doc, error) { return ParseString(string(data), lim) }
 
-func parse(src string, lim Limits) (*Doc, error) {
+func ParseString(src string, lim Limits) (*Doc, error) {
 	d := docPool.Get().(*Doc)
 	d.nodes = d.nodes[:0]
 	d.src = src
@@ -198,7 +200,7 @@ func (d *Doc) newNode(k Kind) int32 {
 	n := len(d.nodes)
 	d.nodes = append(d.nodes, node{})
 	nd := &d.nodes[n]
-	nd.child, nd.last, nd.next, nd.kind = none, none, none, k
+	nd.child, nd.last, nd.next, nd.kind = None, None, None, k
 	return int32(n)
 }
 
@@ -214,7 +216,7 @@ func (d *Doc) grow() {
 func (d *Doc) leaf() error {
 	d.leaves++
 	if d.leaves > d.lim.MaxLeaves {
-		return fmt.Errorf("%w: more than %d", ErrTooManyLeaves, d.lim.MaxLeaves)
+		return fmt.Errorf("%w: more than %d", errTooManyLeaves, d.lim.MaxLeaves)
 	}
 	return nil
 }
@@ -228,7 +230,7 @@ func (d *Doc) scalar(plen, vlen int) error {
 	}
 	d.canon += plen + vlen + 2
 	if d.canon > d.budget {
-		return fmt.Errorf("%w: over %d bytes for a body of %d", ErrTooExpensive, d.budget, len(d.src))
+		return fmt.Errorf("%w: over %d bytes for a body of %d", errTooExpensive, d.budget, len(d.src))
 	}
 	return nil
 }
@@ -245,7 +247,7 @@ func childPath(plen, seg int) int {
 
 func (d *Doc) link(parent, child int32) {
 	p := &d.nodes[parent]
-	if p.last == none {
+	if p.last == None {
 		p.child = child
 	} else {
 		d.nodes[p.last].next = child
@@ -257,21 +259,21 @@ func (d *Doc) link(parent, child int32) {
 // plen is the length of the value's canonical path.
 func (d *Doc) value(depth, plen int) (int32, error) {
 	if d.pos >= len(d.src) {
-		return none, d.errf("unexpected end of input")
+		return None, d.errf("unexpected end of input")
 	}
 	switch c := d.src[d.pos]; {
 	case c == '{' || c == '[':
 		if depth >= d.lim.MaxDepth {
-			return none, fmt.Errorf("%w: more than %d levels", ErrTooDeep, d.lim.MaxDepth)
+			return None, fmt.Errorf("%w: more than %d levels", errTooDeep, d.lim.MaxDepth)
 		}
 		if c == '{' {
 			return d.object(depth+1, plen)
 		}
 		return d.array(depth+1, plen)
 	case c == '"':
-		s, err := d.str(d.lim.MaxString, ErrStringTooLong)
+		s, err := d.str(d.lim.MaxString, errStringTooLong)
 		if err != nil {
-			return none, err
+			return None, err
 		}
 		n := d.newNode(String)
 		d.nodes[n].text = s
@@ -279,7 +281,7 @@ func (d *Doc) value(depth, plen int) (int32, error) {
 	case c == '-' || (c >= '0' && c <= '9'):
 		lit, integer, err := d.number()
 		if err != nil {
-			return none, err
+			return None, err
 		}
 		n := d.newNode(Number)
 		nd := &d.nodes[n]
@@ -304,7 +306,7 @@ func (d *Doc) value(depth, plen int) (int32, error) {
 				return n, d.scalar(plen, 1)
 			}
 		}
-		return none, d.errf("unexpected character")
+		return None, d.errf("unexpected character")
 	}
 }
 
@@ -321,33 +323,33 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 	var nameBits uint64          // a bit per name so far, by nameBit: most need no scan
 	for {
 		if d.pos >= len(d.src) || d.src[d.pos] != '"' {
-			return none, d.errf("expected a member name")
+			return None, d.errf("expected a member name")
 		}
 		at := d.pos
 		key, tame, err := d.name()
 		if err != nil {
-			return none, err
+			return None, err
 		}
 		if seen != nil {
 			if _, dup := seen[key]; dup {
 				d.pos = at
-				return none, d.errf("duplicate key")
+				return None, d.errf("duplicate key")
 			}
 			seen[key] = struct{}{}
 		} else {
 			if bit := nameBit(key); nameBits&bit == 0 {
 				nameBits |= bit
 			} else {
-				for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+				for c := d.nodes[obj].child; c != None; c = d.nodes[c].next {
 					if d.nodes[c].key == key {
 						d.pos = at
-						return none, d.errf("duplicate key")
+						return None, d.errf("duplicate key")
 					}
 				}
 			}
 			if count++; count == 32 {
 				seen = make(map[string]struct{}, 64)
-				for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+				for c := d.nodes[obj].child; c != None; c = d.nodes[c].next {
 					seen[d.nodes[c].key] = struct{}{}
 				}
 				seen[key] = struct{}{}
@@ -355,7 +357,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		d.skipSpace()
 		if d.pos >= len(d.src) || d.src[d.pos] != ':' {
-			return none, d.errf("expected ':'")
+			return None, d.errf("expected ':'")
 		}
 		d.pos++
 		d.skipSpace()
@@ -366,7 +368,7 @@ func (d *Doc) object(depth, plen int) (int32, error) {
 		}
 		v, err := d.value(depth, childPath(plen, seg))
 		if err != nil {
-			return none, err
+			return None, err
 		}
 		d.nodes[v].key = key
 		d.link(obj, v)
@@ -421,7 +423,7 @@ func (d *Doc) array(depth, plen int) (int32, error) {
 		}
 		v, err := d.value(depth, childPath(plen, digits))
 		if err != nil {
-			return none, err
+			return None, err
 		}
 		d.link(arr, v)
 		if done, err := d.afterElement(']'); done || err != nil {
@@ -474,7 +476,7 @@ func (d *Doc) number() (lit string, integer bool, err error) {
 	}
 	d.pos = i
 	if i-start > d.lim.MaxString {
-		return "", false, fmt.Errorf("%w: a number of %d bytes", ErrStringTooLong, i-start)
+		return "", false, fmt.Errorf("%w: a number of %d bytes", errStringTooLong, i-start)
 	}
 	return s[start:i], integer, nil
 }
@@ -510,7 +512,7 @@ func (d *Doc) name() (key string, tame bool, err error) {
 		}
 		return key, tameKey(key), nil
 	}
-	if key, err = d.str(d.lim.MaxKey, ErrKeyTooLong); err != nil {
+	if key, err = d.str(d.lim.MaxKey, errKeyTooLong); err != nil {
 		return "", false, err
 	}
 	return key, tameKey(key), nil
@@ -715,29 +717,29 @@ func (d *Doc) Next(n int32) int32 { return d.nodes[n].next }
 
 // Get finds member key of object obj, or -1.
 func (d *Doc) Get(obj int32, key string) int32 {
-	if obj == none || d.nodes[obj].kind != Object {
-		return none
+	if obj == None || d.nodes[obj].kind != Object {
+		return None
 	}
-	for c := d.nodes[obj].child; c != none; c = d.nodes[c].next {
+	for c := d.nodes[obj].child; c != None; c = d.nodes[c].next {
 		if d.nodes[c].key == key {
 			return c
 		}
 	}
-	return none
+	return None
 }
 
 // Set makes member key of object obj the scalar (kind, text), replacing
 // any value there in place (order kept) or appending it. It returns the node.
 func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {
 	n := d.Get(obj, key)
-	if n == none {
+	if n == None {
 		n = d.newNode(kind)
 		d.nodes[n].key = key
 		d.link(obj, n)
 		d.wild = d.wild || !tameKey(key)
 	}
 	d.nodes[n].kind, d.nodes[n].text, d.nodes[n].verbatim = kind, text, false
-	d.nodes[n].child, d.nodes[n].last = none, none
+	d.nodes[n].child, d.nodes[n].last = None, None
 	return n
 }
 
@@ -746,39 +748,44 @@ func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {
 // another type.
 func (d *Doc) Object(obj int32, key string) int32 {
 	n := d.Get(obj, key)
-	if n == none {
+	if n == None {
 		n = d.newNode(Object)
 		d.nodes[n].key = key
 		d.link(obj, n)
 		d.wild = d.wild || !tameKey(key)
 	}
 	if d.nodes[n].kind != Object {
-		return none
+		return None
 	}
 	return n
 }
 
 // Delete removes member key of obj and reports whether it was there.
 func (d *Doc) Delete(obj int32, key string) bool {
-	if obj == none || d.nodes[obj].kind != Object {
+	if obj == None || d.nodes[obj].kind != Object {
 		return false
 	}
-	prev := none
-	for c := d.nodes[obj].child; c != none; prev, c = c, d.nodes[c].next {
-		if d.nodes[c].key != key {
-			continue
+	prev := None
+	for c := d.nodes[obj].child; c != None; prev, c = c, d.nodes[c].next {
+		if d.nodes[c].key == key {
+			d.unlink(obj, prev, c)
+			return true
 		}
-		if prev == none {
-			d.nodes[obj].child = d.nodes[c].next
-		} else {
-			d.nodes[prev].next = d.nodes[c].next
-		}
-		if d.nodes[obj].last == c {
-			d.nodes[obj].last = prev
-		}
-		return true
 	}
 	return false
+}
+
+// unlink removes child c, which follows prev (or None when it comes
+// first), from container n.
+func (d *Doc) unlink(n, prev, c int32) {
+	if prev == None {
+		d.nodes[n].child = d.nodes[c].next
+	} else {
+		d.nodes[prev].next = d.nodes[c].next
+	}
+	if d.nodes[n].last == c {
+		d.nodes[n].last = prev
+	}
 }
 
 // AppendJSON writes the document as compact JSON. Number literals are
@@ -793,21 +800,21 @@ func (d *Doc) appendValue(dst []byte, n int32) []byte {
 	case Bool, Number:
 		return append(dst, nd.text...)
 	case String:
-		return appendQuoted(dst, nd.text)
+		return AppendQuoted(dst, nd.text)
 	case Object:
 		dst = append(dst, '{')
-		for c := nd.child; c != none; c = d.nodes[c].next {
+		for c := nd.child; c != None; c = d.nodes[c].next {
 			if c != nd.child {
 				dst = append(dst, ',')
 			}
-			dst = appendQuoted(dst, d.nodes[c].key)
+			dst = AppendQuoted(dst, d.nodes[c].key)
 			dst = append(dst, ':')
 			dst = d.appendValue(dst, c)
 		}
 		return append(dst, '}')
 	default:
 		dst = append(dst, '[')
-		for c := nd.child; c != none; c = d.nodes[c].next {
+		for c := nd.child; c != None; c = d.nodes[c].next {
 			if c != nd.child {
 				dst = append(dst, ',')
 			}
@@ -819,8 +826,8 @@ func (d *Doc) appendValue(dst []byte, n int32) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-// appendQuoted writes s as a JSON string, escaping only what JSON requires.
-func appendQuoted(dst []byte, s string) []byte {
+// AppendQuoted writes s as a JSON string, escaping only what JSON requires.
+func AppendQuoted(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); i++ {

@@ -1,10 +1,11 @@
-package ecommpay
+package canon
 
 import (
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"hash"
 	"math"
 	"math/bits"
@@ -199,10 +200,10 @@ func (c *canon) walk(d *Doc, n int32, stripSignatures bool) {
 	case Object, Array:
 		base := len(c.path)
 		i := 0
-		for ch := nd.child; ch != none; ch = d.nodes[ch].next {
+		for ch := nd.child; ch != None; ch = d.nodes[ch].next {
 			if nd.kind == Object {
 				k := d.nodes[ch].key
-				if k == "frame_mode" || (stripSignatures && k == "signature") {
+				if unsigned(k, stripSignatures) {
 					continue
 				}
 				if base > 0 {
@@ -325,9 +326,9 @@ func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) [
 	switch nd.kind {
 	case Object:
 		first, keysAt := len(c.kids), len(c.keys)
-		for ch := nd.child; ch != none; ch = d.nodes[ch].next {
+		for ch := nd.child; ch != None; ch = d.nodes[ch].next {
 			k := d.nodes[ch].key
-			if k == "frame_mode" || (stripSignatures && k == "signature") {
+			if unsigned(k, stripSignatures) {
 				continue
 			}
 			start := len(c.keys)
@@ -353,7 +354,7 @@ func (c *canon) walkOrdered(d *Doc, n int32, stripSignatures bool, dst []byte) [
 		return dst
 	case Array:
 		i := 0
-		for ch := nd.child; ch != none; ch = d.nodes[ch].next {
+		for ch := nd.child; ch != None; ch = d.nodes[ch].next {
 			if plen > 0 {
 				c.path = append(c.path, ':')
 			}
@@ -460,16 +461,10 @@ func sortKids(keys []byte, kids []kid) {
 	}
 }
 
-// CanonicalPairs is the canonical string of flat parameters, as a
-// Payment Page request carries them. Values are already rendered.
-func CanonicalPairs(pairs [][2]string) string {
-	return string(appendCanonicalPairs(nil, pairs))
-}
-
-// renderNumber renders a JSON number literal as PHP's string cast does after
+// RenderNumber renders a JSON number literal as PHP's string cast does after
 // json_decode: integers that fit in int64 as themselves, all else as a float
 // with 14 significant digits.
-func renderNumber(lit string) string {
+func RenderNumber(lit string) string {
 	if isInt64(lit) {
 		if lit == "-0" {
 			return "0"
@@ -479,7 +474,7 @@ func renderNumber(lit string) string {
 	return string(appendNumber(nil, lit))
 }
 
-// appendNumber appends renderNumber(lit) to dst.
+// appendNumber appends RenderNumber(lit) to dst.
 func appendNumber(dst []byte, lit string) []byte {
 	if isInt64(lit) {
 		if lit == "-0" {
@@ -776,42 +771,67 @@ func (k *Key) Verify(canonical []byte, signature string) bool {
 	return ok
 }
 
-// Sign returns base64(HMAC-SHA512(secret, canonical)).
-func Sign(canonical, secret string) string { return NewKey(secret).Sign([]byte(canonical)) }
-
-// CanonicalJSON is the canonical string of a JSON object to sign, as the
-// PHP SDK's sign() builds it: everything except "frame_mode" members.
-func CanonicalJSON(body []byte) (string, error) {
-	d, err := Parse(body, Limits{})
-	if err != nil {
-		return "", err
-	}
-	defer d.Release()
-	return string(d.Canonical(nil, false)), nil
-}
-
-// CallbackCanonical is the canonical string of a callback body with every
-// "signature" member removed, and the signature it carries: the top-level
-// "signature", else "general.signature" ("" when neither is a string).
-func CallbackCanonical(body []byte) (canonical, signature string, err error) {
-	d, err := Parse(body, Limits{})
-	if err != nil {
-		return "", "", err
-	}
-	defer d.Release()
-	return string(d.Canonical(nil, true)), d.EmbeddedSignature(), nil
-}
-
-// EmbeddedSignature is the callback's signature: top-level "signature",
-// else "general.signature"; "" when neither is a string.
-func (d *Doc) EmbeddedSignature() string {
-	if s := d.Get(d.Root(), "signature"); s != none && d.Kind(s) == String {
-		return d.Text(s)
-	}
-	if g := d.Get(d.Root(), "general"); g != none {
-		if s := d.Get(g, "signature"); s != none && d.Kind(s) == String {
-			return d.Text(s)
+// AppendPairs appends to dst the canonical string of flat parameters, as
+// a Payment Page request carries them. Values are already rendered.
+func AppendPairs(dst []byte, pairs [][2]string) []byte {
+	c := getCanon()
+	for _, p := range pairs {
+		if unsigned(p[0], false) {
+			continue
 		}
+		c.path = appendKey(c.path[:0], p[0])
+		c.add(c.path, p[1])
 	}
-	return ""
+	dst = c.finish(dst)
+	c.release()
+	return dst
+}
+
+// unsigned reports whether a member named k is left out of the canonical
+// string: "frame_mode" always, "signature" when a callback is verified.
+func unsigned(k string, callback bool) bool {
+	return k == "frame_mode" || (callback && k == "signature")
+}
+
+// WellFormedSignature reports whether sig could be a signature at all:
+// base64 of exactly one HMAC-SHA512.
+func WellFormedSignature(sig string) bool {
+	if len(sig) != base64.StdEncoding.EncodedLen(sha512.Size) {
+		return false
+	}
+	raw, err := base64.StdEncoding.DecodeString(sig)
+	return err == nil && len(raw) == sha512.Size
+}
+
+// AppendSign appends k.Sign(canonical) to dst.
+func (k *Key) AppendSign(dst, canonical []byte) []byte {
+	m := k.mac(canonical)
+	dst = base64.StdEncoding.AppendEncode(dst, m.sum[:])
+	k.macs.Put(m)
+	return dst
+}
+
+// Why a flat parameter cannot be signed, in the order CheckPair tests.
+var (
+	// errPairSemicolon: ';' joins the items, so a name or value holding
+	// one could pass for two parameters.
+	errPairSemicolon = errors.New("';' is not allowed in Payment Page parameters")
+	// errPairColon: a name with ':' makes the signed string read as a
+	// nested object, a callback's shape (see Doc.CallbackShaped).
+	errPairColon = errors.New("':' is not allowed in Payment Page parameter names")
+	// errPairSignature: the signature is never among what it signs.
+	errPairSignature = errors.New("leave signature out: it is computed here")
+)
+
+// CheckPair reports why the parameter name=value cannot be signed, or nil.
+func CheckPair(name, value string) error {
+	switch {
+	case strings.IndexByte(name, ';') >= 0 || strings.IndexByte(value, ';') >= 0:
+		return errPairSemicolon
+	case strings.IndexByte(name, ':') >= 0:
+		return errPairColon
+	case name == "signature":
+		return errPairSignature
+	}
+	return nil
 }

@@ -1,4 +1,4 @@
-package ecommpay
+package canon
 
 import (
 	"bytes"
@@ -26,7 +26,7 @@ import (
 const (
 	allocPerByte = 64
 	allocSlack   = 128 << 10
-	maxBody      = DefaultMaxBody // what a handler reads at most
+	maxBody      = 1 << 20 // what a handler reads at most (its DefaultMaxBody)
 )
 
 // shape builds a hostile body from a size parameter; larger n, larger body.
@@ -60,7 +60,7 @@ func repeatJoin(n int, item func(i int) string) []byte {
 
 func zeros(n int) []byte { return repeatJoin(n, func(int) string { return "0" }) }
 
-var bigKey = strings.Repeat("k", DefaultMaxKey)
+var bigKey = strings.Repeat("k", defaultMaxKey)
 
 // hostileShapes are the worst bodies found for the canonical string and
 // for the parser, each with the signature a callback carries.
@@ -82,33 +82,33 @@ var hostileShapes = []shape{
 	}},
 	{"DeepLongKeys", func(n int) []byte {
 		inner := fmt.Appendf(nil, "[%s]", zeros(n))
-		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(DefaultMaxDepth-2, `{"`+bigKey+`":`, "}", inner))
+		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(defaultMaxDepth-2, `{"`+bigKey+`":`, "}", inner))
 	}},
 	{"ArraysOfArrays", func(n int) []byte {
-		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(DefaultMaxDepth-2, "[", "]", zeros(n)))
+		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(defaultMaxDepth-2, "[", "]", zeros(n)))
 	}},
 	{"ManyDeepChains", func(n int) []byte {
-		chain := string(nested(DefaultMaxDepth-2, "[", "]", []byte("0")))
+		chain := string(nested(defaultMaxDepth-2, "[", "]", []byte("0")))
 		return fmt.Appendf(nil, `{"signature":"x","a":[%s]}`, repeatJoin(n, func(int) string { return chain }))
 	}},
 	{"ShortKeysDeep", func(n int) []byte {
 		inner := fmt.Appendf(nil, "{%s}", repeatJoin(n, func(i int) string { return `"` + strconv.Itoa(i) + `":0` }))
-		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(DefaultMaxDepth-2, `{"a":`, "}", inner))
+		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(defaultMaxDepth-2, `{"a":`, "}", inner))
 	}},
 	{"ColonKeys", func(n int) []byte {
 		colons := strings.Repeat(":", 256)
 		return fmt.Appendf(nil, `{"signature":"x",%s}`, repeatJoin(n, func(i int) string { return `"` + colons + strconv.Itoa(i) + `":0` }))
 	}},
 	{"EscapedColonKeys", func(n int) []byte {
-		colons := strings.Repeat(`\u003a`, DefaultMaxKey/6-2)
+		colons := strings.Repeat(`\u003a`, defaultMaxKey/6-2)
 		inner := fmt.Appendf(nil, "[%s]", zeros(n))
-		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(DefaultMaxDepth-2, `{"`+colons+`":`, "}", inner))
+		return fmt.Appendf(nil, `{"signature":"x","a":%s}`, nested(defaultMaxDepth-2, `{"`+colons+`":`, "}", inner))
 	}},
 	{"ShortFloats", func(n int) []byte {
 		return fmt.Appendf(nil, `{"signature":"x","a":[%s]}`, repeatJoin(n, func(int) string { return "9e9" }))
 	}},
 	{"LongNumbers", func(n int) []byte {
-		num := "1." + strings.Repeat("9", DefaultMaxString-2)
+		num := "1." + strings.Repeat("9", defaultMaxString-2)
 		return fmt.Appendf(nil, `{"signature":"x","a":[%s]}`, repeatJoin(n, func(int) string { return num }))
 	}},
 	{"EscapedStrings", func(n int) []byte {
@@ -122,7 +122,7 @@ var hostileShapes = []shape{
 	// of it, compared with paths that stop short of it, costs the run each
 	// time. One such key in every run the merge sort starts with.
 	{"WhitespaceKeys", func(n int) []byte {
-		ws := strings.Repeat(" ", DefaultMaxKey-8)
+		ws := strings.Repeat(" ", defaultMaxKey-8)
 		return fmt.Appendf(nil, `{"signature":"x","k":{%s}}`, repeatJoin(n, func(i int) string {
 			if i%64 == 31 {
 				return `"x` + ws + strconv.Itoa(i) + `":0`
@@ -164,7 +164,7 @@ func gateWork(body, dst []byte) ([]byte, error) {
 	defer d.Release()
 	root := d.Root()
 	d.Delete(root, "signature")
-	if g := d.Object(root, "general"); g != none {
+	if g := d.Object(root, "general"); g != None {
 		d.Set(g, "project_id", Number, "238")
 	}
 	dst = d.Canonical(dst, false)
@@ -180,15 +180,15 @@ func pageWork(body, _ []byte) ([]byte, error) {
 	}
 	defer d.Release()
 	var pairs [][2]string
-	for n := d.First(d.Root()); n != none; n = d.Next(n) {
+	for n := d.First(d.Root()); n != None; n = d.Next(n) {
 		switch d.Kind(n) {
 		case Number:
-			pairs = append(pairs, [2]string{d.Key(n), renderNumber(d.Text(n))})
+			pairs = append(pairs, [2]string{d.Key(n), RenderNumber(d.Text(n))})
 		case String, Bool, Null:
 			pairs = append(pairs, [2]string{d.Key(n), d.Text(n)})
 		}
 	}
-	return []byte(CanonicalPairs(pairs)), nil
+	return AppendPairs(nil, pairs), nil
 }
 
 // worstOf is the largest body of a shape that is accepted (or, if none
@@ -257,12 +257,12 @@ func TestBoundsHostileShapes(t *testing.T) {
 // The attack that started this: one 64 KiB key above 9,990 numbers.
 func TestBoundsRefusesTheOriginalAttack(t *testing.T) {
 	body := fmt.Appendf(nil, `{"project_id":1,"%s":[%s]}`, strings.Repeat("k", 64<<10), zeros(9990))
-	if _, err := Parse(body, Limits{}); !errors.Is(err, ErrKeyTooLong) {
-		t.Fatalf("err = %v, want ErrKeyTooLong", err)
+	if _, err := Parse(body, Limits{}); !errors.Is(err, errKeyTooLong) {
+		t.Fatalf("err = %v, want errKeyTooLong", err)
 	}
 	body = fmt.Appendf(nil, `{"project_id":1,"%s":[%s]}`, bigKey, zeros(9990))
-	if _, err := Parse(body, Limits{}); !errors.Is(err, ErrTooExpensive) || errors.Is(err, ErrMalformed) {
-		t.Fatalf("err = %v, want ErrTooExpensive and not ErrMalformed", err)
+	if _, err := Parse(body, Limits{}); !errors.Is(err, errTooExpensive) || errors.Is(err, ErrMalformed) {
+		t.Fatalf("err = %v, want errTooExpensive and not ErrMalformed", err)
 	}
 	// The same data under a short key is an ordinary body.
 	body = fmt.Appendf(nil, `{"project_id":1,"k":[%s]}`, zeros(9990))
@@ -274,7 +274,7 @@ func TestBoundsRefusesTheOriginalAttack(t *testing.T) {
 // After a large body, the pools hold nothing large: the next small parse
 // does not get a giant arena or canonical buffer.
 func TestBoundsPoolsStaySmall(t *testing.T) {
-	long := strings.Repeat("n", DefaultMaxKey-8)
+	long := strings.Repeat("n", defaultMaxKey-8)
 	bigs := [][]byte{ // each over one limit
 		fmt.Appendf(nil, `{"k":[%s]}`, zeros(9000)),
 		fmt.Appendf(nil, `{%s}`, repeatJoin(3000, func(i int) string { return `"k` + strconv.Itoa(i) + `":0` })),
@@ -311,22 +311,22 @@ func TestBoundsPoolsStaySmall(t *testing.T) {
 }
 
 func TestBoundsKeyLimit(t *testing.T) {
-	at := fmt.Appendf(nil, `{"%s":1}`, strings.Repeat("k", DefaultMaxKey))
-	over := fmt.Appendf(nil, `{"%s":1}`, strings.Repeat("k", DefaultMaxKey+1))
-	escaped := fmt.Appendf(nil, `{"%s":1}`, strings.Repeat(`\u006b`, DefaultMaxKey/6+1))
+	at := fmt.Appendf(nil, `{"%s":1}`, strings.Repeat("k", defaultMaxKey))
+	over := fmt.Appendf(nil, `{"%s":1}`, strings.Repeat("k", defaultMaxKey+1))
+	escaped := fmt.Appendf(nil, `{"%s":1}`, strings.Repeat(`\u006b`, defaultMaxKey/6+1))
 	if _, err := Parse(at, Limits{}); err != nil {
 		t.Fatalf("a key of MaxKey bytes: %v", err)
 	}
 	for _, b := range [][]byte{over, escaped} {
-		if _, err := Parse(b, Limits{}); !errors.Is(err, ErrKeyTooLong) || errors.Is(err, ErrMalformed) {
-			t.Fatalf("err = %v, want ErrKeyTooLong and not ErrMalformed", err)
+		if _, err := Parse(b, Limits{}); !errors.Is(err, errKeyTooLong) || errors.Is(err, ErrMalformed) {
+			t.Fatalf("err = %v, want errKeyTooLong and not ErrMalformed", err)
 		}
 	}
-	if _, err := Parse(over, Limits{MaxKey: DefaultMaxKey + 1}); err != nil {
+	if _, err := Parse(over, Limits{MaxKey: defaultMaxKey + 1}); err != nil {
 		t.Fatalf("MaxKey raised: %v", err)
 	}
 	// Values keep their own, larger limit.
-	if _, err := Parse(fmt.Appendf(nil, `{"k":"%s"}`, strings.Repeat("v", 4*DefaultMaxKey)), Limits{}); err != nil {
+	if _, err := Parse(fmt.Appendf(nil, `{"k":"%s"}`, strings.Repeat("v", 4*defaultMaxKey)), Limits{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -437,11 +437,11 @@ func FuzzParseBounds(f *testing.F) {
 			t.Fatalf("canonical string of %d bytes, estimated %d", len(c1), d.canon)
 		}
 		for n := range d.nodes {
-			if d.nodes[n].kind == Number && len(renderNumber(d.nodes[n].text)) > renderedBound(d.nodes[n].text) {
+			if d.nodes[n].kind == Number && len(RenderNumber(d.nodes[n].text)) > renderedBound(d.nodes[n].text) {
 				t.Fatalf("%s renders longer than its bound", d.nodes[n].text)
 			}
-			if d.nodes[n].verbatim && renderNumber(d.nodes[n].text) != d.nodes[n].text {
-				t.Fatalf("%s taken as is, but renders as %s", d.nodes[n].text, renderNumber(d.nodes[n].text))
+			if d.nodes[n].verbatim && RenderNumber(d.nodes[n].text) != d.nodes[n].text {
+				t.Fatalf("%s taken as is, but renders as %s", d.nodes[n].text, RenderNumber(d.nodes[n].text))
 			}
 		}
 		var before, after runtime.MemStats
@@ -453,7 +453,7 @@ func FuzzParseBounds(f *testing.F) {
 		}
 		out := d.AppendJSON(nil)
 		d2, err := Parse(out, Limits{})
-		if errors.Is(err, ErrTooExpensive) && len(out) < len(body) {
+		if errors.Is(err, errTooExpensive) && len(out) < len(body) {
 			return // a compact rewrite has a smaller budget than a padded original
 		}
 		if err != nil {

@@ -1,4 +1,4 @@
-package ecommpay
+package canon
 
 import (
 	"encoding/binary"

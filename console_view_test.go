@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"net/http"
 	"regexp"
 	"slices"
@@ -104,7 +105,7 @@ func TestConsoleSummaryLine(t *testing.T) {
 	}
 }
 
-func mustPayments(t *testing.T, j journal, pf paymentFilter) []paymentView {
+func mustPayments(t *testing.T, j journal.Journal, pf paymentFilter) []paymentView {
 	t.Helper()
 	vs, err := j.Payments(context.Background(), pf)
 	if err != nil {

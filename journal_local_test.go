@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -225,7 +226,7 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Destruct()
-	pruned := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneSize))
+	pruned := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneSize))
 
 	ctx := context.Background()
 	body := bytes.Repeat([]byte("0123456789abcdef"), 100) // 1600 bytes
@@ -251,14 +252,14 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 	if _, err := b.Body(ctx, "k0"); !errors.Is(err, errNotFound) {
 		t.Fatalf("the oldest body is still there: %v", err)
 	}
-	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneSize)) - pruned; int(got) != 5000-len(evs) {
+	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneSize)) - pruned; int(got) != 5000-len(evs) {
 		t.Fatalf("size prunes counted %v, %d entries went", got, 5000-len(evs))
 	}
 	if err := b.Destruct(); err != nil {
 		t.Fatal(err)
 	}
 	warns := logs.FilterLevelExact(zapcore.WarnLevel).All()
-	if len(warns) == 0 || warns[0].ContextMap()[pruneSize] == int64(0) {
+	if len(warns) == 0 || warns[0].ContextMap()[journal.PruneSize] == int64(0) {
 		t.Fatalf("size pruning logged %v", warns)
 	}
 	fi, err := os.Stat(path)
@@ -307,7 +308,7 @@ func TestLocalPrunesByAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Destruct()
-	aged := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneAge))
+	aged := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneAge))
 	now := time.Now()
 	for i := range 10 {
 		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "old" + strconv.Itoa(i),
@@ -318,14 +319,14 @@ func TestLocalPrunesByAge(t *testing.T) {
 	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneAge)) - aged; got != 11 {
+	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneAge)) - aged; got != 11 {
 		t.Fatalf("age prunes counted %v, want 11", got)
 	}
 	if err := b.Destruct(); err != nil {
 		t.Fatal(err)
 	}
 	infos := logs.FilterLevelExact(zapcore.InfoLevel).All()
-	if len(infos) != 1 || infos[0].ContextMap()[pruneAge] != int64(11) {
+	if len(infos) != 1 || infos[0].ContextMap()[journal.PruneAge] != int64(11) {
 		t.Fatalf("age pruning logged %d lines: %v", len(infos), infos)
 	}
 	checkLocalSize(t, path)
@@ -421,7 +422,7 @@ func TestLocalDamagedFile(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = b.Destruct() })
 			checkWorks(t, b)
-			if ok, why := b.healthy(); ok || !strings.Contains(why, "moved aside") {
+			if ok, why := b.Health(); ok || !strings.Contains(why, "moved aside") {
 				t.Fatalf("healthy() = %v, %q", ok, why)
 			}
 			if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 0 {
@@ -451,7 +452,7 @@ func TestLocalDamagedFile(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = b.Destruct() })
 		checkWorks(t, b)
-		if ok, why := b.healthy(); ok || !strings.Contains(why, "in memory") {
+		if ok, why := b.Health(); ok || !strings.Contains(why, "in memory") {
 			t.Fatalf("healthy() = %v, %q", ok, why)
 		}
 		if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
@@ -463,7 +464,7 @@ func TestLocalDamagedFile(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "ecommpay.db")
 		_ = openTestLocal(t, path, journalOptions{}).Destruct()
 		b := openTestLocal(t, path, journalOptions{})
-		if ok, why := b.healthy(); !ok {
+		if ok, why := b.Health(); !ok {
 			t.Fatalf("a sound file reopened unhealthy: %s", why)
 		}
 		if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
@@ -526,7 +527,7 @@ func TestLocalWriteFailureReported(t *testing.T) {
 	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if ok, why := b.healthy(); !ok {
+	if ok, why := b.Health(); !ok {
 		t.Fatalf("unhealthy after a good write: %s", why)
 	}
 	if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {

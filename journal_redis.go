@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,7 +87,7 @@ end
 `
 
 var (
-	// redisPaymentApply is paymentView.apply on the view hash, with the
+	// redisPaymentApply is journal.PaymentView.apply on the view hash, with the
 	// entry's ID added to the payment's set. Times are 16 hex digits of
 	// Unix nanoseconds, which compare as strings. It returns the view's
 	// signed time ("" if never), final flag and number of entries.
@@ -170,8 +171,8 @@ return 0`)
 type redisBackend struct {
 	*redisStore
 	jp    string // journal key prefix
-	opts  atomic.Pointer[journalOptions]
-	prune pruneLog
+	opts  atomic.Pointer[journal.Options]
+	prune *journal.PruneLog
 
 	pruneNow chan struct{}
 	stop     chan struct{}
@@ -181,11 +182,11 @@ type redisBackend struct {
 // newRedisBackend returns the Redis backend for rawURL (see
 // parseRedisURL) with the default key prefixes. Like newRedisStore, it
 // does not connect; it starts the pruning goroutine that Destruct stops.
-func newRedisBackend(redisURL string, jo journalOptions) (backend, error) {
+func newRedisBackend(redisURL string, jo journal.Options) (backend, error) {
 	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo, nil)
 }
 
-func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journalOptions, logger *zap.Logger) (*redisBackend, error) {
+func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journal.Options, logger *zap.Logger) (*redisBackend, error) {
 	s, err := newRedisStore(redisURL, storePrefix)
 	if err != nil {
 		return nil, err
@@ -196,7 +197,7 @@ func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journ
 		pruneNow:   make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
-	b.prune.logger = logger
+	b.prune = journal.NewPruneLog(logger, pruneHook)
 	b.setOptions(jo)
 	b.done.Add(1)
 	go b.pruneLoop()
@@ -205,8 +206,8 @@ func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journ
 
 // setOptions changes the bounds in place (a config reload); the next
 // prune applies them.
-func (b *redisBackend) setOptions(jo journalOptions) {
-	jo = jo.withDefaults()
+func (b *redisBackend) setOptions(jo journal.Options) {
+	jo = jo.WithDefaults()
 	b.opts.Store(&jo)
 	select {
 	case b.pruneNow <- struct{}{}:
@@ -218,7 +219,7 @@ func (b *redisBackend) setOptions(jo journalOptions) {
 func (b *redisBackend) Destruct() error {
 	close(b.stop)
 	b.done.Wait()
-	b.prune.flush(time.Now())
+	b.prune.Flush(time.Now())
 	return b.redisStore.Destruct()
 }
 
@@ -250,17 +251,17 @@ func (b *redisBackend) ctx(ctx context.Context) (context.Context, context.Cancel
 
 // Record implements journal. It writes at once; an entry already older
 // than MaxAge is pruned as it comes.
-func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
+func (b *redisBackend) Record(ctx context.Context, e journal.Event) error {
 	o := b.opts.Load()
 	now := time.Now()
-	e.prepare(now)
+	e.Prepare(now)
 	if e.Time.Before(now.Add(-o.MaxAge)) {
-		b.prune.add(pruneAge, 1, now)
+		b.prune.Add(journal.PruneAge, 1, now)
 		return nil
 	}
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
-	if e.foldsIntoFirst() {
+	if e.FoldsIntoFirst() {
 		if counted, err := b.countDuplicate(ctx, &e); counted || err != nil {
 			return err
 		}
@@ -272,14 +273,14 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		return err
 	}
 
-	if e.isUnverified() {
+	if e.IsUnverified() {
 		pipe := b.client.Pipeline()
 		pipe.ZAdd(ctx, b.key("uv"), redis.Z{Member: e.ID + " " + string(js)})
 		trimmed := pipe.ZRemRangeByRank(ctx, b.key("uv"), 0, int64(-o.MaxUnverified-1))
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("ecommpay: redis journal: %w", err)
 		}
-		b.prune.add(pruneUnverified, int(trimmed.Val()), now)
+		b.prune.Add(journal.PruneUnverified, int(trimmed.Val()), now)
 		return nil
 	}
 
@@ -288,11 +289,11 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 	pipe := b.client.Pipeline()
 	var apply *scriptCall
 	member := payMember(e.ProjectID, e.PaymentID)
-	if e.joinsPayment() {
+	if e.JoinsPayment() {
 		v, ev := b.payKeys(member)
-		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, idBound(e.Time), e.Kind,
+		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, journal.IDBound(e.Time), e.Kind,
 			e.ProjectID, e.PaymentID, e.Result, e.Amount, e.Currency, e.Method, e.PaymentStatus,
-			boolDigit(isFinalStatus(e.PaymentStatus)), expire.UnixMilli())
+			boolDigit(journal.IsFinalStatus(e.PaymentStatus)), expire.UnixMilli())
 		calls = append(calls, apply)
 		score := micros(e.Time)
 		pipe.ZAddGT(ctx, b.key("pay"), redis.Z{Score: score, Member: member})
@@ -357,7 +358,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 // countDuplicate counts e on the first entry of its event key, if the
 // journal still has it and it is a callback. Two duplicates counted at the
 // same moment on two nodes may count once.
-func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (bool, error) {
+func (b *redisBackend) countDuplicate(ctx context.Context, e *journal.Event) (bool, error) {
 	// All scores are 0: the first by rank is the least ID, the oldest.
 	ids, err := b.client.ZRange(ctx, b.key("ev:x:", e.EventKey), 0, 0).Result()
 	if err != nil || len(ids) == 0 {
@@ -371,14 +372,14 @@ func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (boo
 	if err != nil {
 		return false, err
 	}
-	var first journalEvent
+	var first journal.Event
 	if err := json.Unmarshal(raw, &first); err != nil {
 		return false, err
 	}
-	if first.Kind != kindCallback {
+	if first.Kind != journal.KindCallback {
 		return false, nil
 	}
-	first.countDuplicate(e)
+	first.CountDuplicate(e)
 	js, err := json.Marshal(&first)
 	if err != nil {
 		return false, err
@@ -395,7 +396,7 @@ func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (boo
 var redisExtendOnly = redis.NewScript(redisExtend + `extend(KEYS[1], tonumber(ARGV[1])) return 0`)
 
 // indexes are the ev:p:, ev:r: and ev:k: sets that list e.
-func (b *redisBackend) indexes(e *journalEvent) []string {
+func (b *redisBackend) indexes(e *journal.Event) []string {
 	var out []string
 	for _, ix := range [...]struct{ name, v string }{{"ev:p:", e.ProjectID}, {"ev:r:", e.Result}, {"ev:k:", e.Kind}} {
 		if ix.v != "" {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"strconv"
 	"time"
 
@@ -54,7 +55,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 		if len(ids) == 0 {
 			break
 		}
-		if err := b.drop(ctx, ids, pruneAge); err != nil {
+		if err := b.drop(ctx, ids, journal.PruneAge); err != nil {
 			return err
 		}
 	}
@@ -63,7 +64,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.prune.add(pruneAge, int(n), now)
+	b.prune.Add(journal.PruneAge, int(n), now)
 	ixs, err := b.client.SMembers(ctx, b.key("ix")).Result()
 	if err != nil {
 		return err
@@ -110,7 +111,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 		if err != nil || len(ids) == 0 {
 			return err
 		}
-		if err := b.drop(ctx, ids, pruneSize); err != nil {
+		if err := b.drop(ctx, ids, journal.PruneSize); err != nil {
 			return err
 		}
 		if size, err = b.client.Get(ctx, b.key("bytes")).Int64(); err != nil {
@@ -160,7 +161,7 @@ func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) er
 			bodies, bodyKeys = append(bodies, c), append(bodyKeys, e.EventKey)
 			calls = append(calls, c)
 		}
-		if e.joinsPayment() {
+		if e.JoinsPayment() {
 			m := payMember(e.ProjectID, e.PaymentID)
 			v, ev := b.payKeys(m)
 			c := evalSha(ctx, pipe, redisPaymentDrop, []string{v, ev}, e.ID)
@@ -192,6 +193,6 @@ func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) er
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	b.prune.add(reason, n, time.Now())
+	b.prune.Add(reason, n, time.Now())
 	return nil
 }

@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"bytes"
 	"context"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -219,7 +220,7 @@ func TestRedisJournalPruneTwice(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, n := range []*redisBackend{a, b} {
 		wg.Go(func() {
-			if err := n.drop(ctx, ids, pruneSize); err != nil {
+			if err := n.drop(ctx, ids, journal.PruneSize); err != nil {
 				t.Error(err)
 			}
 		})
@@ -234,7 +235,7 @@ func TestRedisJournalPruneTwice(t *testing.T) {
 		t.Fatalf("bytes %d → %d", before, after)
 	}
 	// The rest goes: the count comes to zero, once.
-	if err := b.drop(ctx, a.client.ZRange(ctx, a.key("ev"), 0, -1).Val(), pruneSize); err != nil {
+	if err := b.drop(ctx, a.client.ZRange(ctx, a.key("ev"), 0, -1).Val(), journal.PruneSize); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := a.client.Get(ctx, a.key("bytes")).Int64(); n != 0 {
@@ -352,8 +353,8 @@ func TestRedisPaymentScriptIsApply(t *testing.T) {
 				Amount:        pick("", "100", "250"), Currency: pick("", "EUR", "USD"), Method: pick("", "card", "sbp"),
 			}
 			record(t, b, e)
-			e.prepare(time.Now())
-			want.apply(&e)
+			e.Prepare(time.Now())
+			want.Apply(&e)
 		}
 		if got := mustTimeline(t, b, "7", id).Payment; !sameView(got, want) {
 			t.Fatalf("payment %s:\nredis %+v\napply %+v", id, got, want)

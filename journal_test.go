@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"reflect"
 	"slices"
 	"strconv"
@@ -51,7 +52,7 @@ func openWith(t *testing.T, open func(t *testing.T) backend, o journalOptions) b
 // within the default MaxAge.
 func suiteBase() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }
 
-func record(t testing.TB, j journal, e journalEvent) {
+func record(t testing.TB, j journal.Journal, e journalEvent) {
 	t.Helper()
 	if err := j.Record(context.Background(), e); err != nil {
 		t.Fatalf("Record(%s): %v", e.OperationID, err)
@@ -65,7 +66,7 @@ func record(t testing.TB, j journal, e journalEvent) {
 //	p2 (project 10): gate, declined
 //	p3 (project 20): signed only, still open
 //	u1: an unverified callback claiming p1
-func fixture(t *testing.T, j journal, base time.Time) {
+func fixture(t *testing.T, j journal.Journal, base time.Time) {
 	t.Helper()
 	at := func(m int) time.Time { return base.Add(time.Duration(m) * time.Minute) }
 	for _, e := range []journalEvent{
@@ -114,7 +115,7 @@ func payIDs(vs []paymentView) []string {
 	return out
 }
 
-func mustEvents(t *testing.T, j journal, f eventFilter) []journalEvent {
+func mustEvents(t *testing.T, j journal.Journal, f eventFilter) []journalEvent {
 	t.Helper()
 	evs, err := j.Events(context.Background(), f)
 	if err != nil {
@@ -123,14 +124,14 @@ func mustEvents(t *testing.T, j journal, f eventFilter) []journalEvent {
 	return evs
 }
 
-func wantEvents(t *testing.T, j journal, f eventFilter, want ...string) {
+func wantEvents(t *testing.T, j journal.Journal, f eventFilter, want ...string) {
 	t.Helper()
 	if got := opIDs(mustEvents(t, j, f)); !slices.Equal(got, want) {
 		t.Fatalf("Events(%+v) = %q, want %q", f, got, want)
 	}
 }
 
-func wantPayments(t *testing.T, j journal, f paymentFilter, want ...string) {
+func wantPayments(t *testing.T, j journal.Journal, f paymentFilter, want ...string) {
 	t.Helper()
 	vs, err := j.Payments(context.Background(), f)
 	if err != nil {
@@ -141,7 +142,7 @@ func wantPayments(t *testing.T, j journal, f paymentFilter, want ...string) {
 	}
 }
 
-func mustTimeline(t *testing.T, j journal, project, payment string) timeline {
+func mustTimeline(t *testing.T, j journal.Journal, project, payment string) timeline {
 	t.Helper()
 	tl, err := j.Timeline(context.Background(), project, payment)
 	if err != nil {
@@ -276,7 +277,7 @@ func runBackendSuite(t *testing.T, open func(t *testing.T) backend) {
 				Time: base.Add(time.Duration(i) * time.Second), ProjectID: "1", PaymentID: "x"})
 		}
 		evs := mustEvents(t, b, eventFilter{})
-		if len(evs) != defaultListLimit || evs[0].OperationID != "119" {
+		if len(evs) != journal.DefaultListLimit || evs[0].OperationID != "119" {
 			t.Fatalf("Events without Limit: %d entries starting with %s, want 100 from 119", len(evs), evs[0].OperationID)
 		}
 		if n := len(mustEvents(t, b, eventFilter{Limit: 500})); n != 120 {
@@ -477,7 +478,7 @@ func runBackendSuite(t *testing.T, open func(t *testing.T) backend) {
 		}
 		for _, f := range []string{e.ProjectID, e.PaymentID, e.OperationID, e.OperationType, e.OperationStatus,
 			e.PaymentStatus, e.EventKey} {
-			if len(f) > unverifiedFieldMax+len("…") || !strings.HasSuffix(f, "…") || !strings.HasPrefix(long, strings.TrimSuffix(f, "…")) {
+			if len(f) > journal.UnverifiedFieldMax+len("…") || !strings.HasSuffix(f, "…") || !strings.HasPrefix(long, strings.TrimSuffix(f, "…")) {
 				t.Fatalf("unverified field kept as %q (%d bytes)", f, len(f))
 			}
 		}
@@ -680,8 +681,8 @@ func runBackendSuite(t *testing.T, open func(t *testing.T) backend) {
 			t.Fatalf("k-dup: %d entries, the first counting %d duplicates; want 1 counting %d", len(evs), evs[0].Duplicates, n)
 		}
 		// Within their own bound; the size bound takes them first.
-		if got := len(mustEvents(t, b, eventFilter{Result: "invalid_signature", Limit: 2 * n})); got == 0 || got > DefaultJournalMaxUnverified {
-			t.Fatalf("%d forged entries kept, want some, at most %d", got, DefaultJournalMaxUnverified)
+		if got := len(mustEvents(t, b, eventFilter{Result: "invalid_signature", Limit: 2 * n})); got == 0 || got > journal.DefaultMaxUnverified {
+			t.Fatalf("%d forged entries kept, want some, at most %d", got, journal.DefaultMaxUnverified)
 		}
 	})
 

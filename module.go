@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"net"
 	"net/http"
 	"net/netip"
@@ -194,7 +195,7 @@ type Handler struct {
 	qrOpts       QROptions
 	qrCache      *QRCache
 	store        Store
-	journal      journal
+	journal      journal.Journal
 	releaseStore func() error
 	logger       *zap.Logger
 	metrics      *metrics

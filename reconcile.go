@@ -406,7 +406,7 @@ func factsOf(tl timeline) paymentFacts {
 		switch e.Kind {
 		case kindPaymentPage, kindGate:
 			start := (e.Kind == kindPaymentPage && e.Result == "signed") ||
-				(e.ecommpayAnswer() == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
+				(e.EcommpayAnswer() == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
 			if start && f.started.IsZero() {
 				f.started, f.method = e.Time, e.Method
 			}
@@ -535,15 +535,6 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 		rc.close(ctx, projectID, paymentID, result, f.method)
 		st.done = true
 	}
-}
-
-// ecommpayAnswer is ecommpay's HTTP answer to a Gate request: in
-// EcommpayStatus, or in AppStatus for entries recorded before it existed.
-func (e *journalEvent) ecommpayAnswer() int {
-	if e.EcommpayStatus == 0 && e.Kind == kindGate {
-		return e.AppStatus
-	}
-	return e.EcommpayStatus
 }
 
 // truncateReason bounds a reason kept in the journal.

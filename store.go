@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	mrand "math/rand/v2"
 	"path/filepath"
 	"strconv"
@@ -382,7 +383,7 @@ type backendOptions struct {
 	Path     string // local: the database file ("" = default in caddy.AppDataDir())
 	RedisURL string // redis
 	MaxKeys  int    // memory: de-dup bound; local: recent deliveries kept in memory
-	Journal  journalOptions
+	Journal  journal.Options
 	// JournalSet says that Journal was configured, not left to defaults.
 	// Handlers of one config that share a store must not set different
 	// journal settings; one without settings takes those another set.
@@ -402,14 +403,14 @@ var journalChoices = struct {
 
 type journalChoice struct {
 	config any
-	opts   journalOptions
+	opts   journal.Options
 	set    bool
 	owner  string
 }
 
 // chooseJournal returns the journal settings for store key in opts's
 // config, or an error when two of its handlers set different ones.
-func chooseJournal(key string, opts backendOptions) (journalOptions, error) {
+func chooseJournal(key string, opts backendOptions) (journal.Options, error) {
 	journalChoices.Lock()
 	defer journalChoices.Unlock()
 	c, ok := journalChoices.m[key]
@@ -417,10 +418,10 @@ func chooseJournal(key string, opts backendOptions) (journalOptions, error) {
 		switch {
 		case !opts.JournalSet:
 			return c.opts, nil
-		case c.set && c.opts.withDefaults() != opts.Journal.withDefaults():
-			return journalOptions{}, fmt.Errorf("handlers that share a store disagree on its journal: %s sets %s, %s sets %s; "+
+		case c.set && c.opts.WithDefaults() != opts.Journal.WithDefaults():
+			return journal.Options{}, fmt.Errorf("handlers that share a store disagree on its journal: %s sets %s, %s sets %s; "+
 				"give them the same journal block, or put it on one of them only",
-				c.owner, c.opts.describe(), opts.Owner, opts.Journal.describe())
+				c.owner, describeJournal(c.opts), opts.Owner, describeJournal(opts.Journal))
 		case c.set:
 			return c.opts, nil
 		}
@@ -429,9 +430,9 @@ func chooseJournal(key string, opts backendOptions) (journalOptions, error) {
 	return opts.Journal, nil
 }
 
-// describe writes o as a journal block would.
-func (o journalOptions) describe() string {
-	o = o.withDefaults()
+// describeJournal writes o as a journal block would.
+func describeJournal(o journal.Options) string {
+	o = o.WithDefaults()
 	return fmt.Sprintf("journal { max_age %s max_size %d%s }", o.MaxAge, o.MaxSize,
 		map[bool]string{true: " no_bodies"}[o.NoBodies])
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"path/filepath"
 	"sync"
 	"time"
@@ -32,14 +33,14 @@ const (
 
 // localBackend implements backend on a SQLite file.
 type localBackend struct {
-	journal // the file's, or memory's when no file could be used
-	mem     *memoryStore
-	file    *sqlitestore.Store // nil when the journal is in memory
-	memJ    *memoryJournal     // non-nil when the journal is in memory
-	path    string
-	logger  *zap.Logger
-	now     func() time.Time // wall clock: delivered marks outlive the process
-	prune   pruneLog
+	journal.Journal // the file's, or memory's when no file could be used
+	mem             *memoryStore
+	file            *sqlitestore.Store // nil when the journal is in memory
+	memJ            *memoryJournal     // non-nil when the journal is in memory
+	path            string
+	logger          *zap.Logger
+	now             func() time.Time // wall clock: delivered marks outlive the process
+	prune           *journal.PruneLog
 	// problem says what was lost when the file could not be used as it
 	// was; "" when it could.
 	problem string
@@ -59,7 +60,7 @@ func defaultLocalPath() string {
 // new one started, and when none can be written the journal runs in
 // memory. Either way it logs an error naming the file, and the store is
 // reported unhealthy.
-func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap.Logger) (*localBackend, error) {
+func openLocalBackend(path string, maxKeys int, opts journal.Options, logger *zap.Logger) (*localBackend, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -75,7 +76,7 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 		path:   path,
 		logger: logger,
 		now:    time.Now,
-		prune:  pruneLog{logger: logger},
+		prune:  journal.NewPruneLog(logger, pruneHook),
 	}
 	file, broken, why, err := sqlitestore.Open(path, sqlitestore.Config{
 		Options: sqliteOptions(opts),
@@ -84,9 +85,9 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 		Now:     func() time.Time { return b.now() },
 		OnPrune: func(n sqlitestore.Pruned) {
 			now := b.now()
-			b.prune.add(pruneAge, n.Age, now)
-			b.prune.add(pruneSize, n.Size, now)
-			b.prune.add(pruneUnverified, n.Unverified, now)
+			b.prune.Add(journal.PruneAge, n.Age, now)
+			b.prune.Add(journal.PruneSize, n.Size, now)
+			b.prune.Add(journal.PruneUnverified, n.Unverified, now)
 		},
 		OnWrite: b.wrote,
 	})
@@ -97,10 +98,10 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 			" (a redelivered callback may reach the app again: its idempotency on X-Ecommpay-Event-Key stops it)",
 			zap.String("file", path), zap.Error(err))
 		b.memJ = newMemoryJournal(opts, logger)
-		b.journal = b.memJ
+		b.Journal = b.memJ
 	default:
 		b.file = file
-		b.journal = &sqliteJournal{file: file, now: b.now}
+		b.Journal = &sqliteJournal{file: file, now: b.now}
 		if broken != "" {
 			b.problem = "the database file could not be used and was moved aside to " + broken +
 				"; a new one was started: the journal and delivered marks in it are lost here"
@@ -115,12 +116,12 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 
 // healthReporter is a backend that can lose or fail to write its file.
 type healthReporter interface {
-	healthy() (bool, string)
+	Health() (bool, string)
 }
 
-// healthy reports whether the store has its file, as it was, and its
+// Health reports whether the store has its file, as it was, and its
 // last write succeeded.
-func (b *localBackend) healthy() (bool, string) {
+func (b *localBackend) Health() (bool, string) {
 	if b.problem != "" {
 		return false, b.problem
 	}
@@ -131,7 +132,7 @@ func (b *localBackend) healthy() (bool, string) {
 }
 
 func (b *localBackend) setHealth() {
-	ok, _ := b.healthy()
+	ok, _ := b.Health()
 	v := 0.0
 	if ok {
 		v = 1
@@ -158,14 +159,14 @@ func (b *localBackend) wrote(err error) {
 	}
 }
 
-func sqliteOptions(o journalOptions) sqlitestore.Options {
-	o = o.withDefaults()
+func sqliteOptions(o journal.Options) sqlitestore.Options {
+	o = o.WithDefaults()
 	return sqlitestore.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
 // setOptions changes the journal's bounds in place; the next write applies
 // them.
-func (b *localBackend) setOptions(opts journalOptions) {
+func (b *localBackend) setOptions(opts journal.Options) {
 	if b.file != nil {
 		b.file.SetOptions(sqliteOptions(opts))
 		return
@@ -174,14 +175,14 @@ func (b *localBackend) setOptions(opts journalOptions) {
 }
 
 // options returns the journal's bounds in force.
-func (b *localBackend) options() journalOptions {
+func (b *localBackend) options() journal.Options {
 	if b.file == nil {
 		b.memJ.mu.Lock()
 		defer b.memJ.mu.Unlock()
 		return b.memJ.opts
 	}
 	o := b.file.Options()
-	return journalOptions{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
+	return journal.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
 // Claim implements Store: the claims in memory, then the delivered marks,
@@ -237,7 +238,7 @@ func (b *localBackend) Destruct() error {
 	if b.file != nil {
 		err = b.file.Close()
 	}
-	b.prune.flush(b.now())
+	b.prune.Flush(b.now())
 	_ = b.mem.Destruct()
 	return err
 }
@@ -249,10 +250,10 @@ type sqliteJournal struct {
 }
 
 // Record implements journal. The entry is on disk within a flush.
-func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
-	e.prepare(j.now())
+func (j *sqliteJournal) Record(ctx context.Context, e journal.Event) error {
+	e.Prepare(j.now())
 	if len(e.ID) != 24 {
-		e.ID = newEventID(e.Time) // IDs sort by time: the file keeps them in that order
+		e.ID = journal.NewEventID(e.Time) // IDs sort by time: the file keeps them in that order
 	}
 	data, err := json.Marshal(&e)
 	if err != nil {
@@ -260,7 +261,7 @@ func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
 	}
 	return j.file.Record(ctx, sqlitestore.Entry{
 		ID: e.ID, Time: e.Time, Kind: e.Kind, ProjectID: e.ProjectID, PaymentID: e.PaymentID,
-		EventKey: e.EventKey, Result: e.Result, Unverified: e.isUnverified(), Duplicate: e.foldsIntoFirst(),
+		EventKey: e.EventKey, Result: e.Result, Unverified: e.IsUnverified(), Duplicate: e.FoldsIntoFirst(),
 		Data: data, Body: e.Body, Value: &e,
 	})
 }
@@ -268,13 +269,13 @@ func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
 // foldPayment applies an entry to its payment's view: the same apply as
 // every backend's.
 func foldPayment(prev []byte, en *sqlitestore.Entry) (sqlitestore.Payment, error) {
-	var v paymentView
+	var v journal.PaymentView
 	if prev != nil {
 		if err := json.Unmarshal(prev, &v); err != nil {
 			return sqlitestore.Payment{}, err
 		}
 	}
-	v.apply(en.Value.(*journalEvent))
+	v.Apply(en.Value.(*journal.Event))
 	data, err := json.Marshal(&v)
 	if err != nil {
 		return sqlitestore.Payment{}, err
@@ -285,11 +286,11 @@ func foldPayment(prev []byte, en *sqlitestore.Entry) (sqlitestore.Payment, error
 
 // countDuplicate counts a duplicate on the first entry of its key.
 func countDuplicate(first []byte, dup *sqlitestore.Entry) ([]byte, error) {
-	var e journalEvent
+	var e journal.Event
 	if err := json.Unmarshal(first, &e); err != nil {
 		return nil, err
 	}
-	e.countDuplicate(dup.Value.(*journalEvent))
+	e.CountDuplicate(dup.Value.(*journal.Event))
 	return json.Marshal(&e)
 }
 
@@ -313,58 +314,58 @@ func decodeAll[T any](raw [][]byte) ([]T, error) {
 }
 
 // Events implements journal.
-func (j *sqliteJournal) Events(ctx context.Context, f eventFilter) ([]journalEvent, error) {
+func (j *sqliteJournal) Events(ctx context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	raw, err := j.file.Events(ctx, sqlitestore.EventQuery{ProjectID: f.ProjectID, PaymentID: f.PaymentID,
 		Result: f.Result, Kind: f.Kind, EventKey: f.EventKey, Since: j.ageCut(f.Since), Until: f.Until,
-		Before: f.Before, Limit: limitOr(f.Limit)})
+		Before: f.Before, Limit: journal.LimitOr(f.Limit)})
 	if err != nil {
 		return nil, err
 	}
-	return decodeAll[journalEvent](raw)
+	return decodeAll[journal.Event](raw)
 }
 
 // Payments implements journal.
-func (j *sqliteJournal) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
+func (j *sqliteJournal) Payments(ctx context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	raw, err := j.file.Payments(ctx, sqlitestore.PaymentQuery{ProjectID: f.ProjectID, PaymentID: f.PaymentID,
 		Status: f.Status, Method: f.Method, Since: j.ageCut(f.Since), Until: f.Until, Open: f.Open,
-		Limit: limitOr(f.Limit)})
+		Limit: journal.LimitOr(f.Limit)})
 	if err != nil {
 		return nil, err
 	}
-	return decodeAll[paymentView](raw)
+	return decodeAll[journal.PaymentView](raw)
 }
 
 // Timeline implements journal.
-func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (timeline, error) {
+func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	view, raw, err := j.file.Timeline(ctx, projectID, paymentID, j.ageCut(time.Time{}))
 	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return timeline{}, errNotFound
+		return journal.Timeline{}, journal.ErrNotFound
 	}
 	if err != nil {
-		return timeline{}, err
+		return journal.Timeline{}, err
 	}
-	var tl timeline
+	var tl journal.Timeline
 	if err := json.Unmarshal(view, &tl.Payment); err != nil {
-		return timeline{}, err
+		return journal.Timeline{}, err
 	}
-	tl.Events, err = decodeAll[journalEvent](raw)
+	tl.Events, err = decodeAll[journal.Event](raw)
 	return tl, err
 }
 
 // OpenPayments implements journal.
-func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]paymentView, error) {
-	raw, err := j.file.OpenPayments(ctx, startedBefore, j.ageCut(time.Time{}), limitOr(limit))
+func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
+	raw, err := j.file.OpenPayments(ctx, startedBefore, j.ageCut(time.Time{}), journal.LimitOr(limit))
 	if err != nil {
 		return nil, err
 	}
-	return decodeAll[paymentView](raw)
+	return decodeAll[journal.PaymentView](raw)
 }
 
 // Body implements journal.
 func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	body, err := j.file.Body(ctx, eventKey)
 	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return nil, errNotFound
+		return nil, journal.ErrNotFound
 	}
 	return body, err
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -263,7 +264,7 @@ func TestCallbackCrashedClaimExpires(t *testing.T) {
 	sum := sha256.Sum256([]byte(mustCanonical(t, body)))
 	eventKey := "210-" + hex.EncodeToString(sum[:16])
 	// A node claims the event and dies before committing or releasing.
-	if st, _, err := h.store.Claim(context.Background(), eventKey, 2*500*time.Millisecond); err != nil || st != Claimed {
+	if st, _, err := h.store.Claim(context.Background(), eventKey, 2*500*time.Millisecond); err != nil || st != store.Claimed {
 		t.Fatalf("claim: %v %v", st, err)
 	}
 	w := serve(h, post("/cb", body), next)
@@ -556,7 +557,7 @@ func BenchmarkCallbackForward(b *testing.B) {
 
 // benchCallbackForward forwards distinct callbacks with a fresh backend of
 // the kind, journal on, as the default configuration has it.
-func benchCallbackForward(b *testing.B, store string) {
+func benchCallbackForward(b *testing.B, kind string) {
 	app := newTestApp(b)
 	app.mu.Lock()
 	app.got = make([]received, 0, 1<<20)
@@ -564,15 +565,15 @@ func benchCallbackForward(b *testing.B, store string) {
 	h := callbackHandler(b, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
 	fresh := func() {
 		var nb backend
-		if store == "local" {
-			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, nil)
+		if kind == "local" {
+			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.Cleanup(func() { _ = lb.Destruct() })
+			b.Cleanup(func() { _ = lb.Close() })
 			nb = lb
 		} else {
-			nb = newMemoryBackend(0, journalOptions{}, nil)
+			nb = newMemoryBackend()
 		}
 		h.store, h.journal = nb, nb
 	}
@@ -626,7 +627,7 @@ func TestCallbackAllocationBudget(t *testing.T) {
 	// first seen through its callback, as each one here is.
 	const budget = 30
 	h := callbackHandler(t, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
-	b := newMemoryBackend(0, journalOptions{}, nil)
+	b := newMemoryBackend()
 	h.store, h.journal = b, b
 	h.logger = zap.NewNop()
 	const runs = 200

@@ -1,6 +1,9 @@
 package ecommpay
 
-import "github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+import (
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+)
 
 // The handler's names for the journal model, which internal/journal owns.
 type (
@@ -37,10 +40,4 @@ func payKey(projectID, paymentID string) string { return projectID + "\x00" + pa
 type payID struct{ projectID, paymentID string }
 
 // backend is one store of de-dup state and journal together.
-type backend interface {
-	Store
-	journal.Journal
-}
-
-// pruneHook counts pruned journal entries into journal_pruned_total.
-func pruneHook(reason string, n int) { journalPrunedTotal.WithLabelValues(reason).Add(float64(n)) }
+type backend = store.Backend

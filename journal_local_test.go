@@ -7,7 +7,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -26,11 +28,11 @@ import (
 
 func openTestLocal(t *testing.T, path string, opts journalOptions) *localBackend {
 	t.Helper()
-	b, err := openLocalBackend(path, 0, opts, nil)
+	b, err := openLocalBackend(path, 0, opts, storeHooks("local", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Destruct() })
+	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
 
@@ -49,8 +51,8 @@ func storedBytes(t *testing.T, b *localBackend) int64 {
 }
 
 func TestLocalBackend(t *testing.T) {
-	runBackendSuite(t, func(t *testing.T) backend {
-		return openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), backendSuiteOptions(t))
+	storetest.RunBackend(t, func(t *testing.T, o journal.Options) store.Backend {
+		return openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), o)
 	})
 }
 
@@ -58,23 +60,23 @@ func TestLocalSurvivesReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	b := openTestLocal(t, path, journalOptions{})
-	base := suiteBase()
-	fixture(t, b, base)
+	base := storetest.Base()
+	storetest.Fixture(t, b, base)
 	for i := range 50 {
-		deliver(t, b, key(i), testTTL)
+		storetest.Deliver(t, b, storetest.Key(i), storetest.TTL)
 	}
-	deliver(t, b, "short", 300*time.Millisecond)
-	held := mustClaim(t, b, "held", Claimed)
-	released := mustClaim(t, b, "released", Claimed)
+	storetest.Deliver(t, b, "short", 300*time.Millisecond)
+	held := storetest.MustClaim(t, b, "held", store.Claimed)
+	released := storetest.MustClaim(t, b, "released", store.Claimed)
 	if err := b.Release(ctx, "released", released); err != nil {
 		t.Fatal(err)
 	}
-	before := mustTimeline(t, b, "10", "p1")
+	before := storetest.MustTimeline(t, b, "10", "p1")
 	size := storedBytes(t, b)
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Commit(ctx, "held", held, testTTL); !errors.Is(err, sqlitestore.ErrClosed) {
+	if err := b.Commit(ctx, "held", held, storetest.TTL); !errors.Is(err, sqlitestore.ErrClosed) {
 		t.Fatalf("Commit after Destruct = %v", err)
 	}
 
@@ -83,20 +85,20 @@ func TestLocalSurvivesReopen(t *testing.T) {
 		t.Fatalf("size %d after reopening, was %d", got, size)
 	}
 	for i := range 50 {
-		mustClaim(t, b, key(i), Delivered)
-		mustClaim(t, b, key(i), Delivered) // now from memory
+		storetest.MustClaim(t, b, storetest.Key(i), store.Delivered)
+		storetest.MustClaim(t, b, storetest.Key(i), store.Delivered) // now from memory
 	}
 	// Claims are not kept: a crash frees them like an expired lease.
-	mustClaim(t, b, "held", Claimed)
-	mustClaim(t, b, "released", Claimed)
+	storetest.MustClaim(t, b, "held", store.Claimed)
+	storetest.MustClaim(t, b, "released", store.Claimed)
 	time.Sleep(400 * time.Millisecond)
-	mustClaim(t, b, "short", Claimed)
+	storetest.MustClaim(t, b, "short", store.Claimed)
 
-	if got := opIDs(mustEvents(t, b, eventFilter{})); !slices.Equal(got, fixtureNewestFirst) {
+	if got := storetest.OpIDs(storetest.MustEvents(t, b, eventFilter{})); !slices.Equal(got, storetest.FixtureNewestFirst) {
 		t.Fatalf("Events after reopening = %q", got)
 	}
-	if after := mustTimeline(t, b, "10", "p1"); !sameView(after.Payment, before.Payment) ||
-		!slices.Equal(opIDs(after.Events), opIDs(before.Events)) {
+	if after := storetest.MustTimeline(t, b, "10", "p1"); !storetest.SameView(after.Payment, before.Payment) ||
+		!slices.Equal(storetest.OpIDs(after.Events), storetest.OpIDs(before.Events)) {
 		t.Fatalf("p1 after reopening = %+v", after)
 	}
 	if got, err := b.Body(ctx, "k1"); err != nil || string(got) != `{"k":1}` {
@@ -111,16 +113,16 @@ func TestLocalKillHelper(t *testing.T) {
 	if path == "" {
 		t.Skip("run by TestLocalDurableAfterKill")
 	}
-	b, err := openLocalBackend(path, 0, journalOptions{}, nil)
+	b, err := openLocalBackend(path, 0, journalOptions{}, store.Hooks{})
 	if err != nil {
 		fmt.Println("error", err)
 		return
 	}
 	ctx := context.Background()
 	for i := 0; ; i++ {
-		_, tok, err := b.Claim(ctx, key(i), testLease)
+		_, tok, err := b.Claim(ctx, storetest.Key(i), storetest.Lease)
 		if err == nil {
-			err = b.Commit(ctx, key(i), tok, testTTL)
+			err = b.Commit(ctx, storetest.Key(i), tok, storetest.TTL)
 		}
 		if err == nil {
 			err = b.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
@@ -182,16 +184,16 @@ func TestLocalDurableAfterKill(t *testing.T) {
 	b := openTestLocal(t, path, journalOptions{})
 	durable := -1
 	for i := 0; i <= last; i++ {
-		st, tok, err := b.Claim(context.Background(), key(i), testLease)
+		st, tok, err := b.Claim(context.Background(), storetest.Key(i), storetest.Lease)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st == Delivered {
+		if st == store.Delivered {
 			if durable != i-1 {
 				t.Fatalf("key %d is delivered but key %d is not", i, durable+1)
 			}
 			durable = i
-		} else if err := b.Release(context.Background(), key(i), tok); err != nil {
+		} else if err := b.Release(context.Background(), storetest.Key(i), tok); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -204,7 +206,7 @@ func TestLocalDurableAfterKill(t *testing.T) {
 	if window > time.Second {
 		t.Fatalf("deliveries acknowledged %v before a kill -9 were lost", window)
 	}
-	if evs := mustEvents(t, b, eventFilter{Limit: 1}); len(evs) == 0 {
+	if evs := storetest.MustEvents(t, b, eventFilter{Limit: 1}); len(evs) == 0 {
 		t.Fatal("no journal entry survived the kill")
 	} else if n, _ := strconv.Atoi(evs[0].PaymentID); n < durable-sqlitestore.FlushBatch {
 		t.Fatalf("journal durable up to %d, delivered marks to %d", n, durable)
@@ -221,11 +223,11 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 	const slack = maxSize
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	core, logs := observer.New(zapcore.InfoLevel)
-	b, err := openLocalBackend(path, 0, journalOptions{MaxSize: maxSize}, zap.New(core))
+	b, err := openLocalBackend(path, 0, journalOptions{MaxSize: maxSize}, storeHooks("local", zap.New(core)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Destruct()
+	defer b.Close()
 	pruned := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneSize))
 
 	ctx := context.Background()
@@ -242,7 +244,7 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 			}
 		}
 	}
-	evs := mustEvents(t, b, eventFilter{Limit: 5000})
+	evs := storetest.MustEvents(t, b, eventFilter{Limit: 5000})
 	if len(evs) < 100 || evs[0].PaymentID != "4999" {
 		t.Fatalf("kept %d entries, newest %s", len(evs), evs[0].PaymentID)
 	}
@@ -255,7 +257,7 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneSize)) - pruned; int(got) != 5000-len(evs) {
 		t.Fatalf("size prunes counted %v, %d entries went", got, 5000-len(evs))
 	}
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	warns := logs.FilterLevelExact(zapcore.WarnLevel).All()
@@ -303,26 +305,26 @@ func sqlScan(t *testing.T, path, query string, dest ...any) {
 func TestLocalPrunesByAge(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	core, logs := observer.New(zapcore.InfoLevel)
-	b, err := openLocalBackend(path, 0, journalOptions{MaxAge: time.Hour}, zap.New(core))
+	b, err := openLocalBackend(path, 0, journalOptions{MaxAge: time.Hour}, storeHooks("local", zap.New(core)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Destruct()
+	defer b.Close()
 	aged := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneAge))
 	now := time.Now()
 	for i := range 10 {
-		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "old" + strconv.Itoa(i),
+		storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "old" + strconv.Itoa(i),
 			Time: now.Add(-2 * time.Hour), EventKey: "o" + strconv.Itoa(i), Body: []byte("old")})
 	}
-	record(t, b, journalEvent{Kind: kindCallback, Time: now.Add(-2 * time.Hour), PaymentID: "stranger"})
-	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "new", EventKey: "n", Body: []byte("new")})
+	storetest.Record(t, b, journalEvent{Kind: kindCallback, Time: now.Add(-2 * time.Hour), PaymentID: "stranger"})
+	storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "new", EventKey: "n", Body: []byte("new")})
 	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneAge)) - aged; got != 11 {
 		t.Fatalf("age prunes counted %v, want 11", got)
 	}
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	infos := logs.FilterLevelExact(zapcore.InfoLevel).All()
@@ -343,12 +345,12 @@ func TestLocalSweepsExpiredMarks(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	b := openTestLocal(t, path, journalOptions{})
 	for i := range 20 {
-		deliver(t, b, key(i), 50*time.Millisecond)
+		storetest.Deliver(t, b, storetest.Key(i), 50*time.Millisecond)
 	}
-	deliver(t, b, "kept", testTTL)
+	storetest.Deliver(t, b, "kept", storetest.TTL)
 	time.Sleep(100 * time.Millisecond)
-	deliver(t, b, key(0), testTTL) // delivered again: a new mark
-	_ = b.Destruct()
+	storetest.Deliver(t, b, storetest.Key(0), storetest.TTL) // delivered again: a new mark
+	_ = b.Close()
 	var n int
 	sqlScan(t, path, "SELECT count(*) FROM delivered", &n)
 	if n != 2 {
@@ -360,8 +362,8 @@ func TestLocalQueriesSeeUnflushedRecords(t *testing.T) {
 	b := openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), journalOptions{})
 	// Long enough after a flush that the next tick is far.
 	for i := range 3 {
-		record(t, b, journalEvent{Kind: kindGate, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i)})
-		if n := len(mustEvents(t, b, eventFilter{})); n != i+1 {
+		storetest.Record(t, b, journalEvent{Kind: kindGate, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i)})
+		if n := len(storetest.MustEvents(t, b, eventFilter{})); n != i+1 {
 			t.Fatalf("listed %d entries right after recording %d", n, i+1)
 		}
 	}
@@ -405,22 +407,22 @@ func TestLocalDamagedFile(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "ecommpay.db")
 			b := openTestLocal(t, path, journalOptions{})
-			fixture(t, b, suiteBase())
+			storetest.Fixture(t, b, storetest.Base())
 			for i := range 200 { // enough pages that truncation cuts some
-				record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
+				storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
 					EventKey: "k" + strconv.Itoa(i), Body: bytes.Repeat([]byte("x"), 500)})
 			}
-			if err := b.Destruct(); err != nil {
+			if err := b.Close(); err != nil {
 				t.Fatal(err)
 			}
 			damage(t, path)
 
 			core, logs := observer.New(zapcore.ErrorLevel)
-			b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+			b, err := openLocalBackend(path, 0, journalOptions{}, storeHooks("local", zap.New(core)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = b.Destruct() })
+			t.Cleanup(func() { _ = b.Close() })
 			checkWorks(t, b)
 			if ok, why := b.Health(); ok || !strings.Contains(why, "moved aside") {
 				t.Fatalf("healthy() = %v, %q", ok, why)
@@ -446,11 +448,11 @@ func TestLocalDamagedFile(t *testing.T) {
 		}
 		path := filepath.Join(notDir, "ecommpay", "ecommpay.db")
 		core, logs := observer.New(zapcore.ErrorLevel)
-		b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+		b, err := openLocalBackend(path, 0, journalOptions{}, storeHooks("local", zap.New(core)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = b.Destruct() })
+		t.Cleanup(func() { _ = b.Close() })
 		checkWorks(t, b)
 		if ok, why := b.Health(); ok || !strings.Contains(why, "in memory") {
 			t.Fatalf("healthy() = %v, %q", ok, why)
@@ -462,7 +464,7 @@ func TestLocalDamagedFile(t *testing.T) {
 
 	t.Run("sound file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "ecommpay.db")
-		_ = openTestLocal(t, path, journalOptions{}).Destruct()
+		_ = openTestLocal(t, path, journalOptions{}).Close()
 		b := openTestLocal(t, path, journalOptions{})
 		if ok, why := b.Health(); !ok {
 			t.Fatalf("a sound file reopened unhealthy: %s", why)
@@ -491,11 +493,11 @@ func overwrite(t *testing.T, path string, change func([]byte)) {
 // checkWorks de-duplicates and journals with b.
 func checkWorks(t *testing.T, b backend) {
 	t.Helper()
-	deliver(t, b, "after", testTTL)
-	mustClaim(t, b, "after", Delivered)
-	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "after",
+	storetest.Deliver(t, b, "after", storetest.TTL)
+	storetest.MustClaim(t, b, "after", store.Delivered)
+	storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "after",
 		EventKey: "after", Body: []byte("after"), Result: "forwarded"})
-	if evs := mustEvents(t, b, eventFilter{PaymentID: "after"}); len(evs) != 1 {
+	if evs := storetest.MustEvents(t, b, eventFilter{PaymentID: "after"}); len(evs) != 1 {
 		t.Fatalf("listed %d entries after the damage", len(evs))
 	}
 	if got, err := b.Body(context.Background(), "after"); err != nil || string(got) != "after" {
@@ -508,11 +510,11 @@ func checkWorks(t *testing.T, b backend) {
 func TestLocalWriteFailureReported(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	core, logs := observer.New(zapcore.ErrorLevel)
-	b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+	b, err := openLocalBackend(path, 0, journalOptions{}, storeHooks("local", zap.New(core)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Destruct() })
+	t.Cleanup(func() { _ = b.Close() })
 	before := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write"))
 	b.wrote(errors.New("disk full"))
 	if d := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write")) - before; d != 1 {
@@ -523,7 +525,7 @@ func TestLocalWriteFailureReported(t *testing.T) {
 	}
 	// The gauge follows the file's own view of its last write, which the
 	// next transaction sets.
-	deliver(t, b, "after", testTTL)
+	storetest.Deliver(t, b, "after", storetest.TTL)
 	if err := b.flushWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -7,15 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 )
 
 // DefaultRedisJournalPrefix is prepended to every journal key in Redis.
@@ -183,10 +182,10 @@ type redisBackend struct {
 // parseRedisURL) with the default key prefixes. Like newRedisStore, it
 // does not connect; it starts the pruning goroutine that Destruct stops.
 func newRedisBackend(redisURL string, jo journal.Options) (backend, error) {
-	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo, nil)
+	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo, store.Hooks{})
 }
 
-func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journal.Options, logger *zap.Logger) (*redisBackend, error) {
+func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journal.Options, hooks store.Hooks) (*redisBackend, error) {
 	s, err := newRedisStore(redisURL, storePrefix)
 	if err != nil {
 		return nil, err
@@ -197,15 +196,21 @@ func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journ
 		pruneNow:   make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
-	b.prune = journal.NewPruneLog(logger, pruneHook)
+	b.prune = hooks.PruneLog()
 	b.setOptions(jo)
 	b.done.Add(1)
 	go b.pruneLoop()
 	return b, nil
 }
 
-// setOptions changes the bounds in place (a config reload); the next
-// prune applies them.
+// Configure implements store.Backend: Redis keeps no de-dup keys in
+// memory; the next prune applies the journal's bounds.
+func (b *redisBackend) Configure(_ int, jo journal.Options) { b.setOptions(jo) }
+
+// Health implements store.Backend: a Redis that is down fails each call
+// instead.
+func (b *redisBackend) Health() (bool, string) { return true, "" }
+
 func (b *redisBackend) setOptions(jo journal.Options) {
 	jo = jo.WithDefaults()
 	b.opts.Store(&jo)
@@ -215,12 +220,12 @@ func (b *redisBackend) setOptions(jo journal.Options) {
 	}
 }
 
-// Destruct implements caddy.Destructor.
-func (b *redisBackend) Destruct() error {
+// Close implements store.Backend.
+func (b *redisBackend) Close() error {
 	close(b.stop)
 	b.done.Wait()
 	b.prune.Flush(time.Now())
-	return b.redisStore.Destruct()
+	return b.redisStore.Close()
 }
 
 func (b *redisBackend) key(parts ...string) string { return b.jp + strings.Join(parts, "") }
@@ -471,7 +476,4 @@ func toAny(s []string) []any {
 }
 
 // Interface guards
-var (
-	_ backend          = (*redisBackend)(nil)
-	_ caddy.Destructor = (*redisBackend)(nil)
-)
+var _ store.Backend = (*redisBackend)(nil)

@@ -5,10 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"strconv"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/redis/go-redis/v9"
 )
 

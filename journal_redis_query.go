@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/redis/go-redis/v9"
 )
 

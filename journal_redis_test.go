@@ -3,7 +3,6 @@ package ecommpay
 import (
 	"bytes"
 	"context"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -11,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -25,20 +27,20 @@ func openRedisBackend(tb testing.TB, url string, o journalOptions) *redisBackend
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	b, err := newRedisBackendPrefix(url+sep+"read_timeout=10s&write_timeout=10s", prefix+"d:", prefix+"j:", o, nil)
+	b, err := newRedisBackendPrefix(url+sep+"read_timeout=10s&write_timeout=10s", prefix+"d:", prefix+"j:", o, store.Hooks{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
 		deleteRedisKeys(b.client, prefix)
-		b.Destruct()
+		b.Close()
 	})
 	return b
 }
 
 func TestRedisBackend(t *testing.T) {
 	url := testRedisURL(t)
-	runBackendSuite(t, func(t *testing.T) backend { return openRedisBackend(t, url, backendSuiteOptions(t)) })
+	storetest.RunBackend(t, func(t *testing.T, o journal.Options) store.Backend { return openRedisBackend(t, url, o) })
 }
 
 func TestRedisClusterBackend(t *testing.T) {
@@ -47,14 +49,14 @@ func TestRedisClusterBackend(t *testing.T) {
 	if _, ok := b.client.(*redis.ClusterClient); !ok {
 		t.Fatalf("%s gave a %T", c.URL, b.client)
 	}
-	runBackendSuite(t, func(t *testing.T) backend { return openRedisBackend(t, c.URL, backendSuiteOptions(t)) })
+	storetest.RunBackend(t, func(t *testing.T, o journal.Options) store.Backend { return openRedisBackend(t, c.URL, o) })
 
 	// The suite's payments are spread over the masters.
 	t.Run("Spread", func(t *testing.T) {
 		b := openRedisBackend(t, c.URL, journalOptions{})
 		ctx := context.Background()
 		for i := range 30 {
-			record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "s" + strconv.Itoa(i),
+			storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "s" + strconv.Itoa(i),
 				EventKey: "k" + strconv.Itoa(i), Body: []byte("x"), Result: "forwarded"})
 		}
 		var mu sync.Mutex
@@ -76,11 +78,11 @@ func TestRedisClusterBackend(t *testing.T) {
 
 // A payment's keys share a slot whatever its project and payment IDs hold.
 func TestRedisPaymentKeysOneSlot(t *testing.T) {
-	b, err := newRedisBackendPrefix("redis://127.0.0.1:1/0", "", DefaultRedisJournalPrefix, journalOptions{}, nil)
+	b, err := newRedisBackendPrefix("redis://127.0.0.1:1/0", "", DefaultRedisJournalPrefix, journalOptions{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Destruct()
+	defer b.Close()
 	for _, id := range [][2]string{{"10", "p1"}, {"}", "x"}, {"{", "}"}, {"a:b", "c"}, {"a", "b:c"}, {"", ""}, {"%7D", "}{"}} {
 		v, ev := b.payKeys(payMember(id[0], id[1]))
 		if redisSlot(v) != redisSlot(ev) {
@@ -141,7 +143,7 @@ func TestRedisJournalSizeBound(t *testing.T) {
 	body := bytes.Repeat([]byte("x"), 1000)
 	base := time.Now().Add(-time.Hour)
 	for i := range 300 {
-		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
+		storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
 			Time: base.Add(time.Duration(i) * time.Second), EventKey: "k" + strconv.Itoa(i), Body: body, Result: "forwarded"})
 	}
 	// Records woke the pruner: let it, or this test, finish. Pruning stops
@@ -153,7 +155,7 @@ func TestRedisJournalSizeBound(t *testing.T) {
 		size, _ := b.client.Get(ctx, b.key("bytes")).Int64()
 		return size <= bound*9/10 && b.client.Exists(ctx, b.key("prune")).Val() == 0
 	})
-	evs := mustEvents(t, b, eventFilter{Limit: 1000})
+	evs := storetest.MustEvents(t, b, eventFilter{Limit: 1000})
 	// An entry with its payment and body counts about 3.4 KB: the journal
 	// keeps 35 or so.
 	if len(evs) < 25 || len(evs) > 45 || evs[0].PaymentID != "299" {
@@ -174,11 +176,11 @@ func TestRedisJournalSizeBound(t *testing.T) {
 		t.Fatalf("%d payments for %d entries: %v", len(vs), len(evs), err)
 	}
 	// The count is what is left: pruning everything brings it to zero.
-	tiny, err := newRedisBackendPrefix(url, "", b.jp, journalOptions{MaxSize: 1}, nil)
+	tiny, err := newRedisBackendPrefix(url, "", b.jp, journalOptions{MaxSize: 1}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tiny.Destruct()
+	defer tiny.Close()
 	eventuallyRedis(t, func() bool {
 		if err := tiny.pruneOnce(ctx); err != nil {
 			t.Fatal(err)
@@ -205,14 +207,14 @@ func eventuallyRedis(t *testing.T, cond func() bool) {
 func TestRedisJournalPruneTwice(t *testing.T) {
 	url := testRedisURL(t)
 	a := openRedisBackend(t, url, journalOptions{})
-	b, err := newRedisBackendPrefix(url, "", a.jp, journalOptions{}, nil)
+	b, err := newRedisBackendPrefix(url, "", a.jp, journalOptions{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Destruct()
+	defer b.Close()
 	ctx := context.Background()
 	for i := range 10 {
-		record(t, a, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p",
+		storetest.Record(t, a, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "p",
 			EventKey: "k", Body: []byte("body"), Result: "forwarded", OperationID: strconv.Itoa(i)})
 	}
 	before, _ := a.client.Get(ctx, a.key("bytes")).Int64()
@@ -227,7 +229,7 @@ func TestRedisJournalPruneTwice(t *testing.T) {
 	}
 	wg.Wait()
 	after, _ := a.client.Get(ctx, a.key("bytes")).Int64()
-	evs := mustEvents(t, a, eventFilter{})
+	evs := storetest.MustEvents(t, a, eventFilter{})
 	if len(evs) != 5 {
 		t.Fatalf("%d entries left, want 5", len(evs))
 	}
@@ -294,10 +296,10 @@ func TestRedisJournalAfterScriptFlush(t *testing.T) {
 		if err := b.client.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "f",
+		storetest.Record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "f",
 			EventKey: "k" + strconv.Itoa(i), Body: []byte("body"), PaymentStatus: "success", Result: "forwarded"})
 	}
-	if v := mustTimeline(t, b, "1", "f").Payment; v.Events != 3 || v.Status != "success" {
+	if v := storetest.MustTimeline(t, b, "1", "f").Payment; v.Events != 3 || v.Status != "success" {
 		t.Fatalf("view after script flushes: %+v", v)
 	}
 	if got, err := b.Body(ctx, "k2"); err != nil || string(got) != "body" {
@@ -323,7 +325,7 @@ func TestAcquireRedisBackend(t *testing.T) {
 	if rb.opts.Load().MaxUnverified != 7 || rb.jp != DefaultRedisJournalPrefix || rb.prefix != DefaultRedisPrefix {
 		t.Fatalf("backend built with %+v, prefixes %q and %q", *rb.opts.Load(), rb.prefix, rb.jp)
 	}
-	tok := mustClaim(t, a, "acquire:"+testPrefix(), Claimed)
+	tok := storetest.MustClaim(t, a, "acquire:"+testPrefix(), store.Claimed)
 	if tok == "" {
 		t.Fatal("no token")
 	}
@@ -352,11 +354,11 @@ func TestRedisPaymentScriptIsApply(t *testing.T) {
 				PaymentStatus: pick("", "processing", "success", "decline", "partially refunded", "refunded"),
 				Amount:        pick("", "100", "250"), Currency: pick("", "EUR", "USD"), Method: pick("", "card", "sbp"),
 			}
-			record(t, b, e)
+			storetest.Record(t, b, e)
 			e.Prepare(time.Now())
 			want.Apply(&e)
 		}
-		if got := mustTimeline(t, b, "7", id).Payment; !sameView(got, want) {
+		if got := storetest.MustTimeline(t, b, "7", id).Payment; !storetest.SameView(got, want) {
 			t.Fatalf("payment %s:\nredis %+v\napply %+v", id, got, want)
 		}
 	}

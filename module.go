@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,7 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -194,7 +195,7 @@ type Handler struct {
 	qrBase       *url.URL
 	qrOpts       QROptions
 	qrCache      *QRCache
-	store        Store
+	store        store.Store
 	journal      journal.Journal
 	releaseStore func() error
 	logger       *zap.Logger

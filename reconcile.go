@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -483,7 +484,7 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 			st.next = now.Add(rc.every)
 			return
 		}
-		if state != Claimed {
+		if state != store.Claimed {
 			st.next = now.Add(jitter(rc.every))
 			return
 		}

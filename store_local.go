@@ -1,15 +1,18 @@
 package ecommpay
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -19,7 +22,7 @@ import (
 // used: the journal is a record, and losing it never takes payments down.
 //
 // Claims live in memory only (a crash frees them, as an expired lease
-// would). Delivered marks and journal entries are queued and written in
+// would). store.Delivered marks and journal entries are queued and written in
 // one transaction every 100 ms or per batch: an accepted Commit or Record
 // is on disk within about that.
 
@@ -34,11 +37,12 @@ const (
 // localBackend implements backend on a SQLite file.
 type localBackend struct {
 	journal.Journal // the file's, or memory's when no file could be used
-	mem             *memoryStore
+	mem             *memstore.Dedup
 	file            *sqlitestore.Store // nil when the journal is in memory
-	memJ            *memoryJournal     // non-nil when the journal is in memory
+	memJ            *memstore.Journal  // non-nil when the journal is in memory
 	path            string
 	logger          *zap.Logger
+	hooks           store.Hooks
 	now             func() time.Time // wall clock: delivered marks outlive the process
 	prune           *journal.PruneLog
 	// problem says what was lost when the file could not be used as it
@@ -60,10 +64,8 @@ func defaultLocalPath() string {
 // new one started, and when none can be written the journal runs in
 // memory. Either way it logs an error naming the file, and the store is
 // reported unhealthy.
-func openLocalBackend(path string, maxKeys int, opts journal.Options, logger *zap.Logger) (*localBackend, error) {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
+func openLocalBackend(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*localBackend, error) {
+	logger := hooks.Log()
 	if path == "" {
 		path = defaultLocalPath()
 	}
@@ -72,11 +74,12 @@ func openLocalBackend(path string, maxKeys int, opts journal.Options, logger *za
 	}
 	b := &localBackend{
 		// Evictions from this cache lose nothing, so they are not logged.
-		mem:    newMemoryStore(maxKeys, zap.NewNop()),
+		mem:    memstore.NewDedup(maxKeys, zap.NewNop()),
 		path:   path,
 		logger: logger,
+		hooks:  hooks,
 		now:    time.Now,
-		prune:  journal.NewPruneLog(logger, pruneHook),
+		prune:  hooks.PruneLog(),
 	}
 	file, broken, why, err := sqlitestore.Open(path, sqlitestore.Config{
 		Options: sqliteOptions(opts),
@@ -97,7 +100,7 @@ func openLocalBackend(path string, maxKeys int, opts journal.Options, logger *za
 		logger.Error("local store: cannot use the database file; "+b.problem+
 			" (a redelivered callback may reach the app again: its idempotency on X-Ecommpay-Event-Key stops it)",
 			zap.String("file", path), zap.Error(err))
-		b.memJ = newMemoryJournal(opts, logger)
+		b.memJ = memstore.NewJournal(opts, hooks)
 		b.Journal = b.memJ
 	default:
 		b.file = file
@@ -133,11 +136,7 @@ func (b *localBackend) Health() (bool, string) {
 
 func (b *localBackend) setHealth() {
 	ok, _ := b.Health()
-	v := 0.0
-	if ok {
-		v = 1
-	}
-	storeHealthy.WithLabelValues("local").Set(v)
+	b.hooks.SetHealthy(ok)
 }
 
 // wrote is told how each transaction went.
@@ -146,7 +145,7 @@ func (b *localBackend) wrote(err error) {
 	if err == nil {
 		return
 	}
-	storeErrorsTotal.WithLabelValues("write").Inc()
+	b.hooks.Fail("write")
 	b.errMu.Lock()
 	due := b.now().Sub(b.lastErrLog) >= localErrLogEvery
 	if due {
@@ -164,47 +163,46 @@ func sqliteOptions(o journal.Options) sqlitestore.Options {
 	return sqlitestore.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
-// setOptions changes the journal's bounds in place; the next write applies
-// them.
-func (b *localBackend) setOptions(opts journal.Options) {
+// Configure implements store.Backend; the next write applies the
+// journal's bounds.
+func (b *localBackend) Configure(maxKeys int, opts journal.Options) {
+	b.mem.SetMaxKeys(cmp.Or(maxKeys, localMemoryKeys))
 	if b.file != nil {
 		b.file.SetOptions(sqliteOptions(opts))
 		return
 	}
-	b.memJ.setOptions(opts)
+	b.memJ.SetOptions(opts)
 }
 
 // options returns the journal's bounds in force.
 func (b *localBackend) options() journal.Options {
 	if b.file == nil {
-		b.memJ.mu.Lock()
-		defer b.memJ.mu.Unlock()
-		return b.memJ.opts
+		return b.memJ.Options()
 	}
 	o := b.file.Options()
 	return journal.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
 // Claim implements Store: the claims in memory, then the delivered marks,
-// which the file has too, so that a restart still answers Delivered.
-func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
+// which the file has too, so that a restart still answers store.Delivered.
+func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
 	st, tok, err := b.mem.Claim(ctx, key, lease)
-	if err != nil || st != Claimed || b.file == nil {
+	if err != nil || st != store.Claimed || b.file == nil {
 		return st, tok, err
 	}
-	exp, err := b.file.Delivered(ctx, sqlitestore.Key(hashKey(key)))
+	exp, err := b.file.Delivered(ctx, sqlitestore.Key(store.HashKey(key)))
 	if err != nil {
 		// The app's idempotency covers a rare second delivery; a failing
 		// file must not stop the callbacks.
-		storeErrorsTotal.WithLabelValues("read").Inc()
-		return Claimed, tok, nil
+		b.hooks.Fail("read")
+		return store.Claimed, tok, nil
 	}
 	if left := time.Duration(exp - b.now().UnixNano()); left > 0 {
 		// Keep it in memory so that the next duplicate stops there.
 		_ = b.mem.Commit(ctx, key, tok, left)
-		return Delivered, "", nil
+		return store.Delivered, "", nil
 	}
-	return Claimed, tok, nil
+	return store.Claimed, tok, nil
 }
 
 // Commit implements Store. The mark is on disk within a flush.
@@ -215,7 +213,7 @@ func (b *localBackend) Commit(ctx context.Context, key, token string, ttl time.D
 	if b.file == nil {
 		return nil
 	}
-	return b.file.Mark(ctx, sqlitestore.Key(hashKey(key)), b.now().Add(ttl).UnixNano())
+	return b.file.Mark(ctx, sqlitestore.Key(store.HashKey(key)), b.now().Add(ttl).UnixNano())
 }
 
 // Release implements Store; claims are never on disk.
@@ -231,15 +229,15 @@ func (b *localBackend) flushWait(ctx context.Context) error {
 	return b.file.Flush(ctx)
 }
 
-// Destruct implements caddy.Destructor: it writes what is queued and
-// closes the file.
-func (b *localBackend) Destruct() error {
+// Close implements store.Backend: it writes what is queued and closes the
+// file.
+func (b *localBackend) Close() error {
 	var err error
 	if b.file != nil {
 		err = b.file.Close()
 	}
 	b.prune.Flush(b.now())
-	_ = b.mem.Destruct()
+	_ = b.mem.Close()
 	return err
 }
 
@@ -371,7 +369,4 @@ func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, erro
 }
 
 // Interface guards
-var (
-	_ backend          = (*localBackend)(nil)
-	_ caddy.Destructor = (*localBackend)(nil)
-)
+var _ store.Backend = (*localBackend)(nil)

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
@@ -337,9 +337,9 @@ var redisSecretParam = regexp.MustCompile(`([?&]sentinel_password=)[^&#]*`)
 // in flight from delivered. A GET that finds this claim's own token means
 // the SET was applied but its reply was lost (go-redis retried it, or it
 // failed after Redis ran it): the claim is ours.
-func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
+func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
 	if lease <= 0 {
-		return InFlight, "", errBadDuration
+		return store.InFlight, "", store.ErrBadDuration
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -351,33 +351,33 @@ func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration)
 	for range 3 {
 		ok, setErr := s.client.SetNX(ctx, k, mine, roundMs(lease)).Result()
 		if ok {
-			return Claimed, token, nil
+			return store.Claimed, token, nil
 		}
 		v, err := s.client.Get(ctx, k).Result()
 		switch {
 		case setErr != nil && (err != nil || v != mine):
 			// Nothing shows that the SET was applied.
-			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", setErr)
+			return store.InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", setErr)
 		case errors.Is(err, redis.Nil):
 			continue
 		case err != nil:
-			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", err)
+			return store.InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", err)
 		case v == mine:
-			return Claimed, token, nil
+			return store.Claimed, token, nil
 		case v == redisDelivered:
-			return Delivered, "", nil
+			return store.Delivered, "", nil
 		default:
-			return InFlight, "", nil
+			return store.InFlight, "", nil
 		}
 	}
 	// Still churning: report it busy, the provider will retry.
-	return InFlight, "", nil
+	return store.InFlight, "", nil
 }
 
 // Commit implements Store.
 func (s *redisStore) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
 	if ttl <= 0 {
-		return errBadDuration
+		return store.ErrBadDuration
 	}
 	return s.ownerScript(ctx, redisCommit, "commit", key, token, roundMs(ttl).Milliseconds())
 }
@@ -389,7 +389,7 @@ func (s *redisStore) Release(ctx context.Context, key, token string) error {
 
 func (s *redisStore) ownerScript(ctx context.Context, script *redis.Script, op, key, token string, args ...any) error {
 	if token == "" {
-		return ErrNotOwner
+		return store.ErrNotOwner
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -398,7 +398,7 @@ func (s *redisStore) ownerScript(ctx context.Context, script *redis.Script, op, 
 		return fmt.Errorf("ecommpay: redis %s: %w", op, err)
 	}
 	if n == 0 {
-		return ErrNotOwner
+		return store.ErrNotOwner
 	}
 	return nil
 }
@@ -409,11 +409,8 @@ func roundMs(d time.Duration) time.Duration {
 	return (d + time.Millisecond - 1).Truncate(time.Millisecond)
 }
 
-// Destruct implements caddy.Destructor by closing the client.
-func (s *redisStore) Destruct() error { return s.client.Close() }
+// Close closes the client.
+func (s *redisStore) Close() error { return s.client.Close() }
 
 // Interface guards
-var (
-	_ Store            = (*redisStore)(nil)
-	_ caddy.Destructor = (*redisStore)(nil)
-)
+var _ store.Store = (*redisStore)(nil)

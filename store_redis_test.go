@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -103,7 +105,7 @@ func newTestRedisStore(tb testing.TB, url, prefix string) *redisStore {
 	}
 	tb.Cleanup(func() {
 		deleteRedisKeys(s.client, prefix)
-		s.Destruct()
+		s.Close()
 	})
 	return s
 }
@@ -130,10 +132,10 @@ func testPrefix() string { return "ecommpay-test:" + rand.Text() + ":" }
 
 func TestRedisStore(t *testing.T) {
 	url := testRedisURL(t)
-	runStoreSuite(t, storeSuite{
-		newStore: func(t *testing.T) Store { return newTestRedisStore(t, url, testPrefix()) },
-		short:    200 * time.Millisecond,
-		elapse:   time.Sleep,
+	storetest.RunStore(t, storetest.StoreSuite{
+		New:    func(t *testing.T) store.Store { return newTestRedisStore(t, url, testPrefix()) },
+		Short:  200 * time.Millisecond,
+		Elapse: time.Sleep,
 	})
 }
 
@@ -145,16 +147,16 @@ func TestRedisTwoInstancesOneWinner(t *testing.T) {
 	if a.client == b.client {
 		t.Fatal("instances share a client")
 	}
-	claimRace(t, []Store{a, b}, "race", 200)
+	storetest.ClaimRace(t, []store.Store{a, b}, "race", 200)
 
 	// The claim lives in Redis, so either instance can finish it.
 	ctx := context.Background()
-	tok := mustClaim(t, a, "handover", Claimed)
-	mustClaim(t, b, "handover", InFlight)
-	if err := b.Commit(ctx, "handover", tok, testTTL); err != nil {
+	tok := storetest.MustClaim(t, a, "handover", store.Claimed)
+	storetest.MustClaim(t, b, "handover", store.InFlight)
+	if err := b.Commit(ctx, "handover", tok, storetest.TTL); err != nil {
 		t.Fatal(err)
 	}
-	mustClaim(t, a, "handover", Delivered)
+	storetest.MustClaim(t, a, "handover", store.Delivered)
 }
 
 func TestRedisKeyLayout(t *testing.T) {
@@ -164,24 +166,24 @@ func TestRedisKeyLayout(t *testing.T) {
 	ctx := context.Background()
 	raw := s.client
 
-	tok := mustClaim(t, s, "p:k", Claimed)
+	tok := storetest.MustClaim(t, s, "p:k", store.Claimed)
 	if v := raw.Get(ctx, prefix+"p:k").Val(); v != "i:"+tok {
 		t.Fatalf("in-flight value = %q, want %q", v, "i:"+tok)
 	}
-	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= testLease-5*time.Second || ttl > testLease {
-		t.Fatalf("in-flight PTTL = %v, want about %v", ttl, testLease)
+	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= storetest.Lease-5*time.Second || ttl > storetest.Lease {
+		t.Fatalf("in-flight PTTL = %v, want about %v", ttl, storetest.Lease)
 	}
-	if err := s.Commit(ctx, "p:k", tok, testTTL); err != nil {
+	if err := s.Commit(ctx, "p:k", tok, storetest.TTL); err != nil {
 		t.Fatal(err)
 	}
 	if v := raw.Get(ctx, prefix+"p:k").Val(); v != "d" {
 		t.Fatalf("delivered value = %q, want \"d\"", v)
 	}
-	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= testTTL-5*time.Second || ttl > testTTL {
-		t.Fatalf("delivered PTTL = %v, want about %v", ttl, testTTL)
+	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= storetest.TTL-5*time.Second || ttl > storetest.TTL {
+		t.Fatalf("delivered PTTL = %v, want about %v", ttl, storetest.TTL)
 	}
 
-	tok = mustClaim(t, s, "p:r", Claimed)
+	tok = storetest.MustClaim(t, s, "p:r", store.Claimed)
 	if err := s.Release(ctx, "p:r", tok); err != nil {
 		t.Fatal(err)
 	}
@@ -212,21 +214,21 @@ func TestRedisUnreachableFailsFast(t *testing.T) {
 	if err != nil {
 		t.Fatalf("construction needed the network: %v", err)
 	}
-	defer s.Destruct()
+	defer s.Close()
 	ctx := context.Background()
 
 	start := time.Now()
-	st, tok, err := s.Claim(ctx, "k", testLease)
+	st, tok, err := s.Claim(ctx, "k", storetest.Lease)
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("Claim took %v against an unreachable Redis", took)
 	}
-	if err == nil || st == Claimed || tok != "" {
+	if err == nil || st == store.Claimed || tok != "" {
 		t.Fatalf("Claim = %v, %q, %v; want an error and no claim", st, tok, err)
 	}
-	if err := s.Commit(ctx, "k", "t", testTTL); err == nil || errors.Is(err, ErrNotOwner) {
+	if err := s.Commit(ctx, "k", "t", storetest.TTL); err == nil || errors.Is(err, store.ErrNotOwner) {
 		t.Fatalf("Commit = %v, want a connection error", err)
 	}
-	if err := s.Release(ctx, "k", "t"); err == nil || errors.Is(err, ErrNotOwner) {
+	if err := s.Release(ctx, "k", "t"); err == nil || errors.Is(err, store.ErrNotOwner) {
 		t.Fatalf("Release = %v, want a connection error", err)
 	}
 }
@@ -329,7 +331,7 @@ func TestRedisURLClients(t *testing.T) {
 		if wantTimeout := map[bool]time.Duration{true: 5 * time.Second, false: redisTimeout}[strings.Contains(url, "5s")]; s.timeout != wantTimeout {
 			t.Errorf("%s: timeout %v, want %v", url, s.timeout, wantTimeout)
 		}
-		s.Destruct()
+		s.Close()
 	}
 }
 
@@ -435,14 +437,14 @@ func TestRedisClaimSurvivesLostReply(t *testing.T) {
 			pu.Host = p.ln.Addr().String()
 			pu.RawQuery = query
 			s := newTestRedisStore(t, pu.String(), testPrefix())
-			tok := mustClaim(t, s, "lost", Claimed)
+			tok := storetest.MustClaim(t, s, "lost", store.Claimed)
 			if !p.dropped.Load() {
 				t.Fatal("the proxy saw no SET")
 			}
-			if err := s.Commit(context.Background(), "lost", tok, testTTL); err != nil {
+			if err := s.Commit(context.Background(), "lost", tok, storetest.TTL); err != nil {
 				t.Fatal(err)
 			}
-			mustClaim(t, s, "lost", Delivered)
+			storetest.MustClaim(t, s, "lost", store.Delivered)
 		})
 	}
 }
@@ -454,7 +456,7 @@ func BenchmarkRedisClaimCommit(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		claimCommit(b, s, ctx, key(i))
+		claimCommit(b, s, ctx, storetest.Key(i))
 	}
 }
 
@@ -465,14 +467,14 @@ func BenchmarkRedisClaimCommitParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			claimCommit(b, s, ctx, key(int(n.Add(1))))
+			claimCommit(b, s, ctx, storetest.Key(int(n.Add(1))))
 		}
 	})
 }
 
-func claimCommit(b *testing.B, s Store, ctx context.Context, k string) {
+func claimCommit(b *testing.B, s store.Store, ctx context.Context, k string) {
 	st, tok, err := s.Claim(ctx, k, time.Minute)
-	if err != nil || st != Claimed {
+	if err != nil || st != store.Claimed {
 		b.Fatal(st, err)
 	}
 	if err := s.Commit(ctx, k, tok, time.Minute); err != nil {
@@ -526,11 +528,11 @@ func TestRedisURLFormsLive(t *testing.T) {
 	} {
 		prefix := testPrefix()
 		s := newTestRedisStore(t, url, prefix)
-		tok := mustClaim(t, s, "k", Claimed)
-		if err := s.Commit(ctx, "k", tok, testTTL); err != nil {
+		tok := storetest.MustClaim(t, s, "k", store.Claimed)
+		if err := s.Commit(ctx, "k", tok, storetest.TTL); err != nil {
 			t.Fatalf("%s: %v", url, err)
 		}
-		mustClaim(t, s, "k", Delivered)
+		storetest.MustClaim(t, s, "k", store.Delivered)
 		raw := redis.NewClient(&redis.Options{Addr: port, DB: db})
 		if v, err := raw.Get(ctx, prefix+"k").Result(); v != "d" {
 			t.Errorf("%s: the delivered key is not in db %d: %q, %v", url, db, v, err)

@@ -1,35 +1,18 @@
-package ecommpay
+package memstore
 
 import (
 	"bytes"
 	"context"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
-	"go.uber.org/zap"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 )
-
-// memoryBackend keeps de-dup state and journal in the process, for tests
-// and throwaway setups: a restart forgets both.
-type memoryBackend struct {
-	*memoryStore
-	*memoryJournal
-}
-
-func newMemoryBackend(maxKeys int, opts journal.Options, logger *zap.Logger) *memoryBackend {
-	return &memoryBackend{newMemoryStore(maxKeys, logger), newMemoryJournal(opts, logger)}
-}
-
-// Destruct implements caddy.Destructor.
-func (b *memoryBackend) Destruct() error {
-	b.memoryJournal.prune.Flush(time.Now())
-	return b.memoryStore.Destruct()
-}
 
 // memBodyOverhead is a stored body's cost beyond its bytes and key.
 const memBodyOverhead = 64
@@ -161,6 +144,9 @@ type memBody struct {
 	refs int
 }
 
+// payID identifies a payment in maps.
+type payID struct{ projectID, paymentID string }
+
 type memPayment struct {
 	view   journal.PaymentView
 	events []*memEvent // by ID
@@ -218,9 +204,10 @@ func internKind(k string) string {
 	return k
 }
 
-// memoryJournal is the journal of the memory backend. One mutex guards it:
+// Journal is a journal kept in the process: the memory backend's, and the
+// local backend's when it has no file. One mutex guards it:
 // writes are a few map and slice operations, and lists are rare.
-type memoryJournal struct {
+type Journal struct {
 	now   func() time.Time // replaced by tests
 	prune *journal.PruneLog
 
@@ -239,13 +226,11 @@ type memoryJournal struct {
 	slab, unverifiedSlab memSlab
 }
 
-func newMemoryJournal(opts journal.Options, logger *zap.Logger) *memoryJournal {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
-	return &memoryJournal{
+// NewJournal returns an empty journal bounded by opts.
+func NewJournal(opts journal.Options, h store.Hooks) *Journal {
+	return &Journal{
 		now:      time.Now,
-		prune:    journal.NewPruneLog(logger, pruneHook),
+		prune:    h.PruneLog(),
 		opts:     opts.WithDefaults(),
 		payments: make(map[payID]*memPayment),
 		bodies:   make(map[string]memBody),
@@ -253,8 +238,15 @@ func newMemoryJournal(opts journal.Options, logger *zap.Logger) *memoryJournal {
 	}
 }
 
-// setOptions changes the bounds in place (a config reload).
-func (j *memoryJournal) setOptions(opts journal.Options) {
+// Options returns the bounds in force.
+func (j *Journal) Options() journal.Options {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.opts
+}
+
+// SetOptions changes the bounds in place (a config reload).
+func (j *Journal) SetOptions(opts journal.Options) {
 	j.mu.Lock()
 	j.opts = opts.WithDefaults()
 	n := j.pruneLocked(j.now())
@@ -262,8 +254,8 @@ func (j *memoryJournal) setOptions(opts journal.Options) {
 	j.report(n)
 }
 
-// Record implements journal.
-func (j *memoryJournal) Record(_ context.Context, e journal.Event) error {
+// Record implements journal.Journal.
+func (j *Journal) Record(_ context.Context, e journal.Event) error {
 	now := j.now()
 	e.Prepare(now)
 
@@ -315,7 +307,7 @@ func (j *memoryJournal) Record(_ context.Context, e journal.Event) error {
 }
 
 // joinPayment adds a verified entry to its payment's view and entries.
-func (j *memoryJournal) joinPayment(me *memEvent) {
+func (j *Journal) joinPayment(me *memEvent) {
 	e := me.event()
 	id := payID{e.ProjectID, e.PaymentID}
 	p := j.payments[id]
@@ -338,7 +330,7 @@ func (j *memoryJournal) joinPayment(me *memEvent) {
 // pruneCounts are entries pruned by reason.
 type pruneCounts struct{ age, size, unverified int }
 
-func (j *memoryJournal) report(n pruneCounts) {
+func (j *Journal) report(n pruneCounts) {
 	now := j.now()
 	j.prune.Add(journal.PruneAge, n.age, now)
 	j.prune.Add(journal.PruneSize, n.size, now)
@@ -347,7 +339,7 @@ func (j *memoryJournal) report(n pruneCounts) {
 
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
 // sqlitestore.SizePruneFloor.
-func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
+func (j *Journal) pruneLocked(now time.Time) (n pruneCounts) {
 	cut := journal.IDBound(now.Add(-j.opts.MaxAge))
 	for _, l := range []*eventList{&j.events, &j.unverified} {
 		for l.len() > 0 && l.front().id() < cut {
@@ -375,7 +367,7 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 }
 
 // drop removes l's oldest entry and what only it held.
-func (j *memoryJournal) drop(l *eventList) {
+func (j *Journal) drop(l *eventList) {
 	me := l.popFront()
 	e := me.event()
 	j.size -= me.size()
@@ -409,15 +401,15 @@ func (j *memoryJournal) drop(l *eventList) {
 
 // expire prunes by age before a read, so that an idle journal does not
 // list what it should have forgotten.
-func (j *memoryJournal) expire() {
+func (j *Journal) expire() {
 	j.mu.Lock()
 	n := j.pruneLocked(j.now())
 	j.mu.Unlock()
 	j.report(n)
 }
 
-// Events implements journal.
-func (j *memoryJournal) Events(_ context.Context, f journal.EventFilter) ([]journal.Event, error) {
+// Events implements journal.Journal.
+func (j *Journal) Events(_ context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	j.expire()
 	limit := journal.LimitOr(f.Limit)
 	j.mu.Lock()
@@ -453,8 +445,8 @@ func scanNewest(l []*memEvent, f *journal.EventFilter, limit int) []journal.Even
 	return out
 }
 
-// Payments implements journal.
-func (j *memoryJournal) Payments(_ context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
+// Payments implements journal.Journal.
+func (j *Journal) Payments(_ context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	j.expire()
 	j.mu.Lock()
 	var out []journal.PaymentView
@@ -468,8 +460,8 @@ func (j *memoryJournal) Payments(_ context.Context, f journal.PaymentFilter) ([]
 	return out[:min(len(out), journal.LimitOr(f.Limit))], nil
 }
 
-// Timeline implements journal.
-func (j *memoryJournal) Timeline(_ context.Context, projectID, paymentID string) (journal.Timeline, error) {
+// Timeline implements journal.Journal.
+func (j *Journal) Timeline(_ context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	j.expire()
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -484,8 +476,8 @@ func (j *memoryJournal) Timeline(_ context.Context, projectID, paymentID string)
 	return tl, nil
 }
 
-// OpenPayments implements journal.
-func (j *memoryJournal) OpenPayments(_ context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
+// OpenPayments implements journal.Journal.
+func (j *Journal) OpenPayments(_ context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
 	j.expire()
 	j.mu.Lock()
 	var out []journal.PaymentView
@@ -499,8 +491,8 @@ func (j *memoryJournal) OpenPayments(_ context.Context, startedBefore time.Time,
 	return out[:min(len(out), journal.LimitOr(limit))], nil
 }
 
-// Body implements journal.
-func (j *memoryJournal) Body(_ context.Context, eventKey string) ([]byte, error) {
+// Body implements journal.Journal.
+func (j *Journal) Body(_ context.Context, eventKey string) ([]byte, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	b, ok := j.bodies[eventKey]
@@ -552,4 +544,4 @@ func insertByID(s []*memEvent, me *memEvent) []*memEvent {
 }
 
 // Interface guards
-var _ backend = (*memoryBackend)(nil)
+var _ journal.Journal = (*Journal)(nil)

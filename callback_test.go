@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -19,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -144,15 +147,26 @@ func TestCallbackConcurrentDeliveriesReachTheAppOnce(t *testing.T) {
 }
 
 func TestCallbackConcurrentDeliveriesTwoNodesOneRedis(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	mk := func() *Handler {
 		return callbackHandler(t, func(h *Handler) { h.Dedupe, h.RedisURL = "redis", url })
 	}
 	a, b := mk(), mk()
 	// Two nodes of a cluster: separate clients, one Redis (the UsagePool
 	// would share one client in one process), under a prefix of this run.
-	prefix := testPrefix()
-	a.store, b.store = newTestRedisStore(t, url, prefix), newTestRedisStore(t, url, prefix)
+	prefix := "ecommpay-test:" + rand.Text() + ":"
+	node := func() store.Store {
+		s, err := redisstore.NewDedup(url, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			redistest.DeleteKeys(s.Client(), prefix)
+			_ = s.Close()
+		})
+		return s
+	}
+	a.store, b.store = node(), node()
 	concurrentDeliveries(t, []*Handler{a, b}, newTestApp(t), 200)
 }
 

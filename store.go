@@ -9,6 +9,7 @@ import (
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -119,7 +120,7 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (store.Backend, fun
 	case "redis":
 		key = "backend|redis|" + opts.RedisURL
 		open = func() (store.Backend, error) {
-			b, err := newRedisBackendPrefix(opts.RedisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, opts.Journal, hooks)
+			b, err := redisstore.New(opts.RedisURL, "", "", opts.Journal, hooks)
 			if err != nil {
 				return nil, err
 			}

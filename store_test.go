@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -203,6 +206,35 @@ func TestAcquireBackend(t *testing.T) {
 			t.Fatal("a failed construction stayed pooled")
 		}
 	})
+}
+
+func TestAcquireRedisBackend(t *testing.T) {
+	url := redistest.URL(t)
+	opts := backendOptions{Kind: "redis", RedisURL: url, Journal: journalOptions{MaxUnverified: 7}}
+	a, releaseA, err := acquireBackend(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, releaseB, err := acquireBackend(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, ok := a.(*redisstore.Backend)
+	if !ok || a != b {
+		t.Fatalf("acquired %T and %T, want one *redisstore.Backend", a, b)
+	}
+	if rb.Options().MaxUnverified != 7 {
+		t.Fatalf("backend built with %+v", rb.Options())
+	}
+	tok := storetest.MustClaim(t, a, "acquire:"+rand.Text(), store.Claimed)
+	if tok == "" {
+		t.Fatal("no token")
+	}
+	releaseA()
+	releaseB()
+	if err := a.Record(context.Background(), journalEvent{Kind: kindCallback, Verified: true}); err == nil {
+		t.Fatal("Record after the last release worked")
+	}
 }
 
 func mustGetwd(t *testing.T) string {

@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 
 // pruneLoop prunes every redisPruneEvery, and at once when a Record finds
 // the journal over MaxSize.
-func (b *redisBackend) pruneLoop() {
+func (b *Backend) pruneLoop() {
 	defer b.done.Done()
 	t := time.NewTicker(redisPruneEvery)
 	defer t.Stop()
@@ -32,7 +32,7 @@ func (b *redisBackend) pruneLoop() {
 }
 
 // pruneOnce prunes by age and size, unless another node is at it.
-func (b *redisBackend) pruneOnce(ctx context.Context) error {
+func (b *Backend) pruneOnce(ctx context.Context) error {
 	lock, token := b.key("prune"), rand.Text()
 	if ok, err := b.client.SetNX(ctx, lock, token, redisPruneEvery).Result(); err != nil || !ok {
 		return err
@@ -43,7 +43,7 @@ func (b *redisBackend) pruneOnce(ctx context.Context) error {
 
 // pruneAll prunes by age and size. Nodes that run it at once waste work
 // but keep the count right (see drop).
-func (b *redisBackend) pruneAll(ctx context.Context) error {
+func (b *Backend) pruneAll(ctx context.Context) error {
 	o := b.opts.Load()
 	now := time.Now()
 	cut := b.cutID()
@@ -124,7 +124,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 // drop prunes the entries ids and what only they held. Of several nodes
 // dropping one entry, the one whose DEL removed it does the rest, so the
 // byte count is lowered once.
-func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) error {
+func (b *Backend) drop(ctx context.Context, ids []string, reason string) error {
 	evs, err := b.entries(ctx, ids)
 	if err != nil {
 		return err

@@ -1,4 +1,8 @@
-package ecommpay
+// Package redisstore is the Redis backend: de-dup state and journal shared
+// by every Caddy instance that uses the same Redis (one server, Sentinel or
+// Cluster). The payment view is kept by a Lua script that does what
+// journal.PaymentView.Apply does; a test holds the two to each other.
+package redisstore
 
 import (
 	"context"
@@ -18,8 +22,8 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// DefaultRedisPrefix is prepended to every de-duplication key in Redis.
-const DefaultRedisPrefix = "ecommpay:dedupe:"
+// DefaultDedupPrefix is prepended to every de-duplication key in Redis.
+const DefaultDedupPrefix = "ecommpay:dedupe:"
 
 // redisTimeout is the dial, read and write timeout unless the URL sets one:
 // a callback waiting on a sick Redis should soon get a 503 and be retried.
@@ -48,26 +52,27 @@ end
 return 0`)
 )
 
-// redisStore is a Store shared by every Caddy instance using the same Redis.
-type redisStore struct {
+// Dedup is a store.Store shared by every Caddy instance using the same
+// Redis.
+type Dedup struct {
 	client  redis.UniversalClient
 	prefix  string
 	timeout time.Duration // upper bound for one Store call
 }
 
-// newRedisStore parses rawURL (see parseRedisURL) and returns a store whose
-// keys start with prefix (DefaultRedisPrefix if empty). It does not
+// NewDedup parses rawURL (see parseRedisURL) and returns a store whose
+// keys start with prefix (DefaultDedupPrefix if empty). It does not
 // connect: connections are made on first use, so provisioning works
 // without the network.
-func newRedisStore(rawURL, prefix string) (*redisStore, error) {
+func NewDedup(rawURL, prefix string) (*Dedup, error) {
 	client, timeout, err := newRedisClient(rawURL)
 	if err != nil {
 		return nil, err
 	}
 	if prefix == "" {
-		prefix = DefaultRedisPrefix
+		prefix = DefaultDedupPrefix
 	}
-	return &redisStore{client: client, prefix: prefix, timeout: timeout}, nil
+	return &Dedup{client: client, prefix: prefix, timeout: timeout}, nil
 }
 
 // newRedisClient parses rawURL and builds a universal client (one server,
@@ -337,7 +342,7 @@ var redisSecretParam = regexp.MustCompile(`([?&]sentinel_password=)[^&#]*`)
 // in flight from delivered. A GET that finds this claim's own token means
 // the SET was applied but its reply was lost (go-redis retried it, or it
 // failed after Redis ran it): the claim is ours.
-func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
+func (s *Dedup) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
 	if lease <= 0 {
 		return store.InFlight, "", store.ErrBadDuration
 	}
@@ -375,7 +380,7 @@ func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration)
 }
 
 // Commit implements Store.
-func (s *redisStore) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
+func (s *Dedup) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
 	if ttl <= 0 {
 		return store.ErrBadDuration
 	}
@@ -383,11 +388,11 @@ func (s *redisStore) Commit(ctx context.Context, key, token string, ttl time.Dur
 }
 
 // Release implements Store.
-func (s *redisStore) Release(ctx context.Context, key, token string) error {
+func (s *Dedup) Release(ctx context.Context, key, token string) error {
 	return s.ownerScript(ctx, redisRelease, "release", key, token)
 }
 
-func (s *redisStore) ownerScript(ctx context.Context, script *redis.Script, op, key, token string, args ...any) error {
+func (s *Dedup) ownerScript(ctx context.Context, script *redis.Script, op, key, token string, args ...any) error {
 	if token == "" {
 		return store.ErrNotOwner
 	}
@@ -410,7 +415,11 @@ func roundMs(d time.Duration) time.Duration {
 }
 
 // Close closes the client.
-func (s *redisStore) Close() error { return s.client.Close() }
+func (s *Dedup) Close() error { return s.client.Close() }
+
+// Client is the store's Redis client, for tests that clean up after
+// themselves.
+func (s *Dedup) Client() redis.UniversalClient { return s.client }
 
 // Interface guards
-var _ store.Store = (*redisStore)(nil)
+var _ store.Store = (*Dedup)(nil)

@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Events implements journal.
-func (b *redisBackend) Events(ctx context.Context, f journal.EventFilter) ([]journal.Event, error) {
+// Events implements journal.Journal.
+func (b *Backend) Events(ctx context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	limit := journal.LimitOr(f.Limit)
@@ -51,11 +51,11 @@ func (b *redisBackend) Events(ctx context.Context, f journal.EventFilter) ([]jou
 }
 
 // cutID is the least ID within MaxAge.
-func (b *redisBackend) cutID() string { return journal.IDBound(time.Now().Add(-b.opts.Load().MaxAge)) }
+func (b *Backend) cutID() string { return journal.IDBound(time.Now().Add(-b.opts.Load().MaxAge)) }
 
 // scan pages through a sorted set of IDs (or "<id> <JSON>"), newest
 // first, and returns up to limit entries that match f.
-func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, f *journal.EventFilter,
+func (b *Backend) scan(ctx context.Context, key, hi, lo string, limit int, f *journal.EventFilter,
 	load func(context.Context, []string) ([]journal.Event, error)) ([]journal.Event, error) {
 	var out []journal.Event
 	for len(out) < limit {
@@ -81,7 +81,7 @@ func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, 
 }
 
 // entries loads entries by ID in order, skipping those gone.
-func (b *redisBackend) entries(ctx context.Context, ids []string) ([]journal.Event, error) {
+func (b *Backend) entries(ctx context.Context, ids []string) ([]journal.Event, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
@@ -115,8 +115,8 @@ func inlineEntries(_ context.Context, members []string) ([]journal.Event, error)
 	return out, nil
 }
 
-// Timeline implements journal.
-func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
+// Timeline implements journal.Journal.
+func (b *Backend) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	vk, ek := b.payKeys(payMember(projectID, paymentID))
@@ -138,7 +138,7 @@ func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string
 }
 
 // parseView reads a view hash; a missing or aged-out view is not ok.
-func (b *redisBackend) parseView(h map[string]string) (journal.PaymentView, bool) {
+func (b *Backend) parseView(h map[string]string) (journal.PaymentView, bool) {
 	o := b.opts.Load()
 	if h["started"] == "" {
 		return journal.PaymentView{}, false
@@ -159,7 +159,7 @@ func (b *redisBackend) parseView(h map[string]string) (journal.PaymentView, bool
 
 // views loads payment views by member, in order, skipping those gone; it
 // also returns the members whose views are gone.
-func (b *redisBackend) views(ctx context.Context, members []string) ([]journal.PaymentView, []string, error) {
+func (b *Backend) views(ctx context.Context, members []string) ([]journal.PaymentView, []string, error) {
 	pipe := b.client.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(members))
 	for i, m := range members {
@@ -183,8 +183,8 @@ func (b *redisBackend) views(ctx context.Context, members []string) ([]journal.P
 	return out, gone, nil
 }
 
-// Payments implements journal.
-func (b *redisBackend) Payments(ctx context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
+// Payments implements journal.Journal.
+func (b *Backend) Payments(ctx context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	o := b.opts.Load()
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
@@ -233,8 +233,8 @@ func (b *redisBackend) Payments(ctx context.Context, f journal.PaymentFilter) ([
 	return out[:min(len(out), limit)], nil
 }
 
-// OpenPayments implements journal.
-func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
+// OpenPayments implements journal.Journal.
+func (b *Backend) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	limit = journal.LimitOr(limit)
@@ -269,8 +269,8 @@ func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time
 	return out[:min(len(out), limit)], nil
 }
 
-// Body implements journal.
-func (b *redisBackend) Body(ctx context.Context, eventKey string) ([]byte, error) {
+// Body implements journal.Journal.
+func (b *Backend) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	vals, err := b.client.HMGet(ctx, b.key("b:", eventKey), "d", "last").Result()

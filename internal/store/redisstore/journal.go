@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"context"
@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// DefaultRedisJournalPrefix is prepended to every journal key in Redis.
-const DefaultRedisJournalPrefix = "ecommpay:journal:"
+// DefaultJournalPrefix is prepended to every journal key in Redis.
+const DefaultJournalPrefix = "ecommpay:journal:"
 
 // The Redis journal. Keys, after the prefix:
 //
@@ -86,7 +86,7 @@ end
 `
 
 var (
-	// redisPaymentApply is journal.PaymentView.apply on the view hash, with the
+	// redisPaymentApply is journal.PaymentView.Apply on the view hash, with the
 	// entry's ID added to the payment's set. Times are 16 hex digits of
 	// Unix nanoseconds, which compare as strings. It returns the view's
 	// signed time ("" if never), final flag and number of entries.
@@ -165,10 +165,10 @@ return 0`)
 	redisKeyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D", ":", "%3A")
 )
 
-// redisBackend is the Redis de-dup store and journal, shared by a cluster
-// of Caddy instances.
-type redisBackend struct {
-	*redisStore
+// Backend is the Redis de-dup store and journal, shared by a cluster of
+// Caddy instances.
+type Backend struct {
+	*Dedup
 	jp    string // journal key prefix
 	opts  atomic.Pointer[journal.Options]
 	prune *journal.PruneLog
@@ -178,23 +178,23 @@ type redisBackend struct {
 	done     sync.WaitGroup
 }
 
-// newRedisBackend returns the Redis backend for rawURL (see
-// parseRedisURL) with the default key prefixes. Like newRedisStore, it
-// does not connect; it starts the pruning goroutine that Destruct stops.
-func newRedisBackend(redisURL string, jo journal.Options) (backend, error) {
-	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo, store.Hooks{})
-}
-
-func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journal.Options, hooks store.Hooks) (*redisBackend, error) {
-	s, err := newRedisStore(redisURL, storePrefix)
+// New returns the Redis backend for redisURL (see parseRedisURL) whose
+// de-dup keys start with storePrefix and journal keys with journalPrefix
+// (DefaultDedupPrefix and DefaultJournalPrefix if empty). Like NewDedup,
+// it does not connect; it starts the pruning goroutine that Close stops.
+func New(redisURL, storePrefix, journalPrefix string, jo journal.Options, hooks store.Hooks) (*Backend, error) {
+	s, err := NewDedup(redisURL, storePrefix)
 	if err != nil {
 		return nil, err
 	}
-	b := &redisBackend{
-		redisStore: s,
-		jp:         journalPrefix,
-		pruneNow:   make(chan struct{}, 1),
-		stop:       make(chan struct{}),
+	if journalPrefix == "" {
+		journalPrefix = DefaultJournalPrefix
+	}
+	b := &Backend{
+		Dedup:    s,
+		jp:       journalPrefix,
+		pruneNow: make(chan struct{}, 1),
+		stop:     make(chan struct{}),
 	}
 	b.prune = hooks.PruneLog()
 	b.setOptions(jo)
@@ -205,13 +205,16 @@ func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journ
 
 // Configure implements store.Backend: Redis keeps no de-dup keys in
 // memory; the next prune applies the journal's bounds.
-func (b *redisBackend) Configure(_ int, jo journal.Options) { b.setOptions(jo) }
+func (b *Backend) Configure(_ int, jo journal.Options) { b.setOptions(jo) }
+
+// Options returns the journal's bounds in force.
+func (b *Backend) Options() journal.Options { return *b.opts.Load() }
 
 // Health implements store.Backend: a Redis that is down fails each call
 // instead.
-func (b *redisBackend) Health() (bool, string) { return true, "" }
+func (b *Backend) Health() (bool, string) { return true, "" }
 
-func (b *redisBackend) setOptions(jo journal.Options) {
+func (b *Backend) setOptions(jo journal.Options) {
 	jo = jo.WithDefaults()
 	b.opts.Store(&jo)
 	select {
@@ -221,14 +224,14 @@ func (b *redisBackend) setOptions(jo journal.Options) {
 }
 
 // Close implements store.Backend.
-func (b *redisBackend) Close() error {
+func (b *Backend) Close() error {
 	close(b.stop)
 	b.done.Wait()
 	b.prune.Flush(time.Now())
-	return b.redisStore.Close()
+	return b.Dedup.Close()
 }
 
-func (b *redisBackend) key(parts ...string) string { return b.jp + strings.Join(parts, "") }
+func (b *Backend) key(parts ...string) string { return b.jp + strings.Join(parts, "") }
 
 // payMember names a payment in the payment sets.
 func payMember(projectID, paymentID string) string {
@@ -236,7 +239,7 @@ func payMember(projectID, paymentID string) string {
 }
 
 // payKeys are a payment's view and entry set, in one slot.
-func (b *redisBackend) payKeys(member string) (view, events string) {
+func (b *Backend) payKeys(member string) (view, events string) {
 	return b.key("{", member, "}:v"), b.key("{", member, "}:ev")
 }
 
@@ -250,13 +253,13 @@ func hexTime(s string) time.Time {
 
 func micros(t time.Time) float64 { return float64(t.UnixMicro()) }
 
-func (b *redisBackend) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+func (b *Backend) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, b.timeout)
 }
 
-// Record implements journal. It writes at once; an entry already older
+// Record implements journal.Journal. It writes at once; an entry already older
 // than MaxAge is pruned as it comes.
-func (b *redisBackend) Record(ctx context.Context, e journal.Event) error {
+func (b *Backend) Record(ctx context.Context, e journal.Event) error {
 	o := b.opts.Load()
 	now := time.Now()
 	e.Prepare(now)
@@ -363,7 +366,7 @@ func (b *redisBackend) Record(ctx context.Context, e journal.Event) error {
 // countDuplicate counts e on the first entry of its event key, if the
 // journal still has it and it is a callback. Two duplicates counted at the
 // same moment on two nodes may count once.
-func (b *redisBackend) countDuplicate(ctx context.Context, e *journal.Event) (bool, error) {
+func (b *Backend) countDuplicate(ctx context.Context, e *journal.Event) (bool, error) {
 	// All scores are 0: the first by rank is the least ID, the oldest.
 	ids, err := b.client.ZRange(ctx, b.key("ev:x:", e.EventKey), 0, 0).Result()
 	if err != nil || len(ids) == 0 {
@@ -401,7 +404,7 @@ func (b *redisBackend) countDuplicate(ctx context.Context, e *journal.Event) (bo
 var redisExtendOnly = redis.NewScript(redisExtend + `extend(KEYS[1], tonumber(ARGV[1])) return 0`)
 
 // indexes are the ev:p:, ev:r: and ev:k: sets that list e.
-func (b *redisBackend) indexes(e *journal.Event) []string {
+func (b *Backend) indexes(e *journal.Event) []string {
 	var out []string
 	for _, ix := range [...]struct{ name, v string }{{"ev:p:", e.ProjectID}, {"ev:r:", e.Result}, {"ev:k:", e.Kind}} {
 		if ix.v != "" {
@@ -476,4 +479,4 @@ func toAny(s []string) []any {
 }
 
 // Interface guards
-var _ store.Backend = (*redisBackend)(nil)
+var _ store.Backend = (*Backend)(nil)

@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"bytes"
@@ -12,126 +12,36 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/redis/go-redis/v9"
 )
 
-// testRedisURL returns ECOMMPAY_TEST_REDIS_URL, or starts a throwaway
-// redis-server on a free loopback port that is killed when tb ends. Without
-// redis-server the test is skipped, except under CI=true where it fails.
-func testRedisURL(tb testing.TB) string {
-	tb.Helper()
-	if u := os.Getenv("ECOMMPAY_TEST_REDIS_URL"); u != "" {
-		return u
-	}
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not in PATH and ECOMMPAY_TEST_REDIS_URL unset: " +
-			"install redis-server or point ECOMMPAY_TEST_REDIS_URL at a Redis"
-		if os.Getenv("CI") == "true" {
-			tb.Fatal(msg)
-		}
-		tb.Skip("skipping Redis tests: " + msg)
-	}
-	// The free port can be taken before redis binds it; try a few.
-	var lastOut string
-	for range 3 {
-		if u, out, ok := startRedis(tb, bin); ok {
-			return u
-		} else {
-			lastOut = out
-		}
-	}
-	tb.Fatalf("redis-server did not start:\n%s", lastOut)
-	return ""
-}
-
-func startRedis(tb testing.TB, bin string) (url, output string, ok bool) {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
-
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", tb.TempDir(), "--loglevel", "warning")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-exited
-	}
-
-	url = "redis://127.0.0.1:" + port + "/0"
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, MaxRetries: -1})
-	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		select {
-		case <-exited:
-			return "", out.String(), false
-		default:
-		}
-		if c.Ping(context.Background()).Err() == nil {
-			tb.Cleanup(stop)
-			return url, "", true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	stop()
-	return "", out.String(), false
-}
-
 // newTestRedisStore returns a store on url under a prefix of its own, so
 // tests never see each other's keys, and deletes those keys afterwards.
-func newTestRedisStore(tb testing.TB, url, prefix string) *redisStore {
+func newTestRedisStore(tb testing.TB, url, prefix string) *Dedup {
 	tb.Helper()
-	s, err := newRedisStore(url, prefix)
+	s, err := NewDedup(url, prefix)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		deleteRedisKeys(s.client, prefix)
+		redistest.DeleteKeys(s.client, prefix)
 		s.Close()
 	})
 	return s
 }
 
-// deleteRedisKeys deletes the keys starting with prefix, on every master
-// of a cluster.
-func deleteRedisKeys(c redis.UniversalClient, prefix string) {
-	ctx := context.Background()
-	del := func(ctx context.Context, n redis.UniversalClient) error {
-		iter := n.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			n.Del(ctx, iter.Val())
-		}
-		return iter.Err()
-	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return del(ctx, n) })
-		return
-	}
-	del(ctx, c)
-}
-
 func testPrefix() string { return "ecommpay-test:" + rand.Text() + ":" }
 
 func TestRedisStore(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	storetest.RunStore(t, storetest.StoreSuite{
 		New:    func(t *testing.T) store.Store { return newTestRedisStore(t, url, testPrefix()) },
 		Short:  200 * time.Millisecond,
@@ -140,7 +50,7 @@ func TestRedisStore(t *testing.T) {
 }
 
 func TestRedisTwoInstancesOneWinner(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	a := newTestRedisStore(t, url, prefix)
 	b := newTestRedisStore(t, url, prefix)
@@ -160,7 +70,7 @@ func TestRedisTwoInstancesOneWinner(t *testing.T) {
 }
 
 func TestRedisKeyLayout(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	s := newTestRedisStore(t, url, prefix)
 	ctx := context.Background()
@@ -193,7 +103,7 @@ func TestRedisKeyLayout(t *testing.T) {
 
 	// The default prefix.
 	d := newTestRedisStore(t, url, "")
-	if d.prefix != DefaultRedisPrefix || DefaultRedisPrefix != "ecommpay:dedupe:" {
+	if d.prefix != DefaultDedupPrefix || DefaultDedupPrefix != "ecommpay:dedupe:" {
 		t.Fatalf("default prefix = %q", d.prefix)
 	}
 }
@@ -210,7 +120,7 @@ func closedPort(t *testing.T) string {
 }
 
 func TestRedisUnreachableFailsFast(t *testing.T) {
-	s, err := newRedisStore("redis://"+closedPort(t)+"/0", "")
+	s, err := NewDedup("redis://"+closedPort(t)+"/0", "")
 	if err != nil {
 		t.Fatalf("construction needed the network: %v", err)
 	}
@@ -257,7 +167,7 @@ func TestRedisBadURL(t *testing.T) {
 		"unix://:s3cret@",
 		"unix://:s3cret@host/tmp/redis.sock",
 	} {
-		_, err := newRedisStore(u, "")
+		_, err := NewDedup(u, "")
 		if err == nil {
 			t.Errorf("%s accepted", u)
 		} else if strings.Contains(err.Error(), "s3cret") {
@@ -320,7 +230,7 @@ func TestRedisURLClients(t *testing.T) {
 		"redis://127.0.0.1:1/0?read_timeout=5s":      "*redis.Client",
 		"rediss+sentinel://127.0.0.1:1,[::1]:2/main": "*redis.Client",
 	} {
-		s, err := newRedisStore(url, "")
+		s, err := NewDedup(url, "")
 		if err != nil {
 			t.Errorf("%s: %v", url, err)
 			continue
@@ -425,7 +335,7 @@ func (p *dropProxy) serve(c net.Conn) {
 // after Redis applied it. Whether go-redis retries the SET (which then
 // finds the key taken) or gives up with an error, the claim is ours.
 func TestRedisClaimSurvivesLostReply(t *testing.T) {
-	target := testRedisURL(t)
+	target := redistest.URL(t)
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +360,7 @@ func TestRedisClaimSurvivesLostReply(t *testing.T) {
 }
 
 func BenchmarkRedisClaimCommit(b *testing.B) {
-	s := newTestRedisStore(b, testRedisURL(b), testPrefix())
+	s := newTestRedisStore(b, redistest.URL(b), testPrefix())
 	ctx := context.Background()
 	b.ReportAllocs()
 	i := 0
@@ -461,7 +371,7 @@ func BenchmarkRedisClaimCommit(b *testing.B) {
 }
 
 func BenchmarkRedisClaimCommitParallel(b *testing.B) {
-	s := newTestRedisStore(b, testRedisURL(b), testPrefix())
+	s := newTestRedisStore(b, redistest.URL(b), testPrefix())
 	ctx := context.Background()
 	var n atomic.Int64
 	b.ReportAllocs()

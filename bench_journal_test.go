@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 )
 
@@ -28,7 +29,7 @@ func TestJournalBenchFill(t *testing.T) {
 	if err != nil || n < 2 {
 		t.Fatalf("ECOMMPAY_BENCH_CALLBACKS=%q", os.Getenv("ECOMMPAY_BENCH_CALLBACKS"))
 	}
-	b, err := openLocalBackend(path, 0, journalOptions{}, store.Hooks{})
+	b, err := localstore.Open(path, 0, journalOptions{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -580,7 +581,7 @@ func benchCallbackForward(b *testing.B, kind string) {
 	fresh := func() {
 		var nb backend
 		if kind == "local" {
-			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
+			lb, err := localstore.Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
 			if err != nil {
 				b.Fatal(err)
 			}

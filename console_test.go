@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -179,7 +180,7 @@ func TestConsoleShowsStoreProblem(t *testing.T) {
 	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b, err := openLocalBackend(filepath.Join(notDir, "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
+	b, err := localstore.Open(filepath.Join(notDir, "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,5 +39,10 @@ func payKey(projectID, paymentID string) string { return projectID + "\x00" + pa
 // payID identifies a payment in maps.
 type payID struct{ projectID, paymentID string }
 
+// healthReporter is a journal that can lose or fail to write its file.
+type healthReporter interface {
+	Health() (ok bool, why string)
+}
+
 // backend is one store of de-dup state and journal together.
 type backend = store.Backend

@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddyserver/caddy/v2"
@@ -82,6 +83,11 @@ func describeJournal(o journal.Options) string {
 		map[bool]string{true: " no_bodies"}[o.NoBodies])
 }
 
+// defaultLocalPath is the database file when none is configured.
+func defaultLocalPath() string {
+	return filepath.Join(caddy.AppDataDir(), "ecommpay", "ecommpay.db")
+}
+
 // acquireBackend returns the process-wide backend for opts and a func that
 // drops this reference; the last release closes it, which for the local
 // backend writes what is queued and closes the file. Handlers with the
@@ -106,7 +112,7 @@ func acquireBackend(opts backendOptions, logger *zap.Logger) (store.Backend, fun
 		}
 		key = "backend|local|" + abs
 		open = func() (store.Backend, error) {
-			b, err := openLocalBackend(abs, opts.MaxKeys, opts.Journal, hooks)
+			b, err := localstore.Open(abs, opts.MaxKeys, opts.Journal, hooks)
 			if err != nil {
 				return nil, err
 			}

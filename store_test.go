@@ -15,10 +15,12 @@ import (
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -110,7 +112,7 @@ func TestAcquireBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := filepath.Join(dir, "caddy", "ecommpay", "ecommpay.db")
-		if lb, ok := a.(*localBackend); !ok || lb.path != want {
+		if lb, ok := a.(*localstore.Backend); !ok || lb.Path() != want {
 			t.Fatalf("default backend %T at %v, want local at %s", a, a, want)
 		}
 		tok := storetest.MustClaim(t, a, "k", store.Claimed)
@@ -128,7 +130,7 @@ func TestAcquireBackend(t *testing.T) {
 		if b != a {
 			t.Fatal("the same file gave two backends")
 		}
-		if got := b.(*localBackend).options().MaxAge; got != time.Hour {
+		if got := b.(*localstore.Backend).Options().MaxAge; got != time.Hour {
 			t.Fatalf("reload's MaxAge not applied: %v", got)
 		}
 		if err := releaseA(); err != nil {
@@ -254,7 +256,7 @@ func BenchmarkBackend(b *testing.B) {
 			if kind == "memory" {
 				return memstore.New(0, o, store.Hooks{})
 			}
-			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, o, store.Hooks{})
+			lb, err := localstore.Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, o, store.Hooks{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -324,8 +326,8 @@ func BenchmarkBackend(b *testing.B) {
 // waitWritten counts the disk writes in a local benchmark's figure: Commit
 // and Record only queue them.
 func waitWritten(b *testing.B, be backend) {
-	if lb, ok := be.(*localBackend); ok {
-		if err := lb.flushWait(context.Background()); err != nil {
+	if lb, ok := be.(interface{ Flush(context.Context) error }); ok {
+		if err := lb.Flush(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -391,5 +393,39 @@ func TestJournalSettingsAgreeAcrossHandlers(t *testing.T) {
 		if got != 3*time.Second {
 			t.Fatalf("callback %q, console %q: the store got max_age %v", c[0], c[1], got)
 		}
+	}
+}
+
+// What a backend reports through its hooks reaches the module's metrics.
+func TestStoreHooksFeedMetrics(t *testing.T) {
+	h := storeHooks("local", nil)
+	pruned := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneSize))
+	failed := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write"))
+	h.Pruned(journal.PruneSize, 3)
+	h.Failed("write")
+	if d := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(journal.PruneSize)) - pruned; d != 3 {
+		t.Fatalf("journal_pruned_total{reason=size} grew by %v, want 3", d)
+	}
+	if d := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write")) - failed; d != 1 {
+		t.Fatalf("store_errors_total{op=write} grew by %v, want 1", d)
+	}
+	for _, ok := range []bool{false, true} {
+		h.Healthy(ok)
+		if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != map[bool]float64{true: 1}[ok] {
+			t.Fatalf("after Healthy(%v) store_healthy{store=local} = %v", ok, v)
+		}
+	}
+	// A local store that cannot keep its file says so at once.
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, release, err := acquireBackend(backendOptions{Path: filepath.Join(notDir, "ecommpay.db")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 0 {
+		t.Fatalf("store_healthy{store=local} = %v for a store without its file", v)
 	}
 }

@@ -1,11 +1,16 @@
-package ecommpay
+// Package localstore is the local backend, the default: de-dup state and
+// journal in one SQLite file (internal/sqlitestore), or the journal in
+// memory (internal/store/memstore) when no file can be used: the journal is
+// a record, and losing it never takes payments down. It adapts
+// sqlitestore's rows to the journal's model, with the one payment-view
+// fold of internal/journal.
+package localstore
 
 import (
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -13,29 +18,24 @@ import (
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
-// The local backend: de-dup state and journal in one SQLite file
-// (internal/sqlitestore), or the journal in memory when no file can be
-// used: the journal is a record, and losing it never takes payments down.
-//
 // Claims live in memory only (a crash frees them, as an expired lease
 // would). store.Delivered marks and journal entries are queued and written in
 // one transaction every 100 ms or per batch: an accepted Commit or Record
 // is on disk within about that.
 
 const (
-	// localMemoryKeys bounds the in-memory set of recent deliveries: the
+	// memoryKeys bounds the in-memory set of recent deliveries: the
 	// file has them all, so this is only a cache.
-	localMemoryKeys = 100_000
+	memoryKeys = 100_000
 	// localErrLogEvery rate-limits the failed-write error log.
 	localErrLogEvery = 10 * time.Second
 )
 
-// localBackend implements backend on a SQLite file.
-type localBackend struct {
+// Backend is the local backend.
+type Backend struct {
 	journal.Journal // the file's, or memory's when no file could be used
 	mem             *memstore.Dedup
 	file            *sqlitestore.Store // nil when the journal is in memory
@@ -53,26 +53,17 @@ type localBackend struct {
 	lastErrLog time.Time
 }
 
-// defaultLocalPath is the database file when none is configured.
-func defaultLocalPath() string {
-	return filepath.Join(caddy.AppDataDir(), "ecommpay", "ecommpay.db")
-}
-
-// openLocalBackend opens (creating if need be) the database at path, or at
-// defaultLocalPath if path is empty. It never fails for the state of the
+// Open opens (creating if need be) the database at path. It never fails for the state of the
 // file or its directory: a file that cannot be used is moved aside and a
 // new one started, and when none can be written the journal runs in
 // memory. Either way it logs an error naming the file, and the store is
 // reported unhealthy.
-func openLocalBackend(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*localBackend, error) {
+func Open(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*Backend, error) {
 	logger := hooks.Log()
-	if path == "" {
-		path = defaultLocalPath()
-	}
 	if maxKeys <= 0 {
-		maxKeys = localMemoryKeys
+		maxKeys = memoryKeys
 	}
-	b := &localBackend{
+	b := &Backend{
 		// Evictions from this cache lose nothing, so they are not logged.
 		mem:    memstore.NewDedup(maxKeys, zap.NewNop()),
 		path:   path,
@@ -117,14 +108,9 @@ func openLocalBackend(path string, maxKeys int, opts journal.Options, hooks stor
 	return b, nil
 }
 
-// healthReporter is a backend that can lose or fail to write its file.
-type healthReporter interface {
-	Health() (bool, string)
-}
-
-// Health reports whether the store has its file, as it was, and its
-// last write succeeded.
-func (b *localBackend) Health() (bool, string) {
+// Health implements store.Backend: whether the store has its file, as it
+// was, and its last write succeeded.
+func (b *Backend) Health() (bool, string) {
 	if b.problem != "" {
 		return false, b.problem
 	}
@@ -134,13 +120,13 @@ func (b *localBackend) Health() (bool, string) {
 	return true, ""
 }
 
-func (b *localBackend) setHealth() {
+func (b *Backend) setHealth() {
 	ok, _ := b.Health()
 	b.hooks.SetHealthy(ok)
 }
 
 // wrote is told how each transaction went.
-func (b *localBackend) wrote(err error) {
+func (b *Backend) wrote(err error) {
 	b.setHealth()
 	if err == nil {
 		return
@@ -165,8 +151,8 @@ func sqliteOptions(o journal.Options) sqlitestore.Options {
 
 // Configure implements store.Backend; the next write applies the
 // journal's bounds.
-func (b *localBackend) Configure(maxKeys int, opts journal.Options) {
-	b.mem.SetMaxKeys(cmp.Or(maxKeys, localMemoryKeys))
+func (b *Backend) Configure(maxKeys int, opts journal.Options) {
+	b.mem.SetMaxKeys(cmp.Or(maxKeys, memoryKeys))
 	if b.file != nil {
 		b.file.SetOptions(sqliteOptions(opts))
 		return
@@ -174,8 +160,11 @@ func (b *localBackend) Configure(maxKeys int, opts journal.Options) {
 	b.memJ.SetOptions(opts)
 }
 
-// options returns the journal's bounds in force.
-func (b *localBackend) options() journal.Options {
+// Path is the database file.
+func (b *Backend) Path() string { return b.path }
+
+// Options returns the journal's bounds in force.
+func (b *Backend) Options() journal.Options {
 	if b.file == nil {
 		return b.memJ.Options()
 	}
@@ -183,9 +172,9 @@ func (b *localBackend) options() journal.Options {
 	return journal.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
-// Claim implements Store: the claims in memory, then the delivered marks,
+// Claim implements store.Store: the claims in memory, then the delivered marks,
 // which the file has too, so that a restart still answers store.Delivered.
-func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
+func (b *Backend) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
 	st, tok, err := b.mem.Claim(ctx, key, lease)
 	if err != nil || st != store.Claimed || b.file == nil {
 		return st, tok, err
@@ -205,8 +194,8 @@ func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duratio
 	return store.Claimed, tok, nil
 }
 
-// Commit implements Store. The mark is on disk within a flush.
-func (b *localBackend) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
+// Commit implements store.Store. The mark is on disk within a flush.
+func (b *Backend) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
 	if err := b.mem.Commit(ctx, key, token, ttl); err != nil {
 		return err
 	}
@@ -216,13 +205,13 @@ func (b *localBackend) Commit(ctx context.Context, key, token string, ttl time.D
 	return b.file.Mark(ctx, sqlitestore.Key(store.HashKey(key)), b.now().Add(ttl).UnixNano())
 }
 
-// Release implements Store; claims are never on disk.
-func (b *localBackend) Release(ctx context.Context, key, token string) error {
+// Release implements store.Store; claims are never on disk.
+func (b *Backend) Release(ctx context.Context, key, token string) error {
 	return b.mem.Release(ctx, key, token)
 }
 
-// flushWait writes what is queued now.
-func (b *localBackend) flushWait(ctx context.Context) error {
+// Flush writes what is queued now.
+func (b *Backend) Flush(ctx context.Context) error {
 	if b.file == nil {
 		return nil
 	}
@@ -231,7 +220,7 @@ func (b *localBackend) flushWait(ctx context.Context) error {
 
 // Close implements store.Backend: it writes what is queued and closes the
 // file.
-func (b *localBackend) Close() error {
+func (b *Backend) Close() error {
 	var err error
 	if b.file != nil {
 		err = b.file.Close()
@@ -247,7 +236,7 @@ type sqliteJournal struct {
 	now  func() time.Time
 }
 
-// Record implements journal. The entry is on disk within a flush.
+// Record implements journal.Journal. The entry is on disk within a flush.
 func (j *sqliteJournal) Record(ctx context.Context, e journal.Event) error {
 	e.Prepare(j.now())
 	if len(e.ID) != 24 {
@@ -311,7 +300,7 @@ func decodeAll[T any](raw [][]byte) ([]T, error) {
 	return out, nil
 }
 
-// Events implements journal.
+// Events implements journal.Journal.
 func (j *sqliteJournal) Events(ctx context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	raw, err := j.file.Events(ctx, sqlitestore.EventQuery{ProjectID: f.ProjectID, PaymentID: f.PaymentID,
 		Result: f.Result, Kind: f.Kind, EventKey: f.EventKey, Since: j.ageCut(f.Since), Until: f.Until,
@@ -322,7 +311,7 @@ func (j *sqliteJournal) Events(ctx context.Context, f journal.EventFilter) ([]jo
 	return decodeAll[journal.Event](raw)
 }
 
-// Payments implements journal.
+// Payments implements journal.Journal.
 func (j *sqliteJournal) Payments(ctx context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	raw, err := j.file.Payments(ctx, sqlitestore.PaymentQuery{ProjectID: f.ProjectID, PaymentID: f.PaymentID,
 		Status: f.Status, Method: f.Method, Since: j.ageCut(f.Since), Until: f.Until, Open: f.Open,
@@ -333,7 +322,7 @@ func (j *sqliteJournal) Payments(ctx context.Context, f journal.PaymentFilter) (
 	return decodeAll[journal.PaymentView](raw)
 }
 
-// Timeline implements journal.
+// Timeline implements journal.Journal.
 func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	view, raw, err := j.file.Timeline(ctx, projectID, paymentID, j.ageCut(time.Time{}))
 	if errors.Is(err, sqlitestore.ErrNotFound) {
@@ -350,7 +339,7 @@ func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID strin
 	return tl, err
 }
 
-// OpenPayments implements journal.
+// OpenPayments implements journal.Journal.
 func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
 	raw, err := j.file.OpenPayments(ctx, startedBefore, j.ageCut(time.Time{}), journal.LimitOr(limit))
 	if err != nil {
@@ -359,7 +348,7 @@ func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Tim
 	return decodeAll[journal.PaymentView](raw)
 }
 
-// Body implements journal.
+// Body implements journal.Journal.
 func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	body, err := j.file.Body(ctx, eventKey)
 	if errors.Is(err, sqlitestore.ErrNotFound) {
@@ -369,4 +358,4 @@ func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, erro
 }
 
 // Interface guards
-var _ store.Backend = (*localBackend)(nil)
+var _ store.Backend = (*Backend)(nil)

@@ -429,3 +429,11 @@ func TestStoreHooksFeedMetrics(t *testing.T) {
 		t.Fatalf("store_healthy{store=local} = %v for a store without its file", v)
 	}
 }
+
+// The journal names a signing request's entry after its handler's mode:
+// the console and metrics read one as the other.
+func TestSigningKindsAreModes(t *testing.T) {
+	if kindPaymentPage != ModePaymentPage || kindGate != ModeGate {
+		t.Fatalf("kinds %q, %q; modes %q, %q", kindPaymentPage, kindGate, ModePaymentPage, ModeGate)
+	}
+}

@@ -78,6 +78,7 @@ func IDBound(t time.Time) string {
 	return hex.EncodeToString(b[:])
 }
 
+// LimitOr is a filter's Limit, or DefaultListLimit when it sets none.
 func LimitOr(n int) int {
 	if n <= 0 {
 		return DefaultListLimit
@@ -85,7 +86,7 @@ func LimitOr(n int) int {
 	return n
 }
 
-// StartID is the exclusive upper bound of IDs that f can Match, "" for
+// StartID is the exclusive upper bound of IDs that f can match, "" for
 // none: the lesser of Before and Until.
 func (f *EventFilter) StartID() string {
 	start := f.Before
@@ -97,7 +98,7 @@ func (f *EventFilter) StartID() string {
 	return start
 }
 
-// StopID is the least ID that f can Match ("" for none), so that a
+// StopID is the least ID that f can match ("" for none), so that a
 // newest-first scan can stop early.
 func (f *EventFilter) StopID() string {
 	if f.Since.IsZero() {

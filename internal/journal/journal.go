@@ -39,8 +39,8 @@ const (
 
 // Defaults of Options.
 const (
-	DefaultMaxAge  = 30 * 24 * time.Hour
-	DefaultMaxSize = 256 << 20
+	defaultMaxAge  = 30 * 24 * time.Hour
+	defaultMaxSize = 256 << 20
 	// DefaultMaxUnverified bounds entries of callbacks that failed
 	// verification, kept apart so that strangers cannot push genuine
 	// entries out of the journal.
@@ -177,18 +177,19 @@ type Journal interface {
 
 // Options bound a journal.
 type Options struct {
-	MaxAge        time.Duration // default DefaultMaxAge
-	MaxSize       int64         // bytes; default DefaultMaxSize
+	MaxAge        time.Duration // default 30 days
+	MaxSize       int64         // bytes; default 256 MiB
 	MaxUnverified int           // default DefaultMaxUnverified
 	NoBodies      bool          // keep metadata only
 }
 
+// WithDefaults fills the bounds left zero.
 func (o Options) WithDefaults() Options {
 	if o.MaxAge <= 0 {
-		o.MaxAge = DefaultMaxAge
+		o.MaxAge = defaultMaxAge
 	}
 	if o.MaxSize <= 0 {
-		o.MaxSize = DefaultMaxSize
+		o.MaxSize = defaultMaxSize
 	}
 	if o.MaxUnverified <= 0 {
 		o.MaxUnverified = DefaultMaxUnverified

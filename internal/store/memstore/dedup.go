@@ -12,10 +12,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultMaxKeys bounds the memory store when no bound is configured.
+// defaultMaxKeys bounds the memory store when no bound is configured.
 // That is a busy shop's callbacks over ecommpay's 11-day retry window, and
 // about 110 MB of heap when full (measured: ~109 bytes per key).
-const DefaultMaxKeys = 1_000_000
+const defaultMaxKeys = 1_000_000
 
 const (
 	memoryShards = 32
@@ -69,7 +69,7 @@ type Dedup struct {
 }
 
 // NewDedup returns an empty de-dup store holding at most maxKeys
-// entries (DefaultMaxKeys if maxKeys <= 0).
+// entries (defaultMaxKeys if maxKeys <= 0).
 func NewDedup(maxKeys int, logger *zap.Logger) *Dedup {
 	if logger == nil {
 		logger = zap.NewNop()
@@ -93,11 +93,11 @@ func (s *Dedup) shard(h store.KeyHash) *memShard { return &s.shards[h[0]%memoryS
 // MaxKeys is the bound in force.
 func (s *Dedup) MaxKeys() int { return int(s.maxKeys.Load()) }
 
-// SetMaxKeys changes the bound in place (DefaultMaxKeys if n <= 0),
+// SetMaxKeys changes the bound in place (defaultMaxKeys if n <= 0),
 // evicting at once when the store is over it.
 func (s *Dedup) SetMaxKeys(n int) {
 	if n <= 0 {
-		n = DefaultMaxKeys
+		n = defaultMaxKeys
 	}
 	s.maxKeys.Store(int64(n))
 	if s.count.Load() > int64(n) {

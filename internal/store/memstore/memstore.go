@@ -19,7 +19,7 @@ type Backend struct {
 }
 
 // New returns an empty memory backend: maxKeys bounds the de-dup keys
-// (DefaultMaxKeys if <= 0), opts the journal.
+// (defaultMaxKeys if <= 0), opts the journal.
 func New(maxKeys int, opts journal.Options, h store.Hooks) *Backend {
 	return &Backend{NewDedup(maxKeys, h.Log()), NewJournal(opts, h)}
 }
@@ -28,7 +28,7 @@ func New(maxKeys int, opts journal.Options, h store.Hooks) *Backend {
 func (b *Backend) Configure(maxKeys int, opts journal.Options) {
 	want := maxKeys
 	if want <= 0 {
-		want = DefaultMaxKeys
+		want = defaultMaxKeys
 	}
 	if want != b.MaxKeys() {
 		b.logger.Info("changing the shared de-duplication memory store's bound in place",

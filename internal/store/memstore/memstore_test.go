@@ -298,7 +298,7 @@ func TestMemoryTokenFromAnotherClaimIsRejected(t *testing.T) {
 }
 
 func BenchmarkMemoryClaimCommit(b *testing.B) {
-	s := NewDedup(DefaultMaxKeys, nil)
+	s := NewDedup(defaultMaxKeys, nil)
 	ctx := context.Background()
 	var n atomic.Int64
 	b.ReportAllocs()

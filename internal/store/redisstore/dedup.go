@@ -22,8 +22,8 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// DefaultDedupPrefix is prepended to every de-duplication key in Redis.
-const DefaultDedupPrefix = "ecommpay:dedupe:"
+// defaultDedupPrefix is prepended to every de-duplication key in Redis.
+const defaultDedupPrefix = "ecommpay:dedupe:"
 
 // redisTimeout is the dial, read and write timeout unless the URL sets one:
 // a callback waiting on a sick Redis should soon get a 503 and be retried.
@@ -61,7 +61,7 @@ type Dedup struct {
 }
 
 // NewDedup parses rawURL (see parseRedisURL) and returns a store whose
-// keys start with prefix (DefaultDedupPrefix if empty). It does not
+// keys start with prefix (defaultDedupPrefix if empty). It does not
 // connect: connections are made on first use, so provisioning works
 // without the network.
 func NewDedup(rawURL, prefix string) (*Dedup, error) {
@@ -70,7 +70,7 @@ func NewDedup(rawURL, prefix string) (*Dedup, error) {
 		return nil, err
 	}
 	if prefix == "" {
-		prefix = DefaultDedupPrefix
+		prefix = defaultDedupPrefix
 	}
 	return &Dedup{client: client, prefix: prefix, timeout: timeout}, nil
 }

@@ -103,7 +103,7 @@ func TestRedisKeyLayout(t *testing.T) {
 
 	// The default prefix.
 	d := newTestRedisStore(t, url, "")
-	if d.prefix != DefaultDedupPrefix || DefaultDedupPrefix != "ecommpay:dedupe:" {
+	if d.prefix != defaultDedupPrefix || defaultDedupPrefix != "ecommpay:dedupe:" {
 		t.Fatalf("default prefix = %q", d.prefix)
 	}
 }

@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// DefaultJournalPrefix is prepended to every journal key in Redis.
-const DefaultJournalPrefix = "ecommpay:journal:"
+// defaultJournalPrefix is prepended to every journal key in Redis.
+const defaultJournalPrefix = "ecommpay:journal:"
 
 // The Redis journal. Keys, after the prefix:
 //
@@ -180,7 +180,7 @@ type Backend struct {
 
 // New returns the Redis backend for redisURL (see parseRedisURL) whose
 // de-dup keys start with storePrefix and journal keys with journalPrefix
-// (DefaultDedupPrefix and DefaultJournalPrefix if empty). Like NewDedup,
+// (defaultDedupPrefix and defaultJournalPrefix if empty). Like NewDedup,
 // it does not connect; it starts the pruning goroutine that Close stops.
 func New(redisURL, storePrefix, journalPrefix string, jo journal.Options, hooks store.Hooks) (*Backend, error) {
 	s, err := NewDedup(redisURL, storePrefix)
@@ -188,7 +188,7 @@ func New(redisURL, storePrefix, journalPrefix string, jo journal.Options, hooks 
 		return nil, err
 	}
 	if journalPrefix == "" {
-		journalPrefix = DefaultJournalPrefix
+		journalPrefix = defaultJournalPrefix
 	}
 	b := &Backend{
 		Dedup:    s,

@@ -78,7 +78,7 @@ func TestRedisClusterBackend(t *testing.T) {
 
 // A payment's keys share a slot whatever its project and payment IDs hold.
 func TestRedisPaymentKeysOneSlot(t *testing.T) {
-	b, err := New("redis://127.0.0.1:1/0", "", DefaultJournalPrefix, journal.Options{}, store.Hooks{})
+	b, err := New("redis://127.0.0.1:1/0", "", defaultJournalPrefix, journal.Options{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestRedisPaymentKeysOneSlot(t *testing.T) {
 		if redisSlot(v) != redisSlot(ev) {
 			t.Errorf("%q: %s and %s in slots %d and %d", id, v, ev, redisSlot(v), redisSlot(ev))
 		}
-		if !strings.HasPrefix(v, DefaultJournalPrefix+"{") {
+		if !strings.HasPrefix(v, defaultJournalPrefix+"{") {
 			t.Errorf("%q: view key %s", id, v)
 		}
 	}
@@ -342,7 +342,7 @@ func TestNewDefaultPrefixes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if b.jp != DefaultJournalPrefix || b.prefix != DefaultDedupPrefix || b.Options().MaxUnverified != 7 {
+	if b.jp != defaultJournalPrefix || b.prefix != defaultDedupPrefix || b.Options().MaxUnverified != 7 {
 		t.Fatalf("built with %+v, prefixes %q and %q", b.Options(), b.prefix, b.jp)
 	}
 }

@@ -22,7 +22,7 @@ import (
 )
 
 // Claims live in memory only (a crash frees them, as an expired lease
-// would). store.Delivered marks and journal entries are queued and written in
+// would). Delivered marks and journal entries are queued and written in
 // one transaction every 100 ms or per batch: an accepted Commit or Record
 // is on disk within about that.
 
@@ -53,11 +53,12 @@ type Backend struct {
 	lastErrLog time.Time
 }
 
-// Open opens (creating if need be) the database at path. It never fails for the state of the
-// file or its directory: a file that cannot be used is moved aside and a
-// new one started, and when none can be written the journal runs in
-// memory. Either way it logs an error naming the file, and the store is
-// reported unhealthy.
+// Open opens (creating if need be) the database at path; maxKeys bounds
+// the recent deliveries kept in memory (0: 100,000), opts the journal. It
+// never fails for the state of the file or its directory: a file that
+// cannot be used is moved aside and a new one started, and when none can
+// be written the journal runs in memory. Either way it logs an error
+// naming the file, and the store reports itself unhealthy.
 func Open(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*Backend, error) {
 	logger := hooks.Log()
 	if maxKeys <= 0 {

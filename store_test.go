@@ -1,13 +1,11 @@
 package ecommpay
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -246,91 +244,6 @@ func mustGetwd(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return wd
-}
-
-// BenchmarkBackend measures a delivery (Claim then Commit of a new key) and
-// a journal Record per backend.
-func BenchmarkBackend(b *testing.B) {
-	for _, kind := range []string{"memory", "local"} {
-		open := func(b *testing.B, o journalOptions) backend {
-			if kind == "memory" {
-				return memstore.New(0, o, store.Hooks{})
-			}
-			lb, err := localstore.Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, o, store.Hooks{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			return lb
-		}
-		b.Run(kind+"/ClaimCommit", func(b *testing.B) {
-			be := open(b, journalOptions{})
-			defer be.Close()
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				k := storetest.Key(i)
-				st, tok, err := be.Claim(ctx, k, time.Minute)
-				if err != nil || st != store.Claimed {
-					b.Fatal(st, err)
-				}
-				if err := be.Commit(ctx, k, tok, 14*24*time.Hour); err != nil {
-					b.Fatal(err)
-				}
-			}
-			waitWritten(b, be)
-		})
-		b.Run(kind+"/Record", func(b *testing.B) {
-			be := open(b, journalOptions{})
-			defer be.Close()
-			ctx := context.Background()
-			body := bytes.Repeat([]byte("x"), 1000)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
-					PaymentID: strconv.Itoa(i % 1000), EventKey: "k" + strconv.Itoa(i), Body: body,
-					PaymentStatus: "success", Result: "forwarded"}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			waitWritten(b, be)
-		})
-		// A full journal prunes an entry for each one recorded.
-		b.Run(kind+"/RecordFull", func(b *testing.B) {
-			be := open(b, journalOptions{MaxSize: 4 << 20})
-			defer be.Close()
-			ctx := context.Background()
-			body := bytes.Repeat([]byte("x"), 1000)
-			rec := func(i int) {
-				if err := be.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
-					PaymentID: strconv.Itoa(i % 1000), EventKey: "k" + strconv.Itoa(i), Body: body,
-					PaymentStatus: "success", Result: "forwarded"}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			for i := range 5000 { // fill it
-				rec(-i)
-			}
-			waitWritten(b, be)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := range b.N {
-				rec(i + 1)
-			}
-			waitWritten(b, be)
-		})
-	}
-}
-
-// waitWritten counts the disk writes in a local benchmark's figure: Commit
-// and Record only queue them.
-func waitWritten(b *testing.B, be backend) {
-	if lb, ok := be.(interface{ Flush(context.Context) error }); ok {
-		if err := lb.Flush(context.Background()); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
 
 // Handlers of one config that share a store and set different journal

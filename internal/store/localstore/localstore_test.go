@@ -580,3 +580,13 @@ func (m *meter) health() float64 {
 	defer m.mu.Unlock()
 	return m.healthy
 }
+
+func BenchmarkBackend(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B, o journal.Options) store.Backend {
+		lb, err := Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, o, store.Hooks{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return lb
+	})
+}

@@ -381,3 +381,7 @@ func TestSizePruneFloor(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkBackend(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B, o journal.Options) store.Backend { return New(0, o, store.Hooks{}) })
+}

@@ -7,6 +7,10 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 )
 
 // TestJournalBenchFill is run by bench/journal.sh: it fills the local
@@ -25,7 +29,7 @@ func TestJournalBenchFill(t *testing.T) {
 	if err != nil || n < 2 {
 		t.Fatalf("ECOMMPAY_BENCH_CALLBACKS=%q", os.Getenv("ECOMMPAY_BENCH_CALLBACKS"))
 	}
-	b, err := openLocalBackend(path, 0, journalOptions{}, nil)
+	b, err := localstore.Open(path, 0, journalOptions{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +43,7 @@ func TestJournalBenchFill(t *testing.T) {
 		at := start.Add(time.Duration(i) * step)
 		pid := fmt.Sprintf("order-%07d", i)
 		method := methods[i%len(methods)]
-		record(t, b, journalEvent{Kind: kindPaymentPage, Time: at, ProjectID: "238", PaymentID: pid, Verified: true,
+		storetest.Record(t, b, journalEvent{Kind: kindPaymentPage, Time: at, ProjectID: "238", PaymentID: pid, Verified: true,
 			Path: "/payment-page", Amount: strconv.Itoa(1000 + i%9000), Currency: "CNY", Method: method, Result: "signed", Status: 200})
 		for c, status := range []string{"processing", "success"} {
 			if c == 1 && i%3 == 0 {
@@ -66,13 +70,13 @@ func TestJournalBenchFill(t *testing.T) {
 					_ = b.Release(ctx, key, tok)
 				}
 			}
-			record(t, b, journalEvent{Kind: kindCallback, Time: cbAt, ProjectID: "238", PaymentID: pid,
+			storetest.Record(t, b, journalEvent{Kind: kindCallback, Time: cbAt, ProjectID: "238", PaymentID: pid,
 				OperationID: strconv.Itoa(1000 + c), OperationType: "sale", OperationStatus: status, PaymentStatus: status,
 				EventKey: key, Result: result, Status: 200, AppStatus: app, AppLatencyMS: 3, Verified: true,
 				Method: method, Body: []byte(body)})
 		}
 	}
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// A payment among the newest fifth, which the size bound leaves.

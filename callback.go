@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -192,13 +193,13 @@ func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *canon.Doc, bod
 			h.metrics.storeError("claim")
 			w.Header().Set("Retry-After", retryAfter)
 			return x.answer(refuse(http.StatusServiceUnavailable, "store_error", "try again later"))
-		case state == Delivered:
+		case state == store.Delivered:
 			x.ev.Status, x.ev.Result = http.StatusOK, "duplicate"
 			w.Header().Set(HeaderDuplicate, "1")
 			w.Header().Set(HeaderEventKey, x.ev.EventKey)
 			writeJSON(w, http.StatusOK, []byte(`{"status":"ok","duplicate":true}`+"\n"))
 			return nil
-		case state == InFlight:
+		case state == store.InFlight:
 			w.Header().Set("Retry-After", retryAfter)
 			return x.answer(refuse(http.StatusConflict, "in_flight", "this callback is being delivered; retry later"))
 		default:

@@ -3,6 +3,7 @@ package ecommpay
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -20,6 +21,10 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr/qrtest"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/redisstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -145,15 +150,26 @@ func TestCallbackConcurrentDeliveriesReachTheAppOnce(t *testing.T) {
 }
 
 func TestCallbackConcurrentDeliveriesTwoNodesOneRedis(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	mk := func() *Handler {
 		return callbackHandler(t, func(h *Handler) { h.Dedupe, h.RedisURL = "redis", url })
 	}
 	a, b := mk(), mk()
 	// Two nodes of a cluster: separate clients, one Redis (the UsagePool
 	// would share one client in one process), under a prefix of this run.
-	prefix := testPrefix()
-	a.store, b.store = newTestRedisStore(t, url, prefix), newTestRedisStore(t, url, prefix)
+	prefix := "ecommpay-test:" + rand.Text() + ":"
+	node := func() store.Store {
+		s, err := redisstore.NewDedup(url, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			redistest.DeleteKeys(s.Client(), prefix)
+			_ = s.Close()
+		})
+		return s
+	}
+	a.store, b.store = node(), node()
 	concurrentDeliveries(t, []*Handler{a, b}, newTestApp(t), 200)
 }
 
@@ -265,7 +281,7 @@ func TestCallbackCrashedClaimExpires(t *testing.T) {
 	sum := sha256.Sum256([]byte(mustCanonical(t, body)))
 	eventKey := "210-" + hex.EncodeToString(sum[:16])
 	// A node claims the event and dies before committing or releasing.
-	if st, _, err := h.store.Claim(context.Background(), eventKey, 2*500*time.Millisecond); err != nil || st != Claimed {
+	if st, _, err := h.store.Claim(context.Background(), eventKey, 2*500*time.Millisecond); err != nil || st != store.Claimed {
 		t.Fatalf("claim: %v %v", st, err)
 	}
 	w := serve(h, post("/cb", body), next)
@@ -561,7 +577,7 @@ func BenchmarkCallbackForward(b *testing.B) {
 
 // benchCallbackForward forwards distinct callbacks with a fresh backend of
 // the kind, journal on, as the default configuration has it.
-func benchCallbackForward(b *testing.B, store string) {
+func benchCallbackForward(b *testing.B, kind string) {
 	app := newTestApp(b)
 	app.mu.Lock()
 	app.got = make([]received, 0, 1<<20)
@@ -569,15 +585,15 @@ func benchCallbackForward(b *testing.B, store string) {
 	h := callbackHandler(b, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
 	fresh := func() {
 		var nb backend
-		if store == "local" {
-			lb, err := openLocalBackend(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, nil)
+		if kind == "local" {
+			lb, err := localstore.Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.Cleanup(func() { _ = lb.Destruct() })
+			b.Cleanup(func() { _ = lb.Close() })
 			nb = lb
 		} else {
-			nb = newMemoryBackend(0, journalOptions{}, nil)
+			nb = newMemoryBackend()
 		}
 		h.store, h.journal = nb, nb
 	}
@@ -631,7 +647,7 @@ func TestCallbackAllocationBudget(t *testing.T) {
 	// first seen through its callback, as each one here is.
 	const budget = 30
 	h := callbackHandler(t, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
-	b := newMemoryBackend(0, journalOptions{}, nil)
+	b := newMemoryBackend()
 	h.store, h.journal = b, b
 	h.logger = zap.NewNop()
 	const runs = 200

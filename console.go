@@ -360,7 +360,7 @@ type pageData struct {
 func (h *Handler) render(w http.ResponseWriter, r *http.Request, name, title string, data any, err error) {
 	p := pageData{Title: title, Prefix: consolePrefix(r), Nav: name, Query: r.URL.Query(), Now: time.Now(), Data: data}
 	if hs, ok := h.journal.(healthReporter); ok {
-		if healthy, why := hs.healthy(); !healthy {
+		if healthy, why := hs.Health(); !healthy {
 			p.StoreProblem = why
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -24,7 +26,7 @@ type consoleFixture struct {
 
 func newConsoleFixture(t *testing.T) *consoleFixture {
 	t.Helper()
-	b := newMemoryBackend(0, journalOptions{}, nil)
+	b := newMemoryBackend()
 	f := &consoleFixture{app: newTestApp(t)}
 	f.cb = callbackHandler(t, func(h *Handler) { h.Store = "memory" })
 	f.cb.store, f.cb.journal = b, b
@@ -178,11 +180,11 @@ func TestConsoleShowsStoreProblem(t *testing.T) {
 	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b, err := openLocalBackend(filepath.Join(notDir, "ecommpay.db"), 0, journalOptions{}, nil)
+	b, err := localstore.Open(filepath.Join(notDir, "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Destruct() })
+	t.Cleanup(func() { _ = b.Close() })
 	f.con.journal = b
 	for _, page := range []string{"/payments", "/attention"} {
 		if body := f.get(t, page).Body.String(); !strings.Contains(body, "The store is unhealthy") ||

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 )
 
 // What the console shows: amounts in major units, a callback-first
@@ -74,7 +77,7 @@ func TestConsoleSummaryLine(t *testing.T) {
 		if p.status == "" {
 			e.Kind, e.Result = kindPaymentPage, "signed"
 		}
-		record(t, f.con.journal, e)
+		storetest.Record(t, f.con.journal, e)
 	}
 	s := summarize(mustPayments(t, f.con.journal, paymentFilter{}))
 	want := paymentSummary{Payments: 6, Unsummed: 1,
@@ -104,7 +107,7 @@ func TestConsoleSummaryLine(t *testing.T) {
 	}
 }
 
-func mustPayments(t *testing.T, j journal, pf paymentFilter) []paymentView {
+func mustPayments(t *testing.T, j journal.Journal, pf paymentFilter) []paymentView {
 	t.Helper()
 	vs, err := j.Payments(context.Background(), pf)
 	if err != nil {
@@ -150,7 +153,7 @@ func TestConsoleCSV(t *testing.T) {
 		body = strings.Replace(body, `"method":"wechat"`, `"method":"=cmd|' /C calc'!A0"`, 1)
 		serve(f.cb, post("/cb", sign(t, testSecret, body)), f.next)
 	}
-	record(t, f.con.journal, journalEvent{Kind: kindPaymentPage, ProjectID: "211", PaymentID: "OTHER", Verified: true,
+	storetest.Record(t, f.con.journal, journalEvent{Kind: kindPaymentPage, ProjectID: "211", PaymentID: "OTHER", Verified: true,
 		Result: "signed", Amount: "700", Currency: "JPY"})
 
 	pays := csvRecords(readCSV(t, f, "/api/payments.csv?project_id=210"))
@@ -260,7 +263,7 @@ func TestConsoleEcommpayAnswers(t *testing.T) {
 	if w := serve(g, localPost("/v2/payment/wallet/wechat/sale", []byte(gateSale)), proxyTo(t, app.srv.URL)); w.Code != http.StatusOK {
 		t.Fatalf("gate: %d", w.Code)
 	}
-	record(t, f.con.journal, journalEvent{Kind: kindStatusRequest, ProjectID: "210", PaymentID: "ORDER-G1", Verified: true,
+	storetest.Record(t, f.con.journal, journalEvent{Kind: kindStatusRequest, ProjectID: "210", PaymentID: "ORDER-G1", Verified: true,
 		Result: statusError, AppStatus: 400, EcommpayStatus: 400, Reason: "HTTP 400: project is blocked"})
 	var tl timeline
 	if err := json.Unmarshal(f.get(t, "/api/payments/210/ORDER-G1").Body.Bytes(), &tl); err != nil || len(tl.Events) != 2 {
@@ -321,7 +324,7 @@ func TestConsoleAttemptsOrderAndZone(t *testing.T) {
 func TestConsoleEventsCarryAppLatency(t *testing.T) {
 	f := newConsoleFixture(t)
 	serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next)
-	record(t, f.con.journal, journalEvent{Kind: kindPaymentPage, ProjectID: "210", PaymentID: "PP", Verified: true, Result: "signed"})
+	storetest.Record(t, f.con.journal, journalEvent{Kind: kindPaymentPage, ProjectID: "210", PaymentID: "PP", Verified: true, Result: "signed"})
 	var evs struct{ Events []map[string]any }
 	if err := json.Unmarshal(f.get(t, "/api/events").Body.Bytes(), &evs); err != nil || len(evs.Events) != 2 {
 		t.Fatalf("events: %v %+v", err, evs)

@@ -226,7 +226,7 @@ func (x *exchange) finish() {
 		}
 		// Assigned here, not by Record, so that a replay's answer names
 		// the entry it made.
-		ev.prepare(time.Now())
+		ev.Prepare(time.Now())
 		if err := h.journal.Record(ctx, *ev); err != nil {
 			h.logger.Error("could not record in the journal", zap.String("event_key", ev.EventKey), zap.Error(err))
 		}

@@ -2,6 +2,7 @@ package ecommpay
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -174,4 +175,15 @@ func post(target string, body []byte) *http.Request {
 	r := httptest.NewRequest(http.MethodPost, target, strings.NewReader(string(body)))
 	r.Header.Set("Content-Type", "application/json")
 	return r
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }

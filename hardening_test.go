@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -300,8 +301,8 @@ func TestStoreErrorCountedOnce(t *testing.T) {
 
 type failingStore struct{}
 
-func (failingStore) Claim(context.Context, string, time.Duration) (ClaimState, string, error) {
-	return InFlight, "", io.ErrUnexpectedEOF
+func (failingStore) Claim(context.Context, string, time.Duration) (store.ClaimState, string, error) {
+	return store.InFlight, "", io.ErrUnexpectedEOF
 }
 func (failingStore) Commit(context.Context, string, string, time.Duration) error {
 	return io.ErrUnexpectedEOF

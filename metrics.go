@@ -35,6 +35,10 @@ var (
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "store_healthy",
 		Help: "1 while the store has its file as it was and its writes succeed, else 0, by store (local).",
 	}, []string{"store"})
+	journalPrunedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "journal_pruned_total",
+		Help: "Journal entries pruned, by reason (age, size, unverified).",
+	}, []string{"reason"})
 	forwardSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "ecommpay", Name: "forward_duration_seconds",
 		Help:    "Time spent delivering a callback to the app, by project.",

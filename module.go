@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -195,8 +197,8 @@ type Handler struct {
 	qrBase       *url.URL
 	qrOpts       qr.Options
 	qrCache      *qr.Cache
-	store        Store
-	journal      journal
+	store        store.Store
+	journal      journal.Journal
 	releaseStore func() error
 	logger       *zap.Logger
 	metrics      *metrics

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -407,7 +408,7 @@ func factsOf(tl timeline) paymentFacts {
 		switch e.Kind {
 		case kindPaymentPage, kindGate:
 			start := (e.Kind == kindPaymentPage && e.Result == "signed") ||
-				(e.ecommpayAnswer() == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
+				(e.EcommpayAnswer() == http.StatusOK && strings.HasSuffix(e.Path, "/sale"))
 			if start && f.started.IsZero() {
 				f.started, f.method = e.Time, e.Method
 			}
@@ -484,7 +485,7 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 			st.next = now.Add(rc.every)
 			return
 		}
-		if state != Claimed {
+		if state != store.Claimed {
 			st.next = now.Add(jitter(rc.every))
 			return
 		}
@@ -536,15 +537,6 @@ func (rc *reconciler) consider(ctx context.Context, projectID, paymentID string,
 		rc.close(ctx, projectID, paymentID, result, f.method)
 		st.done = true
 	}
-}
-
-// ecommpayAnswer is ecommpay's HTTP answer to a Gate request: in
-// EcommpayStatus, or in AppStatus for entries recorded before it existed.
-func (e *journalEvent) ecommpayAnswer() int {
-	if e.EcommpayStatus == 0 && e.Kind == kindGate {
-		return e.AppStatus
-	}
-	return e.EcommpayStatus
 }
 
 // truncateReason bounds a reason kept in the journal.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -95,13 +97,13 @@ type recEnv struct {
 	base   time.Time
 	h      *Handler
 	rc     *reconciler
-	b      *memoryBackend
+	b      *memstore.Backend
 	app    *testApp
 	status *fakeStatus
 	scans  int
 }
 
-func newRecEnv(t *testing.T, cfg ReconcileConfig, b *memoryBackend) *recEnv {
+func newRecEnv(t *testing.T, cfg ReconcileConfig, b *memstore.Backend) *recEnv {
 	t.Helper()
 	oldFloor, oldPacer := reconcileFloor, statusPacer
 	reconcileFloor, statusPacer = time.Second, &pacer{}
@@ -113,10 +115,10 @@ func newRecEnv(t *testing.T, cfg ReconcileConfig, b *memoryBackend) *recEnv {
 	e.h = callbackHandler(t, func(h *Handler) { h.Store = "memory"; h.Reconcile = &cfg })
 	e.h.reconciler.stop() // the test runs the scans
 	if b == nil {
-		b = newMemoryBackend(0, journalOptions{}, nil)
+		b = newMemoryBackend()
 	}
 	e.b = b
-	b.memoryStore.now = func() time.Time { return e.clock } // leases follow the test's clock
+	b.Dedup.SetClock(func() time.Time { return e.clock }) // leases follow the test's clock
 	e.h.store, e.h.journal = b, b
 	e.app = newTestApp(t)
 	next := proxyTo(t, e.app.srv.URL)
@@ -352,7 +354,7 @@ func TestReconcileErrorsThenUnresolved(t *testing.T) {
 
 // Two nodes on one store: one status request per interval in total.
 func TestReconcileTwoNodesAskOncePerInterval(t *testing.T) {
-	shared := newMemoryBackend(0, journalOptions{}, nil)
+	shared := newMemoryBackend()
 	cfg := ReconcileConfig{After: caddy.Duration(time.Minute), Every: caddy.Duration(time.Minute)}
 	a := newRecEnv(t, cfg, shared)
 	b := newRecEnv(t, cfg, shared)
@@ -384,7 +386,7 @@ func TestReconcileTwoNodesAskOncePerInterval(t *testing.T) {
 	// A node takes the lease of the next request and dies: the other asks
 	// once the lease expires, and not before.
 	b.clock = a.base.Add(16 * time.Minute)
-	if st, _, err := shared.Claim(context.Background(), "reconcile:210:PP-2", 8*time.Minute); err != nil || st != Claimed {
+	if st, _, err := shared.Claim(context.Background(), "reconcile:210:PP-2", 8*time.Minute); err != nil || st != store.Claimed {
 		t.Fatalf("claim: %v %v", st, err)
 	}
 	for s := 16 * 60; s < 30*60; s += 10 {

@@ -271,7 +271,7 @@ func TestPaymentPageSignatureIsNotACallback(t *testing.T) {
 		t.Fatalf("the premise: a Payment Page signature verifies as a callback's: %s", forged)
 	}
 
-	b := newMemoryBackend(0, journalOptions{}, nil)
+	b := newMemoryBackend()
 	cb := callbackHandler(t, func(h *Handler) { h.Store = "memory" })
 	cb.store, cb.journal = b, b
 	app := newTestApp(t)

@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"bytes"
@@ -12,176 +12,88 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"github.com/redis/go-redis/v9"
 )
 
-// testRedisURL returns ECOMMPAY_TEST_REDIS_URL, or starts a throwaway
-// redis-server on a free loopback port that is killed when tb ends. Without
-// redis-server the test is skipped, except under CI=true where it fails.
-func testRedisURL(tb testing.TB) string {
-	tb.Helper()
-	if u := os.Getenv("ECOMMPAY_TEST_REDIS_URL"); u != "" {
-		return u
-	}
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server not in PATH and ECOMMPAY_TEST_REDIS_URL unset: " +
-			"install redis-server or point ECOMMPAY_TEST_REDIS_URL at a Redis"
-		if os.Getenv("CI") == "true" {
-			tb.Fatal(msg)
-		}
-		tb.Skip("skipping Redis tests: " + msg)
-	}
-	// The free port can be taken before redis binds it; try a few.
-	var lastOut string
-	for range 3 {
-		if u, out, ok := startRedis(tb, bin); ok {
-			return u
-		} else {
-			lastOut = out
-		}
-	}
-	tb.Fatalf("redis-server did not start:\n%s", lastOut)
-	return ""
-}
-
-func startRedis(tb testing.TB, bin string) (url, output string, ok bool) {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
-
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", tb.TempDir(), "--loglevel", "warning")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-exited
-	}
-
-	url = "redis://127.0.0.1:" + port + "/0"
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, MaxRetries: -1})
-	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		select {
-		case <-exited:
-			return "", out.String(), false
-		default:
-		}
-		if c.Ping(context.Background()).Err() == nil {
-			tb.Cleanup(stop)
-			return url, "", true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	stop()
-	return "", out.String(), false
-}
-
 // newTestRedisStore returns a store on url under a prefix of its own, so
 // tests never see each other's keys, and deletes those keys afterwards.
-func newTestRedisStore(tb testing.TB, url, prefix string) *redisStore {
+func newTestRedisStore(tb testing.TB, url, prefix string) *Dedup {
 	tb.Helper()
-	s, err := newRedisStore(url, prefix)
+	s, err := NewDedup(url, prefix)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		deleteRedisKeys(s.client, prefix)
-		s.Destruct()
+		redistest.DeleteKeys(s.client, prefix)
+		s.Close()
 	})
 	return s
-}
-
-// deleteRedisKeys deletes the keys starting with prefix, on every master
-// of a cluster.
-func deleteRedisKeys(c redis.UniversalClient, prefix string) {
-	ctx := context.Background()
-	del := func(ctx context.Context, n redis.UniversalClient) error {
-		iter := n.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			n.Del(ctx, iter.Val())
-		}
-		return iter.Err()
-	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return del(ctx, n) })
-		return
-	}
-	del(ctx, c)
 }
 
 func testPrefix() string { return "ecommpay-test:" + rand.Text() + ":" }
 
 func TestRedisStore(t *testing.T) {
-	url := testRedisURL(t)
-	runStoreSuite(t, storeSuite{
-		newStore: func(t *testing.T) Store { return newTestRedisStore(t, url, testPrefix()) },
-		short:    200 * time.Millisecond,
-		elapse:   time.Sleep,
+	url := redistest.URL(t)
+	storetest.RunStore(t, storetest.StoreSuite{
+		New:    func(t *testing.T) store.Store { return newTestRedisStore(t, url, testPrefix()) },
+		Short:  200 * time.Millisecond,
+		Elapse: time.Sleep,
 	})
 }
 
 func TestRedisTwoInstancesOneWinner(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	a := newTestRedisStore(t, url, prefix)
 	b := newTestRedisStore(t, url, prefix)
 	if a.client == b.client {
 		t.Fatal("instances share a client")
 	}
-	claimRace(t, []Store{a, b}, "race", 200)
+	storetest.ClaimRace(t, []store.Store{a, b}, "race", 200)
 
 	// The claim lives in Redis, so either instance can finish it.
 	ctx := context.Background()
-	tok := mustClaim(t, a, "handover", Claimed)
-	mustClaim(t, b, "handover", InFlight)
-	if err := b.Commit(ctx, "handover", tok, testTTL); err != nil {
+	tok := storetest.MustClaim(t, a, "handover", store.Claimed)
+	storetest.MustClaim(t, b, "handover", store.InFlight)
+	if err := b.Commit(ctx, "handover", tok, storetest.TTL); err != nil {
 		t.Fatal(err)
 	}
-	mustClaim(t, a, "handover", Delivered)
+	storetest.MustClaim(t, a, "handover", store.Delivered)
 }
 
 func TestRedisKeyLayout(t *testing.T) {
-	url := testRedisURL(t)
+	url := redistest.URL(t)
 	prefix := testPrefix()
 	s := newTestRedisStore(t, url, prefix)
 	ctx := context.Background()
 	raw := s.client
 
-	tok := mustClaim(t, s, "p:k", Claimed)
+	tok := storetest.MustClaim(t, s, "p:k", store.Claimed)
 	if v := raw.Get(ctx, prefix+"p:k").Val(); v != "i:"+tok {
 		t.Fatalf("in-flight value = %q, want %q", v, "i:"+tok)
 	}
-	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= testLease-5*time.Second || ttl > testLease {
-		t.Fatalf("in-flight PTTL = %v, want about %v", ttl, testLease)
+	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= storetest.Lease-5*time.Second || ttl > storetest.Lease {
+		t.Fatalf("in-flight PTTL = %v, want about %v", ttl, storetest.Lease)
 	}
-	if err := s.Commit(ctx, "p:k", tok, testTTL); err != nil {
+	if err := s.Commit(ctx, "p:k", tok, storetest.TTL); err != nil {
 		t.Fatal(err)
 	}
 	if v := raw.Get(ctx, prefix+"p:k").Val(); v != "d" {
 		t.Fatalf("delivered value = %q, want \"d\"", v)
 	}
-	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= testTTL-5*time.Second || ttl > testTTL {
-		t.Fatalf("delivered PTTL = %v, want about %v", ttl, testTTL)
+	if ttl := raw.PTTL(ctx, prefix+"p:k").Val(); ttl <= storetest.TTL-5*time.Second || ttl > storetest.TTL {
+		t.Fatalf("delivered PTTL = %v, want about %v", ttl, storetest.TTL)
 	}
 
-	tok = mustClaim(t, s, "p:r", Claimed)
+	tok = storetest.MustClaim(t, s, "p:r", store.Claimed)
 	if err := s.Release(ctx, "p:r", tok); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +103,7 @@ func TestRedisKeyLayout(t *testing.T) {
 
 	// The default prefix.
 	d := newTestRedisStore(t, url, "")
-	if d.prefix != DefaultRedisPrefix || DefaultRedisPrefix != "ecommpay:dedupe:" {
+	if d.prefix != defaultDedupPrefix || defaultDedupPrefix != "ecommpay:dedupe:" {
 		t.Fatalf("default prefix = %q", d.prefix)
 	}
 }
@@ -208,25 +120,25 @@ func closedPort(t *testing.T) string {
 }
 
 func TestRedisUnreachableFailsFast(t *testing.T) {
-	s, err := newRedisStore("redis://"+closedPort(t)+"/0", "")
+	s, err := NewDedup("redis://"+closedPort(t)+"/0", "")
 	if err != nil {
 		t.Fatalf("construction needed the network: %v", err)
 	}
-	defer s.Destruct()
+	defer s.Close()
 	ctx := context.Background()
 
 	start := time.Now()
-	st, tok, err := s.Claim(ctx, "k", testLease)
+	st, tok, err := s.Claim(ctx, "k", storetest.Lease)
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("Claim took %v against an unreachable Redis", took)
 	}
-	if err == nil || st == Claimed || tok != "" {
+	if err == nil || st == store.Claimed || tok != "" {
 		t.Fatalf("Claim = %v, %q, %v; want an error and no claim", st, tok, err)
 	}
-	if err := s.Commit(ctx, "k", "t", testTTL); err == nil || errors.Is(err, ErrNotOwner) {
+	if err := s.Commit(ctx, "k", "t", storetest.TTL); err == nil || errors.Is(err, store.ErrNotOwner) {
 		t.Fatalf("Commit = %v, want a connection error", err)
 	}
-	if err := s.Release(ctx, "k", "t"); err == nil || errors.Is(err, ErrNotOwner) {
+	if err := s.Release(ctx, "k", "t"); err == nil || errors.Is(err, store.ErrNotOwner) {
 		t.Fatalf("Release = %v, want a connection error", err)
 	}
 }
@@ -255,7 +167,7 @@ func TestRedisBadURL(t *testing.T) {
 		"unix://:s3cret@",
 		"unix://:s3cret@host/tmp/redis.sock",
 	} {
-		_, err := newRedisStore(u, "")
+		_, err := NewDedup(u, "")
 		if err == nil {
 			t.Errorf("%s accepted", u)
 		} else if strings.Contains(err.Error(), "s3cret") {
@@ -318,7 +230,7 @@ func TestRedisURLClients(t *testing.T) {
 		"redis://127.0.0.1:1/0?read_timeout=5s":      "*redis.Client",
 		"rediss+sentinel://127.0.0.1:1,[::1]:2/main": "*redis.Client",
 	} {
-		s, err := newRedisStore(url, "")
+		s, err := NewDedup(url, "")
 		if err != nil {
 			t.Errorf("%s: %v", url, err)
 			continue
@@ -329,7 +241,7 @@ func TestRedisURLClients(t *testing.T) {
 		if wantTimeout := map[bool]time.Duration{true: 5 * time.Second, false: redisTimeout}[strings.Contains(url, "5s")]; s.timeout != wantTimeout {
 			t.Errorf("%s: timeout %v, want %v", url, s.timeout, wantTimeout)
 		}
-		s.Destruct()
+		s.Close()
 	}
 }
 
@@ -423,7 +335,7 @@ func (p *dropProxy) serve(c net.Conn) {
 // after Redis applied it. Whether go-redis retries the SET (which then
 // finds the key taken) or gives up with an error, the claim is ours.
 func TestRedisClaimSurvivesLostReply(t *testing.T) {
-	target := testRedisURL(t)
+	target := redistest.URL(t)
 	u, err := url.Parse(target)
 	if err != nil {
 		t.Fatal(err)
@@ -435,44 +347,44 @@ func TestRedisClaimSurvivesLostReply(t *testing.T) {
 			pu.Host = p.ln.Addr().String()
 			pu.RawQuery = query
 			s := newTestRedisStore(t, pu.String(), testPrefix())
-			tok := mustClaim(t, s, "lost", Claimed)
+			tok := storetest.MustClaim(t, s, "lost", store.Claimed)
 			if !p.dropped.Load() {
 				t.Fatal("the proxy saw no SET")
 			}
-			if err := s.Commit(context.Background(), "lost", tok, testTTL); err != nil {
+			if err := s.Commit(context.Background(), "lost", tok, storetest.TTL); err != nil {
 				t.Fatal(err)
 			}
-			mustClaim(t, s, "lost", Delivered)
+			storetest.MustClaim(t, s, "lost", store.Delivered)
 		})
 	}
 }
 
 func BenchmarkRedisClaimCommit(b *testing.B) {
-	s := newTestRedisStore(b, testRedisURL(b), testPrefix())
+	s := newTestRedisStore(b, redistest.URL(b), testPrefix())
 	ctx := context.Background()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
 		i++
-		claimCommit(b, s, ctx, key(i))
+		claimCommit(b, s, ctx, storetest.Key(i))
 	}
 }
 
 func BenchmarkRedisClaimCommitParallel(b *testing.B) {
-	s := newTestRedisStore(b, testRedisURL(b), testPrefix())
+	s := newTestRedisStore(b, redistest.URL(b), testPrefix())
 	ctx := context.Background()
 	var n atomic.Int64
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			claimCommit(b, s, ctx, key(int(n.Add(1))))
+			claimCommit(b, s, ctx, storetest.Key(int(n.Add(1))))
 		}
 	})
 }
 
-func claimCommit(b *testing.B, s Store, ctx context.Context, k string) {
+func claimCommit(b *testing.B, s store.Store, ctx context.Context, k string) {
 	st, tok, err := s.Claim(ctx, k, time.Minute)
-	if err != nil || st != Claimed {
+	if err != nil || st != store.Claimed {
 		b.Fatal(st, err)
 	}
 	if err := s.Commit(ctx, k, tok, time.Minute); err != nil {
@@ -526,11 +438,11 @@ func TestRedisURLFormsLive(t *testing.T) {
 	} {
 		prefix := testPrefix()
 		s := newTestRedisStore(t, url, prefix)
-		tok := mustClaim(t, s, "k", Claimed)
-		if err := s.Commit(ctx, "k", tok, testTTL); err != nil {
+		tok := storetest.MustClaim(t, s, "k", store.Claimed)
+		if err := s.Commit(ctx, "k", tok, storetest.TTL); err != nil {
 			t.Fatalf("%s: %v", url, err)
 		}
-		mustClaim(t, s, "k", Delivered)
+		storetest.MustClaim(t, s, "k", store.Delivered)
 		raw := redis.NewClient(&redis.Options{Addr: port, DB: db})
 		if v, err := raw.Get(ctx, prefix+"k").Result(); v != "d" {
 			t.Errorf("%s: the delivered key is not in db %d: %q, %v", url, db, v, err)

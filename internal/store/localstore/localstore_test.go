@@ -1,4 +1,4 @@
-package ecommpay
+package localstore
 
 import (
 	"bufio"
@@ -13,31 +13,34 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
-func openTestLocal(t *testing.T, path string, opts journalOptions) *localBackend {
+func openTestLocal(t *testing.T, path string, opts journal.Options) *Backend {
 	t.Helper()
-	b, err := openLocalBackend(path, 0, opts, nil)
+	b, err := Open(path, 0, opts, testMeter.hooks(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Destruct() })
+	t.Cleanup(func() { _ = b.Close() })
 	return b
 }
 
 // storedBytes is the journal's byte count once everything queued is
 // written; the flush orders the read after the writer's update.
-func storedBytes(t *testing.T, b *localBackend) int64 {
+func storedBytes(t *testing.T, b *Backend) int64 {
 	t.Helper()
-	if err := b.flushWait(context.Background()); err != nil {
+	if err := b.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	n, err := b.file.Size(context.Background())
@@ -48,54 +51,54 @@ func storedBytes(t *testing.T, b *localBackend) int64 {
 }
 
 func TestLocalBackend(t *testing.T) {
-	runBackendSuite(t, func(t *testing.T) backend {
-		return openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), backendSuiteOptions(t))
+	storetest.RunBackend(t, func(t *testing.T, o journal.Options) store.Backend {
+		return openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), o)
 	})
 }
 
 func TestLocalSurvivesReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
-	b := openTestLocal(t, path, journalOptions{})
-	base := suiteBase()
-	fixture(t, b, base)
+	b := openTestLocal(t, path, journal.Options{})
+	base := storetest.Base()
+	storetest.Fixture(t, b, base)
 	for i := range 50 {
-		deliver(t, b, key(i), testTTL)
+		storetest.Deliver(t, b, storetest.Key(i), storetest.TTL)
 	}
-	deliver(t, b, "short", 300*time.Millisecond)
-	held := mustClaim(t, b, "held", Claimed)
-	released := mustClaim(t, b, "released", Claimed)
+	storetest.Deliver(t, b, "short", 300*time.Millisecond)
+	held := storetest.MustClaim(t, b, "held", store.Claimed)
+	released := storetest.MustClaim(t, b, "released", store.Claimed)
 	if err := b.Release(ctx, "released", released); err != nil {
 		t.Fatal(err)
 	}
-	before := mustTimeline(t, b, "10", "p1")
+	before := storetest.MustTimeline(t, b, "10", "p1")
 	size := storedBytes(t, b)
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Commit(ctx, "held", held, testTTL); !errors.Is(err, sqlitestore.ErrClosed) {
+	if err := b.Commit(ctx, "held", held, storetest.TTL); !errors.Is(err, sqlitestore.ErrClosed) {
 		t.Fatalf("Commit after Destruct = %v", err)
 	}
 
-	b = openTestLocal(t, path, journalOptions{})
+	b = openTestLocal(t, path, journal.Options{})
 	if got := storedBytes(t, b); got != size {
 		t.Fatalf("size %d after reopening, was %d", got, size)
 	}
 	for i := range 50 {
-		mustClaim(t, b, key(i), Delivered)
-		mustClaim(t, b, key(i), Delivered) // now from memory
+		storetest.MustClaim(t, b, storetest.Key(i), store.Delivered)
+		storetest.MustClaim(t, b, storetest.Key(i), store.Delivered) // now from memory
 	}
 	// Claims are not kept: a crash frees them like an expired lease.
-	mustClaim(t, b, "held", Claimed)
-	mustClaim(t, b, "released", Claimed)
+	storetest.MustClaim(t, b, "held", store.Claimed)
+	storetest.MustClaim(t, b, "released", store.Claimed)
 	time.Sleep(400 * time.Millisecond)
-	mustClaim(t, b, "short", Claimed)
+	storetest.MustClaim(t, b, "short", store.Claimed)
 
-	if got := opIDs(mustEvents(t, b, eventFilter{})); !slices.Equal(got, fixtureNewestFirst) {
+	if got := storetest.OpIDs(storetest.MustEvents(t, b, journal.EventFilter{})); !slices.Equal(got, storetest.FixtureNewestFirst) {
 		t.Fatalf("Events after reopening = %q", got)
 	}
-	if after := mustTimeline(t, b, "10", "p1"); !sameView(after.Payment, before.Payment) ||
-		!slices.Equal(opIDs(after.Events), opIDs(before.Events)) {
+	if after := storetest.MustTimeline(t, b, "10", "p1"); !storetest.SameView(after.Payment, before.Payment) ||
+		!slices.Equal(storetest.OpIDs(after.Events), storetest.OpIDs(before.Events)) {
 		t.Fatalf("p1 after reopening = %+v", after)
 	}
 	if got, err := b.Body(ctx, "k1"); err != nil || string(got) != `{"k":1}` {
@@ -110,19 +113,19 @@ func TestLocalKillHelper(t *testing.T) {
 	if path == "" {
 		t.Skip("run by TestLocalDurableAfterKill")
 	}
-	b, err := openLocalBackend(path, 0, journalOptions{}, nil)
+	b, err := Open(path, 0, journal.Options{}, store.Hooks{})
 	if err != nil {
 		fmt.Println("error", err)
 		return
 	}
 	ctx := context.Background()
 	for i := 0; ; i++ {
-		_, tok, err := b.Claim(ctx, key(i), testLease)
+		_, tok, err := b.Claim(ctx, storetest.Key(i), storetest.Lease)
 		if err == nil {
-			err = b.Commit(ctx, key(i), tok, testTTL)
+			err = b.Commit(ctx, storetest.Key(i), tok, storetest.TTL)
 		}
 		if err == nil {
-			err = b.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
+			err = b.Record(ctx, journal.Event{Kind: journal.KindCallback, Verified: true, ProjectID: "1",
 				PaymentID: strconv.Itoa(i), Result: "forwarded"})
 		}
 		if err != nil {
@@ -178,19 +181,19 @@ func TestLocalDurableAfterKill(t *testing.T) {
 		t.Fatalf("child stopped after %d keys without being killed", last+1)
 	}
 
-	b := openTestLocal(t, path, journalOptions{})
+	b := openTestLocal(t, path, journal.Options{})
 	durable := -1
 	for i := 0; i <= last; i++ {
-		st, tok, err := b.Claim(context.Background(), key(i), testLease)
+		st, tok, err := b.Claim(context.Background(), storetest.Key(i), storetest.Lease)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st == Delivered {
+		if st == store.Delivered {
 			if durable != i-1 {
 				t.Fatalf("key %d is delivered but key %d is not", i, durable+1)
 			}
 			durable = i
-		} else if err := b.Release(context.Background(), key(i), tok); err != nil {
+		} else if err := b.Release(context.Background(), storetest.Key(i), tok); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -203,7 +206,7 @@ func TestLocalDurableAfterKill(t *testing.T) {
 	if window > time.Second {
 		t.Fatalf("deliveries acknowledged %v before a kill -9 were lost", window)
 	}
-	if evs := mustEvents(t, b, eventFilter{Limit: 1}); len(evs) == 0 {
+	if evs := storetest.MustEvents(t, b, journal.EventFilter{Limit: 1}); len(evs) == 0 {
 		t.Fatal("no journal entry survived the kill")
 	} else if n, _ := strconv.Atoi(evs[0].PaymentID); n < durable-sqlitestore.FlushBatch {
 		t.Fatalf("journal durable up to %d, delivered marks to %d", n, durable)
@@ -220,17 +223,17 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 	const slack = maxSize
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	core, logs := observer.New(zapcore.InfoLevel)
-	b, err := openLocalBackend(path, 0, journalOptions{MaxSize: maxSize}, zap.New(core))
+	b, err := Open(path, 0, journal.Options{MaxSize: maxSize}, testMeter.hooks(zap.New(core)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Destruct()
-	pruned := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneSize))
+	defer b.Close()
+	pruned := testMeter.pruned(journal.PruneSize)
 
 	ctx := context.Background()
 	body := bytes.Repeat([]byte("0123456789abcdef"), 100) // 1600 bytes
 	for i := range 5000 {                                 // about 10 MiB
-		if err := b.Record(ctx, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1",
+		if err := b.Record(ctx, journal.Event{Kind: journal.KindCallback, Verified: true, ProjectID: "1",
 			PaymentID: strconv.Itoa(i), EventKey: "k" + strconv.Itoa(i), Body: body,
 			PaymentStatus: "success", Result: "forwarded"}); err != nil {
 			t.Fatal(err)
@@ -241,24 +244,24 @@ func TestLocalFileStaysNearMaxSize(t *testing.T) {
 			}
 		}
 	}
-	evs := mustEvents(t, b, eventFilter{Limit: 5000})
+	evs := storetest.MustEvents(t, b, journal.EventFilter{Limit: 5000})
 	if len(evs) < 100 || evs[0].PaymentID != "4999" {
 		t.Fatalf("kept %d entries, newest %s", len(evs), evs[0].PaymentID)
 	}
 	if _, err := b.Body(ctx, "k4999"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Body(ctx, "k0"); !errors.Is(err, errNotFound) {
+	if _, err := b.Body(ctx, "k0"); !errors.Is(err, journal.ErrNotFound) {
 		t.Fatalf("the oldest body is still there: %v", err)
 	}
-	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneSize)) - pruned; int(got) != 5000-len(evs) {
+	if got := testMeter.pruned(journal.PruneSize) - pruned; int(got) != 5000-len(evs) {
 		t.Fatalf("size prunes counted %v, %d entries went", got, 5000-len(evs))
 	}
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	warns := logs.FilterLevelExact(zapcore.WarnLevel).All()
-	if len(warns) == 0 || warns[0].ContextMap()[pruneSize] == int64(0) {
+	if len(warns) == 0 || warns[0].ContextMap()[journal.PruneSize] == int64(0) {
 		t.Fatalf("size pruning logged %v", warns)
 	}
 	fi, err := os.Stat(path)
@@ -302,30 +305,30 @@ func sqlScan(t *testing.T, path, query string, dest ...any) {
 func TestLocalPrunesByAge(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	core, logs := observer.New(zapcore.InfoLevel)
-	b, err := openLocalBackend(path, 0, journalOptions{MaxAge: time.Hour}, zap.New(core))
+	b, err := Open(path, 0, journal.Options{MaxAge: time.Hour}, testMeter.hooks(zap.New(core)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Destruct()
-	aged := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneAge))
+	defer b.Close()
+	aged := testMeter.pruned(journal.PruneAge)
 	now := time.Now()
 	for i := range 10 {
-		record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "old" + strconv.Itoa(i),
+		storetest.Record(t, b, journal.Event{Kind: journal.KindCallback, Verified: true, ProjectID: "1", PaymentID: "old" + strconv.Itoa(i),
 			Time: now.Add(-2 * time.Hour), EventKey: "o" + strconv.Itoa(i), Body: []byte("old")})
 	}
-	record(t, b, journalEvent{Kind: kindCallback, Time: now.Add(-2 * time.Hour), PaymentID: "stranger"})
-	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "new", EventKey: "n", Body: []byte("new")})
-	if err := b.flushWait(context.Background()); err != nil {
+	storetest.Record(t, b, journal.Event{Kind: journal.KindCallback, Time: now.Add(-2 * time.Hour), PaymentID: "stranger"})
+	storetest.Record(t, b, journal.Event{Kind: journal.KindCallback, Verified: true, ProjectID: "1", PaymentID: "new", EventKey: "n", Body: []byte("new")})
+	if err := b.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.ToFloat64(journalPrunedTotal.WithLabelValues(pruneAge)) - aged; got != 11 {
+	if got := testMeter.pruned(journal.PruneAge) - aged; got != 11 {
 		t.Fatalf("age prunes counted %v, want 11", got)
 	}
-	if err := b.Destruct(); err != nil {
+	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	infos := logs.FilterLevelExact(zapcore.InfoLevel).All()
-	if len(infos) != 1 || infos[0].ContextMap()[pruneAge] != int64(11) {
+	if len(infos) != 1 || infos[0].ContextMap()[journal.PruneAge] != int64(11) {
 		t.Fatalf("age pruning logged %d lines: %v", len(infos), infos)
 	}
 	checkLocalSize(t, path)
@@ -340,14 +343,14 @@ func TestLocalPrunesByAge(t *testing.T) {
 
 func TestLocalSweepsExpiredMarks(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
-	b := openTestLocal(t, path, journalOptions{})
+	b := openTestLocal(t, path, journal.Options{})
 	for i := range 20 {
-		deliver(t, b, key(i), 50*time.Millisecond)
+		storetest.Deliver(t, b, storetest.Key(i), 50*time.Millisecond)
 	}
-	deliver(t, b, "kept", testTTL)
+	storetest.Deliver(t, b, "kept", storetest.TTL)
 	time.Sleep(100 * time.Millisecond)
-	deliver(t, b, key(0), testTTL) // delivered again: a new mark
-	_ = b.Destruct()
+	storetest.Deliver(t, b, storetest.Key(0), storetest.TTL) // delivered again: a new mark
+	_ = b.Close()
 	var n int
 	sqlScan(t, path, "SELECT count(*) FROM delivered", &n)
 	if n != 2 {
@@ -356,11 +359,11 @@ func TestLocalSweepsExpiredMarks(t *testing.T) {
 }
 
 func TestLocalQueriesSeeUnflushedRecords(t *testing.T) {
-	b := openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), journalOptions{})
+	b := openTestLocal(t, filepath.Join(t.TempDir(), "ecommpay.db"), journal.Options{})
 	// Long enough after a flush that the next tick is far.
 	for i := range 3 {
-		record(t, b, journalEvent{Kind: kindGate, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i)})
-		if n := len(mustEvents(t, b, eventFilter{})); n != i+1 {
+		storetest.Record(t, b, journal.Event{Kind: journal.KindGate, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i)})
+		if n := len(storetest.MustEvents(t, b, journal.EventFilter{})); n != i+1 {
 			t.Fatalf("listed %d entries right after recording %d", n, i+1)
 		}
 	}
@@ -403,28 +406,28 @@ func TestLocalDamagedFile(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "ecommpay.db")
-			b := openTestLocal(t, path, journalOptions{})
-			fixture(t, b, suiteBase())
+			b := openTestLocal(t, path, journal.Options{})
+			storetest.Fixture(t, b, storetest.Base())
 			for i := range 200 { // enough pages that truncation cuts some
-				record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
+				storetest.Record(t, b, journal.Event{Kind: journal.KindCallback, Verified: true, ProjectID: "1", PaymentID: strconv.Itoa(i),
 					EventKey: "k" + strconv.Itoa(i), Body: bytes.Repeat([]byte("x"), 500)})
 			}
-			if err := b.Destruct(); err != nil {
+			if err := b.Close(); err != nil {
 				t.Fatal(err)
 			}
 			damage(t, path)
 
 			core, logs := observer.New(zapcore.ErrorLevel)
-			b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+			b, err := Open(path, 0, journal.Options{}, testMeter.hooks(zap.New(core)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = b.Destruct() })
+			t.Cleanup(func() { _ = b.Close() })
 			checkWorks(t, b)
-			if ok, why := b.healthy(); ok || !strings.Contains(why, "moved aside") {
+			if ok, why := b.Health(); ok || !strings.Contains(why, "moved aside") {
 				t.Fatalf("healthy() = %v, %q", ok, why)
 			}
-			if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 0 {
+			if v := testMeter.health(); v != 0 {
 				t.Fatalf("store_healthy = %v", v)
 			}
 			errs := logs.All()
@@ -445,13 +448,13 @@ func TestLocalDamagedFile(t *testing.T) {
 		}
 		path := filepath.Join(notDir, "ecommpay", "ecommpay.db")
 		core, logs := observer.New(zapcore.ErrorLevel)
-		b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+		b, err := Open(path, 0, journal.Options{}, testMeter.hooks(zap.New(core)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = b.Destruct() })
+		t.Cleanup(func() { _ = b.Close() })
 		checkWorks(t, b)
-		if ok, why := b.healthy(); ok || !strings.Contains(why, "in memory") {
+		if ok, why := b.Health(); ok || !strings.Contains(why, "in memory") {
 			t.Fatalf("healthy() = %v, %q", ok, why)
 		}
 		if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
@@ -461,12 +464,12 @@ func TestLocalDamagedFile(t *testing.T) {
 
 	t.Run("sound file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "ecommpay.db")
-		_ = openTestLocal(t, path, journalOptions{}).Destruct()
-		b := openTestLocal(t, path, journalOptions{})
-		if ok, why := b.healthy(); !ok {
+		_ = openTestLocal(t, path, journal.Options{}).Close()
+		b := openTestLocal(t, path, journal.Options{})
+		if ok, why := b.Health(); !ok {
 			t.Fatalf("a sound file reopened unhealthy: %s", why)
 		}
-		if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
+		if v := testMeter.health(); v != 1 {
 			t.Fatalf("store_healthy = %v", v)
 		}
 	})
@@ -488,13 +491,13 @@ func overwrite(t *testing.T, path string, change func([]byte)) {
 }
 
 // checkWorks de-duplicates and journals with b.
-func checkWorks(t *testing.T, b backend) {
+func checkWorks(t *testing.T, b store.Backend) {
 	t.Helper()
-	deliver(t, b, "after", testTTL)
-	mustClaim(t, b, "after", Delivered)
-	record(t, b, journalEvent{Kind: kindCallback, Verified: true, ProjectID: "1", PaymentID: "after",
+	storetest.Deliver(t, b, "after", storetest.TTL)
+	storetest.MustClaim(t, b, "after", store.Delivered)
+	storetest.Record(t, b, journal.Event{Kind: journal.KindCallback, Verified: true, ProjectID: "1", PaymentID: "after",
 		EventKey: "after", Body: []byte("after"), Result: "forwarded"})
-	if evs := mustEvents(t, b, eventFilter{PaymentID: "after"}); len(evs) != 1 {
+	if evs := storetest.MustEvents(t, b, journal.EventFilter{PaymentID: "after"}); len(evs) != 1 {
 		t.Fatalf("listed %d entries after the damage", len(evs))
 	}
 	if got, err := b.Body(context.Background(), "after"); err != nil || string(got) != "after" {
@@ -507,14 +510,14 @@ func checkWorks(t *testing.T, b backend) {
 func TestLocalWriteFailureReported(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ecommpay.db")
 	core, logs := observer.New(zapcore.ErrorLevel)
-	b, err := openLocalBackend(path, 0, journalOptions{}, zap.New(core))
+	b, err := Open(path, 0, journal.Options{}, testMeter.hooks(zap.New(core)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Destruct() })
-	before := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write"))
+	t.Cleanup(func() { _ = b.Close() })
+	before := testMeter.failed("write")
 	b.wrote(errors.New("disk full"))
-	if d := testutil.ToFloat64(storeErrorsTotal.WithLabelValues("write")) - before; d != 1 {
+	if d := testMeter.failed("write") - before; d != 1 {
 		t.Fatalf("store_errors_total{op=write} moved by %v", d)
 	}
 	if errs := logs.All(); len(errs) != 1 || errs[0].ContextMap()["file"] != path {
@@ -522,14 +525,68 @@ func TestLocalWriteFailureReported(t *testing.T) {
 	}
 	// The gauge follows the file's own view of its last write, which the
 	// next transaction sets.
-	deliver(t, b, "after", testTTL)
-	if err := b.flushWait(context.Background()); err != nil {
+	storetest.Deliver(t, b, "after", storetest.TTL)
+	if err := b.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if ok, why := b.healthy(); !ok {
+	if ok, why := b.Health(); !ok {
 		t.Fatalf("unhealthy after a good write: %s", why)
 	}
-	if v := testutil.ToFloat64(storeHealthy.WithLabelValues("local")); v != 1 {
+	if v := testMeter.health(); v != 1 {
 		t.Fatalf("store_healthy = %v after a good write", v)
 	}
+}
+
+// testMeter records what backends tell their hooks, as the module's
+// metrics would: pruned entries and failed operations add up, health is
+// the last report (1 or 0).
+var testMeter = &meter{counts: map[string]float64{}}
+
+type meter struct {
+	mu      sync.Mutex
+	counts  map[string]float64
+	healthy float64
+}
+
+func (m *meter) hooks(logger *zap.Logger) store.Hooks {
+	add := func(k string, n float64) {
+		m.mu.Lock()
+		m.counts[k] += n
+		m.mu.Unlock()
+	}
+	return store.Hooks{
+		Logger: logger,
+		Pruned: func(reason string, n int) { add("pruned:"+reason, float64(n)) },
+		Failed: func(op string) { add("failed:"+op, 1) },
+		Healthy: func(ok bool) {
+			m.mu.Lock()
+			m.healthy = map[bool]float64{true: 1}[ok]
+			m.mu.Unlock()
+		},
+	}
+}
+
+func (m *meter) get(k string) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.counts[k]
+}
+
+func (m *meter) pruned(reason string) float64 { return m.get("pruned:" + reason) }
+func (m *meter) failed(op string) float64     { return m.get("failed:" + op) }
+
+func (m *meter) health() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.healthy
+}
+
+func BenchmarkBackend(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B, o journal.Options) store.Backend {
+		lb, err := Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, o, store.Hooks{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return lb
+	})
 }

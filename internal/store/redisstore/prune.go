@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"context"
@@ -8,12 +8,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/redis/go-redis/v9"
 )
 
 // pruneLoop prunes every redisPruneEvery, and at once when a Record finds
 // the journal over MaxSize.
-func (b *redisBackend) pruneLoop() {
+func (b *Backend) pruneLoop() {
 	defer b.done.Done()
 	t := time.NewTicker(redisPruneEvery)
 	defer t.Stop()
@@ -31,7 +32,7 @@ func (b *redisBackend) pruneLoop() {
 }
 
 // pruneOnce prunes by age and size, unless another node is at it.
-func (b *redisBackend) pruneOnce(ctx context.Context) error {
+func (b *Backend) pruneOnce(ctx context.Context) error {
 	lock, token := b.key("prune"), rand.Text()
 	if ok, err := b.client.SetNX(ctx, lock, token, redisPruneEvery).Result(); err != nil || !ok {
 		return err
@@ -42,7 +43,7 @@ func (b *redisBackend) pruneOnce(ctx context.Context) error {
 
 // pruneAll prunes by age and size. Nodes that run it at once waste work
 // but keep the count right (see drop).
-func (b *redisBackend) pruneAll(ctx context.Context) error {
+func (b *Backend) pruneAll(ctx context.Context) error {
 	o := b.opts.Load()
 	now := time.Now()
 	cut := b.cutID()
@@ -54,7 +55,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 		if len(ids) == 0 {
 			break
 		}
-		if err := b.drop(ctx, ids, pruneAge); err != nil {
+		if err := b.drop(ctx, ids, journal.PruneAge); err != nil {
 			return err
 		}
 	}
@@ -63,7 +64,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.prune.add(pruneAge, int(n), now)
+	b.prune.Add(journal.PruneAge, int(n), now)
 	ixs, err := b.client.SMembers(ctx, b.key("ix")).Result()
 	if err != nil {
 		return err
@@ -110,7 +111,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 		if err != nil || len(ids) == 0 {
 			return err
 		}
-		if err := b.drop(ctx, ids, pruneSize); err != nil {
+		if err := b.drop(ctx, ids, journal.PruneSize); err != nil {
 			return err
 		}
 		if size, err = b.client.Get(ctx, b.key("bytes")).Int64(); err != nil {
@@ -123,7 +124,7 @@ func (b *redisBackend) pruneAll(ctx context.Context) error {
 // drop prunes the entries ids and what only they held. Of several nodes
 // dropping one entry, the one whose DEL removed it does the rest, so the
 // byte count is lowered once.
-func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) error {
+func (b *Backend) drop(ctx context.Context, ids []string, reason string) error {
 	evs, err := b.entries(ctx, ids)
 	if err != nil {
 		return err
@@ -160,7 +161,7 @@ func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) er
 			bodies, bodyKeys = append(bodies, c), append(bodyKeys, e.EventKey)
 			calls = append(calls, c)
 		}
-		if e.joinsPayment() {
+		if e.JoinsPayment() {
 			m := payMember(e.ProjectID, e.PaymentID)
 			v, ev := b.payKeys(m)
 			c := evalSha(ctx, pipe, redisPaymentDrop, []string{v, ev}, e.ID)
@@ -192,6 +193,6 @@ func (b *redisBackend) drop(ctx context.Context, ids []string, reason string) er
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	b.prune.add(reason, n, time.Now())
+	b.prune.Add(reason, n, time.Now())
 	return nil
 }

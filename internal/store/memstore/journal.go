@@ -1,4 +1,4 @@
-package ecommpay
+package memstore
 
 import (
 	"bytes"
@@ -9,26 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
-	"go.uber.org/zap"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 )
-
-// memoryBackend keeps de-dup state and journal in the process, for tests
-// and throwaway setups: a restart forgets both.
-type memoryBackend struct {
-	*memoryStore
-	*memoryJournal
-}
-
-func newMemoryBackend(maxKeys int, opts journalOptions, logger *zap.Logger) *memoryBackend {
-	return &memoryBackend{newMemoryStore(maxKeys, logger), newMemoryJournal(opts, logger)}
-}
-
-// Destruct implements caddy.Destructor.
-func (b *memoryBackend) Destruct() error {
-	b.memoryJournal.prune.flush(time.Now())
-	return b.memoryStore.Destruct()
-}
 
 // memBodyOverhead is a stored body's cost beyond its bytes and key.
 const memBodyOverhead = 64
@@ -88,7 +72,7 @@ func (s *memSlab) next() *memEvent {
 	return me
 }
 
-func newMemEvent(slab *memSlab, e *journalEvent, body []byte) *memEvent {
+func newMemEvent(slab *memSlab, e *journal.Event, body []byte) *memEvent {
 	strs := [memStrings]string{e.ID, e.Kind, e.ProjectID, e.PaymentID, e.OperationID, e.OperationType,
 		e.OperationStatus, e.PaymentStatus, e.EventKey, e.Result, e.Path, e.Amount, e.Currency, e.Method, e.Reason}
 	n := len(body)
@@ -134,10 +118,10 @@ func compareID(a, b *memEvent) int {
 // body is the body this entry holds, if it holds one.
 func (me *memEvent) body() string { return me.data[me.ends[memStrings-1]:] }
 
-// event is the entry as a journalEvent, without its body. Its strings
+// event is the entry as a journal.Event, without its body. Its strings
 // share the entry's memory.
-func (me *memEvent) event() journalEvent {
-	return journalEvent{
+func (me *memEvent) event() journal.Event {
+	return journal.Event{
 		ID: me.str(memID), Time: time.Unix(me.sec, int64(me.nsec)).UTC(), Kind: me.str(memKind),
 		ProjectID: me.str(memProjectID), PaymentID: me.str(memPaymentID),
 		OperationID: me.str(memOperationID), OperationType: me.str(memOperationType),
@@ -151,7 +135,7 @@ func (me *memEvent) event() journalEvent {
 }
 
 // size estimates the entry's heap cost for the size bound, as a
-// journalEvent behind a pointer would take: the struct and the strings'
+// journal.Event behind a pointer would take: the struct and the strings'
 // bytes. A held body is counted with the body.
 func (me *memEvent) size() int64 { return 240 + int64(me.ends[memStrings-1]) }
 
@@ -164,7 +148,7 @@ type memBody struct {
 type payID struct{ projectID, paymentID string }
 
 type memPayment struct {
-	view   paymentView
+	view   journal.PaymentView
 	events []*memEvent // by ID
 	first  [4]*memEvent
 }
@@ -172,11 +156,11 @@ type memPayment struct {
 // own points the view's strings that apply just changed at memory of the
 // payment's own, so that the view keeps no entry's data alive once the
 // entry is dropped. Known statuses and kinds are shared, not copied.
-func (p *memPayment) own(id payID, prev *paymentView) {
+func (p *memPayment) own(id payID, prev *journal.PaymentView) {
 	v := &p.view
 	v.ProjectID, v.PaymentID = id.projectID, id.paymentID
 	v.Mode = internKind(v.Mode)
-	if s, ok := knownStatuses[v.Status]; ok {
+	if s, ok := journal.KnownStatus(v.Status); ok {
 		v.Status = s
 	}
 	fields := [...]struct {
@@ -189,7 +173,8 @@ func (p *memPayment) own(id payID, prev *paymentView) {
 			*f.dst = f.prev
 		}
 	}
-	fresh := func(s, prev string) bool { return s != "" && s != prev && !isKnownStatus(s) }
+	isKnown := func(s string) bool { _, ok := journal.KnownStatus(s); return ok }
+	fresh := func(s, prev string) bool { return s != "" && s != prev && !isKnown(s) }
 	var buf strings.Builder // one copy for the fresh values, sliced
 	for _, f := range fields {
 		if fresh(*f.dst, f.prev) {
@@ -211,41 +196,23 @@ func (p *memPayment) own(id payID, prev *paymentView) {
 
 func internKind(k string) string {
 	switch k {
-	case kindPaymentPage:
-		return kindPaymentPage
-	case kindGate:
-		return kindGate
+	case journal.KindPaymentPage:
+		return journal.KindPaymentPage
+	case journal.KindGate:
+		return journal.KindGate
 	}
 	return k
 }
 
-// knownStatuses are payment statuses that views share rather than copy.
-var knownStatuses = func() map[string]string {
-	m := map[string]string{}
-	for _, s := range []string{"awaiting customer", "awaiting 3ds result", "awaiting redirect result",
-		"awaiting clarification", "awaiting capture", "awaiting cancellation", "processing",
-		"partially refunded", "partially reversed"} {
-		m[s] = s
-	}
-	for s := range finalStatuses {
-		m[s] = s
-	}
-	return m
-}()
-
-func isKnownStatus(s string) bool {
-	_, ok := knownStatuses[s]
-	return ok
-}
-
-// memoryJournal is the journal of the memory backend. One mutex guards it:
+// Journal is a journal kept in the process: the memory backend's, and the
+// local backend's when it has no file. One mutex guards it:
 // writes are a few map and slice operations, and lists are rare.
-type memoryJournal struct {
+type Journal struct {
 	now   func() time.Time // replaced by tests
-	prune pruneLog
+	prune *journal.PruneLog
 
 	mu         sync.Mutex
-	opts       journalOptions
+	opts       journal.Options
 	events     eventList // genuine entries
 	unverified eventList // unverified callbacks, bounded by count
 	payments   map[payID]*memPayment
@@ -259,49 +226,51 @@ type memoryJournal struct {
 	slab, unverifiedSlab memSlab
 }
 
-func newMemoryJournal(opts journalOptions, logger *zap.Logger) *memoryJournal {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
-	return &memoryJournal{
+// NewJournal returns an empty journal bounded by opts.
+func NewJournal(opts journal.Options, h store.Hooks) *Journal {
+	return &Journal{
 		now:      time.Now,
-		prune:    pruneLog{logger: logger},
-		opts:     opts.withDefaults(),
+		prune:    h.PruneLog(),
+		opts:     opts.WithDefaults(),
 		payments: make(map[payID]*memPayment),
 		bodies:   make(map[string]memBody),
 		firsts:   make(map[string]*memEvent),
 	}
 }
 
-// setOptions changes the bounds in place (a config reload).
-func (j *memoryJournal) setOptions(opts journalOptions) {
+// Options returns the bounds in force.
+func (j *Journal) Options() journal.Options {
 	j.mu.Lock()
-	j.opts = opts.withDefaults()
+	defer j.mu.Unlock()
+	return j.opts
+}
+
+// SetOptions changes the bounds in place (a config reload).
+func (j *Journal) SetOptions(opts journal.Options) {
+	j.mu.Lock()
+	j.opts = opts.WithDefaults()
 	n := j.pruneLocked(j.now())
 	j.mu.Unlock()
 	j.report(n)
 }
 
-// payKey identifies a payment in maps keyed by string.
-func payKey(projectID, paymentID string) string { return projectID + "\x00" + paymentID }
-
-// Record implements journal.
-func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
+// Record implements journal.Journal.
+func (j *Journal) Record(_ context.Context, e journal.Event) error {
 	now := j.now()
-	e.prepare(now)
+	e.Prepare(now)
 
 	j.mu.Lock()
-	if e.foldsIntoFirst() {
+	if e.FoldsIntoFirst() {
 		if first := j.firsts[e.EventKey]; first != nil {
 			fe := first.event()
-			fe.countDuplicate(&e)
+			fe.CountDuplicate(&e)
 			first.duplicates, first.lastSeen = fe.Duplicates, fe.LastSeen
 			j.mu.Unlock()
 			return nil
 		}
 	}
 	var me *memEvent
-	if e.isUnverified() {
+	if e.IsUnverified() {
 		me = newMemEvent(&j.unverifiedSlab, &e, nil)
 		j.unverified.insert(me)
 	} else {
@@ -323,10 +292,10 @@ func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
 			me = newMemEvent(&j.slab, &e, nil)
 		}
 		j.events.insert(me)
-		if e.Kind == kindCallback && e.EventKey != "" && j.firsts[e.EventKey] == nil {
+		if e.Kind == journal.KindCallback && e.EventKey != "" && j.firsts[e.EventKey] == nil {
 			j.firsts[me.str(memEventKey)] = me
 		}
-		if e.joinsPayment() {
+		if e.JoinsPayment() {
 			j.joinPayment(me)
 		}
 	}
@@ -338,7 +307,7 @@ func (j *memoryJournal) Record(_ context.Context, e journalEvent) error {
 }
 
 // joinPayment adds a verified entry to its payment's view and entries.
-func (j *memoryJournal) joinPayment(me *memEvent) {
+func (j *Journal) joinPayment(me *memEvent) {
 	e := me.event()
 	id := payID{e.ProjectID, e.PaymentID}
 	p := j.payments[id]
@@ -353,7 +322,7 @@ func (j *memoryJournal) joinPayment(me *memEvent) {
 		id = payID{p.view.ProjectID, p.view.PaymentID}
 	}
 	prev := p.view
-	p.view.apply(&e)
+	p.view.Apply(&e)
 	p.own(id, &prev)
 	p.events = insertByID(p.events, me)
 }
@@ -361,17 +330,17 @@ func (j *memoryJournal) joinPayment(me *memEvent) {
 // pruneCounts are entries pruned by reason.
 type pruneCounts struct{ age, size, unverified int }
 
-func (j *memoryJournal) report(n pruneCounts) {
+func (j *Journal) report(n pruneCounts) {
 	now := j.now()
-	j.prune.add(pruneAge, n.age, now)
-	j.prune.add(pruneSize, n.size, now)
-	j.prune.add(pruneUnverified, n.unverified, now)
+	j.prune.Add(journal.PruneAge, n.age, now)
+	j.prune.Add(journal.PruneSize, n.size, now)
+	j.prune.Add(journal.PruneUnverified, n.unverified, now)
 }
 
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
 // sqlitestore.SizePruneFloor.
-func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
-	cut := idBound(now.Add(-j.opts.MaxAge))
+func (j *Journal) pruneLocked(now time.Time) (n pruneCounts) {
+	cut := journal.IDBound(now.Add(-j.opts.MaxAge))
 	for _, l := range []*eventList{&j.events, &j.unverified} {
 		for l.len() > 0 && l.front().id() < cut {
 			j.drop(l)
@@ -398,11 +367,11 @@ func (j *memoryJournal) pruneLocked(now time.Time) (n pruneCounts) {
 }
 
 // drop removes l's oldest entry and what only it held.
-func (j *memoryJournal) drop(l *eventList) {
+func (j *Journal) drop(l *eventList) {
 	me := l.popFront()
 	e := me.event()
 	j.size -= me.size()
-	if e.joinsPayment() {
+	if e.JoinsPayment() {
 		k := payID{e.ProjectID, e.PaymentID}
 		if p := j.payments[k]; p != nil {
 			// The oldest entry overall is its payment's oldest too.
@@ -432,20 +401,20 @@ func (j *memoryJournal) drop(l *eventList) {
 
 // expire prunes by age before a read, so that an idle journal does not
 // list what it should have forgotten.
-func (j *memoryJournal) expire() {
+func (j *Journal) expire() {
 	j.mu.Lock()
 	n := j.pruneLocked(j.now())
 	j.mu.Unlock()
 	j.report(n)
 }
 
-// Events implements journal.
-func (j *memoryJournal) Events(_ context.Context, f eventFilter) ([]journalEvent, error) {
+// Events implements journal.Journal.
+func (j *Journal) Events(_ context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	j.expire()
-	limit := limitOr(f.Limit)
+	limit := journal.LimitOr(f.Limit)
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	var genuine []journalEvent
+	var genuine []journal.Event
 	if f.ProjectID != "" && f.PaymentID != "" {
 		if p := j.payments[payID{f.ProjectID, f.PaymentID}]; p != nil {
 			genuine = scanNewest(p.events, &f, limit)
@@ -453,82 +422,82 @@ func (j *memoryJournal) Events(_ context.Context, f eventFilter) ([]journalEvent
 	} else {
 		genuine = scanNewest(j.events.items(), &f, limit)
 	}
-	return mergeNewest(genuine, scanNewest(j.unverified.items(), &f, limit), limit), nil
+	return journal.MergeNewest(genuine, scanNewest(j.unverified.items(), &f, limit), limit), nil
 }
 
 // scanNewest returns up to limit entries of l (sorted by ID) matching f,
 // newest first.
-func scanNewest(l []*memEvent, f *eventFilter, limit int) []journalEvent {
+func scanNewest(l []*memEvent, f *journal.EventFilter, limit int) []journal.Event {
 	i := len(l)
-	if start := f.startID(); start != "" {
+	if start := f.StartID(); start != "" {
 		i = sort.Search(len(l), func(i int) bool { return l[i].id() >= start })
 	}
-	stop := f.stopID()
-	var out []journalEvent
+	stop := f.StopID()
+	var out []journal.Event
 	for i--; i >= 0 && len(out) < limit; i-- {
 		if l[i].id() < stop {
 			break
 		}
-		if e := l[i].event(); f.match(&e) {
+		if e := l[i].event(); f.Match(&e) {
 			out = append(out, e)
 		}
 	}
 	return out
 }
 
-// Payments implements journal.
-func (j *memoryJournal) Payments(_ context.Context, f paymentFilter) ([]paymentView, error) {
+// Payments implements journal.Journal.
+func (j *Journal) Payments(_ context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	j.expire()
 	j.mu.Lock()
-	var out []paymentView
+	var out []journal.PaymentView
 	for _, p := range j.payments {
-		if f.match(&p.view) {
+		if f.Match(&p.view) {
 			out = append(out, p.view)
 		}
 	}
 	j.mu.Unlock()
-	slices.SortFunc(out, newestUpdatedFirst)
-	return out[:min(len(out), limitOr(f.Limit))], nil
+	slices.SortFunc(out, journal.NewestUpdatedFirst)
+	return out[:min(len(out), journal.LimitOr(f.Limit))], nil
 }
 
-// Timeline implements journal.
-func (j *memoryJournal) Timeline(_ context.Context, projectID, paymentID string) (timeline, error) {
+// Timeline implements journal.Journal.
+func (j *Journal) Timeline(_ context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	j.expire()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	p := j.payments[payID{projectID, paymentID}]
 	if p == nil {
-		return timeline{}, errNotFound
+		return journal.Timeline{}, journal.ErrNotFound
 	}
-	tl := timeline{Payment: p.view, Events: make([]journalEvent, len(p.events))}
+	tl := journal.Timeline{Payment: p.view, Events: make([]journal.Event, len(p.events))}
 	for i, me := range p.events {
 		tl.Events[i] = me.event()
 	}
 	return tl, nil
 }
 
-// OpenPayments implements journal.
-func (j *memoryJournal) OpenPayments(_ context.Context, startedBefore time.Time, limit int) ([]paymentView, error) {
+// OpenPayments implements journal.Journal.
+func (j *Journal) OpenPayments(_ context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
 	j.expire()
 	j.mu.Lock()
-	var out []paymentView
+	var out []journal.PaymentView
 	for _, p := range j.payments {
-		if p.view.isOpenSince(startedBefore) {
+		if p.view.IsOpenSince(startedBefore) {
 			out = append(out, p.view)
 		}
 	}
 	j.mu.Unlock()
-	slices.SortFunc(out, oldestSignedFirst)
-	return out[:min(len(out), limitOr(limit))], nil
+	slices.SortFunc(out, journal.OldestSignedFirst)
+	return out[:min(len(out), journal.LimitOr(limit))], nil
 }
 
-// Body implements journal.
-func (j *memoryJournal) Body(_ context.Context, eventKey string) ([]byte, error) {
+// Body implements journal.Journal.
+func (j *Journal) Body(_ context.Context, eventKey string) ([]byte, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	b, ok := j.bodies[eventKey]
 	if !ok {
-		return nil, errNotFound
+		return nil, journal.ErrNotFound
 	}
 	return []byte(b.data), nil
 }
@@ -575,4 +544,4 @@ func insertByID(s []*memEvent, me *memEvent) []*memEvent {
 }
 
 // Interface guards
-var _ backend = (*memoryBackend)(nil)
+var _ journal.Journal = (*Journal)(nil)

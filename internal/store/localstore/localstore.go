@@ -1,45 +1,50 @@
-package ecommpay
+// Package localstore is the local backend, the default: de-dup state and
+// journal in one SQLite file (internal/sqlitestore), or the journal in
+// memory (internal/store/memstore) when no file can be used: the journal is
+// a record, and losing it never takes payments down. It adapts
+// sqlitestore's rows to the journal's model, with the one payment-view
+// fold of internal/journal.
+package localstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
 	"go.uber.org/zap"
 )
 
-// The local backend: de-dup state and journal in one SQLite file
-// (internal/sqlitestore), or the journal in memory when no file can be
-// used: the journal is a record, and losing it never takes payments down.
-//
 // Claims live in memory only (a crash frees them, as an expired lease
 // would). Delivered marks and journal entries are queued and written in
 // one transaction every 100 ms or per batch: an accepted Commit or Record
 // is on disk within about that.
 
 const (
-	// localMemoryKeys bounds the in-memory set of recent deliveries: the
+	// memoryKeys bounds the in-memory set of recent deliveries: the
 	// file has them all, so this is only a cache.
-	localMemoryKeys = 100_000
+	memoryKeys = 100_000
 	// localErrLogEvery rate-limits the failed-write error log.
 	localErrLogEvery = 10 * time.Second
 )
 
-// localBackend implements backend on a SQLite file.
-type localBackend struct {
-	journal // the file's, or memory's when no file could be used
-	mem     *memoryStore
-	file    *sqlitestore.Store // nil when the journal is in memory
-	memJ    *memoryJournal     // non-nil when the journal is in memory
-	path    string
-	logger  *zap.Logger
-	now     func() time.Time // wall clock: delivered marks outlive the process
-	prune   pruneLog
+// Backend is the local backend.
+type Backend struct {
+	journal.Journal // the file's, or memory's when no file could be used
+	mem             *memstore.Dedup
+	file            *sqlitestore.Store // nil when the journal is in memory
+	memJ            *memstore.Journal  // non-nil when the journal is in memory
+	path            string
+	logger          *zap.Logger
+	hooks           store.Hooks
+	now             func() time.Time // wall clock: delivered marks outlive the process
+	prune           *journal.PruneLog
 	// problem says what was lost when the file could not be used as it
 	// was; "" when it could.
 	problem string
@@ -48,34 +53,25 @@ type localBackend struct {
 	lastErrLog time.Time
 }
 
-// defaultLocalPath is the database file when none is configured.
-func defaultLocalPath() string {
-	return filepath.Join(caddy.AppDataDir(), "ecommpay", "ecommpay.db")
-}
-
-// openLocalBackend opens (creating if need be) the database at path, or at
-// defaultLocalPath if path is empty. It never fails for the state of the
-// file or its directory: a file that cannot be used is moved aside and a
-// new one started, and when none can be written the journal runs in
-// memory. Either way it logs an error naming the file, and the store is
-// reported unhealthy.
-func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap.Logger) (*localBackend, error) {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
-	if path == "" {
-		path = defaultLocalPath()
-	}
+// Open opens (creating if need be) the database at path; maxKeys bounds
+// the recent deliveries kept in memory (0: 100,000), opts the journal. It
+// never fails for the state of the file or its directory: a file that
+// cannot be used is moved aside and a new one started, and when none can
+// be written the journal runs in memory. Either way it logs an error
+// naming the file, and the store reports itself unhealthy.
+func Open(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*Backend, error) {
+	logger := hooks.Log()
 	if maxKeys <= 0 {
-		maxKeys = localMemoryKeys
+		maxKeys = memoryKeys
 	}
-	b := &localBackend{
+	b := &Backend{
 		// Evictions from this cache lose nothing, so they are not logged.
-		mem:    newMemoryStore(maxKeys, zap.NewNop()),
+		mem:    memstore.NewDedup(maxKeys, zap.NewNop()),
 		path:   path,
 		logger: logger,
+		hooks:  hooks,
 		now:    time.Now,
-		prune:  pruneLog{logger: logger},
+		prune:  hooks.PruneLog(),
 	}
 	file, broken, why, err := sqlitestore.Open(path, sqlitestore.Config{
 		Options: sqliteOptions(opts),
@@ -84,9 +80,9 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 		Now:     func() time.Time { return b.now() },
 		OnPrune: func(n sqlitestore.Pruned) {
 			now := b.now()
-			b.prune.add(pruneAge, n.Age, now)
-			b.prune.add(pruneSize, n.Size, now)
-			b.prune.add(pruneUnverified, n.Unverified, now)
+			b.prune.Add(journal.PruneAge, n.Age, now)
+			b.prune.Add(journal.PruneSize, n.Size, now)
+			b.prune.Add(journal.PruneUnverified, n.Unverified, now)
 		},
 		OnWrite: b.wrote,
 	})
@@ -96,11 +92,11 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 		logger.Error("local store: cannot use the database file; "+b.problem+
 			" (a redelivered callback may reach the app again: its idempotency on X-Ecommpay-Event-Key stops it)",
 			zap.String("file", path), zap.Error(err))
-		b.memJ = newMemoryJournal(opts, logger)
-		b.journal = b.memJ
+		b.memJ = memstore.NewJournal(opts, hooks)
+		b.Journal = b.memJ
 	default:
 		b.file = file
-		b.journal = &sqliteJournal{file: file, now: b.now}
+		b.Journal = &sqliteJournal{file: file, now: b.now}
 		if broken != "" {
 			b.problem = "the database file could not be used and was moved aside to " + broken +
 				"; a new one was started: the journal and delivered marks in it are lost here"
@@ -113,14 +109,9 @@ func openLocalBackend(path string, maxKeys int, opts journalOptions, logger *zap
 	return b, nil
 }
 
-// healthReporter is a backend that can lose or fail to write its file.
-type healthReporter interface {
-	healthy() (bool, string)
-}
-
-// healthy reports whether the store has its file, as it was, and its
-// last write succeeded.
-func (b *localBackend) healthy() (bool, string) {
+// Health implements store.Backend: whether the store has its file, as it
+// was, and its last write succeeded.
+func (b *Backend) Health() (bool, string) {
 	if b.problem != "" {
 		return false, b.problem
 	}
@@ -130,22 +121,18 @@ func (b *localBackend) healthy() (bool, string) {
 	return true, ""
 }
 
-func (b *localBackend) setHealth() {
-	ok, _ := b.healthy()
-	v := 0.0
-	if ok {
-		v = 1
-	}
-	storeHealthy.WithLabelValues("local").Set(v)
+func (b *Backend) setHealth() {
+	ok, _ := b.Health()
+	b.hooks.SetHealthy(ok)
 }
 
 // wrote is told how each transaction went.
-func (b *localBackend) wrote(err error) {
+func (b *Backend) wrote(err error) {
 	b.setHealth()
 	if err == nil {
 		return
 	}
-	storeErrorsTotal.WithLabelValues("write").Inc()
+	b.hooks.Fail("write")
 	b.errMu.Lock()
 	due := b.now().Sub(b.lastErrLog) >= localErrLogEvery
 	if due {
@@ -158,87 +145,89 @@ func (b *localBackend) wrote(err error) {
 	}
 }
 
-func sqliteOptions(o journalOptions) sqlitestore.Options {
-	o = o.withDefaults()
+func sqliteOptions(o journal.Options) sqlitestore.Options {
+	o = o.WithDefaults()
 	return sqlitestore.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
-// setOptions changes the journal's bounds in place; the next write applies
-// them.
-func (b *localBackend) setOptions(opts journalOptions) {
+// Configure implements store.Backend; the next write applies the
+// journal's bounds.
+func (b *Backend) Configure(maxKeys int, opts journal.Options) {
+	b.mem.SetMaxKeys(cmp.Or(maxKeys, memoryKeys))
 	if b.file != nil {
 		b.file.SetOptions(sqliteOptions(opts))
 		return
 	}
-	b.memJ.setOptions(opts)
+	b.memJ.SetOptions(opts)
 }
 
-// options returns the journal's bounds in force.
-func (b *localBackend) options() journalOptions {
+// Path is the database file.
+func (b *Backend) Path() string { return b.path }
+
+// Options returns the journal's bounds in force.
+func (b *Backend) Options() journal.Options {
 	if b.file == nil {
-		b.memJ.mu.Lock()
-		defer b.memJ.mu.Unlock()
-		return b.memJ.opts
+		return b.memJ.Options()
 	}
 	o := b.file.Options()
-	return journalOptions{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
+	return journal.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
 }
 
-// Claim implements Store: the claims in memory, then the delivered marks,
-// which the file has too, so that a restart still answers Delivered.
-func (b *localBackend) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
+// Claim implements store.Store: the claims in memory, then the delivered marks,
+// which the file has too, so that a restart still answers store.Delivered.
+func (b *Backend) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
 	st, tok, err := b.mem.Claim(ctx, key, lease)
-	if err != nil || st != Claimed || b.file == nil {
+	if err != nil || st != store.Claimed || b.file == nil {
 		return st, tok, err
 	}
-	exp, err := b.file.Delivered(ctx, sqlitestore.Key(hashKey(key)))
+	exp, err := b.file.Delivered(ctx, sqlitestore.Key(store.HashKey(key)))
 	if err != nil {
 		// The app's idempotency covers a rare second delivery; a failing
 		// file must not stop the callbacks.
-		storeErrorsTotal.WithLabelValues("read").Inc()
-		return Claimed, tok, nil
+		b.hooks.Fail("read")
+		return store.Claimed, tok, nil
 	}
 	if left := time.Duration(exp - b.now().UnixNano()); left > 0 {
 		// Keep it in memory so that the next duplicate stops there.
 		_ = b.mem.Commit(ctx, key, tok, left)
-		return Delivered, "", nil
+		return store.Delivered, "", nil
 	}
-	return Claimed, tok, nil
+	return store.Claimed, tok, nil
 }
 
-// Commit implements Store. The mark is on disk within a flush.
-func (b *localBackend) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
+// Commit implements store.Store. The mark is on disk within a flush.
+func (b *Backend) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
 	if err := b.mem.Commit(ctx, key, token, ttl); err != nil {
 		return err
 	}
 	if b.file == nil {
 		return nil
 	}
-	return b.file.Mark(ctx, sqlitestore.Key(hashKey(key)), b.now().Add(ttl).UnixNano())
+	return b.file.Mark(ctx, sqlitestore.Key(store.HashKey(key)), b.now().Add(ttl).UnixNano())
 }
 
-// Release implements Store; claims are never on disk.
-func (b *localBackend) Release(ctx context.Context, key, token string) error {
+// Release implements store.Store; claims are never on disk.
+func (b *Backend) Release(ctx context.Context, key, token string) error {
 	return b.mem.Release(ctx, key, token)
 }
 
-// flushWait writes what is queued now.
-func (b *localBackend) flushWait(ctx context.Context) error {
+// Flush writes what is queued now.
+func (b *Backend) Flush(ctx context.Context) error {
 	if b.file == nil {
 		return nil
 	}
 	return b.file.Flush(ctx)
 }
 
-// Destruct implements caddy.Destructor: it writes what is queued and
-// closes the file.
-func (b *localBackend) Destruct() error {
+// Close implements store.Backend: it writes what is queued and closes the
+// file.
+func (b *Backend) Close() error {
 	var err error
 	if b.file != nil {
 		err = b.file.Close()
 	}
-	b.prune.flush(b.now())
-	_ = b.mem.Destruct()
+	b.prune.Flush(b.now())
+	_ = b.mem.Close()
 	return err
 }
 
@@ -248,11 +237,11 @@ type sqliteJournal struct {
 	now  func() time.Time
 }
 
-// Record implements journal. The entry is on disk within a flush.
-func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
-	e.prepare(j.now())
+// Record implements journal.Journal. The entry is on disk within a flush.
+func (j *sqliteJournal) Record(ctx context.Context, e journal.Event) error {
+	e.Prepare(j.now())
 	if len(e.ID) != 24 {
-		e.ID = newEventID(e.Time) // IDs sort by time: the file keeps them in that order
+		e.ID = journal.NewEventID(e.Time) // IDs sort by time: the file keeps them in that order
 	}
 	data, err := json.Marshal(&e)
 	if err != nil {
@@ -260,7 +249,7 @@ func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
 	}
 	return j.file.Record(ctx, sqlitestore.Entry{
 		ID: e.ID, Time: e.Time, Kind: e.Kind, ProjectID: e.ProjectID, PaymentID: e.PaymentID,
-		EventKey: e.EventKey, Result: e.Result, Unverified: e.isUnverified(), Duplicate: e.foldsIntoFirst(),
+		EventKey: e.EventKey, Result: e.Result, Unverified: e.IsUnverified(), Duplicate: e.FoldsIntoFirst(),
 		Data: data, Body: e.Body, Value: &e,
 	})
 }
@@ -268,13 +257,13 @@ func (j *sqliteJournal) Record(ctx context.Context, e journalEvent) error {
 // foldPayment applies an entry to its payment's view: the same apply as
 // every backend's.
 func foldPayment(prev []byte, en *sqlitestore.Entry) (sqlitestore.Payment, error) {
-	var v paymentView
+	var v journal.PaymentView
 	if prev != nil {
 		if err := json.Unmarshal(prev, &v); err != nil {
 			return sqlitestore.Payment{}, err
 		}
 	}
-	v.apply(en.Value.(*journalEvent))
+	v.Apply(en.Value.(*journal.Event))
 	data, err := json.Marshal(&v)
 	if err != nil {
 		return sqlitestore.Payment{}, err
@@ -285,11 +274,11 @@ func foldPayment(prev []byte, en *sqlitestore.Entry) (sqlitestore.Payment, error
 
 // countDuplicate counts a duplicate on the first entry of its key.
 func countDuplicate(first []byte, dup *sqlitestore.Entry) ([]byte, error) {
-	var e journalEvent
+	var e journal.Event
 	if err := json.Unmarshal(first, &e); err != nil {
 		return nil, err
 	}
-	e.countDuplicate(dup.Value.(*journalEvent))
+	e.CountDuplicate(dup.Value.(*journal.Event))
 	return json.Marshal(&e)
 }
 
@@ -312,65 +301,62 @@ func decodeAll[T any](raw [][]byte) ([]T, error) {
 	return out, nil
 }
 
-// Events implements journal.
-func (j *sqliteJournal) Events(ctx context.Context, f eventFilter) ([]journalEvent, error) {
+// Events implements journal.Journal.
+func (j *sqliteJournal) Events(ctx context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	raw, err := j.file.Events(ctx, sqlitestore.EventQuery{ProjectID: f.ProjectID, PaymentID: f.PaymentID,
 		Result: f.Result, Kind: f.Kind, EventKey: f.EventKey, Since: j.ageCut(f.Since), Until: f.Until,
-		Before: f.Before, Limit: limitOr(f.Limit)})
+		Before: f.Before, Limit: journal.LimitOr(f.Limit)})
 	if err != nil {
 		return nil, err
 	}
-	return decodeAll[journalEvent](raw)
+	return decodeAll[journal.Event](raw)
 }
 
-// Payments implements journal.
-func (j *sqliteJournal) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
+// Payments implements journal.Journal.
+func (j *sqliteJournal) Payments(ctx context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	raw, err := j.file.Payments(ctx, sqlitestore.PaymentQuery{ProjectID: f.ProjectID, PaymentID: f.PaymentID,
 		Status: f.Status, Method: f.Method, Since: j.ageCut(f.Since), Until: f.Until, Open: f.Open,
-		Limit: limitOr(f.Limit)})
+		Limit: journal.LimitOr(f.Limit)})
 	if err != nil {
 		return nil, err
 	}
-	return decodeAll[paymentView](raw)
+	return decodeAll[journal.PaymentView](raw)
 }
 
-// Timeline implements journal.
-func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (timeline, error) {
+// Timeline implements journal.Journal.
+func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	view, raw, err := j.file.Timeline(ctx, projectID, paymentID, j.ageCut(time.Time{}))
 	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return timeline{}, errNotFound
+		return journal.Timeline{}, journal.ErrNotFound
 	}
 	if err != nil {
-		return timeline{}, err
+		return journal.Timeline{}, err
 	}
-	var tl timeline
+	var tl journal.Timeline
 	if err := json.Unmarshal(view, &tl.Payment); err != nil {
-		return timeline{}, err
+		return journal.Timeline{}, err
 	}
-	tl.Events, err = decodeAll[journalEvent](raw)
+	tl.Events, err = decodeAll[journal.Event](raw)
 	return tl, err
 }
 
-// OpenPayments implements journal.
-func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]paymentView, error) {
-	raw, err := j.file.OpenPayments(ctx, startedBefore, j.ageCut(time.Time{}), limitOr(limit))
+// OpenPayments implements journal.Journal.
+func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
+	raw, err := j.file.OpenPayments(ctx, startedBefore, j.ageCut(time.Time{}), journal.LimitOr(limit))
 	if err != nil {
 		return nil, err
 	}
-	return decodeAll[paymentView](raw)
+	return decodeAll[journal.PaymentView](raw)
 }
 
-// Body implements journal.
+// Body implements journal.Journal.
 func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	body, err := j.file.Body(ctx, eventKey)
 	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return nil, errNotFound
+		return nil, journal.ErrNotFound
 	}
 	return body, err
 }
 
 // Interface guards
-var (
-	_ backend          = (*localBackend)(nil)
-	_ caddy.Destructor = (*localBackend)(nil)
-)
+var _ store.Backend = (*Backend)(nil)

@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"context"
@@ -10,19 +10,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/redis/go-redis/v9"
 )
 
-// Events implements journal.
-func (b *redisBackend) Events(ctx context.Context, f eventFilter) ([]journalEvent, error) {
+// Events implements journal.Journal.
+func (b *Backend) Events(ctx context.Context, f journal.EventFilter) ([]journal.Event, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
-	limit := limitOr(f.Limit)
+	limit := journal.LimitOr(f.Limit)
 	hi := "+"
-	if s := f.startID(); s != "" {
+	if s := f.StartID(); s != "" {
 		hi = "(" + s
 	}
-	lo := max(f.stopID(), b.cutID())
+	lo := max(f.StopID(), b.cutID())
 	var ix string
 	switch {
 	case f.ProjectID != "" && f.PaymentID != "":
@@ -46,17 +47,17 @@ func (b *redisBackend) Events(ctx context.Context, f eventFilter) ([]journalEven
 	if err != nil {
 		return nil, err
 	}
-	return mergeNewest(genuine, strangers, limit), nil
+	return journal.MergeNewest(genuine, strangers, limit), nil
 }
 
 // cutID is the least ID within MaxAge.
-func (b *redisBackend) cutID() string { return idBound(time.Now().Add(-b.opts.Load().MaxAge)) }
+func (b *Backend) cutID() string { return journal.IDBound(time.Now().Add(-b.opts.Load().MaxAge)) }
 
 // scan pages through a sorted set of IDs (or "<id> <JSON>"), newest
 // first, and returns up to limit entries that match f.
-func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, f *eventFilter,
-	load func(context.Context, []string) ([]journalEvent, error)) ([]journalEvent, error) {
-	var out []journalEvent
+func (b *Backend) scan(ctx context.Context, key, hi, lo string, limit int, f *journal.EventFilter,
+	load func(context.Context, []string) ([]journal.Event, error)) ([]journal.Event, error) {
+	var out []journal.Event
 	for len(out) < limit {
 		members, err := b.client.ZRevRangeByLex(ctx, key, &redis.ZRangeBy{Max: hi, Min: lo, Count: redisScanPage}).Result()
 		if err != nil {
@@ -67,7 +68,7 @@ func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, 
 			return nil, err
 		}
 		for i := range evs {
-			if len(out) < limit && f.match(&evs[i]) {
+			if len(out) < limit && f.Match(&evs[i]) {
 				out = append(out, evs[i])
 			}
 		}
@@ -80,7 +81,7 @@ func (b *redisBackend) scan(ctx context.Context, key, hi, lo string, limit int, 
 }
 
 // entries loads entries by ID in order, skipping those gone.
-func (b *redisBackend) entries(ctx context.Context, ids []string) ([]journalEvent, error) {
+func (b *Backend) entries(ctx context.Context, ids []string) ([]journal.Event, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
@@ -92,9 +93,9 @@ func (b *redisBackend) entries(ctx context.Context, ids []string) ([]journalEven
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("ecommpay: redis journal: %w", err)
 	}
-	out := make([]journalEvent, 0, len(ids))
+	out := make([]journal.Event, 0, len(ids))
 	for _, c := range cmds {
-		var e journalEvent
+		var e journal.Event
 		if raw, err := c.Bytes(); err == nil && json.Unmarshal(raw, &e) == nil {
 			out = append(out, e)
 		}
@@ -103,10 +104,10 @@ func (b *redisBackend) entries(ctx context.Context, ids []string) ([]journalEven
 }
 
 // inlineEntries decodes members of uv.
-func inlineEntries(_ context.Context, members []string) ([]journalEvent, error) {
-	out := make([]journalEvent, 0, len(members))
+func inlineEntries(_ context.Context, members []string) ([]journal.Event, error) {
+	out := make([]journal.Event, 0, len(members))
 	for _, m := range members {
-		var e journalEvent
+		var e journal.Event
 		if _, js, ok := strings.Cut(m, " "); ok && json.Unmarshal([]byte(js), &e) == nil {
 			out = append(out, e)
 		}
@@ -114,8 +115,8 @@ func inlineEntries(_ context.Context, members []string) ([]journalEvent, error) 
 	return out, nil
 }
 
-// Timeline implements journal.
-func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string) (timeline, error) {
+// Timeline implements journal.Journal.
+func (b *Backend) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	vk, ek := b.payKeys(payMember(projectID, paymentID))
@@ -123,27 +124,27 @@ func (b *redisBackend) Timeline(ctx context.Context, projectID, paymentID string
 	vc := pipe.HGetAll(ctx, vk)
 	ic := pipe.ZRangeByLex(ctx, ek, &redis.ZRangeBy{Min: "[" + b.cutID(), Max: "+"})
 	if _, err := pipe.Exec(ctx); err != nil {
-		return timeline{}, fmt.Errorf("ecommpay: redis journal: %w", err)
+		return journal.Timeline{}, fmt.Errorf("ecommpay: redis journal: %w", err)
 	}
 	v, ok := b.parseView(vc.Val())
 	if !ok || len(ic.Val()) == 0 {
-		return timeline{}, errNotFound
+		return journal.Timeline{}, journal.ErrNotFound
 	}
 	evs, err := b.entries(ctx, ic.Val())
 	if err != nil {
-		return timeline{}, err
+		return journal.Timeline{}, err
 	}
-	return timeline{Payment: v, Events: evs}, nil
+	return journal.Timeline{Payment: v, Events: evs}, nil
 }
 
 // parseView reads a view hash; a missing or aged-out view is not ok.
-func (b *redisBackend) parseView(h map[string]string) (paymentView, bool) {
+func (b *Backend) parseView(h map[string]string) (journal.PaymentView, bool) {
 	o := b.opts.Load()
 	if h["started"] == "" {
-		return paymentView{}, false
+		return journal.PaymentView{}, false
 	}
 	n := func(k string) int { i, _ := strconv.Atoi(h[k]); return i }
-	v := paymentView{
+	v := journal.PaymentView{
 		ProjectID: h["project"], PaymentID: h["payment"],
 		Started: hexTime(h["started"]), Updated: hexTime(h["updated"]),
 		Mode: h["mode"], Amount: h["amount"], Currency: h["currency"], Method: h["method"],
@@ -158,7 +159,7 @@ func (b *redisBackend) parseView(h map[string]string) (paymentView, bool) {
 
 // views loads payment views by member, in order, skipping those gone; it
 // also returns the members whose views are gone.
-func (b *redisBackend) views(ctx context.Context, members []string) ([]paymentView, []string, error) {
+func (b *Backend) views(ctx context.Context, members []string) ([]journal.PaymentView, []string, error) {
 	pipe := b.client.Pipeline()
 	cmds := make([]*redis.MapStringStringCmd, len(members))
 	for i, m := range members {
@@ -170,7 +171,7 @@ func (b *redisBackend) views(ctx context.Context, members []string) ([]paymentVi
 			return nil, nil, fmt.Errorf("ecommpay: redis journal: %w", err)
 		}
 	}
-	var out []paymentView
+	var out []journal.PaymentView
 	var gone []string
 	for i, c := range cmds {
 		if v, ok := b.parseView(c.Val()); ok {
@@ -182,15 +183,15 @@ func (b *redisBackend) views(ctx context.Context, members []string) ([]paymentVi
 	return out, gone, nil
 }
 
-// Payments implements journal.
-func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]paymentView, error) {
+// Payments implements journal.Journal.
+func (b *Backend) Payments(ctx context.Context, f journal.PaymentFilter) ([]journal.PaymentView, error) {
 	o := b.opts.Load()
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
-	limit := limitOr(f.Limit)
+	limit := journal.LimitOr(f.Limit)
 	if f.ProjectID != "" && f.PaymentID != "" {
 		vs, _, err := b.views(ctx, []string{payMember(f.ProjectID, f.PaymentID)})
-		if err != nil || len(vs) == 0 || !f.match(&vs[0]) {
+		if err != nil || len(vs) == 0 || !f.Match(&vs[0]) {
 			return nil, err
 		}
 		return vs, nil
@@ -208,7 +209,7 @@ func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]payment
 	if !f.Until.IsZero() {
 		hi = strconv.FormatInt(f.Until.UnixMicro()+1, 10)
 	}
-	var out []paymentView
+	var out []journal.PaymentView
 	for off := int64(0); len(out) < limit; off += redisScanPage {
 		members, err := b.client.ZRevRangeByScore(ctx, key, &redis.ZRangeBy{
 			Max: hi, Min: strconv.FormatInt(lo, 10), Offset: off, Count: redisScanPage}).Result()
@@ -220,7 +221,7 @@ func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]payment
 			return nil, err
 		}
 		for i := range vs {
-			if f.match(&vs[i]) {
+			if f.Match(&vs[i]) {
 				out = append(out, vs[i])
 			}
 		}
@@ -228,17 +229,17 @@ func (b *redisBackend) Payments(ctx context.Context, f paymentFilter) ([]payment
 			break
 		}
 	}
-	slices.SortFunc(out, newestUpdatedFirst)
+	slices.SortFunc(out, journal.NewestUpdatedFirst)
 	return out[:min(len(out), limit)], nil
 }
 
-// OpenPayments implements journal.
-func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]paymentView, error) {
+// OpenPayments implements journal.Journal.
+func (b *Backend) OpenPayments(ctx context.Context, startedBefore time.Time, limit int) ([]journal.PaymentView, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
-	limit = limitOr(limit)
+	limit = journal.LimitOr(limit)
 	hi := strconv.FormatInt(startedBefore.UnixMicro()+1, 10)
-	var out []paymentView
+	var out []journal.PaymentView
 	var gone []string
 	for off := int64(0); len(out) < limit; off += redisScanPage {
 		members, err := b.client.ZRangeByScore(ctx, b.key("open"), &redis.ZRangeBy{
@@ -252,7 +253,7 @@ func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time
 		}
 		gone = append(gone, g...)
 		for i := range vs {
-			if vs[i].isOpenSince(startedBefore) {
+			if vs[i].IsOpenSince(startedBefore) {
 				out = append(out, vs[i])
 			}
 		}
@@ -264,12 +265,12 @@ func (b *redisBackend) OpenPayments(ctx context.Context, startedBefore time.Time
 		// Aged out; their keys expire by themselves.
 		b.client.ZRem(ctx, b.key("open"), toAny(gone)...)
 	}
-	slices.SortFunc(out, oldestSignedFirst)
+	slices.SortFunc(out, journal.OldestSignedFirst)
 	return out[:min(len(out), limit)], nil
 }
 
-// Body implements journal.
-func (b *redisBackend) Body(ctx context.Context, eventKey string) ([]byte, error) {
+// Body implements journal.Journal.
+func (b *Backend) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
 	vals, err := b.client.HMGet(ctx, b.key("b:", eventKey), "d", "last").Result()
@@ -279,7 +280,7 @@ func (b *redisBackend) Body(ctx context.Context, eventKey string) ([]byte, error
 	d, _ := vals[0].(string)
 	last, _ := vals[1].(string)
 	if vals[0] == nil || last < b.cutID() {
-		return nil, errNotFound
+		return nil, journal.ErrNotFound
 	}
 	return []byte(d), nil
 }

@@ -1,4 +1,4 @@
-package ecommpay
+package redisstore
 
 import (
 	"context"
@@ -12,13 +12,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 )
 
-// DefaultRedisJournalPrefix is prepended to every journal key in Redis.
-const DefaultRedisJournalPrefix = "ecommpay:journal:"
+// defaultJournalPrefix is prepended to every journal key in Redis.
+const defaultJournalPrefix = "ecommpay:journal:"
 
 // The Redis journal. Keys, after the prefix:
 //
@@ -86,7 +86,7 @@ end
 `
 
 var (
-	// redisPaymentApply is paymentView.apply on the view hash, with the
+	// redisPaymentApply is journal.PaymentView.Apply on the view hash, with the
 	// entry's ID added to the payment's set. Times are 16 hex digits of
 	// Unix nanoseconds, which compare as strings. It returns the view's
 	// signed time ("" if never), final flag and number of entries.
@@ -165,48 +165,57 @@ return 0`)
 	redisKeyEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D", ":", "%3A")
 )
 
-// redisBackend is the Redis de-dup store and journal, shared by a cluster
-// of Caddy instances.
-type redisBackend struct {
-	*redisStore
+// Backend is the Redis de-dup store and journal, shared by a cluster of
+// Caddy instances.
+type Backend struct {
+	*Dedup
 	jp    string // journal key prefix
-	opts  atomic.Pointer[journalOptions]
-	prune pruneLog
+	opts  atomic.Pointer[journal.Options]
+	prune *journal.PruneLog
 
 	pruneNow chan struct{}
 	stop     chan struct{}
 	done     sync.WaitGroup
 }
 
-// newRedisBackend returns the Redis backend for rawURL (see
-// parseRedisURL) with the default key prefixes. Like newRedisStore, it
-// does not connect; it starts the pruning goroutine that Destruct stops.
-func newRedisBackend(redisURL string, jo journalOptions) (backend, error) {
-	return newRedisBackendPrefix(redisURL, DefaultRedisPrefix, DefaultRedisJournalPrefix, jo, nil)
-}
-
-func newRedisBackendPrefix(redisURL, storePrefix, journalPrefix string, jo journalOptions, logger *zap.Logger) (*redisBackend, error) {
-	s, err := newRedisStore(redisURL, storePrefix)
+// New returns the Redis backend for redisURL (see parseRedisURL) whose
+// de-dup keys start with storePrefix and journal keys with journalPrefix
+// (defaultDedupPrefix and defaultJournalPrefix if empty). Like NewDedup,
+// it does not connect; it starts the pruning goroutine that Close stops.
+func New(redisURL, storePrefix, journalPrefix string, jo journal.Options, hooks store.Hooks) (*Backend, error) {
+	s, err := NewDedup(redisURL, storePrefix)
 	if err != nil {
 		return nil, err
 	}
-	b := &redisBackend{
-		redisStore: s,
-		jp:         journalPrefix,
-		pruneNow:   make(chan struct{}, 1),
-		stop:       make(chan struct{}),
+	if journalPrefix == "" {
+		journalPrefix = defaultJournalPrefix
 	}
-	b.prune.logger = logger
+	b := &Backend{
+		Dedup:    s,
+		jp:       journalPrefix,
+		pruneNow: make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+	}
+	b.prune = hooks.PruneLog()
 	b.setOptions(jo)
 	b.done.Add(1)
 	go b.pruneLoop()
 	return b, nil
 }
 
-// setOptions changes the bounds in place (a config reload); the next
-// prune applies them.
-func (b *redisBackend) setOptions(jo journalOptions) {
-	jo = jo.withDefaults()
+// Configure implements store.Backend: Redis keeps no de-dup keys in
+// memory; the next prune applies the journal's bounds.
+func (b *Backend) Configure(_ int, jo journal.Options) { b.setOptions(jo) }
+
+// Options returns the journal's bounds in force.
+func (b *Backend) Options() journal.Options { return *b.opts.Load() }
+
+// Health implements store.Backend: a Redis that is down fails each call
+// instead.
+func (b *Backend) Health() (bool, string) { return true, "" }
+
+func (b *Backend) setOptions(jo journal.Options) {
+	jo = jo.WithDefaults()
 	b.opts.Store(&jo)
 	select {
 	case b.pruneNow <- struct{}{}:
@@ -214,15 +223,15 @@ func (b *redisBackend) setOptions(jo journalOptions) {
 	}
 }
 
-// Destruct implements caddy.Destructor.
-func (b *redisBackend) Destruct() error {
+// Close implements store.Backend.
+func (b *Backend) Close() error {
 	close(b.stop)
 	b.done.Wait()
-	b.prune.flush(time.Now())
-	return b.redisStore.Destruct()
+	b.prune.Flush(time.Now())
+	return b.Dedup.Close()
 }
 
-func (b *redisBackend) key(parts ...string) string { return b.jp + strings.Join(parts, "") }
+func (b *Backend) key(parts ...string) string { return b.jp + strings.Join(parts, "") }
 
 // payMember names a payment in the payment sets.
 func payMember(projectID, paymentID string) string {
@@ -230,7 +239,7 @@ func payMember(projectID, paymentID string) string {
 }
 
 // payKeys are a payment's view and entry set, in one slot.
-func (b *redisBackend) payKeys(member string) (view, events string) {
+func (b *Backend) payKeys(member string) (view, events string) {
 	return b.key("{", member, "}:v"), b.key("{", member, "}:ev")
 }
 
@@ -244,23 +253,23 @@ func hexTime(s string) time.Time {
 
 func micros(t time.Time) float64 { return float64(t.UnixMicro()) }
 
-func (b *redisBackend) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+func (b *Backend) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, b.timeout)
 }
 
-// Record implements journal. It writes at once; an entry already older
+// Record implements journal.Journal. It writes at once; an entry already older
 // than MaxAge is pruned as it comes.
-func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
+func (b *Backend) Record(ctx context.Context, e journal.Event) error {
 	o := b.opts.Load()
 	now := time.Now()
-	e.prepare(now)
+	e.Prepare(now)
 	if e.Time.Before(now.Add(-o.MaxAge)) {
-		b.prune.add(pruneAge, 1, now)
+		b.prune.Add(journal.PruneAge, 1, now)
 		return nil
 	}
 	ctx, cancel := b.ctx(ctx)
 	defer cancel()
-	if e.foldsIntoFirst() {
+	if e.FoldsIntoFirst() {
 		if counted, err := b.countDuplicate(ctx, &e); counted || err != nil {
 			return err
 		}
@@ -272,14 +281,14 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 		return err
 	}
 
-	if e.isUnverified() {
+	if e.IsUnverified() {
 		pipe := b.client.Pipeline()
 		pipe.ZAdd(ctx, b.key("uv"), redis.Z{Member: e.ID + " " + string(js)})
 		trimmed := pipe.ZRemRangeByRank(ctx, b.key("uv"), 0, int64(-o.MaxUnverified-1))
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("ecommpay: redis journal: %w", err)
 		}
-		b.prune.add(pruneUnverified, int(trimmed.Val()), now)
+		b.prune.Add(journal.PruneUnverified, int(trimmed.Val()), now)
 		return nil
 	}
 
@@ -288,11 +297,11 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 	pipe := b.client.Pipeline()
 	var apply *scriptCall
 	member := payMember(e.ProjectID, e.PaymentID)
-	if e.joinsPayment() {
+	if e.JoinsPayment() {
 		v, ev := b.payKeys(member)
-		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, idBound(e.Time), e.Kind,
+		apply = evalSha(ctx, pipe, redisPaymentApply, []string{v, ev}, e.ID, journal.IDBound(e.Time), e.Kind,
 			e.ProjectID, e.PaymentID, e.Result, e.Amount, e.Currency, e.Method, e.PaymentStatus,
-			boolDigit(isFinalStatus(e.PaymentStatus)), expire.UnixMilli())
+			boolDigit(journal.IsFinalStatus(e.PaymentStatus)), expire.UnixMilli())
 		calls = append(calls, apply)
 		score := micros(e.Time)
 		pipe.ZAddGT(ctx, b.key("pay"), redis.Z{Score: score, Member: member})
@@ -357,7 +366,7 @@ func (b *redisBackend) Record(ctx context.Context, e journalEvent) error {
 // countDuplicate counts e on the first entry of its event key, if the
 // journal still has it and it is a callback. Two duplicates counted at the
 // same moment on two nodes may count once.
-func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (bool, error) {
+func (b *Backend) countDuplicate(ctx context.Context, e *journal.Event) (bool, error) {
 	// All scores are 0: the first by rank is the least ID, the oldest.
 	ids, err := b.client.ZRange(ctx, b.key("ev:x:", e.EventKey), 0, 0).Result()
 	if err != nil || len(ids) == 0 {
@@ -371,14 +380,14 @@ func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (boo
 	if err != nil {
 		return false, err
 	}
-	var first journalEvent
+	var first journal.Event
 	if err := json.Unmarshal(raw, &first); err != nil {
 		return false, err
 	}
-	if first.Kind != kindCallback {
+	if first.Kind != journal.KindCallback {
 		return false, nil
 	}
-	first.countDuplicate(e)
+	first.CountDuplicate(e)
 	js, err := json.Marshal(&first)
 	if err != nil {
 		return false, err
@@ -395,7 +404,7 @@ func (b *redisBackend) countDuplicate(ctx context.Context, e *journalEvent) (boo
 var redisExtendOnly = redis.NewScript(redisExtend + `extend(KEYS[1], tonumber(ARGV[1])) return 0`)
 
 // indexes are the ev:p:, ev:r: and ev:k: sets that list e.
-func (b *redisBackend) indexes(e *journalEvent) []string {
+func (b *Backend) indexes(e *journal.Event) []string {
 	var out []string
 	for _, ix := range [...]struct{ name, v string }{{"ev:p:", e.ProjectID}, {"ev:r:", e.Result}, {"ev:k:", e.Kind}} {
 		if ix.v != "" {
@@ -470,7 +479,4 @@ func toAny(s []string) []any {
 }
 
 // Interface guards
-var (
-	_ backend          = (*redisBackend)(nil)
-	_ caddy.Destructor = (*redisBackend)(nil)
-)
+var _ store.Backend = (*Backend)(nil)

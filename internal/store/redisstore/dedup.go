@@ -1,4 +1,8 @@
-package ecommpay
+// Package redisstore is the Redis backend: de-dup state and journal shared
+// by every Caddy instance that uses the same Redis (one server, Sentinel or
+// Cluster). The payment view is kept by a Lua script that does what
+// journal.PaymentView.Apply does; a test holds the two to each other.
+package redisstore
 
 import (
 	"context"
@@ -13,13 +17,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// DefaultRedisPrefix is prepended to every de-duplication key in Redis.
-const DefaultRedisPrefix = "ecommpay:dedupe:"
+// defaultDedupPrefix is prepended to every de-duplication key in Redis.
+const defaultDedupPrefix = "ecommpay:dedupe:"
 
 // redisTimeout is the dial, read and write timeout unless the URL sets one:
 // a callback waiting on a sick Redis should soon get a 503 and be retried.
@@ -48,26 +52,27 @@ end
 return 0`)
 )
 
-// redisStore is a Store shared by every Caddy instance using the same Redis.
-type redisStore struct {
+// Dedup is a store.Store shared by every Caddy instance using the same
+// Redis.
+type Dedup struct {
 	client  redis.UniversalClient
 	prefix  string
 	timeout time.Duration // upper bound for one Store call
 }
 
-// newRedisStore parses rawURL (see parseRedisURL) and returns a store whose
-// keys start with prefix (DefaultRedisPrefix if empty). It does not
+// NewDedup parses rawURL (see parseRedisURL) and returns a store whose
+// keys start with prefix (defaultDedupPrefix if empty). It does not
 // connect: connections are made on first use, so provisioning works
 // without the network.
-func newRedisStore(rawURL, prefix string) (*redisStore, error) {
+func NewDedup(rawURL, prefix string) (*Dedup, error) {
 	client, timeout, err := newRedisClient(rawURL)
 	if err != nil {
 		return nil, err
 	}
 	if prefix == "" {
-		prefix = DefaultRedisPrefix
+		prefix = defaultDedupPrefix
 	}
-	return &redisStore{client: client, prefix: prefix, timeout: timeout}, nil
+	return &Dedup{client: client, prefix: prefix, timeout: timeout}, nil
 }
 
 // newRedisClient parses rawURL and builds a universal client (one server,
@@ -337,9 +342,9 @@ var redisSecretParam = regexp.MustCompile(`([?&]sentinel_password=)[^&#]*`)
 // in flight from delivered. A GET that finds this claim's own token means
 // the SET was applied but its reply was lost (go-redis retried it, or it
 // failed after Redis ran it): the claim is ours.
-func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration) (ClaimState, string, error) {
+func (s *Dedup) Claim(ctx context.Context, key string, lease time.Duration) (store.ClaimState, string, error) {
 	if lease <= 0 {
-		return InFlight, "", errBadDuration
+		return store.InFlight, "", store.ErrBadDuration
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -351,45 +356,45 @@ func (s *redisStore) Claim(ctx context.Context, key string, lease time.Duration)
 	for range 3 {
 		ok, setErr := s.client.SetNX(ctx, k, mine, roundMs(lease)).Result()
 		if ok {
-			return Claimed, token, nil
+			return store.Claimed, token, nil
 		}
 		v, err := s.client.Get(ctx, k).Result()
 		switch {
 		case setErr != nil && (err != nil || v != mine):
 			// Nothing shows that the SET was applied.
-			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", setErr)
+			return store.InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", setErr)
 		case errors.Is(err, redis.Nil):
 			continue
 		case err != nil:
-			return InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", err)
+			return store.InFlight, "", fmt.Errorf("ecommpay: redis claim: %w", err)
 		case v == mine:
-			return Claimed, token, nil
+			return store.Claimed, token, nil
 		case v == redisDelivered:
-			return Delivered, "", nil
+			return store.Delivered, "", nil
 		default:
-			return InFlight, "", nil
+			return store.InFlight, "", nil
 		}
 	}
 	// Still churning: report it busy, the provider will retry.
-	return InFlight, "", nil
+	return store.InFlight, "", nil
 }
 
 // Commit implements Store.
-func (s *redisStore) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
+func (s *Dedup) Commit(ctx context.Context, key, token string, ttl time.Duration) error {
 	if ttl <= 0 {
-		return errBadDuration
+		return store.ErrBadDuration
 	}
 	return s.ownerScript(ctx, redisCommit, "commit", key, token, roundMs(ttl).Milliseconds())
 }
 
 // Release implements Store.
-func (s *redisStore) Release(ctx context.Context, key, token string) error {
+func (s *Dedup) Release(ctx context.Context, key, token string) error {
 	return s.ownerScript(ctx, redisRelease, "release", key, token)
 }
 
-func (s *redisStore) ownerScript(ctx context.Context, script *redis.Script, op, key, token string, args ...any) error {
+func (s *Dedup) ownerScript(ctx context.Context, script *redis.Script, op, key, token string, args ...any) error {
 	if token == "" {
-		return ErrNotOwner
+		return store.ErrNotOwner
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -398,7 +403,7 @@ func (s *redisStore) ownerScript(ctx context.Context, script *redis.Script, op, 
 		return fmt.Errorf("ecommpay: redis %s: %w", op, err)
 	}
 	if n == 0 {
-		return ErrNotOwner
+		return store.ErrNotOwner
 	}
 	return nil
 }
@@ -409,11 +414,12 @@ func roundMs(d time.Duration) time.Duration {
 	return (d + time.Millisecond - 1).Truncate(time.Millisecond)
 }
 
-// Destruct implements caddy.Destructor by closing the client.
-func (s *redisStore) Destruct() error { return s.client.Close() }
+// Close closes the client.
+func (s *Dedup) Close() error { return s.client.Close() }
+
+// Client is the store's Redis client, for tests that clean up after
+// themselves.
+func (s *Dedup) Client() redis.UniversalClient { return s.client }
 
 // Interface guards
-var (
-	_ Store            = (*redisStore)(nil)
-	_ caddy.Destructor = (*redisStore)(nil)
-)
+var _ store.Store = (*Dedup)(nil)

@@ -1,0 +1,60 @@
+package journal
+
+import (
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// The hook hears of every pruned entry at once; the log line comes at most
+// once a minute, at Warn when a bound forced it.
+func TestPruneLogReportsToHookAndRateLimitsTheLog(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	counted := map[string]int{}
+	p := NewPruneLog(zap.New(core), func(reason string, n int) { counted[reason] += n })
+	now := time.Unix(1_700_000_000, 0)
+	p.Add(PruneAge, 2, now)
+	p.Add(PruneSize, 3, now.Add(time.Second))
+	p.Add(PruneUnverified, 0, now.Add(2*time.Second)) // nothing to report
+	if counted[PruneAge] != 2 || counted[PruneSize] != 3 || len(counted) != 2 {
+		t.Fatalf("hook counted %v", counted)
+	}
+	if logs.Len() != 1 || logs.All()[0].Level != zapcore.InfoLevel {
+		t.Fatalf("after the first prune: %d lines", logs.Len())
+	}
+	p.Add(PruneSize, 1, now.Add(time.Minute))
+	if logs.Len() != 2 {
+		t.Fatalf("a minute later: %d lines, want 2", logs.Len())
+	}
+	if l := logs.All()[1]; l.Level != zapcore.WarnLevel || l.ContextMap()[PruneSize] != int64(4) {
+		t.Fatalf("second line %v %v, want Warn with size 4", l.Level, l.ContextMap())
+	}
+	nothing := NewPruneLog(nil, nil)
+	nothing.Add(PruneAge, 1, now) // neither hook nor logger: no panic
+	nothing.Flush(now)
+}
+
+// Unverified entries lose their body and are cut to a bound without
+// splitting a UTF-8 sequence; genuine ones keep everything.
+func TestPrepareTruncatesOnlyUnverifiedCallbacks(t *testing.T) {
+	long := strings.Repeat("ж", UnverifiedFieldMax)
+	e := Event{Kind: KindCallback, PaymentID: long, Body: []byte("forged")}
+	e.Prepare(time.Now())
+	if e.Body != nil || !utf8.ValidString(e.PaymentID) || len(e.PaymentID) > UnverifiedFieldMax+len("…") ||
+		!strings.HasSuffix(e.PaymentID, "…") {
+		t.Fatalf("unverified entry kept %q and a body of %d bytes", e.PaymentID, len(e.Body))
+	}
+	if e.ID == "" || e.Time.IsZero() || e.Time.Location() != time.UTC {
+		t.Fatalf("Prepare left ID %q, time %v", e.ID, e.Time)
+	}
+	g := Event{Kind: KindCallback, Verified: true, PaymentID: long, Body: []byte("genuine")}
+	g.Prepare(time.Now())
+	if g.PaymentID != long || string(g.Body) != "genuine" {
+		t.Fatal("a verified entry was cut")
+	}
+}

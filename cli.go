@@ -291,7 +291,7 @@ func runVerify(in io.Reader, secret string, out io.Writer) (valid bool, err erro
 	case !canon.NewKey(secret).Verify(canonical, signature):
 		reason = "the signature does not match this body with this secret"
 	case !shaped:
-		reason = notACallback + "; a Payment Page request's signature is not a callback's"
+		reason = canon.NotACallback + "; a Payment Page request's signature is not a callback's"
 	default:
 		_, err = io.WriteString(out, "valid\n")
 		return err == nil, err

@@ -1,4 +1,4 @@
-package ecommpay
+package cli
 
 import (
 	"fmt"
@@ -7,7 +7,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newBackupCommand() *cobra.Command {
+// newBackupCommand is "caddy ecommpay backup"; defaultPath gives the
+// store's file when --db is not set.
+func newBackupCommand(defaultPath func() string) *cobra.Command {
 	var db string
 	cmd := &cobra.Command{
 		Use:   "backup [--db <path>] <file>",
@@ -26,7 +28,7 @@ remove its -wal and -shm files), and start Caddy.
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src := db
 			if src == "" {
-				src = defaultLocalPath()
+				src = defaultPath()
 			}
 			if err := sqlitestore.Backup(cmd.Context(), src, args[0]); err != nil {
 				return fmt.Errorf("backup: %w", err)

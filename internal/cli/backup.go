@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
@@ -27,7 +28,10 @@ remove its -wal and -shm files), and start Caddy.
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src := db
-			if src == "" {
+			switch {
+			case src == "" && defaultPath == nil:
+				return errors.New("backup: --db <path> is required")
+			case src == "":
 				src = defaultPath()
 			}
 			if err := sqlitestore.Backup(cmd.Context(), src, args[0]); err != nil {

@@ -479,6 +479,9 @@ func TestBackupCommand(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "backup: ") || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("backup over an existing file: %v", err)
 	}
+	if _, _, err = runTree(t, Options{}, "", "ecommpay", "backup", filepath.Join(dir, "copy2.db")); err == nil || !strings.Contains(err.Error(), "--db") {
+		t.Fatalf("backup with neither --db nor a default path: %v", err)
+	}
 	missing := filepath.Join(dir, "missing.db")
 	out, _, err = runTree(t, opts, "", "ecommpay", "backup", "--db", missing, filepath.Join(dir, "copy2.db"))
 	if err == nil || out != "" {

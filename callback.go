@@ -266,15 +266,12 @@ func (h *Handler) verifyCallback(d *canon.Doc, ev *journalEvent) (*project, *can
 		// A signed Payment Page URL, which every customer sees, verifies
 		// with the same secret: its shape, not its signature, tells it apart.
 		ev.EventKey = ""
-		return nil, nil, refuse(http.StatusForbidden, "not_a_callback", notACallback)
+		return nil, nil, refuse(http.StatusForbidden, "not_a_callback", canon.NotACallback)
 	}
 	ev.Verified = true
 	noteCallback(d, ev, true)
 	return p, key, nil
 }
-
-// notACallback is what a verified body without a callback's shape is told.
-const notACallback = "not a callback: a callback carries an object besides general with at least two signed values (payment, operation, request, ...)"
 
 // eventKey is the project's id, "-" and the hex of sum, made in one
 // allocation.

@@ -287,10 +287,9 @@ func TestPaymentPageSignatureIsNotACallback(t *testing.T) {
 		t.Errorf("journal: %+v %v", events, err)
 	}
 
-	var out strings.Builder
-	valid, err := runVerify(strings.NewReader(string(forged)), testSecret, &out)
-	if valid || err != nil || !strings.Contains(out.String(), "invalid: not a callback") {
-		t.Errorf("caddy ecommpay verify: %v %v %s", valid, err, out.String())
+	valid, out, err := runVerifyCommand(t, string(forged))
+	if valid || err != nil || !strings.Contains(out, "invalid: not a callback") {
+		t.Errorf("caddy ecommpay verify: %v %v %s", valid, err, out)
 	}
 }
 
@@ -348,8 +347,7 @@ func TestPaymentPageSignatureCannotBeDressedAsACallback(t *testing.T) {
 		if w := serve(cb, post("/cb", raw), next); w.Code != http.StatusForbidden || !strings.Contains(w.Body.String(), "not a callback") {
 			t.Errorf("%s: %d %s", name, w.Code, w.Body)
 		}
-		var out strings.Builder
-		if valid, _ := runVerify(strings.NewReader(string(raw)), testSecret, &out); valid {
+		if valid, _, _ := runVerifyCommand(t, string(raw)); valid {
 			t.Errorf("%s: verify says valid", name)
 		}
 	}
@@ -394,9 +392,8 @@ func TestEveryCallbackFormatIsACallback(t *testing.T) {
 			if w := serve(h, post("/cb", signed), proxyTo(t, app.srv.URL)); w.Code != http.StatusOK || len(app.received()) != 1 {
 				t.Errorf("%d %s, %d deliveries", w.Code, w.Body, len(app.received()))
 			}
-			var out strings.Builder
-			if valid, err := runVerify(strings.NewReader(string(signed)), testSecret, &out); !valid || err != nil {
-				t.Errorf("verify: %v %v %s", valid, err, out.String())
+			if valid, out, err := runVerifyCommand(t, string(signed)); !valid || err != nil {
+				t.Errorf("verify: %v %v %s", valid, err, out)
 			}
 		})
 	}

@@ -133,6 +133,10 @@ func (d *Doc) signedItems(n int32, limit int) int {
 	return count
 }
 
+// NotACallback says why a body whose signature verifies but that is not
+// CallbackShaped is refused, to the sender and in "caddy ecommpay verify".
+const NotACallback = "not a callback: a callback carries an object besides general with at least two signed values (payment, operation, request, ...)"
+
 // CallbackShaped reports whether d has the shape of an ecommpay callback:
 // a top-level member other than "general", named without ':', whose value
 // is an object that puts at least two items into the canonical string.

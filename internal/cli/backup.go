@@ -1,13 +1,16 @@
-package ecommpay
+package cli
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"github.com/spf13/cobra"
 )
 
-func newBackupCommand() *cobra.Command {
+// newBackupCommand is "caddy ecommpay backup"; defaultPath gives the
+// store's file when --db is not set.
+func newBackupCommand(defaultPath func() string) *cobra.Command {
 	var db string
 	cmd := &cobra.Command{
 		Use:   "backup [--db <path>] <file>",
@@ -25,8 +28,11 @@ remove its -wal and -shm files), and start Caddy.
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src := db
-			if src == "" {
-				src = defaultLocalPath()
+			switch {
+			case src == "" && defaultPath == nil:
+				return errors.New("backup: --db <path> is required")
+			case src == "":
+				src = defaultPath()
 			}
 			if err := sqlitestore.Backup(cmd.Context(), src, args[0]); err != nil {
 				return fmt.Errorf("backup: %w", err)

@@ -1,4 +1,4 @@
-package ecommpay
+package cli
 
 import (
 	"bytes"
@@ -22,6 +22,26 @@ const ConsoleEnv = "ECOMMPAY_CONSOLE"
 
 // DefaultConsoleURL is where the example Caddyfile mounts the console.
 const DefaultConsoleURL = "http://127.0.0.1:8081/ecommpay"
+
+// event holds the fields of a journal event, as the console's JSON API
+// gives it (a public interface), that the commands print.
+type event struct {
+	Time            time.Time `json:"time"`
+	Kind            string    `json:"kind"`
+	ProjectID       string    `json:"project_id"`
+	PaymentID       string    `json:"payment_id"`
+	OperationStatus string    `json:"operation_status"`
+	EventKey        string    `json:"event_key"`
+	Result          string    `json:"result"`
+	AppStatus       int       `json:"app_status"`
+	Reason          string    `json:"reason"`
+}
+
+// Kinds of entries whose reason is ecommpay's, not the app's.
+const (
+	kindGate          = "gate"
+	kindStatusRequest = "status_request"
+)
 
 // consoleClient talks to the console's JSON API.
 type consoleClient struct {
@@ -96,7 +116,7 @@ Exit status: 0 when listed; 1 when the console cannot be reached or refuses.
 			}
 			q.Set("limit", strconv.Itoa(limit))
 			var answer struct {
-				Events []journalEvent `json:"events"`
+				Events []event `json:"events"`
 			}
 			var raw json.RawMessage
 			var out any = &answer
@@ -122,7 +142,7 @@ Exit status: 0 when listed; 1 when the console cannot be reached or refuses.
 	return cmd
 }
 
-func printEvents(w io.Writer, events []journalEvent) error {
+func printEvents(w io.Writer, events []event) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tKIND\tRESULT\tAPP\tPROJECT\tPAYMENT\tOPERATION\tEVENT KEY")
 	for _, e := range events {
@@ -153,7 +173,7 @@ Exit status: 0 when the app took it (2xx); 1 otherwise.
 `,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var ev journalEvent
+			var ev event
 			if err := newConsoleClient(console).do(http.MethodPost, "/api/events/"+url.PathEscape(args[0])+"/replay", &ev); err != nil {
 				return err
 			}

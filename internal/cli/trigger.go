@@ -1,4 +1,4 @@
-package ecommpay
+package cli
 
 import (
 	"context"

@@ -27,7 +27,8 @@ const (
 	DefaultReconcileGiveUp = reconcile.DefaultGiveUp
 )
 
-// statusError is the result of a status request without a usable answer.
+// statusError is the result of a status request without a usable answer:
+// a short name the console's tests use until they move.
 const statusError = reconcile.ResultError
 
 // ReconcileConfig turns on reconciliation in callback mode.

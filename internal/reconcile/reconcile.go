@@ -548,7 +548,7 @@ func (rc *Reconciler) consider(ctx context.Context, projectID, paymentID string,
 	req := journal.Event{Kind: journal.KindStatusRequest, ProjectID: projectID, PaymentID: paymentID, Result: ans.result,
 		AppStatus: ans.httpStatus, EcommpayStatus: ans.httpStatus, PaymentStatus: ans.paymentStatus, Method: f.method}
 	if ans.err != nil {
-		req.Reason = truncateReason(ans.err.Error())
+		req.Reason = journal.Truncate(ans.err.Error(), maxReason)
 	}
 	if ans.result == ResultMismatch {
 		req.PaymentStatus = "" // another payment's
@@ -583,18 +583,8 @@ func (rc *Reconciler) consider(ctx context.Context, projectID, paymentID string,
 	}
 }
 
-// truncateReason bounds a reason kept in the journal.
-func truncateReason(s string) string {
-	const maxReason = 200
-	if len(s) <= maxReason {
-		return s
-	}
-	cut := maxReason
-	for cut > 0 && s[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
-		cut--
-	}
-	return s[:cut] + "…"
-}
+// maxReason bounds a reason kept in the journal.
+const maxReason = 200
 
 func latest(a, b time.Time) time.Time {
 	if b.After(a) {

@@ -544,14 +544,3 @@ func TestSettingsCheck(t *testing.T) {
 		}
 	}
 }
-
-func TestTruncateReason(t *testing.T) {
-	long := strings.Repeat("é", 150) // 300 bytes
-	got := truncateReason(long)
-	if !strings.HasSuffix(got, "…") || len(got) > 200+len("…") || !strings.HasPrefix(long, strings.TrimSuffix(got, "…")) {
-		t.Errorf("truncateReason: %q", got)
-	}
-	if truncateReason("short") != "short" {
-		t.Error("a short reason changed")
-	}
-}

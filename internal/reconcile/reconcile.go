@@ -5,7 +5,8 @@
 // the backoff and the give-up, the status request itself, the reading of
 // ecommpay's answer (including an answer about another payment or
 // project), the status_request journal entries and what it reports to
-// the metrics.
+// the metrics, and the checks of its settings: ecommpay's 10 s floor for
+// its own endpoint, 100 ms for a status endpoint on this machine.
 //
 // It is given what it needs (Config): the journal, which says which
 // payments started and what the app was sent; the de-dup store, whose
@@ -108,7 +109,7 @@ func (s Settings) Check() (Settings, error) {
 	if s.StatusURL == nil {
 		s.StatusURL, _ = url.Parse(DefaultStatusURL)
 	}
-	loopback := LoopbackHost(s.StatusURL.Hostname())
+	loopback := loopbackHost(s.StatusURL.Hostname())
 	if s.StatusURL.Scheme != "https" && !loopback {
 		// Status answers are signed for the app: only ecommpay itself, or a
 		// stand-in on this machine, may give them.
@@ -138,8 +139,8 @@ func (s Settings) Check() (Settings, error) {
 	return s, nil
 }
 
-// LoopbackHost reports whether host is localhost or a loopback address.
-func LoopbackHost(host string) bool {
+// loopbackHost reports whether host is localhost or a loopback address.
+func loopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
@@ -176,7 +177,8 @@ type Config struct {
 	// for any other project.
 	Key     func(projectID string) *canon.Key
 	Deliver Deliver
-	// Limits bound the parsing of ecommpay's answers; MaxBody their size.
+	// Limits bound the parsing of ecommpay's answers; MaxBody (required)
+	// their size.
 	Limits  canon.Limits
 	MaxBody int64
 	Logger  *zap.Logger      // nil: none
@@ -241,8 +243,8 @@ func New(c Config) (*Reconciler, error) {
 		return nil, err
 	}
 	c.Settings = s
-	if c.Journal == nil || c.Key == nil || c.Deliver == nil {
-		return nil, errors.New("reconcile: a journal, the projects' keys and a deliver function are required")
+	if c.Journal == nil || c.Key == nil || c.Deliver == nil || c.MaxBody <= 0 {
+		return nil, errors.New("reconcile: a journal, the projects' keys, a deliver function and a body bound are required")
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

@@ -2,9 +2,11 @@ package ecommpay
 
 import (
 	"errors"
+	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -45,6 +47,43 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 	}, []string{"project"})
 )
+
+// Reconciliation's counters.
+var (
+	statusRequestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_requests_total",
+		Help: "Status requests to ecommpay by reconciliation, by outcome (found, not_found, mismatch, error).",
+	}, []string{"outcome"})
+	reconciledTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_delivered_total",
+		Help: "Payment statuses reconciliation delivered to the app, by whether the status was final.",
+	}, []string{"final"})
+	unresolvedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_unresolved_total",
+		Help: "Payments reconciliation gave up on without a final status.",
+	})
+	// Abandoned payments are counted apart: a customer who never opened
+	// the Payment Page is no fault.
+	abandonedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "ecommpay", Name: "reconcile_abandoned_total",
+		Help: "Payments ecommpay never knew of until give_up: Payment Pages never opened.",
+	})
+)
+
+// reconcileMetrics are the hooks reconciliation counts through.
+type reconcileMetrics struct{}
+
+func (reconcileMetrics) Asked(result string) { statusRequestsTotal.WithLabelValues(result).Inc() }
+func (reconcileMetrics) Delivered(final bool) {
+	reconciledTotal.WithLabelValues(strconv.FormatBool(final)).Inc()
+}
+func (reconcileMetrics) GaveUp(result string) {
+	if result == reconcile.ResultAbandoned {
+		abandonedTotal.Inc()
+	} else {
+		unresolvedTotal.Inc()
+	}
+}
 
 // collectors are every metric the module registers.
 var collectors = []prometheus.Collector{callbacksTotal, signaturesTotal, signRequestsTotal, qrImagesTotal,

@@ -17,6 +17,7 @@ import (
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
@@ -204,8 +205,11 @@ type Handler struct {
 	metrics      *metrics
 	route        *callbackRoute // callback mode: where dispatches go
 	console      http.Handler
-	reconciler   *reconciler // callback mode with reconcile
-	sandbox      *sandbox.Sandbox
+	// callback mode with reconcile: its checked settings, and the loop
+	// once started
+	reconcileSettings *reconcile.Settings
+	reconciler        *reconcile.Reconciler
+	sandbox           *sandbox.Sandbox
 }
 
 // Project is one ecommpay project and its secrets.
@@ -323,8 +327,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	h.reconciler.start() // once the journal is open
-	return nil
+	return h.startReconcile() // once the journal is open
 }
 
 func (h *Handler) provisionProjects() error {
@@ -401,7 +404,7 @@ func (h *Handler) Validate() error {
 // Cleanup releases the de-dup store and the QR cache.
 func (h *Handler) Cleanup() error {
 	callbackHandlers.Delete(h)
-	h.reconciler.stop()
+	h.reconciler.Stop()
 	if h.sandbox != nil {
 		h.sandbox.Close()
 	}

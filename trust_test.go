@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -428,16 +429,16 @@ func TestReconcileRefusesAnAnswerAboutAnotherPayment(t *testing.T) {
 		"no payment id":   strings.Replace(statusSuccess, `"id":"%s",`, ``, 1),
 	} {
 		t.Run(name, func(t *testing.T) {
-			e := newRecEnv(t, ReconcileConfig{}, nil)
+			e := newRecEnv(t, ReconcileConfig{})
 			e.started(kindGate, "WX-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
 			e.started(kindGate, "VICTIM-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
-			e.status.set("WX-1", 200, answer)
-			e.status.set("VICTIM-1", 400, `{"status":"error","message":"temporarily unavailable"}`)
+			e.status.Set("WX-1", 200, answer)
+			e.status.Set("VICTIM-1", 400, `{"status":"error","message":"temporarily unavailable"}`)
 			e.at(0)
 			if n := len(e.app.received()); n != 0 {
 				t.Fatalf("the app got %d deliveries", n)
 			}
-			if n := countKind(e.timeline("WX-1"), kindStatusRequest, statusMismatch); n != 1 {
+			if n := countKind(e.timeline("WX-1"), kindStatusRequest, reconcile.ResultMismatch); n != 1 {
 				t.Errorf("%d mismatch entries for WX-1: %+v", n, e.timeline("WX-1"))
 			}
 			for _, id := range []string{"WX-1", "VICTIM-1"} {

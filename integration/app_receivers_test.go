@@ -107,7 +107,6 @@ func TestAppGuideReceivers(t *testing.T) {
 				needPHP(t)
 			}
 			requireCaddy(t)
-			t.Setenv(reconcileFloorEnv, "1s")
 			secret := newSecret()
 			fake := startFake(t, secret)
 			db := filepath.Join(t.TempDir(), "events.db")

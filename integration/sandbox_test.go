@@ -130,7 +130,6 @@ func TestSandboxGateSalesFollowTestProjectRules(t *testing.T) {
 }
 
 func TestSandboxDroppedFinalIsReconciled(t *testing.T) {
-	t.Setenv(reconcileFloorEnv, "1s")
 	s := newSandboxStack(t, "pay_after 200ms\n\t\tdrop_final", func(c *caddyConfig) {
 		c.CallbackOptions = reconcileBlock(c.Fake, reconcileAfter, time.Second, time.Minute)
 	})

@@ -264,7 +264,6 @@ func TestHostileStatusAnswerAboutAnotherPayment(t *testing.T) {
 			projectID, victim)
 	}))
 	t.Cleanup(status.Close)
-	t.Setenv(reconcileFloorEnv, "1s")
 	s := newStack(t, func(c *caddyConfig) {
 		c.CallbackOptions = fmt.Sprintf("reconcile {\n\t\t\t\tafter 1s\n\t\t\t\tevery 1s\n\t\t\t\tgive_up 1m\n\t\t\t\tstatus_url %s/v2/payment/status\n\t\t\t}", status.URL)
 	})

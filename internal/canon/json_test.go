@@ -113,3 +113,29 @@ func TestNameEveryOffset(t *testing.T) {
 		}
 	}
 }
+
+// TextAt gives a scalar's text at a path, and "" for a missing member or a
+// container.
+func TestTextAt(t *testing.T) {
+	d, err := ParseString(`{"payment":{"id":"O-1","sum":{"amount":1000},"n":null},"list":[1]}`, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Release()
+	for _, c := range []struct {
+		path []string
+		want string
+	}{
+		{[]string{"payment", "id"}, "O-1"},
+		{[]string{"payment", "sum", "amount"}, "1000"},
+		{[]string{"payment", "sum"}, ""},
+		{[]string{"list"}, ""},
+		{[]string{"payment", "n"}, ""},
+		{[]string{"payment", "missing", "id"}, ""},
+		{[]string{"list", "id"}, ""},
+	} {
+		if got := d.TextAt(d.Root(), c.path...); got != c.want {
+			t.Errorf("TextAt %v = %q, want %q", c.path, got, c.want)
+		}
+	}
+}

@@ -244,11 +244,15 @@ func NewEventID(t time.Time) string {
 }
 
 // TruncateUnverified cuts an unverified field to a bounded length.
-func TruncateUnverified(s string) string {
-	if len(s) <= UnverifiedFieldMax {
+func TruncateUnverified(s string) string { return Truncate(s, UnverifiedFieldMax) }
+
+// Truncate cuts s to at most n bytes and marks the cut with "…", without
+// splitting a UTF-8 sequence.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	cut := UnverifiedFieldMax
+	cut := n
 	for cut > 0 && s[cut]&0xC0 == 0x80 { // do not split a UTF-8 sequence
 		cut--
 	}

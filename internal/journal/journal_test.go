@@ -58,3 +58,18 @@ func TestPrepareTruncatesOnlyUnverifiedCallbacks(t *testing.T) {
 		t.Fatal("a verified entry was cut")
 	}
 }
+
+// Truncate keeps at most n bytes and never splits a UTF-8 sequence.
+func TestTruncate(t *testing.T) {
+	long := strings.Repeat("é", 150) // 300 bytes
+	got := Truncate(long, 200)
+	if !strings.HasSuffix(got, "…") || len(got) > 200+len("…") || !strings.HasPrefix(long, strings.TrimSuffix(got, "…")) {
+		t.Errorf("Truncate: %q", got)
+	}
+	if got := Truncate("é", 1); got != "…" {
+		t.Errorf("Truncate of a split sequence: %q", got)
+	}
+	if Truncate("short", 200) != "short" {
+		t.Error("a short string changed")
+	}
+}

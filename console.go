@@ -488,7 +488,7 @@ func (h *Handler) consoleEvent(w http.ResponseWriter, r *http.Request) {
 // redirect link, when there is one.
 func displayData(d *canon.Doc) (images []template.URL, redirect string) {
 	root := d.Root()
-	for e := range displayEntries(d) {
+	for e := range qr.DisplayEntries(d) {
 		if textAt(d, e, "type") != "qr_data" {
 			continue
 		}

@@ -728,6 +728,18 @@ func (d *Doc) Get(obj int32, key string) int32 {
 	return None
 }
 
+// TextAt follows object keys from n and returns the scalar's text, or ""
+// when a key is missing or the value is an object or an array.
+func (d *Doc) TextAt(n int32, path ...string) string {
+	for _, k := range path {
+		n = d.Get(n, k)
+	}
+	if n == None || d.nodes[n].kind == Object || d.nodes[n].kind == Array {
+		return ""
+	}
+	return d.nodes[n].text
+}
+
 // Set makes member key of object obj the scalar (kind, text), replacing
 // any value there in place (order kept) or appending it. It returns the node.
 func (d *Doc) Set(obj int32, key string, kind Kind, text string) int32 {

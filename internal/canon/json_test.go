@@ -113,3 +113,28 @@ func TestNameEveryOffset(t *testing.T) {
 		}
 	}
 }
+
+// TextAt gives a scalar's text along a path of keys, and "" for a missing
+// key, an object, an array or a path through a non-object.
+func TestTextAt(t *testing.T) {
+	d, err := ParseString(`{"general":{"signature":"c2ln","n":12.50},"a":[1],"s":"x"}`, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Release()
+	for _, c := range []struct {
+		path []string
+		want string
+	}{
+		{[]string{"general", "signature"}, "c2ln"},
+		{[]string{"general", "n"}, "12.50"},
+		{[]string{"general"}, ""},
+		{[]string{"a"}, ""},
+		{[]string{"s", "x"}, ""},
+		{[]string{"nope", "x"}, ""},
+	} {
+		if got := d.TextAt(d.Root(), c.path...); got != c.want {
+			t.Errorf("TextAt(%q) = %q, want %q", c.path, got, c.want)
+		}
+	}
+}

@@ -13,7 +13,6 @@ import (
 	"html/template"
 	"io/fs"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/origin"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -138,52 +138,9 @@ func consolePrefix(r *http.Request) string {
 }
 
 // sameOrigin refuses state-changing requests that a page of another
-// origin made in the operator's browser. An Origin must match the request
-// in scheme, host and port; the Host itself was checked by signingRefusal.
-func (h *Handler) sameOrigin(r *http.Request) bool {
-	switch r.Header.Get("Sec-Fetch-Site") {
-	case "", "same-origin", "none":
-	default:
-		return false
-	}
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return true
-	}
-	u, err := url.Parse(o)
-	if err != nil {
-		return false
-	}
-	scheme := requestScheme(r, h.AllowProxied)
-	return u.Scheme == scheme && u.Path == "" && originHostPort(u.Host, scheme) == originHostPort(r.Host, scheme)
-}
-
-// requestScheme is the scheme the client used: the connection's, or,
-// behind a proxy that allow_proxied trusts, the one the proxy reports.
-func requestScheme(r *http.Request, proxied bool) string {
-	if proxied {
-		if p := strings.ToLower(r.Header.Get("X-Forwarded-Proto")); p == "http" || p == "https" {
-			return p
-		}
-	}
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
-// originHostPort is host with its port made explicit, for comparing an
-// Origin with a Host.
-func originHostPort(host, scheme string) string {
-	name, port, err := net.SplitHostPort(host)
-	if err != nil {
-		name, port = host, "80"
-		if scheme == "https" {
-			port = "443"
-		}
-	}
-	return net.JoinHostPort(hostName(name), port)
-}
+// origin made in the operator's browser; the Host itself was checked by
+// signingRefusal.
+func (h *Handler) sameOrigin(r *http.Request) bool { return origin.Same(r, h.AllowProxied) }
 
 // queryFilters reads the list filters of pages and API calls.
 func queryFilters(r *http.Request) (eventFilter, paymentFilter, error) {

@@ -2,7 +2,6 @@ package ecommpay
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -149,42 +148,6 @@ func TestUnixSocketClientsSkipTheHostCheck(t *testing.T) {
 	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.UnixAddr{Name: "/run/caddy.sock", Net: "unix"}))
 	if w := serve(page, r, nil); w.Code != http.StatusOK {
 		t.Errorf("over a Unix socket: %d %s", w.Code, w.Body)
-	}
-}
-
-// The replay's Origin check compares scheme, host and port, not the host
-// alone, and an Origin that is not one (null, a path) fails.
-func TestSameOriginComparesSchemeHostAndPort(t *testing.T) {
-	h := &Handler{}
-	for _, c := range []struct {
-		host, origin string
-		tls          bool
-		want         bool
-	}{
-		{"127.0.0.1:8081", "", false, true},
-		{"127.0.0.1:8081", "http://127.0.0.1:8081", false, true},
-		{"localhost:8081", "http://LOCALHOST:8081", false, true},
-		{"127.0.0.1", "http://127.0.0.1:80", false, true},
-		{"127.0.0.1:443", "https://127.0.0.1", true, true},
-		{"127.0.0.1:8081", "https://127.0.0.1:8081", false, false},
-		{"127.0.0.1:8081", "http://127.0.0.1:8082", false, false},
-		{"127.0.0.1:8081", "http://127.0.0.1", false, false},
-		{"127.0.0.1:8081", "http://localhost:8081", false, false},
-		{"127.0.0.1:8081", "null", false, false},
-		{"127.0.0.1:8081", "http://127.0.0.1:8081/x", false, false},
-	} {
-		r := httptest.NewRequest(http.MethodPost, "/events/k/replay", nil)
-		r.Host = c.host
-		r.TLS = nil
-		if c.tls {
-			r.TLS = &tls.ConnectionState{HandshakeComplete: true}
-		}
-		if c.origin != "" {
-			r.Header.Set("Origin", c.origin)
-		}
-		if got := h.sameOrigin(r); got != c.want {
-			t.Errorf("Host %s, Origin %q, TLS %v: %v, want %v", c.host, c.origin, c.tls, got, c.want)
-		}
 	}
 }
 

@@ -311,7 +311,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.AttentionAfter <= 0 {
 			h.AttentionAfter = caddy.Duration(DefaultAttentionAfter)
 		}
-		h.provisionConsole()
 	case ModeSandbox:
 		if err := h.provisionSandbox(); err != nil {
 			return err
@@ -323,6 +322,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.provisionStore(ctx); err != nil {
 			return err
 		}
+	}
+	if h.Mode == ModeConsole {
+		h.provisionConsole() // over the journal provisionStore opened
 	}
 	h.reconciler.start() // once the journal is open
 	return nil

@@ -513,7 +513,7 @@ const maxPooledResponse = 64 << 10
 
 var responseBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// textAt follows object keys from n and returns the scalar's text, or "".
+// textAt is canon's Doc.TextAt, under the short name the modes use.
 func textAt(d *canon.Doc, n int32, path ...string) string { return d.TextAt(n, path...) }
 
 // appBody is the body the app reads: a bytes.Reader that closes as a no-op.

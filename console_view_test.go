@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 )
 
@@ -59,61 +58,6 @@ func TestConsoleAmountsInMajorUnits(t *testing.T) {
 	if tl := f.get(t, "/payments/210/ORDER-1").Body.String(); !strings.Contains(tl, `title="1000 CNY in minor units">10.00 CNY<`) {
 		t.Errorf("the timeline does not show 10.00 CNY with the raw value on hover")
 	}
-}
-
-func TestConsoleSummaryLine(t *testing.T) {
-	f := newConsoleFixture(t)
-	at := time.Now().Add(-time.Minute)
-	for i, p := range []struct{ id, status, amount, currency string }{
-		{"S1", "success", "1000", "EUR"},
-		{"S2", "success", "50", "eur"},
-		{"S3", "decline", "500", "JPY"},
-		{"S4", "success", "1500", "KWD"},
-		{"S5", "", "", ""},
-		{"S6", "success", "12.5", "EUR"},
-	} {
-		e := journalEvent{Kind: kindCallback, Time: at.Add(time.Duration(i) * time.Second), ProjectID: "210", PaymentID: p.id,
-			Verified: true, Result: "forwarded", PaymentStatus: p.status, Amount: p.amount, Currency: p.currency}
-		if p.status == "" {
-			e.Kind, e.Result = kindPaymentPage, "signed"
-		}
-		storetest.Record(t, f.con.journal, e)
-	}
-	s := summarize(mustPayments(t, f.con.journal, paymentFilter{}))
-	want := paymentSummary{Payments: 6, Unsummed: 1,
-		Statuses: []countOf{{"success", 4}, {"", 1}, {"decline", 1}},
-		Sums:     []sumOf{{"EUR", "1050", "10.50", 2}, {"JPY", "500", "500", 1}, {"KWD", "1500", "1.500", 1}}}
-	if !slices.Equal(s.Statuses, want.Statuses) || !slices.Equal(s.Sums, want.Sums) || s.Payments != 6 || s.Unsummed != 1 {
-		t.Fatalf("summary = %+v\nwant %+v", s, want)
-	}
-	page := f.get(t, "/payments").Body.String()
-	line := regexp.MustCompile(`(?s)<p class="summary" data-summary>.*?</p>`).FindString(page)
-	text := strings.Join(strings.Fields(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(line, "")), " ")
-	if want := "6 payments: 4 success, 1 without a status, 1 decline · 10.50 EUR, 500 JPY, 1.500 KWD " +
-		"(1 with an amount that is not a whole number of minor units, not summed)"; text != want {
-		t.Fatalf("summary line %q\nwant %q", text, want)
-	}
-	if !strings.Contains(line, `title="1050 EUR in minor units, over 2 payments"`) {
-		t.Fatalf("the sum lacks its raw value on hover: %s", line)
-	}
-	// Over the filtered list only.
-	line = regexp.MustCompile(`(?s)<p class="summary" data-summary>.*?</p>`).FindString(f.get(t, "/payments?status=decline").Body.String())
-	if !strings.Contains(line, "1 payment</strong>") || strings.Contains(line, "EUR") || !strings.Contains(line, "500 JPY") {
-		t.Fatalf("filtered summary line: %s", line)
-	}
-	// A list cut at its limit says so.
-	if page := f.get(t, "/payments?limit=2").Body.String(); !strings.Contains(page, "the first 2; set limit=") {
-		t.Fatalf("a list at its limit does not say so")
-	}
-}
-
-func mustPayments(t *testing.T, j journal.Journal, pf paymentFilter) []paymentView {
-	t.Helper()
-	vs, err := j.Payments(context.Background(), pf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return vs
 }
 
 func readCSV(t *testing.T, f *consoleFixture, path string) [][]string {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/origin"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
@@ -314,7 +315,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.AttentionAfter <= 0 {
 			h.AttentionAfter = caddy.Duration(DefaultAttentionAfter)
 		}
-		h.provisionConsole()
 	case ModeSandbox:
 		if err := h.provisionSandbox(); err != nil {
 			return err
@@ -326,6 +326,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.provisionStore(ctx); err != nil {
 			return err
 		}
+	}
+	if h.Mode == ModeConsole {
+		h.provisionConsole() // over the journal provisionStore opened
 	}
 	return h.startReconcile() // once the journal is open
 }
@@ -461,7 +464,7 @@ func (h *Handler) signingRefusal(r *http.Request) *refusal {
 	}
 	// The console and the sandbox check their own forms; the sandbox's
 	// Payment Page is opened from the shop's pages, another origin.
-	if h.Mode != ModeConsole && h.Mode != ModeSandbox && !h.sameOrigin(r) {
+	if h.Mode != ModeConsole && h.Mode != ModeSandbox && !origin.Same(r, h.AllowProxied) {
 		// A page of any site can make a browser on this machine post a
 		// form to 127.0.0.1; the shop's server sends neither header.
 		return refuse(http.StatusForbidden, "forbidden",
@@ -477,7 +480,7 @@ func (h *Handler) signingRefusal(r *http.Request) *refusal {
 // that no web page can choose: an IP literal (a page that rebinds a name
 // still sends that name), localhost, or a name the operator listed.
 func (h *Handler) hostAllowed(host string) bool {
-	name := hostName(host)
+	name := origin.HostName(host)
 	if name == "" {
 		return false
 	}
@@ -485,22 +488,6 @@ func (h *Handler) hostAllowed(host string) bool {
 		return true
 	}
 	return name == "localhost" || h.hosts[name]
-}
-
-// hostName is the lower-case name of a Host header, without its port,
-// brackets and trailing dot.
-// A malformed one, such as "[::1]x", is "".
-func hostName(host string) string {
-	if rest, ok := strings.CutPrefix(host, "["); ok {
-		addr, port, _ := strings.Cut(rest, "]")
-		if port != "" && !strings.HasPrefix(port, ":") {
-			return ""
-		}
-		host = addr
-	} else if strings.Count(host, ":") == 1 { // name:port; bare IPv6 has more
-		host, _, _ = strings.Cut(host, ":")
-	}
-	return strings.ToLower(strings.TrimSuffix(host, "."))
 }
 
 // unixPeer reports whether the request came over a Unix socket, which no
@@ -522,7 +509,7 @@ func parseHosts(list []string) (map[string]bool, error) {
 		if err := checkHostName(s); err != nil {
 			return nil, err
 		}
-		set[hostName(s)] = true
+		set[origin.HostName(s)] = true
 	}
 	return set, nil
 }
@@ -530,7 +517,7 @@ func parseHosts(list []string) (map[string]bool, error) {
 // checkHostName accepts a host name as a browser sends it in Host: ASCII
 // (punycode for other scripts), without scheme, port or wildcard.
 func checkHostName(s string) error {
-	name := hostName(s)
+	name := origin.HostName(s)
 	if name == "" || name != strings.ToLower(s) || strings.ContainsAny(name, "/*@ {}") {
 		return fmt.Errorf("%q is not a host name (write the name alone, without scheme, port or wildcard)", s)
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"iter"
 	"net/http"
 	"strconv"
 	"strings"
@@ -77,7 +76,7 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 		return false
 	}
 	changed := false
-	for e := range displayEntries(d) {
+	for e := range qr.DisplayEntries(d) {
 		if textAt(d, e, "type") != "qr_data" {
 			continue
 		}
@@ -109,26 +108,10 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 	return changed
 }
 
-// displayEntries yields the objects of a body's display_data array, where
-// ecommpay puts what the customer is shown (qr_data, add_info entries).
-func displayEntries(d *canon.Doc) iter.Seq[int32] {
-	return func(yield func(int32) bool) {
-		list := d.Get(d.Root(), "display_data")
-		if list == canon.None || d.Kind(list) != canon.Array {
-			return
-		}
-		for e := d.First(list); e != canon.None; e = d.Next(e) {
-			if d.Kind(e) == canon.Object && !yield(e) {
-				return
-			}
-		}
-	}
-}
-
 // qrLifetime is the callback's "QR Code Timeout" (seconds, in an add_info
 // entry), else the configured default.
 func (h *Handler) qrLifetime(d *canon.Doc) time.Duration {
-	for e := range displayEntries(d) {
+	for e := range qr.DisplayEntries(d) {
 		if !strings.EqualFold(textAt(d, e, "title"), "QR Code Timeout") {
 			continue
 		}

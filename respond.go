@@ -2,14 +2,12 @@ package ecommpay
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 )
 
 // errTooLarge marks a body over max_body.
@@ -48,25 +46,10 @@ var copyBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// writeError answers with a small JSON error. field names the offending
-// request field, when there is one.
+// writeError and writeJSON are internal/respond's, under the names the
+// modes use.
 func writeError(w http.ResponseWriter, status int, field, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	out := []byte(`{"error":`)
-	out = canon.AppendQuoted(out, msg)
-	if field != "" {
-		out = append(out, `,"field":`...)
-		out = canon.AppendQuoted(out, field)
-	}
-	out = append(out, "}\n"...)
-	writeJSON(w, status, out)
+	respond.Error(w, status, field, format, args...)
 }
 
-func writeJSON(w http.ResponseWriter, status int, body []byte) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, _ = w.Write(body)
-}
+func writeJSON(w http.ResponseWriter, status int, body []byte) { respond.JSON(w, status, body) }

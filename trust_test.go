@@ -2,13 +2,10 @@ package ecommpay
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -150,103 +147,6 @@ func TestUnixSocketClientsSkipTheHostCheck(t *testing.T) {
 	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.UnixAddr{Name: "/run/caddy.sock", Net: "unix"}))
 	if w := serve(page, r, nil); w.Code != http.StatusOK {
 		t.Errorf("over a Unix socket: %d %s", w.Code, w.Body)
-	}
-}
-
-// The replay's Origin check compares scheme, host and port, not the host
-// alone, and an Origin that is not one (null, a path) fails.
-func TestSameOriginComparesSchemeHostAndPort(t *testing.T) {
-	h := &Handler{}
-	for _, c := range []struct {
-		host, origin string
-		tls          bool
-		want         bool
-	}{
-		{"127.0.0.1:8081", "", false, true},
-		{"127.0.0.1:8081", "http://127.0.0.1:8081", false, true},
-		{"localhost:8081", "http://LOCALHOST:8081", false, true},
-		{"127.0.0.1", "http://127.0.0.1:80", false, true},
-		{"127.0.0.1:443", "https://127.0.0.1", true, true},
-		{"127.0.0.1:8081", "https://127.0.0.1:8081", false, false},
-		{"127.0.0.1:8081", "http://127.0.0.1:8082", false, false},
-		{"127.0.0.1:8081", "http://127.0.0.1", false, false},
-		{"127.0.0.1:8081", "http://localhost:8081", false, false},
-		{"127.0.0.1:8081", "null", false, false},
-		{"127.0.0.1:8081", "http://127.0.0.1:8081/x", false, false},
-	} {
-		r := httptest.NewRequest(http.MethodPost, "/events/k/replay", nil)
-		r.Host = c.host
-		r.TLS = nil
-		if c.tls {
-			r.TLS = &tls.ConnectionState{HandshakeComplete: true}
-		}
-		if c.origin != "" {
-			r.Header.Set("Origin", c.origin)
-		}
-		if got := h.sameOrigin(r); got != c.want {
-			t.Errorf("Host %s, Origin %q, TLS %v: %v, want %v", c.host, c.origin, c.tls, got, c.want)
-		}
-	}
-}
-
-// A replay form token names its event and its issue time, and lapses
-// after an hour.
-func TestReplayTokenExpires(t *testing.T) {
-	now := time.Now()
-	tok := formToken("replay 210-a", now.Add(-59*time.Minute))
-	if !validFormToken(tok, "replay 210-a", now) {
-		t.Error("a 59-minute-old token was refused")
-	}
-	if validFormToken(formToken("replay 210-a", now.Add(-61*time.Minute)), "replay 210-a", now) {
-		t.Error("a 61-minute-old token was accepted")
-	}
-	if validFormToken(tok, "replay 210-b", now) {
-		t.Error("a token worked for another event")
-	}
-	_, mac, _ := strings.Cut(tok, ".")
-	if validFormToken(strconv.FormatInt(now.Unix(), 10)+"."+mac, "replay 210-a", now) {
-		t.Error("a token with a changed time was accepted")
-	}
-	for _, bad := range []string{"", ".", "abc", "1." + mac, tok + "x"} {
-		if validFormToken(bad, "replay 210-a", now) {
-			t.Errorf("token %q accepted", bad)
-		}
-	}
-
-	// Through the console: an expired token is refused with 403.
-	f := newConsoleFixture(t)
-	serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next)
-	key := f.app.received()[0].header.Get(HeaderEventKey)
-	old := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay",
-		strings.NewReader("token="+url.QueryEscape(formToken("replay "+key, now.Add(-2*time.Hour)))))
-	old.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if w := f.do(t, old); w.Code != http.StatusForbidden {
-		t.Errorf("an expired token: %d, want 403", w.Code)
-	}
-	fresh := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay",
-		strings.NewReader("token="+url.QueryEscape(formToken("replay "+key, now))))
-	fresh.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	w := f.do(t, fresh)
-	_, code, _ := strings.Cut(w.Header().Get("Location"), "?replayed=")
-	if w.Code != http.StatusSeeOther || replayNotices[code] == "" {
-		t.Errorf("a fresh token: %d %s", w.Code, w.Header().Get("Location"))
-	}
-}
-
-// The event page's notice box shows only the console's own messages,
-// picked by a code: text in the query is never shown.
-func TestReplayNoticeIsChosenNotEchoed(t *testing.T) {
-	f := newConsoleFixture(t)
-	serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next)
-	key := f.app.received()[0].header.Get(HeaderEventKey)
-	spoof := "Your account is locked, call +1 555 0100"
-	page := f.get(t, "/events/"+key+"?replayed="+url.QueryEscape(spoof)).Body.String()
-	if strings.Contains(page, "555 0100") || strings.Contains(page, `class="notice"`) {
-		t.Errorf("the page shows text from its query")
-	}
-	page = f.get(t, "/events/"+key+"?replayed=forwarded").Body.String()
-	if !strings.Contains(page, `<p class="notice">`+replayNotices["forwarded"]) {
-		t.Errorf("the page lacks the replay notice")
 	}
 }
 

@@ -728,9 +728,8 @@ func (d *Doc) Get(obj int32, key string) int32 {
 	return None
 }
 
-// TextAt follows member keys from n and returns the scalar found there
-// as Text does, or "" when a key is missing or the value is an object or
-// an array.
+// TextAt follows object keys from n and returns the scalar's text, or ""
+// when a key is missing or the value is an object or an array.
 func (d *Doc) TextAt(n int32, path ...string) string {
 	for _, k := range path {
 		n = d.Get(n, k)

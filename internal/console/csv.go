@@ -1,4 +1,4 @@
-package ecommpay
+package console
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/currency"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 )
 
 // CSV downloads of the payments and events lists, for finance teams and
@@ -25,7 +27,7 @@ var (
 		"ecommpay_status", "reason", "verified", "path", "amount", "currency", "amount_major", "method"}
 )
 
-func csvFilters(r *http.Request) (eventFilter, paymentFilter, error) {
+func csvFilters(r *http.Request) (journal.EventFilter, journal.PaymentFilter, error) {
 	ef, pf, err := queryFilters(r)
 	if r.URL.Query().Get("limit") == "" {
 		ef.Limit, pf.Limit = csvLimit, csvLimit
@@ -33,13 +35,13 @@ func csvFilters(r *http.Request) (eventFilter, paymentFilter, error) {
 	return ef, pf, err
 }
 
-func (h *Handler) apiPaymentsCSV(w http.ResponseWriter, r *http.Request) {
+func (h *Console) apiPaymentsCSV(w http.ResponseWriter, r *http.Request) {
 	_, pf, err := csvFilters(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "", "%s", err.Error())
+		respond.Error(w, http.StatusBadRequest, "", "%s", err.Error())
 		return
 	}
-	list, err := h.journal.Payments(r.Context(), pf)
+	list, err := h.cfg.Journal.Payments(r.Context(), pf)
 	rows := [][]string{paymentsCSVHeader}
 	for _, p := range list {
 		rows = append(rows, []string{csvText(p.ProjectID), csvText(p.PaymentID), csvTime(p.Started), csvTime(p.Updated),
@@ -50,13 +52,13 @@ func (h *Handler) apiPaymentsCSV(w http.ResponseWriter, r *http.Request) {
 	h.answerCSV(w, "payments.csv", rows, err)
 }
 
-func (h *Handler) apiEventsCSV(w http.ResponseWriter, r *http.Request) {
+func (h *Console) apiEventsCSV(w http.ResponseWriter, r *http.Request) {
 	ef, _, err := csvFilters(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "", "%s", err.Error())
+		respond.Error(w, http.StatusBadRequest, "", "%s", err.Error())
 		return
 	}
-	list, err := h.journal.Events(r.Context(), ef)
+	list, err := h.cfg.Journal.Events(r.Context(), ef)
 	rows := [][]string{eventsCSVHeader}
 	for _, e := range list {
 		rows = append(rows, []string{csvText(e.ID), csvTime(e.Time), csvText(e.Kind), csvText(e.ProjectID),
@@ -69,7 +71,7 @@ func (h *Handler) apiEventsCSV(w http.ResponseWriter, r *http.Request) {
 	h.answerCSV(w, "events.csv", rows, err)
 }
 
-func (h *Handler) answerCSV(w http.ResponseWriter, name string, rows [][]string, err error) {
+func (h *Console) answerCSV(w http.ResponseWriter, name string, rows [][]string, err error) {
 	if err != nil {
 		h.answerJSON(w, nil, err)
 		return

@@ -1,4 +1,4 @@
-package ecommpay
+package console
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/currency"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // What the console's pages show of journal entries and payments: amounts
@@ -41,11 +42,11 @@ func majorAmount(minor, code string) string {
 // requests.
 func answerText(kind string, appStatus, ecommpayStatus int, reason string, latencyMS int64) string {
 	switch kind {
-	case kindPaymentPage:
+	case journal.KindPaymentPage:
 		return ""
-	case kindGate, kindStatusRequest:
+	case journal.KindGate, journal.KindStatusRequest:
 		status := ecommpayStatus
-		if status == 0 && kind == kindGate {
+		if status == 0 && kind == journal.KindGate {
 			status = appStatus // recorded before ecommpay_status existed
 		}
 		var parts []string
@@ -53,7 +54,7 @@ func answerText(kind string, appStatus, ecommpayStatus int, reason string, laten
 			parts = append(parts, "ecommpay "+strconv.Itoa(status))
 		}
 		switch {
-		case reason == reasonUnreachable:
+		case reason == journal.ReasonUnreachable:
 			parts = append(parts, "ecommpay unreachable")
 		case reason != "":
 			parts = append(parts, reason)
@@ -61,11 +62,11 @@ func answerText(kind string, appStatus, ecommpayStatus int, reason string, laten
 		return strings.Join(parts, ": ")
 	}
 	switch reason {
-	case reasonUnreachable:
+	case journal.ReasonUnreachable:
 		return "app unreachable"
-	case reasonTimeout:
+	case journal.ReasonTimeout:
 		return "app did not answer in time"
-	case reasonNoHandler:
+	case journal.ReasonNoHandler:
 		return "no handler after ecommpay callback"
 	}
 	if appStatus == 0 {
@@ -79,7 +80,7 @@ func answerText(kind string, appStatus, ecommpayStatus int, reason string, laten
 
 // oldestFirst is a newest-first list of entries in the order timelines
 // show them.
-func oldestFirst(evs []journalEvent) []journalEvent {
+func oldestFirst(evs []journal.Event) []journal.Event {
 	out := slices.Clone(evs)
 	slices.Reverse(out)
 	return out
@@ -108,7 +109,7 @@ type sumOf struct {
 
 // summarize counts payments by status (most first) and sums their amounts
 // by currency.
-func summarize(list []paymentView) paymentSummary {
+func summarize(list []journal.PaymentView) paymentSummary {
 	s := paymentSummary{Payments: len(list)}
 	counts := map[string]int{}
 	sums := map[string]*big.Int{}
@@ -151,15 +152,16 @@ func summarize(list []paymentView) paymentSummary {
 // nothing left to do. Each event is listed once, at its latest
 // refusal. It reads each payment's timeline, which every backend keeps
 // by payment, rather than searching the journal by event key.
-func (h *Handler) pendingAppErrors(ctx context.Context, refused []journalEvent) ([]journalEvent, error) {
+func (h *Console) pendingAppErrors(ctx context.Context, refused []journal.Event) ([]journal.Event, error) {
 	delivered := map[string]bool{} // event keys the app has
+	type payID struct{ projectID, paymentID string }
 	readPayments := map[payID]bool{}
 	readKeys := map[string]bool{}
 	for _, e := range refused {
 		if e.EventKey == "" {
 			continue
 		}
-		var evs []journalEvent
+		var evs []journal.Event
 		var err error
 		if e.PaymentID != "" {
 			// One payment's timeline answers for all its refused events.
@@ -168,17 +170,17 @@ func (h *Handler) pendingAppErrors(ctx context.Context, refused []journalEvent) 
 				continue
 			}
 			readPayments[id] = true
-			var tl timeline
-			tl, err = h.journal.Timeline(ctx, e.ProjectID, e.PaymentID)
+			var tl journal.Timeline
+			tl, err = h.cfg.Journal.Timeline(ctx, e.ProjectID, e.PaymentID)
 			evs = tl.Events
 		} else {
 			if readKeys[e.EventKey] {
 				continue
 			}
 			readKeys[e.EventKey] = true
-			evs, err = h.journal.Events(ctx, eventFilter{EventKey: e.EventKey, Result: "forwarded", Limit: 1})
+			evs, err = h.cfg.Journal.Events(ctx, journal.EventFilter{EventKey: e.EventKey, Result: "forwarded", Limit: 1})
 		}
-		if err != nil && !errors.Is(err, errNotFound) {
+		if err != nil && !errors.Is(err, journal.ErrNotFound) {
 			return nil, err
 		}
 		for _, d := range evs {
@@ -187,7 +189,7 @@ func (h *Handler) pendingAppErrors(ctx context.Context, refused []journalEvent) 
 			}
 		}
 	}
-	var out []journalEvent
+	var out []journal.Event
 	seen := map[string]bool{}
 	for _, e := range refused { // newest first
 		if e.EventKey != "" {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/localstore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
@@ -29,7 +30,7 @@ func TestJournalBenchFill(t *testing.T) {
 	if err != nil || n < 2 {
 		t.Fatalf("ECOMMPAY_BENCH_CALLBACKS=%q", os.Getenv("ECOMMPAY_BENCH_CALLBACKS"))
 	}
-	b, err := localstore.Open(path, 0, journalOptions{}, store.Hooks{})
+	b, err := localstore.Open(path, 0, journal.Options{}, store.Hooks{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func TestJournalBenchFill(t *testing.T) {
 		at := start.Add(time.Duration(i) * step)
 		pid := fmt.Sprintf("order-%07d", i)
 		method := methods[i%len(methods)]
-		storetest.Record(t, b, journalEvent{Kind: kindPaymentPage, Time: at, ProjectID: "238", PaymentID: pid, Verified: true,
+		storetest.Record(t, b, journal.Event{Kind: journal.KindPaymentPage, Time: at, ProjectID: "238", PaymentID: pid, Verified: true,
 			Path: "/payment-page", Amount: strconv.Itoa(1000 + i%9000), Currency: "CNY", Method: method, Result: "signed", Status: 200})
 		for c, status := range []string{"processing", "success"} {
 			if c == 1 && i%3 == 0 {
@@ -70,7 +71,7 @@ func TestJournalBenchFill(t *testing.T) {
 					_ = b.Release(ctx, key, tok)
 				}
 			}
-			storetest.Record(t, b, journalEvent{Kind: kindCallback, Time: cbAt, ProjectID: "238", PaymentID: pid,
+			storetest.Record(t, b, journal.Event{Kind: journal.KindCallback, Time: cbAt, ProjectID: "238", PaymentID: pid,
 				OperationID: strconv.Itoa(1000 + c), OperationType: "sale", OperationStatus: status, PaymentStatus: status,
 				EventKey: key, Result: result, Status: 200, AppStatus: app, AppLatencyMS: 3, Verified: true,
 				Method: method, Body: []byte(body)})

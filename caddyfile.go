@@ -83,7 +83,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	h.Mode = d.Val()
 	switch h.Mode {
-	case ModePaymentPage, ModeGate, ModeCallback, ModeQR, ModeConsole, ModeSandbox:
+	case modePaymentPage, modeGate, modeCallback, modeQR, modeConsole, modeSandbox:
 	default:
 		return d.Errf("unknown mode %q: want payment_page, gate, callback, qr, console or sandbox", h.Mode)
 	}
@@ -233,7 +233,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.QRLevel = args[0]
 			}
 		default:
-			if h.Mode == ModeSandbox {
+			if h.Mode == modeSandbox {
 				if known, serr := h.unmarshalSandbox(d, name, args); known {
 					err = serr
 					break
@@ -245,7 +245,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if len(h.Projects) == 0 && h.Mode != ModeConsole {
+	if len(h.Projects) == 0 && h.Mode != modeConsole {
 		return d.Err("at least one `project <project_id> <secret>` line is required")
 	}
 	return nil

@@ -31,7 +31,7 @@ func TestCaddyfileParses(t *testing.T) {
 	}{
 		{"minimal gate", `ecommpay gate {
 			project 210 {env.ECOMMPAY_SECRET}
-		}`, Handler{Mode: ModeGate, Projects: []Project{p210}}},
+		}`, Handler{Mode: modeGate, Projects: []Project{p210}}},
 
 		{"payment_page, every setting", `ecommpay payment_page {
 			project 210 {env.ECOMMPAY_SECRET} {file./run/secrets/old} third
@@ -45,7 +45,7 @@ func TestCaddyfileParses(t *testing.T) {
 			base_url https://pp.example.test/sub
 			redirect
 		}`, Handler{
-			Mode: ModePaymentPage,
+			Mode: modePaymentPage,
 			Projects: []Project{
 				{ID: "210", Secrets: []string{"{env.ECOMMPAY_SECRET}", "{file./run/secrets/old}", "third"}},
 				{ID: "shop-eu", Secrets: []string{"s2"}},
@@ -68,7 +68,7 @@ func TestCaddyfileParses(t *testing.T) {
 			qr_level H
 			qr_cache 8MiB
 		}`, Handler{
-			Mode: ModeCallback, Projects: []Project{p210},
+			Mode: modeCallback, Projects: []Project{p210},
 			Dedupe: "memory", MaxKeys: 5000,
 			TTL: caddy.Duration(240 * time.Hour), ForwardTimeout: caddy.Duration(10 * time.Second),
 			OnStoreError: "forward", From: []string{"203.0.113.0/24", "198.51.100.7"},
@@ -83,16 +83,16 @@ func TestCaddyfileParses(t *testing.T) {
 			on_store_error reject
 			qr image
 		}`, Handler{
-			Mode: ModeCallback, Projects: []Project{p210},
+			Mode: modeCallback, Projects: []Project{p210},
 			Dedupe: "redis", RedisURL: "{env.REDIS_URL}", TTL: caddy.Duration(14 * 24 * time.Hour),
 			OnStoreError: "reject", QR: "image",
 		}},
 
 		{"callback, dedupe memory bare", "ecommpay callback {\n project 210 s\n dedupe memory\n qr off\n}",
-			Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Dedupe: "memory", QR: "off"}},
+			Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Dedupe: "memory", QR: "off"}},
 
 		{"callback, dedupe off", "ecommpay callback {\n project 210 s\n dedupe off\n}",
-			Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Dedupe: "off"}},
+			Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Dedupe: "off"}},
 
 		{"callback, store and journal", `ecommpay callback {
 			project 210 s
@@ -104,24 +104,24 @@ func TestCaddyfileParses(t *testing.T) {
 			}
 			read_timeout 5s
 		}`, Handler{
-			Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}},
+			Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}},
 			Store: "local", StorePath: "/var/lib/caddy/ecommpay.db",
 			Journal:     JournalConfig{MaxAge: caddy.Duration(7 * 24 * time.Hour), MaxSize: 64 << 20, NoBodies: true},
 			ReadTimeout: caddy.Duration(5 * time.Second),
 		}},
 
 		{"callback, store redis", "ecommpay callback {\n project 210 s\n store redis {env.REDIS_URL}\n}",
-			Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Store: "redis", RedisURL: "{env.REDIS_URL}"}},
+			Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Store: "redis", RedisURL: "{env.REDIS_URL}"}},
 
 		{"gate, store memory, journal off, allow_proxied", "ecommpay gate {\n project 210 s\n store memory 50\n journal off\n allow_proxied\n}",
-			Handler{Mode: ModeGate, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Store: "memory", MaxKeys: 50,
+			Handler{Mode: modeGate, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Store: "memory", MaxKeys: 50,
 				Journal: JournalConfig{Off: true}, AllowProxied: true}},
 
 		{"qr", "ecommpay qr {\n project 210 s\n qr_size 128\n qr_level l\n qr_cache 1MB\n}",
-			Handler{Mode: ModeQR, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, QRSize: 128, QRLevel: "l", QRCacheSize: 1000000}},
+			Handler{Mode: modeQR, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, QRSize: 128, QRLevel: "l", QRCacheSize: 1000000}},
 
 		{"quoted secret with spaces", "ecommpay gate {\n project 210 \"a secret; with spaces\"\n}",
-			Handler{Mode: ModeGate, Projects: []Project{{ID: "210", Secrets: []string{"a secret; with spaces"}}}}},
+			Handler{Mode: modeGate, Projects: []Project{{ID: "210", Secrets: []string{"a secret; with spaces"}}}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -508,7 +508,7 @@ func FuzzCaddyfile(f *testing.F) {
 			t.Fatalf("parsed without a project: %q", input)
 		}
 		switch h.Mode {
-		case ModePaymentPage, ModeGate, ModeCallback, ModeQR:
+		case modePaymentPage, modeGate, modeCallback, modeQR:
 		default:
 			t.Fatalf("parsed an unknown mode %q", h.Mode)
 		}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -26,14 +28,14 @@ import (
 // Headers set on what the app receives (client-sent copies are removed)
 // and on duplicate answers to ecommpay.
 const (
-	HeaderEventKey  = "X-Ecommpay-Event-Key"
-	HeaderProjectID = "X-Ecommpay-Project-Id"
-	HeaderDuplicate = "X-Ecommpay-Duplicate"
-	// HeaderReplay marks an event an operator sent again from the console.
-	HeaderReplay = "X-Ecommpay-Replay"
-	// HeaderSource is "status" on a payment status that reconciliation
+	headerEventKey  = "X-Ecommpay-Event-Key"
+	headerProjectID = "X-Ecommpay-Project-Id"
+	headerDuplicate = "X-Ecommpay-Duplicate"
+	// headerReplay marks an event an operator sent again from the console.
+	headerReplay = "X-Ecommpay-Replay"
+	// headerSource is "status" on a payment status that reconciliation
 	// asked ecommpay for, because the callback never came.
-	HeaderSource = "X-Ecommpay-Source"
+	headerSource = "X-Ecommpay-Source"
 )
 
 // retryAfter is what in-flight duplicates and store failures are told;
@@ -45,17 +47,17 @@ const minRetryWindow = 11 * 24 * time.Hour
 
 func (h *Handler) provisionCallback() error {
 	if h.TTL <= 0 {
-		h.TTL = caddy.Duration(DefaultTTL)
+		h.TTL = caddy.Duration(defaultTTL)
 	}
 	if time.Duration(h.TTL) < minRetryWindow {
 		h.logger.Warn("ttl is shorter than ecommpay's 11 days of retries: a retry that comes later is delivered to the app again",
 			zap.Duration("ttl", time.Duration(h.TTL)))
 	}
 	if h.ForwardTimeout <= 0 {
-		h.ForwardTimeout = caddy.Duration(DefaultForwardTimeout)
+		h.ForwardTimeout = caddy.Duration(defaultForwardTimeout)
 	}
 	if h.ReadTimeout <= 0 {
-		h.ReadTimeout = caddy.Duration(DefaultReadTimeout)
+		h.ReadTimeout = caddy.Duration(defaultReadTimeout)
 	}
 	switch h.OnStoreError {
 	case "", "reject", "forward":
@@ -96,7 +98,7 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	if h.StorePath != "" && kind != "local" {
 		return errors.New("a store path goes with store local only")
 	}
-	dedupe := h.Mode == ModeCallback && h.Dedupe != "off"
+	dedupe := h.Mode == modeCallback && h.Dedupe != "off"
 	if !dedupe && h.Journal.Off {
 		return nil // nothing to keep
 	}
@@ -106,7 +108,7 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	}
 	b, release, err := acquireBackend(backendOptions{
 		Kind: kind, Path: h.StorePath, RedisURL: redisURL, MaxKeys: h.MaxKeys,
-		Journal:    journalOptions{MaxAge: time.Duration(h.Journal.MaxAge), MaxSize: h.Journal.MaxSize, NoBodies: h.Journal.NoBodies},
+		Journal:    journal.Options{MaxAge: time.Duration(h.Journal.MaxAge), MaxSize: h.Journal.MaxSize, NoBodies: h.Journal.NoBodies},
 		JournalSet: h.Journal.MaxAge != 0 || h.Journal.MaxSize != 0 || h.Journal.NoBodies,
 		Config:     ctx.Context, // one per config load, shared by its handlers
 		Owner:      "the " + h.Mode + " handler",
@@ -130,7 +132,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, next cad
 	if dsp, ok := r.Context().Value(dispatchKey{}).(*dispatched); ok && dsp.target == h {
 		return h.serveDispatched(w, r, next, dsp)
 	}
-	x := h.newExchange(w, r, kindCallback)
+	x := h.newExchange(w, r, journal.KindCallback)
 	defer x.finish()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
@@ -182,7 +184,7 @@ func (h *Handler) serveDispatched(w http.ResponseWriter, r *http.Request, next c
 func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *canon.Doc, body []byte, p *project, key *canon.Key) error {
 	w, r := x.w, x.r
 	var token string
-	if h.store != nil && x.ev.Kind != kindReplay {
+	if h.store != nil && x.ev.Kind != journal.KindReplay {
 		state, tok, err := h.store.Claim(r.Context(), x.ev.EventKey, 2*time.Duration(h.ForwardTimeout))
 		switch {
 		case err != nil && h.OnStoreError == "forward":
@@ -195,9 +197,9 @@ func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *canon.Doc, bod
 			return x.answer(refuse(http.StatusServiceUnavailable, "store_error", "try again later"))
 		case state == store.Delivered:
 			x.ev.Status, x.ev.Result = http.StatusOK, "duplicate"
-			w.Header().Set(HeaderDuplicate, "1")
-			w.Header().Set(HeaderEventKey, x.ev.EventKey)
-			writeJSON(w, http.StatusOK, []byte(`{"status":"ok","duplicate":true}`+"\n"))
+			w.Header().Set(headerDuplicate, "1")
+			w.Header().Set(headerEventKey, x.ev.EventKey)
+			respond.JSON(w, http.StatusOK, []byte(`{"status":"ok","duplicate":true}`+"\n"))
 			return nil
 		case state == store.InFlight:
 			w.Header().Set("Retry-After", retryAfter)
@@ -206,7 +208,7 @@ func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *canon.Doc, bod
 			token = tok
 		}
 	}
-	if !h.Journal.NoBodies && x.ev.Kind != kindReplay {
+	if !h.Journal.NoBodies && x.ev.Kind != journal.KindReplay {
 		x.ev.Body = body // as received: what a replay sends again
 	}
 	return h.forwardCallback(x, next, h.rewriteCallback(d, body, p, key), token)
@@ -215,7 +217,7 @@ func (h *Handler) deliver(x *exchange, next caddyhttp.Handler, d *canon.Doc, bod
 // verifyCallback finds the callback's project, verifies its signature and
 // notes what it says. Fields read before the signature is known to be
 // right are noted truncated and marked unverified.
-func (h *Handler) verifyCallback(d *canon.Doc, ev *journalEvent) (*project, *canon.Key, *refusal) {
+func (h *Handler) verifyCallback(d *canon.Doc, ev *journal.Event) (*project, *canon.Key, *refusal) {
 	root := d.Root()
 	general := d.Get(root, "general")
 	noteCallback(d, ev, false)
@@ -287,30 +289,30 @@ func eventKey(projectID string, sum []byte) string {
 
 // noteCallback copies the callback's identity into ev; unverified values
 // are cut short.
-func noteCallback(d *canon.Doc, ev *journalEvent, verified bool) {
+func noteCallback(d *canon.Doc, ev *journal.Event, verified bool) {
 	root := d.Root()
-	cut := truncateUnverified
+	cut := journal.TruncateUnverified
 	if verified {
 		cut = func(s string) string { return s }
 	}
-	ev.PaymentID = cut(textAt(d, root, "payment", "id"))
+	ev.PaymentID = cut(d.TextAt(root, "payment", "id"))
 	if ev.PaymentID == "" {
-		ev.PaymentID = cut(textAt(d, root, "general", "payment_id"))
+		ev.PaymentID = cut(d.TextAt(root, "general", "payment_id"))
 	}
-	ev.OperationID = cut(textAt(d, root, "operation", "id"))
-	ev.OperationType = cut(textAt(d, root, "operation", "type"))
-	ev.OperationStatus = cut(textAt(d, root, "operation", "status"))
-	ev.PaymentStatus = cut(textAt(d, root, "payment", "status"))
+	ev.OperationID = cut(d.TextAt(root, "operation", "id"))
+	ev.OperationType = cut(d.TextAt(root, "operation", "type"))
+	ev.OperationStatus = cut(d.TextAt(root, "operation", "status"))
+	ev.PaymentStatus = cut(d.TextAt(root, "payment", "status"))
 	if !verified {
-		if pid := textAt(d, root, "project_id"); pid != "" {
+		if pid := d.TextAt(root, "project_id"); pid != "" {
 			ev.ProjectID = cut(pid)
 		}
 		return
 	}
 	// What was paid, for a payment the journal first sees here.
-	ev.Amount = textAt(d, root, "payment", "sum", "amount")
-	ev.Currency = textAt(d, root, "payment", "sum", "currency")
-	ev.Method = textAt(d, root, "payment", "method")
+	ev.Amount = d.TextAt(root, "payment", "sum", "amount")
+	ev.Currency = d.TextAt(root, "payment", "sum", "currency")
+	ev.Method = d.TextAt(root, "payment", "method")
 }
 
 // rewriteCallback returns the body the app gets: the body as received when
@@ -373,13 +375,13 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	// The query is not signed: frameworks that merge it into the request's
 	// parameters would take a stranger's values for ecommpay's.
 	r.URL.RawQuery, r.URL.ForceQuery = "", false
-	x.setHeader(r.Header, HeaderEventKey, ev.EventKey)
-	x.setHeader(r.Header, HeaderProjectID, ev.ProjectID)
+	x.setHeader(r.Header, headerEventKey, ev.EventKey)
+	x.setHeader(r.Header, headerProjectID, ev.ProjectID)
 	switch ev.Kind {
-	case kindReplay:
-		x.setHeader(r.Header, HeaderReplay, "1")
-	case kindStatus:
-		x.setHeader(r.Header, HeaderSource, "status")
+	case journal.KindReplay:
+		x.setHeader(r.Header, headerReplay, "1")
+	case journal.KindStatus:
+		x.setHeader(r.Header, headerSource, "status")
 	}
 	x.setHeader(r.Header, "Content-Type", "application/json")
 	x.setHeader(r.Header, "Content-Length", strconv.Itoa(len(body)))
@@ -410,13 +412,13 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	appStatus := rec.status
 	if err != nil {
 		// The app never answered: the status is the proxy's.
-		appStatus, ev.Reason = http.StatusBadGateway, reasonUnreachable
+		appStatus, ev.Reason = http.StatusBadGateway, journal.ReasonUnreachable
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			appStatus = he.StatusCode
 		}
 		if ctx.Err() == context.DeadlineExceeded {
-			appStatus, ev.Reason = http.StatusGatewayTimeout, reasonTimeout
+			appStatus, ev.Reason = http.StatusGatewayTimeout, journal.ReasonTimeout
 		}
 	}
 	ev.AppStatus = appStatus
@@ -424,7 +426,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 	h.settleClaim(x, token, delivered)
 	if delivered {
 		ev.Status, ev.Result = http.StatusOK, "forwarded"
-		x.setHeader(w.Header(), HeaderEventKey, ev.EventKey)
+		x.setHeader(w.Header(), headerEventKey, ev.EventKey)
 		x.setHeader(w.Header(), "Content-Length", strconv.Itoa(buf.Len()))
 		w.WriteHeader(http.StatusOK) // ecommpay wants exactly 200
 		_, _ = w.Write(buf.Bytes())
@@ -438,7 +440,7 @@ func (h *Handler) forwardCallback(x *exchange, next caddyhttp.Handler, body []by
 			h.logger.Error("nothing after `ecommpay callback` answered the callback, so it was not delivered; "+
 				"put reverse_proxy to the app in the same route or handle block, after ecommpay callback",
 				zap.String("event_key", ev.EventKey))
-			ev.Status, ev.Reason = http.StatusBadGateway, reasonNoHandler
+			ev.Status, ev.Reason = http.StatusBadGateway, journal.ReasonNoHandler
 		}
 		w.Header().Set("Retry-After", retryAfter)
 		return x.answer(refuse(cmp.Or(ev.Status, appStatus), "app_error", "the app could not be reached"))
@@ -512,9 +514,6 @@ func isModuleHeader(name string) bool {
 const maxPooledResponse = 64 << 10
 
 var responseBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// textAt is canon's Doc.TextAt, under the short name the modes use.
-func textAt(d *canon.Doc, n int32, path ...string) string { return d.TextAt(n, path...) }
 
 // appBody is the body the app reads: a bytes.Reader that closes as a no-op.
 type appBody struct{ bytes.Reader }

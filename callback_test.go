@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr/qrtest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/redistest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
@@ -36,7 +37,7 @@ const saleSuccess = `{"project_id":210,"payment":{"id":"ORDER-1","type":"purchas
 const awaitingQR = `{"project_id":210,"payment":{"id":"ORDER-QR","type":"purchase","status":"awaiting customer","method":"wechat"},"operation":{"id":9227000002917,"type":"sale","status":"awaiting customer","sum_initial":{"amount":1000,"currency":"CNY"},"rate":1.50},"display_data":[{"type":"qr_data","title":"QR code","data":"weixin://wxpay/bizpayurl?pr=dMrSpJG"},{"type":"add_info","title":"QR Code Timeout","data":"600"}]}`
 
 func callbackHandler(t testing.TB, mod func(*Handler)) *Handler {
-	h := &Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
+	h := &Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
 	if mod != nil {
 		mod(h)
 	}
@@ -52,10 +53,10 @@ func TestCallbackForwardsOnceAndAnswers200(t *testing.T) {
 	body := sign(t, testSecret, saleSuccess)
 
 	req := post("/callback", body)
-	req.Header.Set(HeaderEventKey, "forged-by-client")
+	req.Header.Set(headerEventKey, "forged-by-client")
 	req.Header.Set("X-Ecommpay-Verified", "1")
 	w := serve(h, req, next)
-	if w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" {
+	if w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "" {
 		t.Fatalf("first delivery: %d %v", w.Code, w.Header())
 	}
 	got := app.received()
@@ -67,16 +68,16 @@ func TestCallbackForwardsOnceAndAnswers200(t *testing.T) {
 	}
 	sum := sha256.Sum256([]byte(mustCanonical(t, body)))
 	wantKey := "210-" + hex.EncodeToString(sum[:16])
-	if k := got[0].header.Get(HeaderEventKey); k != wantKey {
+	if k := got[0].header.Get(headerEventKey); k != wantKey {
 		t.Fatalf("event key %q, want %q", k, wantKey)
 	}
-	if got[0].header.Get(HeaderProjectID) != "210" || got[0].header.Get("X-Ecommpay-Verified") != "" {
+	if got[0].header.Get(headerProjectID) != "210" || got[0].header.Get("X-Ecommpay-Verified") != "" {
 		t.Fatalf("headers the app can trust were not set, or a client copy passed: %v", got[0].header)
 	}
 
 	// A retry of a delivered callback: 200 at once, marked, not forwarded.
 	w = serve(h, post("/callback", body), next)
-	if w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "1" {
+	if w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "1" {
 		t.Fatalf("duplicate: %d %v", w.Code, w.Header())
 	}
 	if n := len(app.received()); n != 1 {
@@ -99,7 +100,7 @@ func TestCallbackDistinctEventsAllReachTheApp(t *testing.T) {
 	next := proxyTo(t, app.srv.URL)
 	for i := range 3 {
 		body := strings.Replace(saleSuccess, `"status":"success","method"`, fmt.Sprintf(`"status":"awaiting redirect result","attempt":%d,"method"`, i), 1)
-		if w := serve(h, post("/cb", sign(t, testSecret, body)), next); w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" {
+		if w := serve(h, post("/cb", sign(t, testSecret, body)), next); w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "" {
 			t.Fatalf("event %d: %d", i, w.Code)
 		}
 	}
@@ -122,7 +123,7 @@ func concurrentDeliveries(t *testing.T, handlers []*Handler, app *testApp, n int
 		go func() {
 			defer wg.Done()
 			w := serve(handlers[i%len(handlers)], post("/cb", body), next)
-			codes[i], dups[i] = w.Code, w.Header().Get(HeaderDuplicate) == "1"
+			codes[i], dups[i] = w.Code, w.Header().Get(headerDuplicate) == "1"
 		}()
 	}
 	wg.Wait()
@@ -140,7 +141,7 @@ func concurrentDeliveries(t *testing.T, handlers []*Handler, app *testApp, n int
 		t.Fatalf("app got %d deliveries and %d senders were told forwarded; want 1 and 1", got, forwarded)
 	}
 	// After the storm, a retry is a plain duplicate.
-	if w := serve(handlers[0], post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "1" {
+	if w := serve(handlers[0], post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "1" {
 		t.Fatalf("retry after the storm: %d", w.Code)
 	}
 }
@@ -247,10 +248,10 @@ func TestCallbackAppFailureLosesNothing(t *testing.T) {
 	}
 	// It recovers: the next retry is delivered, once.
 	app.status.Store(http.StatusOK)
-	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" {
+	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "" {
 		t.Fatalf("retry after recovery: %d %v", w.Code, w.Header())
 	}
-	if w := serve(h, post("/cb", body), next); w.Header().Get(HeaderDuplicate) != "1" {
+	if w := serve(h, post("/cb", body), next); w.Header().Get(headerDuplicate) != "1" {
 		t.Fatal("a retry after delivery was not a duplicate")
 	}
 	if got := app.received(); len(got) != 2 { // the 500 attempt and the delivery
@@ -268,7 +269,7 @@ func TestCallbackAppTimeoutReleasesTheClaim(t *testing.T) {
 		t.Fatalf("slow app: ecommpay got %d", w.Code)
 	}
 	app.delay.Store(0)
-	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" {
+	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "" {
 		t.Fatalf("retry: %d", w.Code)
 	}
 }
@@ -289,7 +290,7 @@ func TestCallbackCrashedClaimExpires(t *testing.T) {
 		t.Fatalf("while claimed: %d %v", w.Code, w.Header())
 	}
 	time.Sleep(1100 * time.Millisecond) // the lease is twice forward_timeout
-	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" {
+	if w := serve(h, post("/cb", body), next); w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "" {
 		t.Fatalf("after the claim expired: %d", w.Code)
 	}
 	if len(app.received()) != 1 {
@@ -370,7 +371,7 @@ func TestCallbackConformanceVectors(t *testing.T) {
 				id = probe.General.ProjectID.String()
 			}
 			app := newTestApp(t)
-			h := &Handler{Mode: ModeCallback, Projects: []Project{{ID: id, Secrets: []string{v.Secret}}}}
+			h := &Handler{Mode: modeCallback, Projects: []Project{{ID: id, Secrets: []string{v.Secret}}}}
 			provision(t, h)
 			w := serve(h, post("/cb", []byte(v.RawBody)), proxyTo(t, app.srv.URL))
 			delivered := len(app.received()) == 1
@@ -464,7 +465,7 @@ func TestCallbackQRHostedLink(t *testing.T) {
 	}
 
 	// Another node, with the same project lines, serves it.
-	qr := &Handler{Mode: ModeQR, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
+	qr := &Handler{Mode: modeQR, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
 	provision(t, qr)
 	get := func(u string) *http.Response {
 		r := httptestRequest(http.MethodGet, u)
@@ -500,7 +501,7 @@ func TestCallbackQRHostedLink(t *testing.T) {
 
 func TestCallbackLogsNoSecrets(t *testing.T) {
 	app := newTestApp(t)
-	h := &Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
+	h := &Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
 	logs := provision(t, h)
 	next := proxyTo(t, app.srv.URL)
 	good := sign(t, testSecret, awaitingQR)
@@ -584,9 +585,9 @@ func benchCallbackForward(b *testing.B, kind string) {
 	app.mu.Unlock()
 	h := callbackHandler(b, func(h *Handler) { h.QR = "off"; h.Store = "memory" })
 	fresh := func() {
-		var nb backend
+		var nb store.Backend
 		if kind == "local" {
-			lb, err := localstore.Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journalOptions{}, store.Hooks{})
+			lb, err := localstore.Open(filepath.Join(b.TempDir(), "ecommpay.db"), 0, journal.Options{}, store.Hooks{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -687,7 +688,7 @@ func TestCallbackAllocationBudget(t *testing.T) {
 // setHeader stores values under the names it is given: they must be
 // canonical, as Header.Set would make them.
 func TestModuleHeadersAreCanonical(t *testing.T) {
-	for _, name := range []string{HeaderEventKey, HeaderProjectID, HeaderReplay, HeaderSource, "Content-Type", "Content-Length"} {
+	for _, name := range []string{headerEventKey, headerProjectID, headerReplay, headerSource, "Content-Type", "Content-Length"} {
 		if http.CanonicalHeaderKey(name) != name {
 			t.Errorf("%s is not canonical", name)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/console"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -16,10 +17,6 @@ import (
 // operator likes (for example handle_path /ecommpay/* on the internal
 // listener). A replay reaches the app through the callback route's own
 // handlers (dispatch.go).
-
-// DefaultAttentionAfter is how long after its start a payment without a
-// final status is shown as needing attention.
-const DefaultAttentionAfter = console.DefaultAttentionAfter
 
 // provisionConsole builds the console over the handler's journal; it runs
 // again whenever tests swap the journal.
@@ -36,7 +33,8 @@ func (h *Handler) provisionConsole() {
 		Prefix:         consolePrefix,
 		Logger:         h.logger,
 	}
-	if hs, ok := h.journal.(healthReporter); ok {
+	// Every store.Backend tells when it is losing what it is given (the banner).
+	if hs, ok := h.journal.(interface{ Health() (bool, string) }); ok {
 		cfg.Health = hs.Health
 	}
 	h.console = console.New(cfg)
@@ -45,11 +43,11 @@ func (h *Handler) provisionConsole() {
 // serveConsole answers console pages and API calls.
 func (h *Handler) serveConsole(w http.ResponseWriter, r *http.Request) error {
 	if rf := h.signingRefusal(r); rf != nil {
-		writeError(w, rf.status, "", "%s", rf.msg)
+		respond.Error(w, rf.status, "", "%s", rf.msg)
 		return nil
 	}
 	if h.journal == nil || h.console == nil {
-		writeError(w, http.StatusServiceUnavailable, "", "the journal is off")
+		respond.Error(w, http.StatusServiceUnavailable, "", "the journal is off")
 		return nil
 	}
 	h.console.ServeHTTP(w, r)
@@ -73,7 +71,7 @@ func replayToApp(ctx context.Context, projectID string, body []byte) (journal.Ev
 	if target == nil {
 		return journal.Event{}, console.ErrNoCallbackHandler
 	}
-	d := &dispatched{kind: kindReplay, body: body}
+	d := &dispatched{kind: journal.KindReplay, body: body}
 	if err := target.dispatch(ctx, d); err != nil {
 		return journal.Event{}, err
 	}

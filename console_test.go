@@ -29,7 +29,7 @@ func newConsoleFixture(t *testing.T) *consoleFixture {
 	f := &consoleFixture{app: newTestApp(t)}
 	f.cb = callbackHandler(t, func(h *Handler) { h.Store = "memory" })
 	f.cb.store, f.cb.journal = b, b
-	f.con = &Handler{Mode: ModeConsole}
+	f.con = &Handler{Mode: modeConsole}
 	provision(t, f.con)
 	f.con.journal = b
 	f.con.provisionConsole()
@@ -149,7 +149,7 @@ func TestConsoleAPIAndPages(t *testing.T) {
 func TestConsoleRefusesCrossOriginReplay(t *testing.T) {
 	f := newConsoleFixture(t)
 	serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next)
-	key := f.app.received()[0].header.Get(HeaderEventKey)
+	key := f.app.received()[0].header.Get(headerEventKey)
 	for name, hdr := range map[string]map[string]string{
 		"cross-site fetch":  {"Sec-Fetch-Site": "cross-site"},
 		"same-site fetch":   {"Sec-Fetch-Site": "same-site"},
@@ -171,7 +171,7 @@ func TestConsoleRefusesCrossOriginReplay(t *testing.T) {
 	}
 	// A token is bound to its event.
 	serve(f.cb, post("/cb", sign(t, testSecret, strings.Replace(saleSuccess, `"ORDER-1"`, `"ORDER-2"`, 1))), f.next)
-	otherKey := f.app.received()[1].header.Get(HeaderEventKey)
+	otherKey := f.app.received()[1].header.Get(headerEventKey)
 	other := httptest.NewRequest(http.MethodPost, "/events/"+key+"/replay", strings.NewReader("token="+url.QueryEscape(f.replayToken(t, otherKey))))
 	other.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if w := f.do(t, other); w.Code != http.StatusForbidden {

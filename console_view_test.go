@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 )
 
@@ -27,7 +29,7 @@ func TestConsoleAmountsInMajorUnits(t *testing.T) {
 	kwd := strings.NewReplacer(`"ORDER-1"`, `"ORDER-KWD"`, `"amount":1000,"currency":"CNY"`, `"amount":12345,"currency":"KWD"`).Replace(saleSuccess)
 	serve(f.cb, post("/cb", sign(t, testSecret, kwd)), f.next)
 
-	var api struct{ Payments []paymentView }
+	var api struct{ Payments []journal.PaymentView }
 	if err := json.Unmarshal(f.get(t, "/api/payments?payment_id=ORDER-1").Body.Bytes(), &api); err != nil || len(api.Payments) != 1 {
 		t.Fatalf("payments API: %v %+v", err, api)
 	}
@@ -97,7 +99,7 @@ func TestConsoleCSV(t *testing.T) {
 		body = strings.Replace(body, `"method":"wechat"`, `"method":"=cmd|' /C calc'!A0"`, 1)
 		serve(f.cb, post("/cb", sign(t, testSecret, body)), f.next)
 	}
-	storetest.Record(t, f.con.journal, journalEvent{Kind: kindPaymentPage, ProjectID: "211", PaymentID: "OTHER", Verified: true,
+	storetest.Record(t, f.con.journal, journal.Event{Kind: journal.KindPaymentPage, ProjectID: "211", PaymentID: "OTHER", Verified: true,
 		Result: "signed", Amount: "700", Currency: "JPY"})
 
 	pays := csvRecords(readCSV(t, f, "/api/payments.csv?project_id=210"))
@@ -181,7 +183,7 @@ func TestConsoleSaysUnreachable(t *testing.T) {
 	if w := serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next); w.Code != http.StatusBadGateway {
 		t.Fatalf("callback to a closed app: %d", w.Code)
 	}
-	var evs struct{ Events []journalEvent }
+	var evs struct{ Events []journal.Event }
 	if err := json.Unmarshal(f.get(t, "/api/events?payment_id=ORDER-1").Body.Bytes(), &evs); err != nil || len(evs.Events) != 1 {
 		t.Fatalf("events: %v %+v", err, evs)
 	}
@@ -207,13 +209,13 @@ func TestConsoleEcommpayAnswers(t *testing.T) {
 	if w := serve(g, localPost("/v2/payment/wallet/wechat/sale", []byte(gateSale)), proxyTo(t, app.srv.URL)); w.Code != http.StatusOK {
 		t.Fatalf("gate: %d", w.Code)
 	}
-	storetest.Record(t, f.con.journal, journalEvent{Kind: kindStatusRequest, ProjectID: "210", PaymentID: "ORDER-G1", Verified: true,
-		Result: statusError, AppStatus: 400, EcommpayStatus: 400, Reason: "HTTP 400: project is blocked"})
-	var tl timeline
+	storetest.Record(t, f.con.journal, journal.Event{Kind: journal.KindStatusRequest, ProjectID: "210", PaymentID: "ORDER-G1", Verified: true,
+		Result: reconcile.ResultError, AppStatus: 400, EcommpayStatus: 400, Reason: "HTTP 400: project is blocked"})
+	var tl journal.Timeline
 	if err := json.Unmarshal(f.get(t, "/api/payments/210/ORDER-G1").Body.Bytes(), &tl); err != nil || len(tl.Events) != 2 {
 		t.Fatalf("timeline: %v %+v", err, tl)
 	}
-	if e := tl.Events[0]; e.Kind != kindGate || e.EcommpayStatus != http.StatusOK || e.AppStatus != 0 {
+	if e := tl.Events[0]; e.Kind != journal.KindGate || e.EcommpayStatus != http.StatusOK || e.AppStatus != 0 {
 		t.Fatalf("gate entry = %+v, want ecommpay_status 200 and app_status 0", e)
 	}
 	page := f.get(t, "/payments/210/ORDER-G1").Body.String()
@@ -237,7 +239,7 @@ func TestConsoleAttemptsOrderAndZone(t *testing.T) {
 	f.app.status.Store(http.StatusOK)
 	serve(f.cb, post("/cb", body), f.next)
 	serve(f.cb, post("/cb", body), f.next) // a duplicate: counted on the first entry, not entered
-	key := f.app.received()[0].header.Get(HeaderEventKey)
+	key := f.app.received()[0].header.Get(headerEventKey)
 	order := func(page, section string) []string {
 		t.Helper()
 		s := f.get(t, page).Body.String()
@@ -268,7 +270,7 @@ func TestConsoleAttemptsOrderAndZone(t *testing.T) {
 func TestConsoleEventsCarryAppLatency(t *testing.T) {
 	f := newConsoleFixture(t)
 	serve(f.cb, post("/cb", sign(t, testSecret, saleSuccess)), f.next)
-	storetest.Record(t, f.con.journal, journalEvent{Kind: kindPaymentPage, ProjectID: "210", PaymentID: "PP", Verified: true, Result: "signed"})
+	storetest.Record(t, f.con.journal, journal.Event{Kind: journal.KindPaymentPage, ProjectID: "210", PaymentID: "PP", Verified: true, Result: "signed"})
 	var evs struct{ Events []map[string]any }
 	if err := json.Unmarshal(f.get(t, "/api/events").Body.Bytes(), &evs); err != nil || len(evs.Events) != 2 {
 		t.Fatalf("events: %v %+v", err, evs)
@@ -288,12 +290,12 @@ func TestReplayAnswersItsEntry(t *testing.T) {
 	next := proxyTo(t, app.srv.URL)
 	body := sign(t, testSecret, saleSuccess)
 	serve(h, post("/cb", body), next)
-	d := &dispatched{target: h, kind: kindReplay, body: body}
+	d := &dispatched{target: h, kind: journal.KindReplay, body: body}
 	serve(h, post("/cb", nil).WithContext(context.WithValue(context.Background(), dispatchKey{}, d)), next)
 	if d.ev.ID == "" || d.ev.Time.IsZero() {
 		t.Fatalf("the replay's outcome has id %q and time %v", d.ev.ID, d.ev.Time)
 	}
-	evs, err := h.journal.Events(context.Background(), eventFilter{Kind: kindReplay})
+	evs, err := h.journal.Events(context.Background(), journal.EventFilter{Kind: journal.KindReplay})
 	if err != nil || len(evs) != 1 || evs[0].ID != d.ev.ID || !evs[0].Time.Equal(d.ev.Time) {
 		t.Fatalf("journal has %+v (%v); the replay answered id %q, time %v", evs, err, d.ev.ID, d.ev.Time)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 )
@@ -31,7 +32,7 @@ type dispatched struct {
 	eventKey string
 
 	reached bool // the target handler saw it
-	ev      journalEvent
+	ev      journal.Event
 }
 
 // callbackHandlers are the provisioned callback handlers of this process

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 )
@@ -48,10 +49,10 @@ func TestDispatchedReplayIsMarkedAndNotDeduplicated(t *testing.T) {
 		t.Fatalf("first delivery: %d", w.Code)
 	}
 	for i := 0; i < 2; i++ {
-		d := &dispatched{target: h, kind: kindReplay, body: body}
+		d := &dispatched{target: h, kind: journal.KindReplay, body: body}
 		r := post("/cb", nil).WithContext(context.WithValue(context.Background(), dispatchKey{}, d))
 		serve(h, r, next)
-		if !d.reached || d.ev.Result != "forwarded" || d.ev.AppStatus != http.StatusOK || d.ev.Kind != kindReplay {
+		if !d.reached || d.ev.Result != "forwarded" || d.ev.AppStatus != http.StatusOK || d.ev.Kind != journal.KindReplay {
 			t.Fatalf("replay %d: reached %v, outcome %+v", i, d.reached, d.ev)
 		}
 	}
@@ -59,13 +60,13 @@ func TestDispatchedReplayIsMarkedAndNotDeduplicated(t *testing.T) {
 	if len(got) != 3 {
 		t.Fatalf("the app got %d deliveries, want the callback and two replays", len(got))
 	}
-	if got[0].header.Get(HeaderReplay) != "" || got[1].header.Get(HeaderReplay) != "1" || got[2].header.Get(HeaderReplay) != "1" {
-		t.Fatalf("replay marks: %q %q %q", got[0].header.Get(HeaderReplay), got[1].header.Get(HeaderReplay), got[2].header.Get(HeaderReplay))
+	if got[0].header.Get(headerReplay) != "" || got[1].header.Get(headerReplay) != "1" || got[2].header.Get(headerReplay) != "1" {
+		t.Fatalf("replay marks: %q %q %q", got[0].header.Get(headerReplay), got[1].header.Get(headerReplay), got[2].header.Get(headerReplay))
 	}
 	// A client cannot pass for a replay.
 	r := post("/cb", body)
-	r.Header.Set(HeaderReplay, "1")
-	if w := serve(h, r, next); w.Header().Get(HeaderDuplicate) != "1" || len(app.received()) != 3 {
-		t.Fatalf("a client's replay header got through: %d dup=%q", w.Code, w.Header().Get(HeaderDuplicate))
+	r.Header.Set(headerReplay, "1")
+	if w := serve(h, r, next); w.Header().Get(headerDuplicate) != "1" || len(app.received()) != 3 {
+		t.Fatalf("a client's replay header got through: %d dup=%q", w.Code, w.Header().Get(headerDuplicate))
 	}
 }

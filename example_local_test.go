@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 )
 
 // The example must never talk to anything but loopback: whoever runs it as
@@ -81,7 +83,7 @@ func TestExampleCaddyfileStaysLocal(t *testing.T) {
 				}
 				statusURL, _ := rc["status_url"].(string)
 				if statusURL == "" {
-					statusURL = DefaultStatusURL
+					statusURL = reconcile.DefaultStatusURL
 				}
 				sent = append(sent, "reconcile "+statusURL)
 				u, err := url.Parse(statusURL)

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 	"go.uber.org/zap"
 )
 
@@ -18,7 +20,7 @@ type exchange struct {
 	w     http.ResponseWriter
 	r     *http.Request
 	start time.Time
-	ev    journalEvent
+	ev    journal.Event
 	// appLatency is how long the next handler took, when it was called.
 	appLatency time.Duration
 
@@ -42,8 +44,8 @@ type forwardParts struct {
 }
 
 func (h *Handler) newExchange(w http.ResponseWriter, r *http.Request, kind string) *exchange {
-	x := exchange{h: h, w: w, r: r, start: time.Now(), ev: journalEvent{Kind: kind}}
-	if kind == kindPaymentPage || kind == kindGate {
+	x := exchange{h: h, w: w, r: r, start: time.Now(), ev: journal.Event{Kind: kind}}
+	if kind == journal.KindPaymentPage || kind == journal.KindGate {
 		return &x // signing needs none of forwardParts
 	}
 	both := &struct {
@@ -68,7 +70,7 @@ func refuse(status int, result, msg string) *refusal {
 // answer writes a refusal as a small JSON error and notes the outcome.
 func (x *exchange) answer(rf *refusal) error {
 	x.ev.Status, x.ev.Result = rf.status, rf.result
-	writeError(x.w, rf.status, rf.field, "%s", rf.msg)
+	respond.Error(x.w, rf.status, rf.field, "%s", rf.msg)
 	return nil
 }
 
@@ -85,7 +87,7 @@ func (x *exchange) readObject() (*canon.Doc, string, *refusal) {
 
 // readBody reads the body within max_body and, for callbacks, read_timeout.
 func (x *exchange) readBody() (string, *refusal) {
-	if x.ev.Kind == kindCallback {
+	if x.ev.Kind == journal.KindCallback {
 		// A slow sender must not hold the connection: the body of a real
 		// callback arrives at once.
 		setReadDeadline(x.w, time.Now().Add(time.Duration(x.h.ReadTimeout)))
@@ -183,16 +185,16 @@ func (x *exchange) setHeader(hdr http.Header, name, value string) {
 // finish logs the outcome, counts it once and records it in the journal.
 func (x *exchange) finish() {
 	h, ev := x.h, &x.ev
-	if ev.ProjectID == "" && ev.Kind == kindCallback {
+	if ev.ProjectID == "" && ev.Kind == journal.KindCallback {
 		ev.ProjectID = "unknown"
 	}
-	if ev.Kind != kindCallback && ev.Result == "malformed" {
+	if ev.Kind != journal.KindCallback && ev.Result == "malformed" {
 		ev.Result = "invalid" // the signing modes' name for it
 	}
 	switch ev.Kind {
-	case kindCallback:
+	case journal.KindCallback:
 		h.metrics.callback(h.lookupProject(ev.ProjectID), ev.ProjectID, ev.Result)
-	case kindPaymentPage, kindGate:
+	case journal.KindPaymentPage, journal.KindGate:
 		h.metrics.signRequest(ev.Kind, ev.Result)
 	}
 	if x.appLatency > 0 {
@@ -206,11 +208,11 @@ func (x *exchange) finish() {
 		}
 		fields = append(fields, zap.String("project_id", ev.ProjectID), zap.String("payment_id", ev.PaymentID))
 		switch ev.Kind {
-		case kindCallback, kindReplay, kindStatus:
+		case journal.KindCallback, journal.KindReplay, journal.KindStatus:
 			fields = append(fields, zap.String("operation_id", ev.OperationID), zap.String("operation_status", ev.OperationStatus),
 				zap.String("payment_status", ev.PaymentStatus), zap.String("event_key", ev.EventKey), zap.Bool("verified", ev.Verified))
-		case kindGate:
-			fields = append(fields, zap.String("path", truncateUnverified(x.r.URL.Path)))
+		case journal.KindGate:
+			fields = append(fields, zap.String("path", journal.TruncateUnverified(x.r.URL.Path)))
 		}
 		if ev.AppStatus != 0 {
 			fields = append(fields, zap.Int("app_status", ev.AppStatus))
@@ -234,11 +236,11 @@ func (x *exchange) finish() {
 }
 
 var logMessages = map[string]string{
-	kindCallback:    "callback",
-	kindReplay:      "replay",
-	kindStatus:      "status event",
-	kindPaymentPage: "payment page request",
-	kindGate:        "gate request",
+	journal.KindCallback:    "callback",
+	journal.KindReplay:      "replay",
+	journal.KindStatus:      "status event",
+	journal.KindPaymentPage: "payment page request",
+	journal.KindGate:        "gate request",
 }
 
 // journaled reports whether the outcome belongs in the journal: every
@@ -246,7 +248,7 @@ var logMessages = map[string]string{
 // were signed.
 func (x *exchange) journaled() bool {
 	switch x.ev.Kind {
-	case kindPaymentPage, kindGate:
+	case journal.KindPaymentPage, journal.KindGate:
 		return x.ev.Result == "signed" || x.ev.Result == "upstream_error"
 	}
 	return true

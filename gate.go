@@ -9,13 +9,14 @@ import (
 	"strings"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // serveGate signs an unsigned Gate API request and hands it to next
 // (normally reverse_proxy to ecommpay). Nothing invalid is forwarded.
 func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	x := h.newExchange(w, r, kindGate)
+	x := h.newExchange(w, r, journal.KindGate)
 	defer x.finish()
 	if rf := h.signingRefusal(r); rf != nil {
 		return x.answer(rf)
@@ -34,7 +35,7 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	if general == canon.None {
 		return x.answer(&refusal{http.StatusBadRequest, "invalid", "general", "general must be an object"})
 	}
-	x.ev.PaymentID = textAt(d, general, "payment_id")
+	x.ev.PaymentID = d.TextAt(general, "payment_id")
 	pid := d.Get(general, "project_id")
 	if pid != canon.None && d.Kind(pid) != canon.Number && d.Kind(pid) != canon.String {
 		return x.answer(&refusal{http.StatusBadRequest, "invalid", "general.project_id", "general.project_id must be a number"})
@@ -51,8 +52,8 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 		d.SetProjectID(general, p.id)
 	}
 	x.ev.ProjectID, x.ev.Path = p.id, r.URL.Path
-	x.ev.Amount = textAt(d, root, "payment", "amount")
-	x.ev.Currency = textAt(d, root, "payment", "currency")
+	x.ev.Amount = d.TextAt(root, "payment", "amount")
+	x.ev.Currency = d.TextAt(root, "payment", "currency")
 	x.ev.Method = gateMethod(r.URL.Path)
 	p.keys[0].SignGate(d, general)
 	signed := d.AppendJSON(make([]byte, 0, len(body)+128))
@@ -74,7 +75,7 @@ func (h *Handler) serveGate(w http.ResponseWriter, r *http.Request, next caddyht
 	x.ev.EcommpayStatus = rec.Status()
 	if err != nil {
 		x.ev.Status, x.ev.Result = http.StatusBadGateway, "upstream_error"
-		x.ev.EcommpayStatus, x.ev.Reason = 0, reasonUnreachable // ecommpay never answered
+		x.ev.EcommpayStatus, x.ev.Reason = 0, journal.ReasonUnreachable // ecommpay never answered
 		var he caddyhttp.HandlerError
 		if errors.As(err, &he) && he.StatusCode != 0 {
 			x.ev.Status = he.StatusCode
@@ -98,5 +99,5 @@ func gateMethod(path string) string {
 		return ""
 	}
 	p = p[:strings.LastIndexByte(p, '/')] // drop {action}
-	return truncateUnverified(p[strings.LastIndexByte(p, '/')+1:])
+	return journal.TruncateUnverified(p[strings.LastIndexByte(p, '/')+1:])
 }

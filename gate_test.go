@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -37,7 +38,7 @@ const gateSaleCanonical = "customer:id:customer-1;customer:ip_address:198.51.100
 
 func gateHandler(t testing.TB, mod func(*Handler)) *Handler {
 	t.Helper()
-	h := &Handler{Mode: ModeGate, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
+	h := &Handler{Mode: modeGate, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
 	if mod != nil {
 		mod(h)
 	}
@@ -452,7 +453,7 @@ func TestGateMethodMatchesSplit(t *testing.T) {
 		if len(parts) < 4 || len(parts) > 5 || parts[0] != "v2" || parts[1] != "payment" {
 			return ""
 		}
-		return truncateUnverified(parts[len(parts)-2])
+		return journal.TruncateUnverified(parts[len(parts)-2])
 	}
 	for _, p := range []string{
 		"", "/", "/v2/payment/card/sale", "/v2/payment/wallet/wechat/sale", "v2/payment/wallet/wechat/sale/",

@@ -55,7 +55,7 @@ func testContext(t testing.TB) caddy.Context {
 // provision provisions h and validates it, with its logs captured.
 func provision(t testing.TB, h *Handler) *observer.ObservedLogs {
 	t.Helper()
-	if h.Mode != ModeQR && h.Store == "" && h.Dedupe != "memory" && h.Dedupe != "redis" && h.StorePath == "" {
+	if h.Mode != modeQR && h.Store == "" && h.Dedupe != "memory" && h.Dedupe != "redis" && h.StorePath == "" {
 		// Each test its own local store: a shared file would carry one
 		// test's delivered callbacks into the next.
 		h.StorePath = filepath.Join(t.TempDir(), "ecommpay.db")

@@ -43,8 +43,8 @@ func TestCallbackHangUpStillCommitsTheAppsAnswer(t *testing.T) {
 		t.Fatalf("the app got %d deliveries, want 1", n)
 	}
 	w := serve(h, post("/cb", body), next)
-	if w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "1" {
-		t.Fatalf("retry: %d duplicate=%q, want a duplicate 200", w.Code, w.Header().Get(HeaderDuplicate))
+	if w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "1" {
+		t.Fatalf("retry: %d duplicate=%q, want a duplicate 200", w.Code, w.Header().Get(headerDuplicate))
 	}
 	if n := len(app.received()); n != 1 {
 		t.Fatalf("the app got %d deliveries after the retry, want 1", n)
@@ -66,8 +66,8 @@ func TestCallbackWithNothingAfterItIsNotCommitted(t *testing.T) {
 	}
 	app := newTestApp(t)
 	w = serve(h, post("/cb", body), proxyTo(t, app.srv.URL))
-	if w.Code != http.StatusOK || w.Header().Get(HeaderDuplicate) != "" || len(app.received()) != 1 {
-		t.Fatalf("the retry was not delivered: %d duplicate=%q app got %d", w.Code, w.Header().Get(HeaderDuplicate), len(app.received()))
+	if w.Code != http.StatusOK || w.Header().Get(headerDuplicate) != "" || len(app.received()) != 1 {
+		t.Fatalf("the retry was not delivered: %d duplicate=%q app got %d", w.Code, w.Header().Get(headerDuplicate), len(app.received()))
 	}
 }
 
@@ -160,7 +160,7 @@ func TestCallbackHeadersCannotBeForged(t *testing.T) {
 	}
 	got := app.received()[0].header
 	for name, vals := range got {
-		if isModuleHeader(name) && name != HeaderEventKey && name != HeaderProjectID {
+		if isModuleHeader(name) && name != headerEventKey && name != headerProjectID {
 			t.Errorf("the app got %s: %q", name, vals)
 		}
 		for _, v := range vals {
@@ -169,8 +169,8 @@ func TestCallbackHeadersCannotBeForged(t *testing.T) {
 			}
 		}
 	}
-	if !strings.HasPrefix(got.Get(HeaderEventKey), "210-") || got.Get(HeaderProjectID) != "210" {
-		t.Fatalf("the module's headers did not reach the app: key %q project %q", got.Get(HeaderEventKey), got.Get(HeaderProjectID))
+	if !strings.HasPrefix(got.Get(headerEventKey), "210-") || got.Get(headerProjectID) != "210" {
+		t.Fatalf("the module's headers did not reach the app: key %q project %q", got.Get(headerEventKey), got.Get(headerProjectID))
 	}
 }
 
@@ -311,7 +311,7 @@ func (failingStore) Release(context.Context, string, string) error { return io.E
 
 func TestShortTTLWarns(t *testing.T) {
 	for ttl, warns := range map[time.Duration]bool{24 * time.Hour: true, 10 * 24 * time.Hour: true, 11 * 24 * time.Hour: false, 0: false} {
-		h := &Handler{Mode: ModeCallback, TTL: caddy.Duration(ttl)}
+		h := &Handler{Mode: modeCallback, TTL: caddy.Duration(ttl)}
 		logs := provisionLogs(h)
 		if err := h.provisionCallback(); err != nil {
 			t.Fatal(err)

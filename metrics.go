@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -141,8 +142,8 @@ func (m *metrics) signRequest(mode, result string) {
 // signedSeries are the series every signed request counts in, by mode,
 // looked up once: the vectors are never reset, so the series stay theirs.
 var signedSeries = map[string]*signedCounters{
-	kindPaymentPage: newSignedCounters(kindPaymentPage),
-	kindGate:        newSignedCounters(kindGate),
+	journal.KindPaymentPage: newSignedCounters(journal.KindPaymentPage),
+	journal.KindGate:        newSignedCounters(journal.KindGate),
 }
 
 type signedCounters struct{ requests, signatures prometheus.Counter }

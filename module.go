@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/console"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/origin"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
@@ -32,22 +33,22 @@ func init() {
 
 // The handler's modes.
 const (
-	ModePaymentPage = "payment_page"
-	ModeGate        = "gate"
-	ModeCallback    = "callback"
-	ModeQR          = "qr"
-	ModeConsole     = "console"
+	modePaymentPage = "payment_page"
+	modeGate        = "gate"
+	modeCallback    = "callback"
+	modeQR          = "qr"
+	modeConsole     = "console"
 	// ModeSandbox is in sandbox.go.
 )
 
 // Defaults for the optional settings.
 const (
-	DefaultMaxBody        = 1 << 20
-	DefaultBaseURL        = "https://paymentpage.ecommpay.com"
-	DefaultTTL            = 14 * 24 * time.Hour
-	DefaultForwardTimeout = 30 * time.Second
-	DefaultQRTTL          = time.Hour
-	DefaultReadTimeout    = 10 * time.Second
+	defaultMaxBody        = 1 << 20
+	defaultBaseURL        = "https://paymentpage.ecommpay.com"
+	defaultTTL            = 14 * 24 * time.Hour
+	defaultForwardTimeout = 30 * time.Second
+	defaultQRTTL          = time.Hour
+	defaultReadTimeout    = 10 * time.Second
 )
 
 // Handler signs requests to ecommpay and guards callbacks from it. One
@@ -257,13 +258,13 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets, applies defaults and opens the de-dup store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Mode != ModeConsole || len(h.Projects) > 0 {
+	if h.Mode != modeConsole || len(h.Projects) > 0 {
 		if err := h.provisionProjects(); err != nil {
 			return err
 		}
 	}
 	if h.MaxBody <= 0 {
-		h.MaxBody = DefaultMaxBody
+		h.MaxBody = defaultMaxBody
 	}
 	h.limits = canon.Limits{MaxDepth: h.MaxDepth, MaxLeaves: h.MaxLeaves, MaxString: h.MaxString, MaxKey: h.MaxKey}
 	var err error
@@ -284,22 +285,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	switch h.Mode {
-	case ModePaymentPage, ModeGate, ModeConsole, ModeSandbox:
+	case modePaymentPage, modeGate, modeConsole, modeSandbox:
 		h.warnTrustedProxies(ctx)
 	}
 	switch h.Mode {
-	case ModePaymentPage:
+	case modePaymentPage:
 		base := h.BaseURL
 		if base == "" {
-			base = DefaultBaseURL
+			base = defaultBaseURL
 		}
 		if h.paymentPage, err = parseBaseURL(base); err != nil {
 			return fmt.Errorf("base_url: %w", err)
 		}
 		h.paymentPage.Path = strings.TrimSuffix(h.paymentPage.Path, "/") + "/payment"
 		h.pageBase = newPageBase(h.paymentPage)
-	case ModeGate:
-	case ModeCallback:
+	case modeGate:
+	case modeCallback:
 		if err := h.provisionCallback(); err != nil {
 			return err
 		}
@@ -307,27 +308,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.route = &callbackRoute{server: srv}
 			callbackHandlers.Store(h, h.route)
 		}
-	case ModeQR:
+	case modeQR:
 		if err := h.provisionQR(); err != nil {
 			return err
 		}
-	case ModeConsole:
+	case modeConsole:
 		if h.AttentionAfter <= 0 {
-			h.AttentionAfter = caddy.Duration(DefaultAttentionAfter)
+			h.AttentionAfter = caddy.Duration(console.DefaultAttentionAfter)
 		}
-	case ModeSandbox:
+	case modeSandbox:
 		if err := h.provisionSandbox(); err != nil {
 			return err
 		}
 	default:
 		return fmt.Errorf("unknown mode %q: want payment_page, gate, callback, qr, console or sandbox", h.Mode)
 	}
-	if h.Mode != ModeQR && h.Mode != ModeSandbox {
+	if h.Mode != modeQR && h.Mode != modeSandbox {
 		if err := h.provisionStore(ctx); err != nil {
 			return err
 		}
 	}
-	if h.Mode == ModeConsole {
+	if h.Mode == modeConsole {
 		h.provisionConsole() // over the journal provisionStore opened
 	}
 	return h.startReconcile() // once the journal is open
@@ -383,24 +384,24 @@ func (h *Handler) Validate() error {
 		return nil
 	}
 	return errors.Join(
-		misplaced(len(h.Allow) > 0, "allow", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
-		misplaced(h.AllowProxied, "allow_proxied", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
-		misplaced(len(h.Hosts) > 0, "hosts", ModePaymentPage, ModeGate, ModeConsole, ModeSandbox),
-		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
-		misplaced(h.Journal != JournalConfig{}, "journal", ModePaymentPage, ModeGate, ModeCallback, ModeConsole),
-		misplaced(h.AttentionAfter != 0, "attention_after", ModeConsole),
-		misplaced(h.ReadTimeout != 0, "read_timeout", ModeCallback),
-		misplaced(h.BaseURL != "", "base_url", ModePaymentPage, ModeSandbox),
-		misplaced(h.Sandbox != nil, "sandbox", ModeSandbox),
-		misplaced(h.Redirect, "redirect", ModePaymentPage),
-		misplaced(h.Dedupe != "" || h.MaxKeys != 0, "dedupe", ModeCallback),
-		misplaced(h.TTL != 0, "ttl", ModeCallback),
-		misplaced(h.ForwardTimeout != 0, "forward_timeout", ModeCallback),
-		misplaced(h.OnStoreError != "", "on_store_error", ModeCallback),
-		misplaced(len(h.From) > 0, "from", ModeCallback),
-		misplaced(h.Reconcile != nil, "reconcile", ModeCallback),
-		misplaced(h.QR != "" || h.QRBaseURL != "" || h.QRTTL != 0, "qr", ModeCallback),
-		misplaced(h.QRSize != 0 || h.QRLevel != "" || h.QRCacheSize != 0, "qr_size, qr_level and qr_cache", ModeCallback, ModeQR),
+		misplaced(len(h.Allow) > 0, "allow", modePaymentPage, modeGate, modeConsole, modeSandbox),
+		misplaced(h.AllowProxied, "allow_proxied", modePaymentPage, modeGate, modeConsole, modeSandbox),
+		misplaced(len(h.Hosts) > 0, "hosts", modePaymentPage, modeGate, modeConsole, modeSandbox),
+		misplaced(h.Store != "" || h.StorePath != "" || h.RedisURL != "", "store", modePaymentPage, modeGate, modeCallback, modeConsole),
+		misplaced(h.Journal != JournalConfig{}, "journal", modePaymentPage, modeGate, modeCallback, modeConsole),
+		misplaced(h.AttentionAfter != 0, "attention_after", modeConsole),
+		misplaced(h.ReadTimeout != 0, "read_timeout", modeCallback),
+		misplaced(h.BaseURL != "", "base_url", modePaymentPage, modeSandbox),
+		misplaced(h.Sandbox != nil, "sandbox", modeSandbox),
+		misplaced(h.Redirect, "redirect", modePaymentPage),
+		misplaced(h.Dedupe != "" || h.MaxKeys != 0, "dedupe", modeCallback),
+		misplaced(h.TTL != 0, "ttl", modeCallback),
+		misplaced(h.ForwardTimeout != 0, "forward_timeout", modeCallback),
+		misplaced(h.OnStoreError != "", "on_store_error", modeCallback),
+		misplaced(len(h.From) > 0, "from", modeCallback),
+		misplaced(h.Reconcile != nil, "reconcile", modeCallback),
+		misplaced(h.QR != "" || h.QRBaseURL != "" || h.QRTTL != 0, "qr", modeCallback),
+		misplaced(h.QRSize != 0 || h.QRLevel != "" || h.QRCacheSize != 0, "qr_size, qr_level and qr_cache", modeCallback, modeQR),
 	)
 }
 
@@ -423,15 +424,15 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP dispatches to the mode.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	switch h.Mode {
-	case ModePaymentPage:
+	case modePaymentPage:
 		return h.servePaymentPage(w, r)
-	case ModeGate:
+	case modeGate:
 		return h.serveGate(w, r, next)
-	case ModeCallback:
+	case modeCallback:
 		return h.serveCallback(w, r, next)
-	case ModeConsole:
+	case modeConsole:
 		return h.serveConsole(w, r)
-	case ModeSandbox:
+	case modeSandbox:
 		return h.serveSandbox(w, r)
 	default:
 		return h.serveQR(w, r)
@@ -458,13 +459,13 @@ func (h *Handler) signingRefusal(r *http.Request) *refusal {
 	}
 	if !unixPeer(r) && !h.hostAllowed(r.Host) {
 		h.logger.Warn("refused a request whose Host is not an IP address, localhost or a name in hosts: a web page may be rebinding its name to this listener; if the name is yours, add `hosts <name>` to this handler",
-			zap.String("host", truncateUnverified(r.Host)), zap.String("remote", r.RemoteAddr), zap.String("mode", h.Mode))
+			zap.String("host", journal.TruncateUnverified(r.Host)), zap.String("remote", r.RemoteAddr), zap.String("mode", h.Mode))
 		return refuse(http.StatusMisdirectedRequest, "forbidden_host",
 			"this endpoint answers requests for an IP address, localhost or a name listed in hosts only")
 	}
 	// The console and the sandbox check their own forms; the sandbox's
 	// Payment Page is opened from the shop's pages, another origin.
-	if h.Mode != ModeConsole && h.Mode != ModeSandbox && !origin.Same(r, h.AllowProxied) {
+	if h.Mode != modeConsole && h.Mode != modeSandbox && !origin.Same(r, h.AllowProxied) {
 		// A page of any site can make a browser on this machine post a
 		// form to 127.0.0.1; the shop's server sends neither header.
 		return refuse(http.StatusForbidden, "forbidden",

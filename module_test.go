@@ -41,32 +41,32 @@ func TestProvisionErrors(t *testing.T) {
 		want []string // the error says all of these
 		not  []string // and none of these
 	}{
-		{"no projects", Handler{Mode: ModeGate}, []string{"at least one project"}, nil},
-		{"no secret", Handler{Mode: ModeGate, Projects: secret("210")}, []string{"project 210", "secret is required"}, nil},
-		{"empty secret", Handler{Mode: ModeGate, Projects: secret("210", "")}, []string{"project 210", "secret #1"}, nil},
-		{"unset env secret", Handler{Mode: ModeGate, Projects: secret("210", "{env."+unset+"}")},
+		{"no projects", Handler{Mode: modeGate}, []string{"at least one project"}, nil},
+		{"no secret", Handler{Mode: modeGate, Projects: secret("210")}, []string{"project 210", "secret is required"}, nil},
+		{"empty secret", Handler{Mode: modeGate, Projects: secret("210", "")}, []string{"project 210", "secret #1"}, nil},
+		{"unset env secret", Handler{Mode: modeGate, Projects: secret("210", "{env."+unset+"}")},
 			[]string{"project 210", "secret #1"}, nil},
-		{"second secret unresolvable", Handler{Mode: ModeGate, Projects: secret("211", testSecret, "{env."+unset+"}")},
+		{"second secret unresolvable", Handler{Mode: modeGate, Projects: secret("211", testSecret, "{env."+unset+"}")},
 			[]string{"project 211", "secret #2"}, []string{testSecret}},
-		{"partly resolved secret", Handler{Mode: ModeGate, Projects: secret("210", "{env.ECOMMPAY_TEST_PARTIAL}{nope.placeholder}")},
+		{"partly resolved secret", Handler{Mode: modeGate, Projects: secret("210", "{env.ECOMMPAY_TEST_PARTIAL}{nope.placeholder}")},
 			[]string{"project 210", "secret #1"}, []string{"partly-resolved-value", "nope.placeholder"}},
-		{"literal secret with an unknown placeholder", Handler{Mode: ModeGate, Projects: secret("210", "literal-secret-part{nope}")},
+		{"literal secret with an unknown placeholder", Handler{Mode: modeGate, Projects: secret("210", "literal-secret-part{nope}")},
 			[]string{"project 210"}, []string{"literal-secret-part"}},
-		{"missing secret file", Handler{Mode: ModeGate, Projects: secret("210", "{file."+filepath.Join(t.TempDir(), "none")+"}")},
+		{"missing secret file", Handler{Mode: modeGate, Projects: secret("210", "{file."+filepath.Join(t.TempDir(), "none")+"}")},
 			[]string{"project 210", "secret #1"}, nil},
-		{"duplicate project", Handler{Mode: ModeGate, Projects: append(secret("210", "a"), secret("210", "b")...)},
+		{"duplicate project", Handler{Mode: modeGate, Projects: append(secret("210", "a"), secret("210", "b")...)},
 			[]string{"project 210 is listed twice"}, nil},
-		{"empty project id", Handler{Mode: ModeGate, Projects: secret("", "a")}, []string{"not valid"}, nil},
-		{"project id with a space", Handler{Mode: ModeGate, Projects: secret("2 10", "a")}, []string{"not valid"}, nil},
-		{"project id with ;", Handler{Mode: ModeGate, Projects: secret("2;10", "a")}, []string{"not valid"}, nil},
+		{"empty project id", Handler{Mode: modeGate, Projects: secret("", "a")}, []string{"not valid"}, nil},
+		{"project id with a space", Handler{Mode: modeGate, Projects: secret("2 10", "a")}, []string{"not valid"}, nil},
+		{"project id with ;", Handler{Mode: modeGate, Projects: secret("2;10", "a")}, []string{"not valid"}, nil},
 		{"unknown mode", Handler{Mode: "sign", Projects: secret("210", "a")}, []string{`unknown mode "sign"`}, nil},
 		{"no mode", Handler{Projects: secret("210", "a")}, []string{`unknown mode ""`}, nil},
-		{"bad allow CIDR", Handler{Mode: ModeGate, Projects: secret("210", "a"), Allow: []string{"10.0.0.0/40"}}, []string{"allow"}, nil},
-		{"bad allow address", Handler{Mode: ModePaymentPage, Projects: secret("210", "a"), Allow: []string{"localhost"}}, []string{"allow"}, nil},
-		{"bad from", Handler{Mode: ModeCallback, Projects: secret("210", "a"), From: []string{"x/8"}}, []string{"from"}, nil},
-		{"base_url not http", Handler{Mode: ModePaymentPage, Projects: secret("210", "a"), BaseURL: "ftp://pp.example"}, []string{"base_url"}, nil},
-		{"base_url relative", Handler{Mode: ModePaymentPage, Projects: secret("210", "a"), BaseURL: "pp.example/x"}, []string{"base_url"}, nil},
-		{"base_url with a query", Handler{Mode: ModePaymentPage, Projects: secret("210", "a"), BaseURL: "https://pp.example/?a=1"}, []string{"base_url"}, nil},
+		{"bad allow CIDR", Handler{Mode: modeGate, Projects: secret("210", "a"), Allow: []string{"10.0.0.0/40"}}, []string{"allow"}, nil},
+		{"bad allow address", Handler{Mode: modePaymentPage, Projects: secret("210", "a"), Allow: []string{"localhost"}}, []string{"allow"}, nil},
+		{"bad from", Handler{Mode: modeCallback, Projects: secret("210", "a"), From: []string{"x/8"}}, []string{"from"}, nil},
+		{"base_url not http", Handler{Mode: modePaymentPage, Projects: secret("210", "a"), BaseURL: "ftp://pp.example"}, []string{"base_url"}, nil},
+		{"base_url relative", Handler{Mode: modePaymentPage, Projects: secret("210", "a"), BaseURL: "pp.example/x"}, []string{"base_url"}, nil},
+		{"base_url with a query", Handler{Mode: modePaymentPage, Projects: secret("210", "a"), BaseURL: "https://pp.example/?a=1"}, []string{"base_url"}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -92,7 +92,7 @@ func TestProvisionErrors(t *testing.T) {
 func signsWith(t *testing.T, h *Handler, secret string) {
 	t.Helper()
 	u, sig := signedAnswer(t, serve(h, pageGet("payment_id=P1&payment_amount=100&payment_currency=USD"), nil))
-	checkSignedURL(t, u, DefaultBaseURL, secret, [][2]string{
+	checkSignedURL(t, u, defaultBaseURL, secret, [][2]string{
 		{"payment_id", "P1"}, {"payment_amount", "100"}, {"payment_currency", "USD"}, {"project_id", "210"},
 	})
 	if sig != signature.Sign("payment_amount:100;payment_currency:USD;payment_id:P1;project_id:210", secret) {
@@ -125,26 +125,26 @@ func TestValidateRefusesSettingsOfOtherModes(t *testing.T) {
 		name string
 		h    Handler
 	}{
-		{"redirect", Handler{Mode: ModeGate, Redirect: true}},
-		{"base_url", Handler{Mode: ModeGate, BaseURL: "https://pp.example"}},
-		{"dedupe", Handler{Mode: ModePaymentPage, Dedupe: "memory"}},
-		{"store", Handler{Mode: ModeQR, RedisURL: "redis://127.0.0.1"}},
-		{"journal", Handler{Mode: ModeQR, Journal: JournalConfig{Off: true}}},
-		{"allow_proxied", Handler{Mode: ModeCallback, AllowProxied: true}},
-		{"read_timeout", Handler{Mode: ModeGate, ReadTimeout: caddy.Duration(1)}},
-		{"dedupe", Handler{Mode: ModeQR, MaxKeys: 5}},
-		{"allow", Handler{Mode: ModeCallback, Allow: []string{"10.0.0.0/8"}}},
-		{"allow", Handler{Mode: ModeQR, Allow: []string{"10.0.0.0/8"}}},
-		{"ttl", Handler{Mode: ModeGate, TTL: caddy.Duration(1)}},
-		{"forward_timeout", Handler{Mode: ModePaymentPage, ForwardTimeout: caddy.Duration(1)}},
-		{"on_store_error", Handler{Mode: ModeQR, OnStoreError: "forward"}},
-		{"from", Handler{Mode: ModePaymentPage, From: []string{"10.0.0.0/8"}}},
-		{"qr", Handler{Mode: ModeGate, QR: "image"}},
-		{"qr", Handler{Mode: ModeQR, QRBaseURL: "https://x"}},
-		{"qr", Handler{Mode: ModePaymentPage, QRTTL: caddy.Duration(1)}},
-		{"qr_size", Handler{Mode: ModeGate, QRSize: 100}},
-		{"qr_level", Handler{Mode: ModePaymentPage, QRLevel: "H"}},
-		{"qr_cache", Handler{Mode: ModeGate, QRCacheSize: 1 << 20}},
+		{"redirect", Handler{Mode: modeGate, Redirect: true}},
+		{"base_url", Handler{Mode: modeGate, BaseURL: "https://pp.example"}},
+		{"dedupe", Handler{Mode: modePaymentPage, Dedupe: "memory"}},
+		{"store", Handler{Mode: modeQR, RedisURL: "redis://127.0.0.1"}},
+		{"journal", Handler{Mode: modeQR, Journal: JournalConfig{Off: true}}},
+		{"allow_proxied", Handler{Mode: modeCallback, AllowProxied: true}},
+		{"read_timeout", Handler{Mode: modeGate, ReadTimeout: caddy.Duration(1)}},
+		{"dedupe", Handler{Mode: modeQR, MaxKeys: 5}},
+		{"allow", Handler{Mode: modeCallback, Allow: []string{"10.0.0.0/8"}}},
+		{"allow", Handler{Mode: modeQR, Allow: []string{"10.0.0.0/8"}}},
+		{"ttl", Handler{Mode: modeGate, TTL: caddy.Duration(1)}},
+		{"forward_timeout", Handler{Mode: modePaymentPage, ForwardTimeout: caddy.Duration(1)}},
+		{"on_store_error", Handler{Mode: modeQR, OnStoreError: "forward"}},
+		{"from", Handler{Mode: modePaymentPage, From: []string{"10.0.0.0/8"}}},
+		{"qr", Handler{Mode: modeGate, QR: "image"}},
+		{"qr", Handler{Mode: modeQR, QRBaseURL: "https://x"}},
+		{"qr", Handler{Mode: modePaymentPage, QRTTL: caddy.Duration(1)}},
+		{"qr_size", Handler{Mode: modeGate, QRSize: 100}},
+		{"qr_level", Handler{Mode: modePaymentPage, QRLevel: "H"}},
+		{"qr_cache", Handler{Mode: modeGate, QRCacheSize: 1 << 20}},
 	}
 	for _, c := range bad {
 		c.h.Projects = p
@@ -155,18 +155,18 @@ func TestValidateRefusesSettingsOfOtherModes(t *testing.T) {
 	}
 
 	// Every misplaced setting is reported at once.
-	h := Handler{Mode: ModeCallback, Projects: p, Allow: []string{"::1"}, Redirect: true}
+	h := Handler{Mode: modeCallback, Projects: p, Allow: []string{"::1"}, Redirect: true}
 	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "allow") || !strings.Contains(err.Error(), "redirect") {
 		t.Errorf("two misplaced settings: %v", err)
 	}
 
 	good := []Handler{
-		{Mode: ModeGate, Allow: []string{"10.0.0.0/8"}},
-		{Mode: ModePaymentPage, Allow: []string{"::1"}, BaseURL: "https://x", Redirect: true},
-		{Mode: ModeCallback, Dedupe: "redis", RedisURL: "redis://x", MaxKeys: 1, TTL: 1, ForwardTimeout: 1,
+		{Mode: modeGate, Allow: []string{"10.0.0.0/8"}},
+		{Mode: modePaymentPage, Allow: []string{"::1"}, BaseURL: "https://x", Redirect: true},
+		{Mode: modeCallback, Dedupe: "redis", RedisURL: "redis://x", MaxKeys: 1, TTL: 1, ForwardTimeout: 1,
 			OnStoreError: "reject", From: []string{"10.0.0.0/8"}, QR: "url", QRBaseURL: "https://x", QRTTL: 1,
 			QRSize: 64, QRLevel: "H", QRCacheSize: 1},
-		{Mode: ModeQR, QRSize: 64, QRLevel: "L", QRCacheSize: 1},
+		{Mode: modeQR, QRSize: 64, QRLevel: "L", QRCacheSize: 1},
 	}
 	for _, h := range good {
 		h.Projects = p
@@ -188,9 +188,9 @@ func TestSigningLogsNoSecrets(t *testing.T) {
 		}
 	}
 	app := newTestApp(t)
-	page := &Handler{Mode: ModePaymentPage, Projects: projects(), MaxBody: 512}
+	page := &Handler{Mode: modePaymentPage, Projects: projects(), MaxBody: 512}
 	pageLogs := provision(t, page)
-	gate := &Handler{Mode: ModeGate, Projects: projects(), MaxBody: 512}
+	gate := &Handler{Mode: modeGate, Projects: projects(), MaxBody: 512}
 	gateLogs := provision(t, gate)
 	next := proxyTo(t, app.srv.URL)
 
@@ -242,8 +242,8 @@ func TestSigningLogsNoSecrets(t *testing.T) {
 		logs interface{ All() []observer.LoggedEntry }
 		want map[string]int
 	}{
-		ModePaymentPage: {pageLogs, map[string]int{"signed": 2, "invalid": 3, "forbidden": 1, "too_large": 1}},
-		ModeGate:        {gateLogs, map[string]int{"signed": 2, "invalid": 1, "unknown_project": 1, "forbidden": 1, "too_large": 1}},
+		modePaymentPage: {pageLogs, map[string]int{"signed": 2, "invalid": 3, "forbidden": 1, "too_large": 1}},
+		modeGate:        {gateLogs, map[string]int{"signed": 2, "invalid": 1, "unknown_project": 1, "forbidden": 1, "too_large": 1}},
 	} {
 		results := map[string]int{}
 		for _, e := range c.logs.All() {
@@ -277,8 +277,8 @@ func TestSigningMetrics(t *testing.T) {
 	page := paymentPageHandler(t, nil)
 	gate := gateHandler(t, nil)
 	next := proxyTo(t, app.srv.URL)
-	pageReq0, pageSig0 := counts(ModePaymentPage)
-	gateReq0, gateSig0 := counts(ModeGate)
+	pageReq0, pageSig0 := counts(modePaymentPage)
+	gateReq0, gateSig0 := counts(modeGate)
 
 	serve(page, pageGet(pageQuery), nil)
 	serve(page, pagePost("application/json", `{"payment_id":"P2","payment_amount":5,"payment_currency":"EUR"}`), nil)
@@ -288,8 +288,8 @@ func TestSigningMetrics(t *testing.T) {
 	serve(gate, localPost("/g", []byte(`{"general":{"project_id":1}}`)), next)
 	serve(gate, localPost("/g", []byte(gateSale)), proxyTo(t, closedPort(t)))
 
-	pageReq, pageSig := counts(ModePaymentPage)
-	gateReq, gateSig := counts(ModeGate)
+	pageReq, pageSig := counts(modePaymentPage)
+	gateReq, gateSig := counts(modeGate)
 	delta := func(after, before map[string]float64) map[string]float64 {
 		d := map[string]float64{}
 		for k := range after {
@@ -342,7 +342,7 @@ func gathered(t *testing.T, reg *prometheus.Registry, mode, result string) float
 // configs do, each with its own registry, and checks counting goes on.
 func TestMetricsAcrossReloads(t *testing.T) {
 	newHandler := func(ctx caddy.Context) *Handler {
-		h := &Handler{Mode: ModePaymentPage, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
+		h := &Handler{Mode: modePaymentPage, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
 		if err := h.Provision(ctx); err != nil {
 			t.Fatalf("provision: %v", err)
 		}
@@ -354,8 +354,8 @@ func TestMetricsAcrossReloads(t *testing.T) {
 	newHandler(ctx1) // a second handler in the same config shares the registry
 	signed := func() { serve(h1, pageGet(pageQuery), nil) }
 	signed()
-	before := testutil.ToFloat64(signRequestsTotal.WithLabelValues(ModePaymentPage, "signed"))
-	if got := gathered(t, ctx1.GetMetricsRegistry(), ModePaymentPage, "signed"); got != before {
+	before := testutil.ToFloat64(signRequestsTotal.WithLabelValues(modePaymentPage, "signed"))
+	if got := gathered(t, ctx1.GetMetricsRegistry(), modePaymentPage, "signed"); got != before {
 		t.Fatalf("first registry shows %v, counter is %v", got, before)
 	}
 
@@ -367,11 +367,11 @@ func TestMetricsAcrossReloads(t *testing.T) {
 	_ = h1.Cleanup()
 	serve(h2, pageGet(pageQuery), nil)
 	serve(h2, pageGet(pageQuery), nil)
-	after := testutil.ToFloat64(signRequestsTotal.WithLabelValues(ModePaymentPage, "signed"))
+	after := testutil.ToFloat64(signRequestsTotal.WithLabelValues(modePaymentPage, "signed"))
 	if after != before+2 {
 		t.Fatalf("counter went from %v to %v after the reload, want +2", before, after)
 	}
-	if got := gathered(t, ctx2.GetMetricsRegistry(), ModePaymentPage, "signed"); got != after {
+	if got := gathered(t, ctx2.GetMetricsRegistry(), modePaymentPage, "signed"); got != after {
 		t.Fatalf("new registry shows %v, want %v", got, after)
 	}
 }

@@ -8,12 +8,14 @@ import (
 	"strings"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 )
 
 // servePaymentPage answers with a signed Payment Page URL built from the
 // app's parameters (a GET query, an urlencoded form or a flat JSON object).
 func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error {
-	x := h.newExchange(w, r, kindPaymentPage)
+	x := h.newExchange(w, r, journal.KindPaymentPage)
 	defer x.finish()
 	if rf := h.signingRefusal(r); rf != nil {
 		return x.answer(rf)
@@ -46,7 +48,7 @@ func (h *Handler) servePaymentPage(w http.ResponseWriter, r *http.Request) error
 	out = append(out, `","signature":"`...)
 	out = append(append(out, s.sig[:]...), "\"}\n"...) // base64 needs no JSON escaping
 	s.out = out
-	writeJSON(w, http.StatusOK, out)
+	respond.JSON(w, http.StatusOK, out)
 	return nil
 }
 

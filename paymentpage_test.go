@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -20,7 +21,7 @@ import (
 
 func paymentPageHandler(t testing.TB, mod func(*Handler)) *Handler {
 	t.Helper()
-	h := &Handler{Mode: ModePaymentPage, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
+	h := &Handler{Mode: modePaymentPage, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}}
 	if mod != nil {
 		mod(h)
 	}
@@ -157,7 +158,7 @@ func TestPaymentPageQueryAndForm(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			u, sig := signedAnswer(t, serve(h, r, nil))
-			if got := checkSignedURL(t, u, DefaultBaseURL, testSecret, pageQueryParams); got != sig {
+			if got := checkSignedURL(t, u, defaultBaseURL, testSecret, pageQueryParams); got != sig {
 				t.Fatalf("URL signature %q, JSON signature %q", got, sig)
 			}
 			if want := signature.Sign(pageQueryCanonical, testSecret); sig != want {
@@ -180,7 +181,7 @@ func TestPaymentPageJSON(t *testing.T) {
 		"payment_currency:EUR;payment_id:ORDER-8;project_id:210;rate:1.5"
 	for _, ct := range []string{"application/json", "application/json; charset=utf-8", ""} {
 		u, sig := signedAnswer(t, serve(h, pagePost(ct, body), nil))
-		checkSignedURL(t, u, DefaultBaseURL, testSecret, want)
+		checkSignedURL(t, u, defaultBaseURL, testSecret, want)
 		if sig != signature.Sign(canonical, testSecret) {
 			t.Fatalf("Content-Type %q: signature is not over %q", ct, canonical)
 		}
@@ -236,7 +237,7 @@ func TestPaymentPageRedirect(t *testing.T) {
 			t.Fatalf("%s: %d %s", name, w.Code, w.Body)
 		}
 		loc := w.Header().Get("Location")
-		sig := checkSignedURL(t, loc, DefaultBaseURL, testSecret, pageQueryParams)
+		sig := checkSignedURL(t, loc, defaultBaseURL, testSecret, pageQueryParams)
 		if sig != signature.Sign(pageQueryCanonical, testSecret) {
 			t.Fatalf("%s: Location carries a wrong signature", name)
 		}
@@ -486,7 +487,7 @@ func BenchmarkRespondBaseline(b *testing.B) {
 	}
 	answer := slices.Clone(w.body)
 	respond := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
-		writeJSON(w, http.StatusOK, answer)
+		respond.JSON(w, http.StatusOK, answer)
 		return nil
 	})
 	b.ReportAllocs()
@@ -560,7 +561,7 @@ func TestPaymentPageConcurrent(t *testing.T) {
 	for g := range answers {
 		for i, w := range answers[g] {
 			u, _ := signedAnswer(t, w)
-			checkSignedURL(t, u, DefaultBaseURL, testSecret, [][2]string{
+			checkSignedURL(t, u, defaultBaseURL, testSecret, [][2]string{
 				{"payment_id", fmt.Sprintf("O %d-%d", g, i)}, {"payment_amount", "1"}, {"payment_currency", "USD"}, {"project_id", "210"},
 			})
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -55,7 +56,7 @@ func (h *Handler) provisionQRRewrite() error {
 		}
 		h.qrBase = base
 		if h.QRTTL <= 0 {
-			h.QRTTL = caddy.Duration(DefaultQRTTL)
+			h.QRTTL = caddy.Duration(defaultQRTTL)
 		}
 	case "off":
 		return nil
@@ -77,7 +78,7 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 	}
 	changed := false
 	for e := range qr.DisplayEntries(d) {
-		if textAt(d, e, "type") != "qr_data" {
+		if d.TextAt(e, "type") != "qr_data" {
 			continue
 		}
 		data := d.Get(e, "data")
@@ -112,10 +113,10 @@ func (h *Handler) rewriteQR(d *canon.Doc, p *project) bool {
 // entry), else the configured default.
 func (h *Handler) qrLifetime(d *canon.Doc) time.Duration {
 	for e := range qr.DisplayEntries(d) {
-		if !strings.EqualFold(textAt(d, e, "title"), "QR Code Timeout") {
+		if !strings.EqualFold(d.TextAt(e, "title"), "QR Code Timeout") {
 			continue
 		}
-		secs, err := strconv.ParseFloat(textAt(d, e, "data"), 64)
+		secs, err := strconv.ParseFloat(d.TextAt(e, "data"), 64)
 		if err == nil && secs > 0 {
 			// Clamp before converting: a huge value would overflow into
 			// an already expired link.
@@ -137,7 +138,7 @@ func cacheOutcome(hit bool) string {
 func (h *Handler) serveQR(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "", "QR images are fetched with GET")
+		respond.Error(w, http.StatusMethodNotAllowed, "", "QR images are fetched with GET")
 		return nil
 	}
 	t := now()

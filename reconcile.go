@@ -18,19 +18,6 @@ import (
 // callback. Here: its config, its provisioning and its wiring into a
 // callback handler.
 
-// Reconciliation defaults.
-const (
-	DefaultStatusURL = reconcile.DefaultStatusURL
-	// DefaultReconcileAfter applies to payments of other methods.
-	DefaultReconcileAfter  = reconcile.DefaultAfter
-	DefaultReconcileEvery  = reconcile.DefaultEvery
-	DefaultReconcileGiveUp = reconcile.DefaultGiveUp
-)
-
-// statusError is the result of a status request without a usable answer:
-// a short name the console's tests use until they move.
-const statusError = reconcile.ResultError
-
 // ReconcileConfig turns on reconciliation in callback mode.
 type ReconcileConfig struct {
 	// After is how long after the signing request a final status is
@@ -67,7 +54,7 @@ func (h *Handler) provisionReconcile() error {
 	}
 	raw := c.StatusURL
 	if raw == "" {
-		raw = DefaultStatusURL
+		raw = reconcile.DefaultStatusURL
 	}
 	u, err := parseBaseURL(raw)
 	if err != nil {
@@ -97,7 +84,7 @@ func (h *Handler) reconcileConfig(s reconcile.Settings) reconcile.Config {
 			return nil
 		},
 		Deliver: func(ctx context.Context, body []byte) (journal.Event, error) {
-			d := &dispatched{kind: kindStatus, body: body}
+			d := &dispatched{kind: journal.KindStatus, body: body}
 			err := h.dispatch(ctx, d)
 			return d.ev, err
 		},

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile/reconciletest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/memstore"
@@ -48,8 +49,8 @@ func newRecEnv(t *testing.T, cfg ReconcileConfig) *recEnv {
 	c := e.h.reconcileConfig(*e.h.reconcileSettings)
 	c.Now = func() time.Time { return e.clock }
 	// What h.dispatch does, through the test's reverse_proxy.
-	c.Deliver = func(ctx context.Context, body []byte) (journalEvent, error) {
-		d := &dispatched{kind: kindStatus, body: body, target: e.h}
+	c.Deliver = func(ctx context.Context, body []byte) (journal.Event, error) {
+		d := &dispatched{kind: journal.KindStatus, body: body, target: e.h}
 		serve(e.h, post("/cb", nil).WithContext(context.WithValue(ctx, dispatchKey{}, d)), next)
 		if !d.reached {
 			return d.ev, errors.New("not reached")
@@ -75,14 +76,14 @@ func (e *recEnv) at(d time.Duration) {
 // the base time.
 func (e *recEnv) started(kind, paymentID, method string, ago time.Duration, appStatus int, path string) {
 	e.t.Helper()
-	ev := journalEvent{Time: e.base.Add(-ago), Kind: kind, ProjectID: "210", PaymentID: paymentID, Result: "signed",
+	ev := journal.Event{Time: e.base.Add(-ago), Kind: kind, ProjectID: "210", PaymentID: paymentID, Result: "signed",
 		Method: method, Status: appStatus, EcommpayStatus: appStatus, Path: path, Verified: true}
 	if err := e.b.Record(context.Background(), ev); err != nil {
 		e.t.Fatal(err)
 	}
 }
 
-func (e *recEnv) timeline(paymentID string) []journalEvent {
+func (e *recEnv) timeline(paymentID string) []journal.Event {
 	e.t.Helper()
 	tl, err := e.b.Timeline(context.Background(), "210", paymentID)
 	if err != nil {
@@ -91,7 +92,7 @@ func (e *recEnv) timeline(paymentID string) []journalEvent {
 	return tl.Events
 }
 
-func countKind(events []journalEvent, kind, result string) int {
+func countKind(events []journal.Event, kind, result string) int {
 	n := 0
 	for _, ev := range events {
 		if ev.Kind == kind && (result == "" || ev.Result == result) {
@@ -105,7 +106,7 @@ func countKind(events []journalEvent, kind, result string) int {
 // once, signed, marked as a status, with its literals kept.
 func TestReconcileDeliversAnOverdueStatusOnce(t *testing.T) {
 	e := newRecEnv(t, ReconcileConfig{})
-	e.started(kindGate, "WX-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
+	e.started(journal.KindGate, "WX-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
 	e.status.Set("WX-1", 200, statusSuccess)
 	found0 := testutil.ToFloat64(statusRequestsTotal.WithLabelValues(reconcile.ResultFound))
 	rec0 := testutil.ToFloat64(reconciledTotal.WithLabelValues("true"))
@@ -121,7 +122,7 @@ func TestReconcileDeliversAnOverdueStatusOnce(t *testing.T) {
 		t.Fatalf("the app got %d deliveries, want 1", len(got))
 	}
 	body := string(got[0].body)
-	if got[0].header.Get(HeaderSource) != "status" || got[0].header.Get(HeaderEventKey) == "" || got[0].header.Get(HeaderProjectID) != "210" {
+	if got[0].header.Get(headerSource) != "status" || got[0].header.Get(headerEventKey) == "" || got[0].header.Get(headerProjectID) != "210" {
 		t.Errorf("headers: %v", got[0].header)
 	}
 	if !verifies(got[0].body, testSecret) {
@@ -131,11 +132,11 @@ func TestReconcileDeliversAnOverdueStatusOnce(t *testing.T) {
 		t.Errorf("the status event lost ecommpay's literals: %s", body)
 	}
 	tl := e.timeline("WX-1")
-	if countKind(tl, kindStatusRequest, reconcile.ResultFound) != 1 || countKind(tl, kindStatus, "forwarded") != 1 {
+	if countKind(tl, journal.KindStatusRequest, reconcile.ResultFound) != 1 || countKind(tl, journal.KindStatus, "forwarded") != 1 {
 		t.Fatalf("timeline: %+v", tl)
 	}
 	for _, ev := range tl {
-		if ev.Kind == kindStatusRequest && (ev.AppStatus != 200 || ev.PaymentStatus != "success") {
+		if ev.Kind == journal.KindStatusRequest && (ev.AppStatus != 200 || ev.PaymentStatus != "success") {
 			t.Errorf("status_request entry: %+v", ev)
 		}
 	}
@@ -164,7 +165,7 @@ func TestReconcileFloorByStatusURL(t *testing.T) {
 		{"http://localhost:9/v2/payment/status", 0, time.Second, ""},
 		{"http://[::1]:9/v2/payment/status", 0, 50 * time.Millisecond, "reconcile every: at least 100ms"},
 	} {
-		h := &Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}, Store: "memory",
+		h := &Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}, Store: "memory",
 			Reconcile: &ReconcileConfig{StatusURL: c.statusURL, After: caddy.Duration(c.after), Every: caddy.Duration(c.every)}}
 		err := provisionErr(t, h)
 		if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
@@ -175,7 +176,7 @@ func TestReconcileFloorByStatusURL(t *testing.T) {
 
 // Cleanup stops the loop at once.
 func TestReconcileStopsOnCleanup(t *testing.T) {
-	h := &Handler{Mode: ModeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}, Store: "memory",
+	h := &Handler{Mode: modeCallback, Projects: []Project{{ID: "210", Secrets: []string{testSecret}}}, Store: "memory",
 		Reconcile: &ReconcileConfig{}}
 	if err := h.Provision(testContext(t)); err != nil {
 		t.Fatal(err)

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 )
 
 // errTooLarge marks a body over max_body.
@@ -45,11 +43,3 @@ var copyBufs = sync.Pool{New: func() any {
 	b := make([]byte, 16<<10)
 	return &b
 }}
-
-// writeError and writeJSON are internal/respond's, under the names the
-// modes use.
-func writeError(w http.ResponseWriter, status int, field, format string, args ...any) {
-	respond.Error(w, status, field, format, args...)
-}
-
-func writeJSON(w http.ResponseWriter, status int, body []byte) { respond.JSON(w, status, body) }

@@ -9,14 +9,15 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sandbox"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// ModeSandbox plays ecommpay on a loopback site, for development: see
+// modeSandbox plays ecommpay on a loopback site, for development: see
 // SandboxConfig and the package internal/sandbox.
-const ModeSandbox = "sandbox"
+const modeSandbox = "sandbox"
 
 // SandboxConfig configures mode sandbox: a local stand-in for ecommpay's
 // Payment Page and Gate that sends signed callbacks to the shop's callback
@@ -100,7 +101,7 @@ func dur(d caddy.Duration) time.Duration { return time.Duration(d) }
 // sandbox mints valid callbacks.
 func (h *Handler) serveSandbox(w http.ResponseWriter, r *http.Request) error {
 	if rf := h.signingRefusal(r); rf != nil {
-		writeError(w, rf.status, rf.field, "%s", rf.msg)
+		respond.Error(w, rf.status, rf.field, "%s", rf.msg)
 		return nil
 	}
 	h.sandbox.ServeHTTP(w, r)

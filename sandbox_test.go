@@ -34,7 +34,7 @@ func TestSandboxCaddyfile(t *testing.T) {
 	want := &SandboxConfig{CallbackURLs: []string{"http://127.0.0.1:8080/ecommpay/callback"},
 		PayAfter: caddy.Duration(2 * time.Second), Delay: caddy.Duration(500 * time.Millisecond), Copies: 2,
 		DropFinal: true, RetryScale: 1000, MBWayLimit: caddy.Duration(time.Minute)}
-	if h.Mode != ModeSandbox || h.BaseURL != "http://127.0.0.1:8482" || !reflect.DeepEqual(h.Sandbox, want) {
+	if h.Mode != modeSandbox || h.BaseURL != "http://127.0.0.1:8482" || !reflect.DeepEqual(h.Sandbox, want) {
 		t.Errorf("parsed %+v %+v", h, h.Sandbox)
 	}
 	for _, bad := range []string{
@@ -47,7 +47,7 @@ func TestSandboxCaddyfile(t *testing.T) {
 			t.Errorf("accepted %q", bad)
 		}
 	}
-	h = Handler{Mode: ModeGate, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Sandbox: &SandboxConfig{}}
+	h = Handler{Mode: modeGate, Projects: []Project{{ID: "210", Secrets: []string{"s"}}}, Sandbox: &SandboxConfig{}}
 	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "sandbox does not apply") {
 		t.Errorf("sandbox settings in gate mode: %v", err)
 	}
@@ -55,7 +55,7 @@ func TestSandboxCaddyfile(t *testing.T) {
 
 func TestSandboxAnswersLoopbackOnly(t *testing.T) {
 	var serveAt func(method, target, remote string, hdr map[string]string) int
-	h := &Handler{Mode: ModeSandbox, Projects: []Project{{ID: "210", Secrets: []string{"test-secret"}}},
+	h := &Handler{Mode: modeSandbox, Projects: []Project{{ID: "210", Secrets: []string{"test-secret"}}},
 		Sandbox: &SandboxConfig{CallbackURLs: []string{"http://127.0.0.1:1/callback"}}}
 	if err := h.Provision(testContext(t)); err != nil {
 		t.Fatal(err)
@@ -103,10 +103,10 @@ func TestSandboxAnswersLoopbackOnly(t *testing.T) {
 	if code := serveAt(http.MethodPost, "/sandbox/pay/P1", "127.0.0.1:5000", map[string]string{"Sec-Fetch-Site": "cross-site"}); code != http.StatusForbidden {
 		t.Errorf("a form posted from another site: %d, want 403", code)
 	}
-	if err := (&Handler{Mode: ModeSandbox, Projects: h.Projects}).Provision(testContext(t)); err == nil {
+	if err := (&Handler{Mode: modeSandbox, Projects: h.Projects}).Provision(testContext(t)); err == nil {
 		t.Error("a sandbox without a callback URL was provisioned")
 	}
-	bad := &Handler{Mode: ModeSandbox, Projects: h.Projects, Sandbox: &SandboxConfig{CallbackURLs: []string{"127.0.0.1:8080/callback"}}}
+	bad := &Handler{Mode: modeSandbox, Projects: h.Projects, Sandbox: &SandboxConfig{CallbackURLs: []string{"127.0.0.1:8080/callback"}}}
 	if err := bad.Provision(testContext(t)); err == nil || !strings.Contains(err.Error(), "not an absolute http(s) URL") {
 		t.Errorf("a callback URL without a scheme: %v", err)
 	}
@@ -140,11 +140,11 @@ func TestExampleSandboxCaddyfileAdapts(t *testing.T) {
 			t.Fatalf("mode %s: %v", h.Mode, err)
 		}
 		modes[h.Mode]++
-		if h.Mode == ModeSandbox && (h.Sandbox == nil || !reflect.DeepEqual(h.Sandbox.CallbackURLs, []string{"http://127.0.0.1:8080/ecommpay/callback"})) {
+		if h.Mode == modeSandbox && (h.Sandbox == nil || !reflect.DeepEqual(h.Sandbox.CallbackURLs, []string{"http://127.0.0.1:8080/ecommpay/callback"})) {
 			t.Errorf("the sandbox's callback: %+v", h.Sandbox)
 		}
 	}
-	if modes[ModeSandbox] != 1 || modes[ModeCallback] != 1 || modes[ModePaymentPage] != 2 || modes[ModeGate] != 1 {
+	if modes[modeSandbox] != 1 || modes[modeCallback] != 1 || modes[modePaymentPage] != 2 || modes[modeGate] != 1 {
 		t.Errorf("modes %v", modes)
 	}
 	// Like example.Caddyfile it talks to loopback only: upstreams, the

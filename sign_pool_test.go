@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/respond"
 )
 
 // The reference below is the Payment Page signer as first written, on
@@ -77,7 +78,7 @@ func referenceSignPaymentPage(h *Handler, pairs [][2]string) (signedURL, signatu
 
 func TestPageBaseMatchesURLString(t *testing.T) {
 	for _, base := range []string{
-		DefaultBaseURL, "http://127.0.0.1:8081", "https://pp.example.test/x/", "https://pp.example.test/?",
+		defaultBaseURL, "http://127.0.0.1:8081", "https://pp.example.test/x/", "https://pp.example.test/?",
 		"https://user:p%40ss@pp.example.test/a%20b/", "http://[::1]:8080/c", "https://pp.example.test/#",
 		`https://a"b/`,
 	} {
@@ -140,11 +141,11 @@ func FuzzPaymentPageMatchesReference(f *testing.F) {
 				t.Fatalf("signed %q %q %v %+v\nwant %q %q %v %+v", signed, sig, p, rf, refURL, refSig, refP, refRf)
 			}
 			if refRf != nil {
-				writeError(ref, refRf.status, refRf.field, "%s", refRf.msg)
+				respond.Error(ref, refRf.status, refRf.field, "%s", refRf.msg)
 			} else {
 				body := canon.AppendQuoted([]byte(`{"url":`), refURL)
 				body = canon.AppendQuoted(append(body, `,"signature":`...), refSig)
-				writeJSON(ref, http.StatusOK, append(body, "}\n"...))
+				respond.JSON(ref, http.StatusOK, append(body, "}\n"...))
 			}
 			if w.Code != ref.Code || w.Body.String() != ref.Body.String() || !reflect.DeepEqual(w.Header(), ref.Header()) {
 				t.Fatalf("answer %d %v %s\nwant %d %v %s", w.Code, w.Header(), w.Body, ref.Code, ref.Header(), ref.Body)

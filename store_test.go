@@ -121,7 +121,7 @@ func TestAcquireBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, releaseB, err := acquireBackend(backendOptions{Kind: "local", Path: rel,
-			Journal: journalOptions{MaxAge: time.Hour}}, nil)
+			Journal: journal.Options{MaxAge: time.Hour}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +175,7 @@ func TestAcquireBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 		b, rb, err := acquireBackend(backendOptions{Kind: "memory", MaxKeys: 200,
-			Journal: journalOptions{NoBodies: true}}, nil)
+			Journal: journal.Options{NoBodies: true}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +210,7 @@ func TestAcquireBackend(t *testing.T) {
 
 func TestAcquireRedisBackend(t *testing.T) {
 	url := redistest.URL(t)
-	opts := backendOptions{Kind: "redis", RedisURL: url, Journal: journalOptions{MaxUnverified: 7}}
+	opts := backendOptions{Kind: "redis", RedisURL: url, Journal: journal.Options{MaxUnverified: 7}}
 	a, releaseA, err := acquireBackend(opts, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +232,7 @@ func TestAcquireRedisBackend(t *testing.T) {
 	}
 	releaseA()
 	releaseB()
-	if err := a.Record(context.Background(), journalEvent{Kind: kindCallback, Verified: true}); err == nil {
+	if err := a.Record(context.Background(), journal.Event{Kind: journal.KindCallback, Verified: true}); err == nil {
 		t.Fatal("Record after the last release worked")
 	}
 }
@@ -346,7 +346,7 @@ func TestStoreHooksFeedMetrics(t *testing.T) {
 // The journal names a signing request's entry after its handler's mode:
 // the console and metrics read one as the other.
 func TestSigningKindsAreModes(t *testing.T) {
-	if kindPaymentPage != ModePaymentPage || kindGate != ModeGate {
-		t.Fatalf("kinds %q, %q; modes %q, %q", kindPaymentPage, kindGate, ModePaymentPage, ModeGate)
+	if journal.KindPaymentPage != modePaymentPage || journal.KindGate != modeGate {
+		t.Fatalf("kinds %q, %q; modes %q, %q", journal.KindPaymentPage, journal.KindGate, modePaymentPage, modeGate)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
@@ -47,25 +48,25 @@ func TestHostAllowed(t *testing.T) {
 func TestSigningModesRefuseForeignHost(t *testing.T) {
 	app := newTestApp(t)
 	next := proxyTo(t, app.srv.URL)
-	for _, mode := range []string{ModePaymentPage, ModeGate, ModeConsole} {
+	for _, mode := range []string{modePaymentPage, modeGate, modeConsole} {
 		t.Run(mode, func(t *testing.T) {
 			for _, listed := range []bool{false, true} {
 				h := &Handler{Mode: mode, Store: "memory"}
-				if mode != ModeConsole {
+				if mode != modeConsole {
 					h.Projects = []Project{{ID: "210", Secrets: []string{testSecret}}}
 				}
 				if listed {
 					h.Hosts = []string{"evil.example"}
 				}
 				logs := provision(t, h)
-				if mode == ModeConsole {
+				if mode == modeConsole {
 					h.provisionConsole()
 				}
 				var r *http.Request
 				switch mode {
-				case ModePaymentPage:
+				case modePaymentPage:
 					r = pageGet(pageQuery)
-				case ModeGate:
+				case modeGate:
 					r = localPost("/v2/payment/wallet/wechat/sale", []byte(gateSale))
 				default:
 					r = httptestRequest(http.MethodGet, "/api/payments")
@@ -183,7 +184,7 @@ func TestPaymentPageSignatureIsNotACallback(t *testing.T) {
 	if n := len(app.received()); n != 0 {
 		t.Errorf("the app got %d deliveries", n)
 	}
-	events, err := b.Events(context.Background(), eventFilter{})
+	events, err := b.Events(context.Background(), journal.EventFilter{})
 	if err != nil || len(events) != 1 || events[0].Verified || events[0].Result != "not_a_callback" {
 		t.Errorf("journal: %+v %v", events, err)
 	}
@@ -330,15 +331,15 @@ func TestReconcileRefusesAnAnswerAboutAnotherPayment(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			e := newRecEnv(t, ReconcileConfig{})
-			e.started(kindGate, "WX-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
-			e.started(kindGate, "VICTIM-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
+			e.started(journal.KindGate, "WX-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
+			e.started(journal.KindGate, "VICTIM-1", "wechat", 2*time.Hour+time.Minute, 200, "/v2/payment/wallet/wechat/sale")
 			e.status.Set("WX-1", 200, answer)
 			e.status.Set("VICTIM-1", 400, `{"status":"error","message":"temporarily unavailable"}`)
 			e.at(0)
 			if n := len(e.app.received()); n != 0 {
 				t.Fatalf("the app got %d deliveries", n)
 			}
-			if n := countKind(e.timeline("WX-1"), kindStatusRequest, reconcile.ResultMismatch); n != 1 {
+			if n := countKind(e.timeline("WX-1"), journal.KindStatusRequest, reconcile.ResultMismatch); n != 1 {
 				t.Errorf("%d mismatch entries for WX-1: %+v", n, e.timeline("WX-1"))
 			}
 			for _, id := range []string{"WX-1", "VICTIM-1"} {
@@ -363,7 +364,7 @@ func TestReconcileStatusURLMustBeHTTPS(t *testing.T) {
 		"http://10.0.0.5/v2/payment/status":          false,
 		"http://127.0.0.1.evil.example/status":       false,
 	} {
-		h := &Handler{Mode: ModeCallback, Store: "memory", Projects: []Project{{ID: "210", Secrets: []string{testSecret}}},
+		h := &Handler{Mode: modeCallback, Store: "memory", Projects: []Project{{ID: "210", Secrets: []string{testSecret}}},
 			Reconcile: &ReconcileConfig{StatusURL: raw, Every: caddy.Duration(time.Minute)}}
 		err := provisionErr(t, h)
 		if ok != (err == nil) {

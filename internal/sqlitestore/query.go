@@ -174,10 +174,13 @@ func (s *Store) OpenPayments(ctx context.Context, signedBefore, since time.Time,
 	if err := s.sync(ctx); err != nil {
 		return nil, err
 	}
-	return s.list(ctx, "SELECT data FROM payments WHERE final = 0 AND signed IS NOT NULL AND signed < ? "+
-		"AND updated >= ? ORDER BY signed, project_id, payment_id LIMIT ?",
-		signedBefore.UnixNano(), since.UnixNano(), limit)
+	return s.list(ctx, openPaymentsSQL, signedBefore.UnixNano(), since.UnixNano(), limit)
 }
+
+// openPaymentsSQL is the query for OpenPayments: its WHERE implies
+// payments_open's, so that SQLite walks that index.
+const openPaymentsSQL = "SELECT data FROM payments WHERE final = 0 AND signed IS NOT NULL AND signed < ? " +
+	"AND updated >= ? ORDER BY signed, project_id, payment_id LIMIT ?"
 
 // Body returns the body stored for an event key.
 func (s *Store) Body(ctx context.Context, eventKey string) ([]byte, error) {

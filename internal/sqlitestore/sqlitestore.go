@@ -37,9 +37,9 @@ import (
 )
 
 // SchemaVersion is the PRAGMA user_version of files this package writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
-// Schema creates version 1 of the file. Times are Unix nanoseconds (UTC).
+// Schema creates version 2 of the file. Times are Unix nanoseconds (UTC).
 const Schema = `
 CREATE TABLE events (
   id         TEXT PRIMARY KEY, -- 16 hex digits of Unix ns, 8 random: sorts by time
@@ -75,11 +75,8 @@ CREATE TABLE payments (
   data       TEXT NOT NULL     -- the whole view: the console API's payment object (JSON)
 );
 CREATE UNIQUE INDEX payments_id ON payments(project_id, payment_id);
-CREATE INDEX payments_updated ON payments(updated, project_id, payment_id);
-CREATE INDEX payments_status ON payments(status, updated, project_id, payment_id);
-CREATE INDEX payments_method ON payments(method, updated, project_id, payment_id);
-CREATE INDEX payments_open ON payments(final, signed, project_id, payment_id);
-CREATE INDEX payments_final ON payments(final, updated, project_id, payment_id);
+CREATE INDEX payments_updated ON payments(updated, project_id, payment_id, status, method, final);
+CREATE INDEX payments_open ON payments(signed, project_id, payment_id) WHERE final = 0 AND signed IS NOT NULL;
 
 CREATE TABLE delivered (       -- callbacks the app acknowledged
   key_hash BLOB PRIMARY KEY,   -- first 16 bytes of SHA-256 of the event key
@@ -92,6 +89,22 @@ CREATE TABLE meta (
   value INTEGER NOT NULL       -- "size": bytes counted against the size bound
 ) WITHOUT ROWID;
 `
+
+// migrations[v-1] takes a file of version v to v+1.
+var migrations = []string{
+	// 1 to 2: the payments' status, method and final filters read the
+	// columns from the index on updated instead of indexes of their own
+	// (each index entry costs every callback's write), and the index of
+	// open payments keeps only the signed ones that reconciliation asks
+	// for.
+	`DROP INDEX payments_status;
+DROP INDEX payments_method;
+DROP INDEX payments_final;
+DROP INDEX payments_updated;
+DROP INDEX payments_open;
+CREATE INDEX payments_updated ON payments(updated, project_id, payment_id, status, method, final);
+CREATE INDEX payments_open ON payments(signed, project_id, payment_id) WHERE final = 0 AND signed IS NOT NULL;`,
+}
 
 // Tuning.
 const (
@@ -379,8 +392,16 @@ func (s *Store) prepare() error {
 		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", SchemaVersion)); err != nil {
 			return err
 		}
+		version = SchemaVersion
 	}
-	// Later versions migrate here, one step at a time.
+	for v := version; v < SchemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("migrating the schema from version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", v+1)); err != nil {
+			return err
+		}
+	}
 	if _, err := tx.ExecContext(ctx, "INSERT INTO meta(name, value) VALUES('opened', ?) "+
 		"ON CONFLICT(name) DO UPDATE SET value = excluded.value", s.cfg.Now().UnixNano()); err != nil {
 		return err

@@ -69,6 +69,7 @@ func TestQueriesNeedNoSort(t *testing.T) {
 		}
 		checkPlan(t, s.db, name, query, args)
 	}
+	checkPlan(t, s.db, "open payments", openPaymentsSQL, []any{1, 1, 100}, "payments_open")
 }
 
 func checkPlan(t *testing.T, db *sql.DB, name, query string, args []any, wantIndex ...string) {
@@ -250,4 +251,91 @@ func TestFoldAcrossTransactions(t *testing.T) {
 	if err != nil || len(got) != 1 || string(got[0]) != "123" {
 		t.Fatalf("payment a = %q, %v", got, err)
 	}
+}
+
+// schemaV1 is version 1 of the file, as the first release wrote it.
+const schemaV1 = `
+CREATE TABLE events (id TEXT PRIMARY KEY, time INTEGER NOT NULL, kind TEXT NOT NULL, project_id TEXT NOT NULL,
+  payment_id TEXT NOT NULL, event_key TEXT NOT NULL, result TEXT NOT NULL, verified INTEGER NOT NULL,
+  size INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX events_payment ON events(payment_id, project_id, id);
+CREATE INDEX events_key ON events(event_key, id);
+CREATE INDEX events_result ON events(result, id);
+CREATE INDEX events_unverified ON events(id) WHERE verified = 0;
+CREATE TABLE bodies (event_key TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE payments (project_id TEXT NOT NULL, payment_id TEXT NOT NULL, started INTEGER NOT NULL,
+  updated INTEGER NOT NULL, signed INTEGER, status TEXT NOT NULL, method TEXT NOT NULL, final INTEGER NOT NULL,
+  data TEXT NOT NULL);
+CREATE UNIQUE INDEX payments_id ON payments(project_id, payment_id);
+CREATE INDEX payments_updated ON payments(updated, project_id, payment_id);
+CREATE INDEX payments_status ON payments(status, updated, project_id, payment_id);
+CREATE INDEX payments_method ON payments(method, updated, project_id, payment_id);
+CREATE INDEX payments_open ON payments(final, signed, project_id, payment_id);
+CREATE INDEX payments_final ON payments(final, updated, project_id, payment_id);
+CREATE TABLE delivered (key_hash BLOB PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX delivered_expires ON delivered(expires);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+PRAGMA user_version = 1;
+`
+
+// A file of version 1 is migrated forward on open: its rows stay, and its
+// indexes become those a new file has.
+func TestMigrateFromVersion1(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "old.db")
+	db, err := sql.Open("sqlite", "file:"+old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := time.Now().Add(-time.Hour).UnixNano()
+	for _, q := range []string{schemaV1,
+		fmt.Sprintf(`INSERT INTO payments VALUES('1', 'open', %d, %d, %d, 'awaiting customer', 'wechat', 0, '{"open":1}')`, signed, signed, signed),
+		fmt.Sprintf(`INSERT INTO payments VALUES('1', 'paid', %d, %d, %d, 'success', 'wechat', 1, '{"paid":1}')`, signed, signed, signed),
+		fmt.Sprintf(`INSERT INTO events VALUES('%016x00000000', %d, 'callback', '1', 'open', 'k', 'forwarded', 1, 100, '{}')`, signed, signed),
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = db.Close()
+
+	s := openTest(t, old)
+	var version int
+	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != SchemaVersion {
+		t.Fatalf("user_version = %d, %v; want %d", version, err, SchemaVersion)
+	}
+	fresh := openTest(t, filepath.Join(dir, "new.db"))
+	if got, want := schemaOf(t, s.db), schemaOf(t, fresh.db); got != want {
+		t.Errorf("migrated schema:\n%s\nnew file's:\n%s", got, want)
+	}
+	open, err := s.OpenPayments(context.Background(), time.Now(), time.Now().Add(-2*time.Hour), 10)
+	if err != nil || len(open) != 1 || string(open[0]) != `{"open":1}` {
+		t.Errorf("open payments after the migration = %q, %v", open, err)
+	}
+	paid, err := s.Payments(context.Background(), PaymentQuery{Status: "success", Limit: 10})
+	if err != nil || len(paid) != 1 || string(paid[0]) != `{"paid":1}` {
+		t.Errorf("payments by status after the migration = %q, %v", paid, err)
+	}
+}
+
+// schemaOf lists a file's tables and their columns, and its indexes as
+// created.
+func schemaOf(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	rows, err := db.Query("SELECT CASE type WHEN 'index' THEN sql ELSE name || '(' || (SELECT group_concat(" +
+		"name || ' ' || type || ' ' || \"notnull\" || ' ' || pk, ', ') FROM pragma_table_info(m.name)) || ')' END " +
+		"FROM sqlite_master m WHERE sql IS NOT NULL ORDER BY name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var q string
+		if err := rows.Scan(&q); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, q)
+	}
+	return strings.Join(out, "\n")
 }

@@ -97,11 +97,11 @@ var migrations = []string{
 	// (each index entry costs every callback's write), and the index of
 	// open payments keeps only the signed ones that reconciliation asks
 	// for.
-	`DROP INDEX payments_status;
-DROP INDEX payments_method;
-DROP INDEX payments_final;
-DROP INDEX payments_updated;
-DROP INDEX payments_open;
+	`DROP INDEX IF EXISTS payments_status;
+DROP INDEX IF EXISTS payments_method;
+DROP INDEX IF EXISTS payments_final;
+DROP INDEX IF EXISTS payments_updated;
+DROP INDEX IF EXISTS payments_open;
 CREATE INDEX payments_updated ON payments(updated, project_id, payment_id, status, method, final);
 CREATE INDEX payments_open ON payments(signed, project_id, payment_id) WHERE final = 0 AND signed IS NOT NULL;`,
 }
@@ -116,6 +116,10 @@ const (
 	// SweepEvery is how often an idle store still writes, to drop expired
 	// marks and entries past their age.
 	SweepEvery = time.Minute
+	// viewsKept bounds the payment rows the writer keeps from its last
+	// transactions (between viewsKept and twice as many), so that a
+	// payment's next entry folds without reading its row.
+	viewsKept = 4096
 	// pruneMax bounds the rows one transaction prunes, so that a backlog
 	// never holds the writer long; the next flush goes on.
 	pruneMax = 20_000
@@ -240,6 +244,7 @@ type Store struct {
 	size        int64
 	unverifiedN int
 	lastSweep   time.Time
+	views       viewCache
 }
 
 // Open opens the file at path, creating it and its directory if need be.

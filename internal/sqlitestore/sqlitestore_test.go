@@ -1,6 +1,7 @@
 package sqlitestore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -338,4 +339,63 @@ func schemaOf(t *testing.T, db *sql.DB) string {
 		out = append(out, q)
 	}
 	return strings.Join(out, "\n")
+}
+
+// The writer keeps recent payment rows to fold the next entry on, and
+// forgets a row that pruning deletes: a payment whose entries all went
+// starts again from nothing, as the file says.
+func TestKeptViewsFollowPruning(t *testing.T) {
+	s, _, _, err := Open(filepath.Join(t.TempDir(), "ecommpay.db"), Config{
+		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Fold: func(prev []byte, e *Entry) (Payment, error) {
+			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
+				Data: append(bytes.Clone(prev), 'x')}, nil
+		},
+		Count: func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	record := func(payment string) {
+		t.Helper()
+		now := time.Now()
+		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", now.UnixNano(), 0), Time: now, Kind: "callback",
+			ProjectID: "1", PaymentID: payment, EventKey: payment + strconv.FormatInt(now.UnixNano(), 10),
+			Result: "forwarded", Data: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	view := func(payment string) string {
+		t.Helper()
+		got, err := s.Payments(ctx, PaymentQuery{ProjectID: "1", PaymentID: payment, Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			return ""
+		}
+		return string(got[0])
+	}
+	record("P")
+	record("P")
+	if got := view("P"); got != "xx" {
+		t.Fatalf("after two entries: %q, want xx", got)
+	}
+	// Every entry of P goes by age.
+	s.SetOptions(Options{MaxAge: time.Millisecond, MaxSize: 1 << 30, MaxUnverified: 100})
+	time.Sleep(5 * time.Millisecond)
+	record("Q")
+	if got := view("P"); got != "" {
+		t.Fatalf("after pruning: %q, want no row", got)
+	}
+	s.SetOptions(Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100})
+	record("P")
+	if got := view("P"); got != "x" {
+		t.Fatalf("a new entry after pruning folds on %q, want x (a new row)", got)
+	}
 }

@@ -233,6 +233,11 @@ type Store struct {
 	building bool
 	built    []Key
 
+	// reads holds the read statements prepared so far, by query: the
+	// queries are built from a fixed set of shapes, values go as
+	// arguments.
+	reads sync.Map // string -> *sql.Stmt
+
 	wake    chan struct{}
 	syncReq chan chan error
 	stop    chan struct{}
@@ -429,6 +434,10 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		close(s.stop)
 		<-s.done
+		s.reads.Range(func(_, st any) bool {
+			_ = st.(*sql.Stmt).Close()
+			return true
+		})
 		err = errors.Join(s.lastErr, s.db.Close())
 	})
 	return err

@@ -15,7 +15,9 @@
 # the default journal settings, and reports:
 #   ready      seconds from starting Caddy to the first answer of the API
 #   RssAnon    Caddy's anonymous memory after the requests below
-#   a line per route: the median of REPEAT requests' times (curl's
+#   a line per route (status=decline matches no payment: the filter reads
+#              every payment's entry in the index it walks, its worst case):
+#              the median of REPEAT requests' times (curl's
 #              time_total, after one unmeasured request), measured from
 #              SETTLE seconds (default 1) after ready, once start-up's
 #              background work (building the de-dup filter from every
@@ -110,6 +112,7 @@ for n in $SIZES; do
 	for route in \
 		"/api/payments" \
 		"/api/payments?status=success" \
+		"/api/payments?status=decline" \
 		"/api/payments?method=wechat" \
 		"/api/payments?open=1" \
 		"/api/payments?project_id=238&payment_id=$pid" \

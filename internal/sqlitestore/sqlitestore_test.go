@@ -70,7 +70,14 @@ func TestQueriesNeedNoSort(t *testing.T) {
 		}
 		checkPlan(t, s.db, name, query, args)
 	}
-	checkPlan(t, s.db, "open payments", openPaymentsSQL, []any{1, 1, 100}, "payments_open")
+	checkPlan(t, s.db, "open payments", openPaymentsSQL, []any{1, 1, 100}, "payments_open ")
+	// A rare status, method or open payment among many is found by its
+	// index, not by reading every payment.
+	for name, want := range map[string]string{"by status": "payments_status", "by method": "payments_method",
+		"open": "payments_open_updated"} {
+		query, args := paymentsSQL(payments[name])
+		checkPlan(t, s.db, name, query, args, want)
+	}
 }
 
 func checkPlan(t *testing.T, db *sql.DB, name, query string, args []any, wantIndex ...string) {

@@ -6,7 +6,10 @@
 // are queued and written by one goroutine, grouped into one transaction
 // (one fsync) every FlushEvery or sooner when FlushBatch writes wait.
 // Pruning by age, by size and of unverified entries runs in the same
-// transactions, a bounded number of rows at a time.
+// transactions, a bounded number of rows at a time. The writer keeps the
+// payment rows of its last transactions (bounded), so that a payment's
+// next entry folds without reading its row back: it assumes it is the
+// file's only writer.
 //
 // The schema (Schema) is a public interface: operators read the file with
 // the sqlite3 shell. Its version is PRAGMA user_version; Open migrates older

@@ -79,7 +79,7 @@
 # DURATION, at least 20,000 and at most 600,000) OL_RATE=1000 (requests a
 # second) OL_SECONDS=4 OL_ROUNDS=2
 # PROFILE= (a directory: profile as in 3.) PROFILE_SECONDS=10
-# PORT_BASE=19000 (uses PORT_BASE..+7 and +19 for the admin API)
+# PORT_BASE=19000 (uses PORT_BASE..+7 and +19 for the admin API, or ADMIN_PORT)
 # CADDY=/path/to/caddy (skip the build and use that binary).
 # With the defaults it measures for about 4.5 minutes, plus the build (under
 # a minute once Go's module cache is warm). It stops itself if measuring
@@ -140,7 +140,7 @@ trap 'echo "load.sh: interrupted" >&2; exit 130' INT TERM
 
 P_APP=$PORT_BASE P_CB=$((PORT_BASE + 1)) P_PROXY=$((PORT_BASE + 2))
 P_PAGE=$((PORT_BASE + 3)) P_RESPOND=$((PORT_BASE + 4)) P_CBMEM=$((PORT_BASE + 5))
-P_PROXY_B=$((PORT_BASE + 6)) P_CBLEAN=$((PORT_BASE + 7)) P_ADMIN=$((PORT_BASE + 19))
+P_PROXY_B=$((PORT_BASE + 6)) P_CBLEAN=$((PORT_BASE + 7)) P_ADMIN=${ADMIN_PORT:-$((PORT_BASE + 19))}
 for p in $P_APP $P_CB $P_PROXY $P_PAGE $P_RESPOND $P_CBMEM $P_PROXY_B $P_CBLEAN $P_ADMIN; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		die "port $p on 127.0.0.1 is in use; set PORT_BASE to another range"

@@ -69,3 +69,45 @@ func BenchmarkWrite(b *testing.B) {
 	cpu := time.Duration(after.Utime.Nano() - before.Utime.Nano() + after.Stime.Nano() - before.Stime.Nano())
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(i), "cpu-ns/op")
 }
+
+// BenchmarkTimeline reads a payment's row and entries, as the console's
+// payment page and its Attention page (once per refused callback) do, in
+// a journal of 20,000 payments of three entries each.
+func BenchmarkTimeline(b *testing.B) {
+	s, _, _, err := Open(filepath.Join(b.TempDir(), "ecommpay.db"), Config{
+		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 40, MaxUnverified: 1000},
+		Fold: func(prev []byte, e *Entry) (Payment, error) {
+			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
+				Status: "success", Method: "card", Data: bytes.Repeat([]byte("y"), 300)}, nil
+		},
+		Count: func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	data := bytes.Repeat([]byte("x"), 400)
+	const payments = 20_000
+	start := time.Now().Add(-time.Minute)
+	for i := range 3 * payments {
+		t := start.Add(time.Duration(i) * time.Microsecond)
+		p := fmt.Sprintf("order-%07d", i%payments)
+		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", t.UnixNano(), i), Time: t, Kind: "callback",
+			ProjectID: "238", PaymentID: p, EventKey: fmt.Sprintf("238:%s:%d", p, i), Result: "forwarded",
+			Data: data}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	for b.Loop() {
+		view, evs, err := s.Timeline(ctx, "238", fmt.Sprintf("order-%07d", (i*7919)%payments), start.Add(-time.Hour))
+		if err != nil || view == nil || len(evs) != 3 {
+			b.Fatalf("Timeline: %d entries, %v", len(evs), err)
+		}
+		i++
+	}
+}

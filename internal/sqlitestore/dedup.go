@@ -95,7 +95,7 @@ func (s *Store) Delivered(ctx context.Context, k Key) (int64, error) {
 		return 0, nil
 	}
 	var exp int64
-	err := s.db.QueryRowContext(ctx, "SELECT expires FROM delivered WHERE key_hash = ?", k[:]).Scan(&exp)
+	err := s.queryRow(ctx, "SELECT expires FROM delivered WHERE key_hash = ?", k[:]).Scan(&exp)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}

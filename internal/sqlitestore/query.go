@@ -68,8 +68,39 @@ func eventsSQL(q EventQuery) (string, []any) {
 	return query + " ORDER BY id DESC LIMIT ?", append(args, q.Limit)
 }
 
+// read prepares query once: parsing and planning cost about as much as
+// running the console's small queries.
+func (s *Store) read(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.reads.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.reads.LoadOrStore(query, st); loaded {
+		_ = st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// queryRow is QueryRowContext through a prepared statement.
+func (s *Store) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := s.read(ctx, query)
+	if err != nil {
+		// A Row cannot carry the error: the query again gives it.
+		return s.db.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
 func (s *Store) list(ctx context.Context, query string, args ...any) ([][]byte, error) {
-	rows, err := s.db.QueryContext(ctx, query, args...)
+	st, err := s.read(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +182,7 @@ func (s *Store) Timeline(ctx context.Context, projectID, paymentID string, since
 		return nil, nil, err
 	}
 	var view []byte
-	err := s.db.QueryRowContext(ctx, "SELECT data FROM payments WHERE project_id = ? AND payment_id = ?",
+	err := s.queryRow(ctx, "SELECT data FROM payments WHERE project_id = ? AND payment_id = ?",
 		projectID, paymentID).Scan(&view)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil, ErrNotFound
@@ -174,10 +205,13 @@ func (s *Store) OpenPayments(ctx context.Context, signedBefore, since time.Time,
 	if err := s.sync(ctx); err != nil {
 		return nil, err
 	}
-	return s.list(ctx, "SELECT data FROM payments WHERE final = 0 AND signed IS NOT NULL AND signed < ? "+
-		"AND updated >= ? ORDER BY signed, project_id, payment_id LIMIT ?",
-		signedBefore.UnixNano(), since.UnixNano(), limit)
+	return s.list(ctx, openPaymentsSQL, signedBefore.UnixNano(), since.UnixNano(), limit)
 }
+
+// openPaymentsSQL is the query for OpenPayments: its WHERE implies
+// payments_open's, so that SQLite walks that index.
+const openPaymentsSQL = "SELECT data FROM payments WHERE final = 0 AND signed IS NOT NULL AND signed < ? " +
+	"AND updated >= ? ORDER BY signed, project_id, payment_id LIMIT ?"
 
 // Body returns the body stored for an event key.
 func (s *Store) Body(ctx context.Context, eventKey string) ([]byte, error) {
@@ -185,7 +219,7 @@ func (s *Store) Body(ctx context.Context, eventKey string) ([]byte, error) {
 		return nil, err
 	}
 	var body []byte
-	err := s.db.QueryRowContext(ctx, "SELECT body FROM bodies WHERE event_key = ?", eventKey).Scan(&body)
+	err := s.queryRow(ctx, "SELECT body FROM bodies WHERE event_key = ?", eventKey).Scan(&body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -196,6 +230,6 @@ func (s *Store) Body(ctx context.Context, eventKey string) ([]byte, error) {
 // queued is written.
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	var n int64
-	err := s.db.QueryRowContext(ctx, "SELECT coalesce((SELECT value FROM meta WHERE name = 'size'), 0)").Scan(&n)
+	err := s.queryRow(ctx, "SELECT coalesce((SELECT value FROM meta WHERE name = 'size'), 0)").Scan(&n)
 	return n, err
 }

@@ -6,7 +6,10 @@
 // are queued and written by one goroutine, grouped into one transaction
 // (one fsync) every FlushEvery or sooner when FlushBatch writes wait.
 // Pruning by age, by size and of unverified entries runs in the same
-// transactions, a bounded number of rows at a time.
+// transactions, a bounded number of rows at a time. The writer keeps the
+// payment rows of its last transactions (bounded), so that a payment's
+// next entry folds without reading its row back: it assumes it is the
+// file's only writer.
 //
 // The schema (Schema) is a public interface: operators read the file with
 // the sqlite3 shell. Its version is PRAGMA user_version; Open migrates older
@@ -37,9 +40,9 @@ import (
 )
 
 // SchemaVersion is the PRAGMA user_version of files this package writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
-// Schema creates version 1 of the file. Times are Unix nanoseconds (UTC).
+// Schema creates version 2 of the file. Times are Unix nanoseconds (UTC).
 const Schema = `
 CREATE TABLE events (
   id         TEXT PRIMARY KEY, -- 16 hex digits of Unix ns, 8 random: sorts by time
@@ -78,8 +81,8 @@ CREATE UNIQUE INDEX payments_id ON payments(project_id, payment_id);
 CREATE INDEX payments_updated ON payments(updated, project_id, payment_id);
 CREATE INDEX payments_status ON payments(status, updated, project_id, payment_id);
 CREATE INDEX payments_method ON payments(method, updated, project_id, payment_id);
-CREATE INDEX payments_open ON payments(final, signed, project_id, payment_id);
-CREATE INDEX payments_final ON payments(final, updated, project_id, payment_id);
+CREATE INDEX payments_open ON payments(signed, project_id, payment_id) WHERE final = 0 AND signed IS NOT NULL;
+CREATE INDEX payments_open_updated ON payments(updated, project_id, payment_id) WHERE final = 0;
 
 CREATE TABLE delivered (       -- callbacks the app acknowledged
   key_hash BLOB PRIMARY KEY,   -- first 16 bytes of SHA-256 of the event key
@@ -93,6 +96,19 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 `
 
+// migrations[v-1] takes a file of version v to v+1.
+var migrations = []string{
+	// 1 to 2: the indexes of open payments keep only those (most payments
+	// end final, and each entry costs every write of its payment):
+	// payments_open the signed ones that reconciliation asks for,
+	// payments_open_updated (in place of payments_final) those the open
+	// filter lists.
+	`DROP INDEX IF EXISTS payments_open;
+DROP INDEX IF EXISTS payments_final;
+CREATE INDEX payments_open ON payments(signed, project_id, payment_id) WHERE final = 0 AND signed IS NOT NULL;
+CREATE INDEX payments_open_updated ON payments(updated, project_id, payment_id) WHERE final = 0;`,
+}
+
 // Tuning.
 const (
 	FlushEvery = 100 * time.Millisecond
@@ -103,6 +119,10 @@ const (
 	// SweepEvery is how often an idle store still writes, to drop expired
 	// marks and entries past their age.
 	SweepEvery = time.Minute
+	// viewsKept bounds the payment rows the writer keeps from its last
+	// transactions (between viewsKept and twice as many), so that a
+	// payment's next entry folds without reading its row.
+	viewsKept = 4096
 	// pruneMax bounds the rows one transaction prunes, so that a backlog
 	// never holds the writer long; the next flush goes on.
 	pruneMax = 20_000
@@ -216,6 +236,11 @@ type Store struct {
 	building bool
 	built    []Key
 
+	// reads holds the read statements prepared so far, by query: the
+	// queries are built from a fixed set of shapes, values go as
+	// arguments.
+	reads sync.Map // string -> *sql.Stmt
+
 	wake    chan struct{}
 	syncReq chan chan error
 	stop    chan struct{}
@@ -227,6 +252,7 @@ type Store struct {
 	size        int64
 	unverifiedN int
 	lastSweep   time.Time
+	views       viewCache
 }
 
 // Open opens the file at path, creating it and its directory if need be.
@@ -379,8 +405,16 @@ func (s *Store) prepare() error {
 		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", SchemaVersion)); err != nil {
 			return err
 		}
+		version = SchemaVersion
 	}
-	// Later versions migrate here, one step at a time.
+	for v := version; v < SchemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("migrating the schema from version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", v+1)); err != nil {
+			return err
+		}
+	}
 	if _, err := tx.ExecContext(ctx, "INSERT INTO meta(name, value) VALUES('opened', ?) "+
 		"ON CONFLICT(name) DO UPDATE SET value = excluded.value", s.cfg.Now().UnixNano()); err != nil {
 		return err
@@ -403,6 +437,10 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		close(s.stop)
 		<-s.done
+		s.reads.Range(func(_, st any) bool {
+			_ = st.(*sql.Stmt).Close()
+			return true
+		})
 		err = errors.Join(s.lastErr, s.db.Close())
 	})
 	return err

@@ -1,6 +1,7 @@
 package sqlitestore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -68,6 +69,14 @@ func TestQueriesNeedNoSort(t *testing.T) {
 			continue
 		}
 		checkPlan(t, s.db, name, query, args)
+	}
+	checkPlan(t, s.db, "open payments", openPaymentsSQL, []any{1, 1, 100}, "payments_open ")
+	// A rare status, method or open payment among many is found by its
+	// index, not by reading every payment.
+	for name, want := range map[string]string{"by status": "payments_status", "by method": "payments_method",
+		"open": "payments_open_updated"} {
+		query, args := paymentsSQL(payments[name])
+		checkPlan(t, s.db, name, query, args, want)
 	}
 }
 
@@ -249,5 +258,151 @@ func TestFoldAcrossTransactions(t *testing.T) {
 	got, err := s.Payments(ctx, PaymentQuery{ProjectID: "1", PaymentID: "a", Limit: 1})
 	if err != nil || len(got) != 1 || string(got[0]) != "123" {
 		t.Fatalf("payment a = %q, %v", got, err)
+	}
+}
+
+// schemaV1 is version 1 of the file, as the first release wrote it.
+const schemaV1 = `
+CREATE TABLE events (id TEXT PRIMARY KEY, time INTEGER NOT NULL, kind TEXT NOT NULL, project_id TEXT NOT NULL,
+  payment_id TEXT NOT NULL, event_key TEXT NOT NULL, result TEXT NOT NULL, verified INTEGER NOT NULL,
+  size INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX events_payment ON events(payment_id, project_id, id);
+CREATE INDEX events_key ON events(event_key, id);
+CREATE INDEX events_result ON events(result, id);
+CREATE INDEX events_unverified ON events(id) WHERE verified = 0;
+CREATE TABLE bodies (event_key TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE payments (project_id TEXT NOT NULL, payment_id TEXT NOT NULL, started INTEGER NOT NULL,
+  updated INTEGER NOT NULL, signed INTEGER, status TEXT NOT NULL, method TEXT NOT NULL, final INTEGER NOT NULL,
+  data TEXT NOT NULL);
+CREATE UNIQUE INDEX payments_id ON payments(project_id, payment_id);
+CREATE INDEX payments_updated ON payments(updated, project_id, payment_id);
+CREATE INDEX payments_status ON payments(status, updated, project_id, payment_id);
+CREATE INDEX payments_method ON payments(method, updated, project_id, payment_id);
+CREATE INDEX payments_open ON payments(final, signed, project_id, payment_id);
+CREATE INDEX payments_final ON payments(final, updated, project_id, payment_id);
+CREATE TABLE delivered (key_hash BLOB PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX delivered_expires ON delivered(expires);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+PRAGMA user_version = 1;
+`
+
+// A file of version 1 is migrated forward on open: its rows stay, and its
+// indexes become those a new file has.
+func TestMigrateFromVersion1(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "old.db")
+	db, err := sql.Open("sqlite", "file:"+old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := time.Now().Add(-time.Hour).UnixNano()
+	for _, q := range []string{schemaV1,
+		fmt.Sprintf(`INSERT INTO payments VALUES('1', 'open', %d, %d, %d, 'awaiting customer', 'wechat', 0, '{"open":1}')`, signed, signed, signed),
+		fmt.Sprintf(`INSERT INTO payments VALUES('1', 'paid', %d, %d, %d, 'success', 'wechat', 1, '{"paid":1}')`, signed, signed, signed),
+		fmt.Sprintf(`INSERT INTO events VALUES('%016x00000000', %d, 'callback', '1', 'open', 'k', 'forwarded', 1, 100, '{}')`, signed, signed),
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = db.Close()
+
+	s := openTest(t, old)
+	var version int
+	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != SchemaVersion {
+		t.Fatalf("user_version = %d, %v; want %d", version, err, SchemaVersion)
+	}
+	fresh := openTest(t, filepath.Join(dir, "new.db"))
+	if got, want := schemaOf(t, s.db), schemaOf(t, fresh.db); got != want {
+		t.Errorf("migrated schema:\n%s\nnew file's:\n%s", got, want)
+	}
+	open, err := s.OpenPayments(context.Background(), time.Now(), time.Now().Add(-2*time.Hour), 10)
+	if err != nil || len(open) != 1 || string(open[0]) != `{"open":1}` {
+		t.Errorf("open payments after the migration = %q, %v", open, err)
+	}
+	paid, err := s.Payments(context.Background(), PaymentQuery{Status: "success", Limit: 10})
+	if err != nil || len(paid) != 1 || string(paid[0]) != `{"paid":1}` {
+		t.Errorf("payments by status after the migration = %q, %v", paid, err)
+	}
+}
+
+// schemaOf lists a file's tables and their columns, and its indexes as
+// created.
+func schemaOf(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	rows, err := db.Query("SELECT CASE type WHEN 'index' THEN sql ELSE name || '(' || (SELECT group_concat(" +
+		"name || ' ' || type || ' ' || \"notnull\" || ' ' || pk, ', ') FROM pragma_table_info(m.name)) || ')' END " +
+		"FROM sqlite_master m WHERE sql IS NOT NULL ORDER BY name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var q string
+		if err := rows.Scan(&q); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, q)
+	}
+	return strings.Join(out, "\n")
+}
+
+// The writer keeps recent payment rows to fold the next entry on, and
+// forgets a row that pruning deletes: a payment whose entries all went
+// starts again from nothing, as the file says.
+func TestKeptViewsFollowPruning(t *testing.T) {
+	s, _, _, err := Open(filepath.Join(t.TempDir(), "ecommpay.db"), Config{
+		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Fold: func(prev []byte, e *Entry) (Payment, error) {
+			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
+				Data: append(bytes.Clone(prev), 'x')}, nil
+		},
+		Count: func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	record := func(payment string) {
+		t.Helper()
+		now := time.Now()
+		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%08x", now.UnixNano(), 0), Time: now, Kind: "callback",
+			ProjectID: "1", PaymentID: payment, EventKey: payment + strconv.FormatInt(now.UnixNano(), 10),
+			Result: "forwarded", Data: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	view := func(payment string) string {
+		t.Helper()
+		got, err := s.Payments(ctx, PaymentQuery{ProjectID: "1", PaymentID: payment, Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			return ""
+		}
+		return string(got[0])
+	}
+	record("P")
+	record("P")
+	if got := view("P"); got != "xx" {
+		t.Fatalf("after two entries: %q, want xx", got)
+	}
+	// Every entry of P goes by age.
+	s.SetOptions(Options{MaxAge: time.Millisecond, MaxSize: 1 << 30, MaxUnverified: 100})
+	time.Sleep(5 * time.Millisecond)
+	record("Q")
+	if got := view("P"); got != "" {
+		t.Fatalf("after pruning: %q, want no row", got)
+	}
+	s.SetOptions(Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100})
+	record("P")
+	if got := view("P"); got != "x" {
+		t.Fatalf("a new entry after pruning folds on %q, want x (a new row)", got)
 	}
 }

@@ -166,7 +166,9 @@ type tx struct {
 	// stored holds the rows in the file of the payments the transaction's
 	// entries fold into, read before the first.
 	stored map[[2]string][]byte
-	stmts  map[string]*sql.Stmt
+	// gone holds the payments whose rows pruning may have deleted.
+	gone  map[[2]string]bool
+	stmts map[string]*sql.Stmt
 }
 
 // stmt is query prepared once per transaction.
@@ -211,7 +213,7 @@ func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err 
 		}
 	}()
 	w := &tx{Tx: sqlTx, s: s, ctx: ctx, opts: *s.opts.Load(), size: s.size, unverN: s.unverifiedN,
-		payments: map[[2]string]*Payment{}, stmts: map[string]*sql.Stmt{}}
+		payments: map[[2]string]*Payment{}, gone: map[[2]string]bool{}, stmts: map[string]*sql.Stmt{}}
 	defer func() {
 		for _, st := range w.stmts {
 			_ = st.Close()
@@ -229,6 +231,8 @@ func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err 
 			return err
 		}
 	}
+	// The rows written below are what the file holds once this commits;
+	// rows pruned below are forgotten by the cache as they go.
 	if err := w.writePayments(); err != nil {
 		return err
 	}
@@ -241,6 +245,11 @@ func (s *Store) write(marks map[Key]int64, records []Entry, now time.Time) (err 
 	}
 	if err := sqlTx.Commit(); err != nil {
 		return err
+	}
+	for _, id := range w.order {
+		if !w.gone[id] {
+			s.views.put(id, w.payments[id].Data)
+		}
 	}
 	s.size, s.unverifiedN = w.size, w.unverN
 	if w.pruned != (Pruned{}) && s.cfg.OnPrune != nil {
@@ -374,6 +383,10 @@ func (w *tx) readPayments(records []Entry) error {
 			continue
 		}
 		seen[id] = true
+		if data, ok := w.s.views.get(id); ok {
+			w.stored[id] = data
+			continue
+		}
 		args = append(args, e.ProjectID, e.PaymentID)
 	}
 	for len(args) > 0 {
@@ -542,6 +555,10 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 			delete(keys, k)
 		}
 		for p := range pays {
+			// Forgotten whether or not the row goes, and even if the
+			// transaction fails: the file is what counts.
+			w.s.views.forget(p)
+			w.gone[p] = true
 			if _, err := w.exec("DELETE FROM payments WHERE project_id = ? AND payment_id = ? AND "+
 				"NOT EXISTS (SELECT 1 FROM events WHERE project_id = ? AND payment_id = ? AND verified = 1)",
 				p[0], p[1], p[0], p[1]); err != nil {
@@ -551,4 +568,34 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 		}
 	}
 	return done, nil
+}
+
+// viewCache holds the payment rows of the writer's last transactions, as
+// written: most payments take several entries, and each would otherwise
+// read its row back. Only the writer goroutine uses it. It is bounded by
+// two generations: a full young one becomes the old one, and the old one
+// is dropped.
+type viewCache struct {
+	young, old map[[2]string][]byte
+}
+
+func (c *viewCache) get(id [2]string) ([]byte, bool) {
+	if d, ok := c.young[id]; ok {
+		return d, true
+	}
+	d, ok := c.old[id]
+	return d, ok
+}
+
+func (c *viewCache) put(id [2]string, data []byte) {
+	if c.young == nil || len(c.young) >= viewsKept {
+		c.old, c.young = c.young, make(map[[2]string][]byte, viewsKept)
+	}
+	delete(c.old, id)
+	c.young[id] = data
+}
+
+func (c *viewCache) forget(id [2]string) {
+	delete(c.young, id)
+	delete(c.old, id)
 }

@@ -38,7 +38,7 @@ const (
 	modeCallback    = "callback"
 	modeQR          = "qr"
 	modeConsole     = "console"
-	// ModeSandbox is in sandbox.go.
+	// modeSandbox is in sandbox.go.
 )
 
 // Defaults for the optional settings.

@@ -73,7 +73,7 @@ type Event struct {
 	Result string `json:"result"`
 	// Status is what the handler answered the sender.
 	Status int `json:"status,omitempty"`
-	// AppStatus and AppLatency are the app's answer, when it was asked.
+	// AppStatus and AppLatencyMS are the app's answer, when it was asked.
 	AppStatus    int   `json:"app_status"`
 	AppLatencyMS int64 `json:"app_latency_ms"`
 	// EcommpayStatus is ecommpay's HTTP answer to a Gate request or a

@@ -20,8 +20,8 @@ import (
 // for "caddy ecommpay events" and "caddy ecommpay replay".
 const ConsoleEnv = "ECOMMPAY_CONSOLE"
 
-// DefaultConsoleURL is where the example Caddyfile mounts the console.
-const DefaultConsoleURL = "http://127.0.0.1:8081/ecommpay"
+// defaultConsoleURL is where the example Caddyfile mounts the console.
+const defaultConsoleURL = "http://127.0.0.1:8081/ecommpay"
 
 // event holds the fields of a journal event, as the console's JSON API
 // gives it (a public interface), that the commands print.
@@ -55,7 +55,7 @@ func newConsoleClient(flag string) consoleClient {
 		base = os.Getenv(ConsoleEnv)
 	}
 	if base == "" {
-		base = DefaultConsoleURL
+		base = defaultConsoleURL
 	}
 	return consoleClient{base: base, http: &http.Client{Timeout: 60 * time.Second}}
 }
@@ -102,7 +102,7 @@ func newEventsCommand() *cobra.Command {
 		Long: `
 Lists journal events (callback attempts, replays, status events and signing
 requests), newest first, from the console's API at --console <url> or $` + ConsoleEnv + `
-(default ` + DefaultConsoleURL + `). --json prints the API's answer as it is.
+(default ` + defaultConsoleURL + `). --json prints the API's answer as it is.
 
 Exit status: 0 when listed; 1 when the console cannot be reached or refuses.
 `,
@@ -133,7 +133,7 @@ Exit status: 0 when listed; 1 when the console cannot be reached or refuses.
 			return printEvents(cmd.OutOrStdout(), answer.Events)
 		},
 	}
-	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+DefaultConsoleURL+")")
+	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+defaultConsoleURL+")")
 	cmd.Flags().StringVar(&projectID, "project-id", "", "Only this project")
 	cmd.Flags().StringVar(&paymentID, "payment-id", "", "Only this payment")
 	cmd.Flags().StringVar(&result, "result", "", "Only this result (forwarded, duplicate, app_error, invalid_signature, ...)")
@@ -184,6 +184,6 @@ Exit status: 0 when the app took it (2xx); 1 otherwise.
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+DefaultConsoleURL+")")
+	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+defaultConsoleURL+")")
 	return cmd
 }

@@ -309,8 +309,8 @@ func TestMigrateFromVersion1(t *testing.T) {
 
 	s := openTest(t, old)
 	var version int
-	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != SchemaVersion {
-		t.Fatalf("user_version = %d, %v; want %d", version, err, SchemaVersion)
+	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != schemaVersion {
+		t.Fatalf("user_version = %d, %v; want %d", version, err, schemaVersion)
 	}
 	fresh := openTest(t, filepath.Join(dir, "new.db"))
 	if got, want := schemaOf(t, s.db), schemaOf(t, fresh.db); got != want {

@@ -43,12 +43,12 @@ func (s *Store) enqueue(ctx context.Context, add func()) error {
 	return nil
 }
 
-// makeRoom waits for a flush when MaxQueued writes wait: a disk slower
+// makeRoom waits for a flush when maxQueued writes wait: a disk slower
 // than the callbacks slows them down rather than let the queue eat the
 // heap.
 func (s *Store) makeRoom(ctx context.Context) error {
 	s.mu.Lock()
-	full := len(s.marks)+len(s.records) >= MaxQueued
+	full := len(s.marks)+len(s.records) >= maxQueued
 	s.mu.Unlock()
 	if !full {
 		return nil
@@ -66,7 +66,7 @@ func (s *Store) kick() {
 // run is the writer goroutine.
 func (s *Store) run() {
 	defer close(s.done)
-	tick := time.NewTicker(FlushEvery)
+	tick := time.NewTicker(flushEvery)
 	defer tick.Stop()
 	for {
 		select {
@@ -126,7 +126,7 @@ func (s *Store) flush() error {
 
 	now := s.cfg.Now()
 	var err error
-	if len(marks) > 0 || len(records) > 0 || now.Sub(s.lastSweep) >= SweepEvery {
+	if len(marks) > 0 || len(records) > 0 || now.Sub(s.lastSweep) >= sweepEvery {
 		err = s.write(marks, records, now)
 		if err == nil && len(marks) == 0 && len(records) == 0 {
 			s.lastSweep = now

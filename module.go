@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/console"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/origin"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
@@ -313,9 +312,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	case modeConsole:
-		if h.AttentionAfter <= 0 {
-			h.AttentionAfter = caddy.Duration(console.DefaultAttentionAfter)
-		}
 	case modeSandbox:
 		if err := h.provisionSandbox(); err != nil {
 			return err

@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
+
 	"github.com/spf13/cobra"
 )
 
@@ -36,12 +38,6 @@ type event struct {
 	AppStatus       int       `json:"app_status"`
 	Reason          string    `json:"reason"`
 }
-
-// Kinds of entries whose reason is ecommpay's, not the app's.
-const (
-	kindGate          = "gate"
-	kindStatusRequest = "status_request"
-)
 
 // consoleClient talks to the console's JSON API.
 type consoleClient struct {
@@ -148,7 +144,8 @@ func printEvents(w io.Writer, events []event) error {
 	for _, e := range events {
 		app := "-"
 		switch {
-		case e.Reason != "" && e.Kind != kindGate && e.Kind != kindStatusRequest:
+		// A Gate or status request's reason is ecommpay's, not the app's.
+		case e.Reason != "" && e.Kind != journal.KindGate && e.Kind != journal.KindStatusRequest:
 			app = e.Reason // the app never answered: no status of its own
 		case e.AppStatus != 0:
 			app = strconv.Itoa(e.AppStatus)

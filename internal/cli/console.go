@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
-
 	"github.com/spf13/cobra"
 )
 

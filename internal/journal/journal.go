@@ -197,6 +197,15 @@ func (o Options) WithDefaults() Options {
 	return o
 }
 
+// SizePruneFloor is what a journal over maxSize is pruned down to, so that
+// a full journal prunes in batches: a tenth of maxSize below it, but no
+// more than 1 MiB or a sixty-fourth of maxSize, whichever is larger (4 MiB
+// of the default 256 MiB), so that no batch holds a core, or the memory
+// journal's lock, for long. Every local and memory journal prunes so.
+func SizePruneFloor(maxSize int64) int64 {
+	return maxSize - max(maxSize/64, min(maxSize/10, 1<<20))
+}
+
 // finalStatuses are the payment statuses after which nothing more is
 // expected (the protocol notes' classification). Partial refunds and
 // reversals can still change, so they are not final.

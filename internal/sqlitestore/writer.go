@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // Record queues an entry. Its Body is copied.
@@ -465,7 +467,7 @@ func (w *tx) applyBounds(now time.Time) error {
 	if w.size > w.opts.MaxSize {
 		// Unverified entries go first: strangers cannot push genuine
 		// ones out.
-		floor := SizePruneFloor(w.opts.MaxSize)
+		floor := journal.SizePruneFloor(w.opts.MaxSize)
 		over := func() bool { return w.size > floor }
 		for _, where := range []string{"WHERE verified = 0 ORDER BY id", "ORDER BY id"} {
 			n, err = w.prune(where, budget, over)
@@ -477,15 +479,6 @@ func (w *tx) applyBounds(now time.Time) error {
 		}
 	}
 	return err
-}
-
-// SizePruneFloor is what a journal over maxSize is pruned down to, so that
-// a full journal prunes in batches: a tenth of maxSize below it, but no
-// more than 1 MiB or a sixty-fourth of maxSize, whichever is larger (4 MiB
-// of the default 256 MiB), so that no batch holds a core, or the memory
-// journal's lock, for long. Every local and memory journal prunes so.
-func SizePruneFloor(maxSize int64) int64 {
-	return maxSize - max(maxSize/64, min(maxSize/10, 1<<20))
 }
 
 // prune deletes up to limit entries selected by where (which orders them),

@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/bits-and-blooms/bloom/v3"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	_ "modernc.org/sqlite" // the "sqlite" driver
 )
 
@@ -189,20 +190,13 @@ type Fold func(prev []byte, e *Entry) (Payment, error)
 // with dup counted on it.
 type Count func(first []byte, dup *Entry) ([]byte, error)
 
-// Options bound the journal.
-type Options struct {
-	MaxAge        time.Duration
-	MaxSize       int64 // bytes
-	MaxUnverified int
-	NoBodies      bool
-}
-
 // Pruned counts entries pruned by reason.
 type Pruned struct{ Age, Size, Unverified int }
 
 // Config is what Open needs besides the path.
 type Config struct {
-	Options Options
+	// Options bound the journal, defaults filled in.
+	Options journal.Options
 	Fold    Fold
 	Count   Count
 	// Now is the wall clock (time.Now if nil).
@@ -219,7 +213,7 @@ type Store struct {
 	path    string
 	db      *sql.DB
 	cfg     Config
-	opts    atomic.Pointer[Options]
+	opts    atomic.Pointer[journal.Options]
 	healthy atomic.Bool
 
 	mu       sync.Mutex

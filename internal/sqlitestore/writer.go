@@ -159,7 +159,7 @@ type tx struct {
 	*sql.Tx
 	s        *Store
 	ctx      context.Context
-	opts     Options
+	opts     journal.Options
 	size     int64
 	unverN   int
 	pruned   Pruned

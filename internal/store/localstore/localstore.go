@@ -74,7 +74,7 @@ func Open(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*B
 		prune:  hooks.PruneLog(),
 	}
 	file, broken, why, err := sqlitestore.Open(path, sqlitestore.Config{
-		Options: sqliteOptions(opts),
+		Options: opts.WithDefaults(),
 		Fold:    foldPayment,
 		Count:   countDuplicate,
 		Now:     func() time.Time { return b.now() },
@@ -145,17 +145,12 @@ func (b *Backend) wrote(err error) {
 	}
 }
 
-func sqliteOptions(o journal.Options) sqlitestore.Options {
-	o = o.WithDefaults()
-	return sqlitestore.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
-}
-
 // Configure implements store.Backend; the next write applies the
 // journal's bounds.
 func (b *Backend) Configure(maxKeys int, opts journal.Options) {
 	b.mem.SetMaxKeys(cmp.Or(maxKeys, memoryKeys))
 	if b.file != nil {
-		b.file.SetOptions(sqliteOptions(opts))
+		b.file.SetOptions(opts.WithDefaults())
 		return
 	}
 	b.memJ.SetOptions(opts)
@@ -169,8 +164,7 @@ func (b *Backend) Options() journal.Options {
 	if b.file == nil {
 		return b.memJ.Options()
 	}
-	o := b.file.Options()
-	return journal.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
+	return b.file.Options()
 }
 
 // Claim implements store.Store: the claims in memory, then the delivered marks,

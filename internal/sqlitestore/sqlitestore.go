@@ -142,9 +142,6 @@ const (
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("sqlitestore: closed")
 
-// ErrNotFound is returned for an unknown payment or body.
-var ErrNotFound = errors.New("sqlitestore: not found")
-
 // Key is the hash of a de-dup key.
 type Key [16]byte
 

@@ -10,7 +10,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"sync"
 	"time"
 
@@ -320,9 +319,6 @@ func (j *sqliteJournal) Payments(ctx context.Context, f journal.PaymentFilter) (
 // Timeline implements journal.Journal.
 func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	view, raw, err := j.file.Timeline(ctx, projectID, paymentID, j.ageCut(time.Time{}))
-	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return journal.Timeline{}, journal.ErrNotFound
-	}
 	if err != nil {
 		return journal.Timeline{}, err
 	}
@@ -345,11 +341,7 @@ func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Tim
 
 // Body implements journal.Journal.
 func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, error) {
-	body, err := j.file.Body(ctx, eventKey)
-	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return nil, journal.ErrNotFound
-	}
-	return body, err
+	return j.file.Body(ctx, eventKey)
 }
 
 // Interface guards

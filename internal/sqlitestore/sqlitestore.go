@@ -192,7 +192,8 @@ type Pruned struct{ Age, Size, Unverified int }
 
 // Config is what Open needs besides the path.
 type Config struct {
-	// Options bound the journal, defaults filled in.
+	// Options bound the journal, as given: the caller applies
+	// journal.Options.WithDefaults.
 	Options journal.Options
 	Fold    Fold
 	Count   Count

@@ -26,7 +26,7 @@ type dispatchKey struct{}
 // dispatched is one in-process delivery and, once served, its outcome.
 type dispatched struct {
 	target *Handler // the callback handler meant to serve it
-	kind   string   // kindReplay or kindStatus; "" for a probe
+	kind   string   // journal.KindReplay or journal.KindStatus; "" for a probe
 	body   []byte
 	// eventKey is the replayed event's key.
 	eventKey string

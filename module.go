@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/console"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/origin"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/qr"
@@ -38,7 +37,7 @@ const (
 	modeCallback    = "callback"
 	modeQR          = "qr"
 	modeConsole     = "console"
-	// ModeSandbox is in sandbox.go.
+	// modeSandbox is in sandbox.go.
 )
 
 // Defaults for the optional settings.
@@ -313,9 +312,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	case modeConsole:
-		if h.AttentionAfter <= 0 {
-			h.AttentionAfter = caddy.Duration(console.DefaultAttentionAfter)
-		}
 	case modeSandbox:
 		if err := h.provisionSandbox(); err != nil {
 			return err

@@ -22,7 +22,9 @@ const maxQRTimeout = 24 * time.Hour
 // now is the clock of QR link expiry; tests move it.
 var now = time.Now
 
-func (h *Handler) provisionQROptions() error {
+// provisionQR sets up rendering (size, level, the image cache), for mode
+// qr and for the callback mode's rewrite.
+func (h *Handler) provisionQR() error {
 	h.qrOpts = qr.Options{Size: h.QRSize}
 	if h.QRLevel != "" {
 		lvl, err := qr.ParseLevel(h.QRLevel)
@@ -63,10 +65,8 @@ func (h *Handler) provisionQRRewrite() error {
 	default:
 		return fmt.Errorf("qr: want image, url or off, not %q", h.QR)
 	}
-	return h.provisionQROptions()
+	return h.provisionQR()
 }
-
-func (h *Handler) provisionQR() error { return h.provisionQROptions() }
 
 // rewriteQR turns each display_data entry of type qr_data into an image
 // (qr_img, base64 PNG) or a hosted link (qr_url), keeping the original

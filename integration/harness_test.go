@@ -88,7 +88,7 @@ func waitSettled(t testing.TB, f *fakeEcommpay, n int, timeout time.Duration) {
 	})
 }
 
-// waitFinal waits until the shop stored an event for the payment with the
+// waitShopEvent waits until the shop stored an event for the payment with the
 // given operation type and a final operation status.
 func waitShopEvent(t testing.TB, s *shopProc, paymentID, opType, opStatus string, timeout time.Duration) *shopEvent {
 	t.Helper()

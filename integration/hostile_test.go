@@ -607,7 +607,7 @@ http://127.0.0.1:%d {
 	// Caddy itself (since 2.11) drops every header whose name holds '_'
 	// before any handler runs, so the module never sees these spellings:
 	// the request is a direct loopback one and is signed. The module's own
-	// check refuses them (hardening_test.go) should Caddy ever pass them on.
+	// check refuses them (the root's hardening_test.go) should Caddy ever pass them on.
 	for _, h := range []map[string]string{
 		{"X_Forwarded_For": "203.0.113.9"},
 		{"x_real_ip": "203.0.113.9"},

@@ -18,11 +18,12 @@ import (
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 )
 
-// template is the typical callback of signer_test.go (typicalCallback) with
-// its varying fields replaced by verbs: [1] the project id (top level and in
-// general), [2] the callback's number (in payment.id, general.payment_id and
-// operation.request_id), [3] the id of the first operation and [4] the id of
-// the final one (operation.id and the last of operations).
+// template is the typical callback of internal/canon's tests
+// (typicalCallback) with its varying fields replaced by verbs: [1] the
+// project id (top level and in general), [2] the callback's number (in
+// payment.id, general.payment_id and operation.request_id), [3] the id of
+// the first operation and [4] the id of the final one (operation.id and the
+// last of operations).
 const template = `{"project_id":%[1]s,"payment":{"id":"BENCH_%012[2]d","type":"purchase","status":"success","date":"2019-01-28T08:07:22+0000","method":"wechat","sum":{"amount":100,"currency":"EUR"},"description":"TEST_1548660618473453"},"account":{"number":"wechat-user-8842"},"customer":{"id":"customer123","ip_address":"192.0.2.10","email":"customer@example.com","phone":"19121234567"},"operation":{"id":%[4]d,"type":"sale","status":"success","date":"2019-01-28T08:07:22+0000","created_date":"2019-01-28T08:06:40+0000","request_id":"67af98801524dfa9c5cddb1a09129-%012[2]d","sum_initial":{"amount":100,"currency":"EUR"},"sum_converted":{"amount":100,"currency":"EUR"},"provider":{"id":1173,"payment_id":"423163569","date":"2019-01-28T08:07:22+0000","auth_code":"","endpoint_id":1173},"code":"0","message":"Success","eci":"7"},"recurring":{"id":null,"currency":null},"operations":[{"id":%[3]d,"type":"sale","status":"awaiting customer","date":"2019-01-28T08:06:41+0000","code":"0","message":"Awaiting customer action","sum":{"amount":100,"currency":"EUR"}},{"id":%[4]d,"type":"sale","status":"success","date":"2019-01-28T08:07:22+0000","code":"0","message":"Success","sum":{"amount":100,"currency":"EUR"}}],"general":{"project_id":%[1]s,"payment_id":"BENCH_%012[2]d"}}`
 
 func main() {

@@ -26,7 +26,7 @@ import (
 const (
 	allocPerByte = 64
 	allocSlack   = 128 << 10
-	maxBody      = 1 << 20 // what a handler reads at most (its DefaultMaxBody)
+	maxBody      = 1 << 20 // what a handler reads at most (max_body's default)
 )
 
 // shape builds a hostile body from a size parameter; larger n, larger body.
@@ -331,7 +331,7 @@ func TestBoundsKeyLimit(t *testing.T) {
 	}
 }
 
-// errorShape reduces an error message to its template: digits (positions,
+// errorDigits reduces an error message to its template: digits (positions,
 // limits) become N. What is left must be one of ours, never the input's.
 var errorDigits = regexp.MustCompile(`[0-9]+`)
 

@@ -40,7 +40,7 @@ ecommpay handlers use. Both read a JSON object from <file>, or from stdin
 when <file> is omitted or "-".
 
 events and replay talk to a running console (ecommpay console) through its
-JSON API, at --console <url> or $` + ConsoleEnv + ` (default ` + DefaultConsoleURL + `).
+JSON API, at --console <url> or $` + ConsoleEnv + ` (default ` + defaultConsoleURL + `).
 
   caddy ecommpay events [--project-id <id>] [--payment-id <id>] [--result <r>] [--limit <n>] [--json]
   caddy ecommpay replay <event_key>

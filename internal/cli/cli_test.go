@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/vectors"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
@@ -455,7 +456,7 @@ func TestBackupCommand(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "ecommpay.db")
 	s, broken, _, err := sqlitestore.Open(src, sqlitestore.Config{
-		Options: sqlitestore.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
 		Fold:    func([]byte, *sqlitestore.Entry) (sqlitestore.Payment, error) { return sqlitestore.Payment{}, nil },
 		Count:   func(first []byte, _ *sqlitestore.Entry) ([]byte, error) { return first, nil },
 	})

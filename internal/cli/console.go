@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/spf13/cobra"
 )
 
@@ -20,8 +21,8 @@ import (
 // for "caddy ecommpay events" and "caddy ecommpay replay".
 const ConsoleEnv = "ECOMMPAY_CONSOLE"
 
-// DefaultConsoleURL is where the example Caddyfile mounts the console.
-const DefaultConsoleURL = "http://127.0.0.1:8081/ecommpay"
+// defaultConsoleURL is where the example Caddyfile mounts the console.
+const defaultConsoleURL = "http://127.0.0.1:8081/ecommpay"
 
 // event holds the fields of a journal event, as the console's JSON API
 // gives it (a public interface), that the commands print.
@@ -37,12 +38,6 @@ type event struct {
 	Reason          string    `json:"reason"`
 }
 
-// Kinds of entries whose reason is ecommpay's, not the app's.
-const (
-	kindGate          = "gate"
-	kindStatusRequest = "status_request"
-)
-
 // consoleClient talks to the console's JSON API.
 type consoleClient struct {
 	base string
@@ -55,7 +50,7 @@ func newConsoleClient(flag string) consoleClient {
 		base = os.Getenv(ConsoleEnv)
 	}
 	if base == "" {
-		base = DefaultConsoleURL
+		base = defaultConsoleURL
 	}
 	return consoleClient{base: base, http: &http.Client{Timeout: 60 * time.Second}}
 }
@@ -102,7 +97,7 @@ func newEventsCommand() *cobra.Command {
 		Long: `
 Lists journal events (callback attempts, replays, status events and signing
 requests), newest first, from the console's API at --console <url> or $` + ConsoleEnv + `
-(default ` + DefaultConsoleURL + `). --json prints the API's answer as it is.
+(default ` + defaultConsoleURL + `). --json prints the API's answer as it is.
 
 Exit status: 0 when listed; 1 when the console cannot be reached or refuses.
 `,
@@ -133,7 +128,7 @@ Exit status: 0 when listed; 1 when the console cannot be reached or refuses.
 			return printEvents(cmd.OutOrStdout(), answer.Events)
 		},
 	}
-	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+DefaultConsoleURL+")")
+	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+defaultConsoleURL+")")
 	cmd.Flags().StringVar(&projectID, "project-id", "", "Only this project")
 	cmd.Flags().StringVar(&paymentID, "payment-id", "", "Only this payment")
 	cmd.Flags().StringVar(&result, "result", "", "Only this result (forwarded, duplicate, app_error, invalid_signature, ...)")
@@ -148,7 +143,8 @@ func printEvents(w io.Writer, events []event) error {
 	for _, e := range events {
 		app := "-"
 		switch {
-		case e.Reason != "" && e.Kind != kindGate && e.Kind != kindStatusRequest:
+		// A Gate or status request's reason is ecommpay's, not the app's.
+		case e.Reason != "" && e.Kind != journal.KindGate && e.Kind != journal.KindStatusRequest:
 			app = e.Reason // the app never answered: no status of its own
 		case e.AppStatus != 0:
 			app = strconv.Itoa(e.AppStatus)
@@ -184,6 +180,6 @@ Exit status: 0 when the app took it (2xx); 1 otherwise.
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+DefaultConsoleURL+")")
+	cmd.Flags().StringVar(&console, "console", "", "The console's URL (default $"+ConsoleEnv+" or "+defaultConsoleURL+")")
 	return cmd
 }

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // The APP column says when the app never answered, rather than the
@@ -16,7 +18,7 @@ func TestPrintEventsSaysUnreachable(t *testing.T) {
 	err := printEvents(&out, []event{
 		{Kind: "callback", Result: "app_error", AppStatus: 502, Reason: "unreachable", PaymentID: "P1"},
 		{Kind: "callback", Result: "app_error", AppStatus: 502, PaymentID: "P2"},
-		{Kind: kindGate, Result: "ecommpay_error", Reason: "timeout", PaymentID: "P3"},
+		{Kind: journal.KindGate, Result: "ecommpay_error", Reason: "timeout", PaymentID: "P3"},
 	})
 	lines := strings.Split(out.String(), "\n")
 	if err != nil || len(lines) < 4 || !strings.Contains(lines[1], "unreachable") || strings.Contains(lines[1], "502") ||

@@ -47,9 +47,9 @@ var templates = template.Must(template.New("").Funcs(template.FuncMap{
 	"answer":     answerText,
 }).ParseFS(files, "pages/*.html"))
 
-// DefaultAttentionAfter is how long after its start a payment without a
+// defaultAttentionAfter is how long after its start a payment without a
 // final status is shown as needing attention.
-const DefaultAttentionAfter = 30 * time.Minute
+const defaultAttentionAfter = 30 * time.Minute
 
 // Journal is what the console reads of the payment journal.
 type Journal interface {
@@ -70,7 +70,7 @@ type Config struct {
 	// of projectID. Nil: every replay fails with ErrNoCallbackHandler.
 	Replay func(ctx context.Context, projectID string, body []byte) (journal.Event, error)
 	// AttentionAfter is how long after its start a payment without a final
-	// status is shown as stuck. Zero: DefaultAttentionAfter.
+	// status is shown as stuck. Zero: 30 minutes.
 	AttentionAfter time.Duration
 	// AllowProxied trusts the scheme a proxy reports (X-Forwarded-Proto)
 	// when checking that a replay came from the console's own origin.
@@ -94,7 +94,7 @@ type Console struct {
 // New returns the console described by cfg.
 func New(cfg Config) *Console {
 	if cfg.AttentionAfter <= 0 {
-		cfg.AttentionAfter = DefaultAttentionAfter
+		cfg.AttentionAfter = defaultAttentionAfter
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()

@@ -22,9 +22,9 @@ var exponents = map[string]int{
 	"CLF": 4, "UYW": 4,
 }
 
-// Exponent is the number of decimals of code's minor unit: 0 for JPY, 3
+// exponent is the number of decimals of code's minor unit: 0 for JPY, 3
 // for KWD, 2 for most and for codes it does not know. Case does not matter.
-func Exponent(code string) int {
+func exponent(code string) int {
 	if e, ok := exponents[strings.ToUpper(code)]; ok {
 		return e
 	}
@@ -44,7 +44,7 @@ func Major(minor, code string) (major string, ok bool) {
 
 // FormatMajor writes n minor units of code in major units.
 func FormatMajor(n *big.Int, code string) string {
-	exp := Exponent(code)
+	exp := exponent(code)
 	digits := new(big.Int).Abs(n).String()
 	if exp > 0 {
 		if len(digits) <= exp {

@@ -73,7 +73,7 @@ type Event struct {
 	Result string `json:"result"`
 	// Status is what the handler answered the sender.
 	Status int `json:"status,omitempty"`
-	// AppStatus and AppLatency are the app's answer, when it was asked.
+	// AppStatus and AppLatencyMS are the app's answer, when it was asked.
 	AppStatus    int   `json:"app_status"`
 	AppLatencyMS int64 `json:"app_latency_ms"`
 	// EcommpayStatus is ecommpay's HTTP answer to a Gate request or a
@@ -195,6 +195,15 @@ func (o Options) WithDefaults() Options {
 		o.MaxUnverified = DefaultMaxUnverified
 	}
 	return o
+}
+
+// SizePruneFloor is what a journal over maxSize is pruned down to, so that
+// a full journal prunes in batches: a tenth of maxSize below it, but no
+// more than 1 MiB or a sixty-fourth of maxSize, whichever is larger (4 MiB
+// of the default 256 MiB), so that no batch holds a core, or the memory
+// journal's lock, for long. Every local and memory journal prunes so.
+func SizePruneFloor(maxSize int64) int64 {
+	return maxSize - max(maxSize/64, min(maxSize/10, 1<<20))
 }
 
 // finalStatuses are the payment statuses after which nothing more is

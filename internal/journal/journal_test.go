@@ -73,3 +73,18 @@ func TestTruncate(t *testing.T) {
 		t.Error("a short string changed")
 	}
 }
+
+// A full journal prunes in batches, a tenth of a small bound but at most a
+// sixty-fourth of a large one, so no batch holds the writer for long.
+func TestSizePruneFloor(t *testing.T) {
+	for _, c := range []struct{ max, floor int64 }{
+		{256 << 20, 252 << 20}, // the default: 4 MiB at a time
+		{32 << 20, 31 << 20},   // 1 MiB
+		{4 << 20, 4<<20 - (4<<20)/10},
+		{1000, 900},
+	} {
+		if got := SizePruneFloor(c.max); got != c.floor {
+			t.Errorf("SizePruneFloor(%d) = %d, want %d", c.max, got, c.floor)
+		}
+	}
+}

@@ -38,20 +38,20 @@ import (
 // Defaults of Settings.
 const (
 	DefaultStatusURL = "https://api.ecommpay.com/v2/payment/status"
-	// DefaultAfter applies to payments of other methods.
-	DefaultAfter  = 30 * time.Minute
-	DefaultEvery  = time.Minute
-	DefaultGiveUp = 24 * time.Hour
+	// defaultAfter applies to payments of other methods.
+	defaultAfter  = 30 * time.Minute
+	defaultEvery  = time.Minute
+	defaultGiveUp = 24 * time.Hour
 )
 
 const (
-	// EcommpayFloor is the least delay before asking ecommpay about a
+	// ecommpayFloor is the least delay before asking ecommpay about a
 	// payment, and the least every: ecommpay asks not to query status
 	// sooner than 10 s after the payment request.
-	EcommpayFloor = 10 * time.Second
-	// LoopbackFloor replaces it for a status_url on this machine (the
+	ecommpayFloor = 10 * time.Second
+	// loopbackFloor replaces it for a status_url on this machine (the
 	// sandbox, a local stand-in), which is not ecommpay's endpoint.
-	LoopbackFloor = 100 * time.Millisecond
+	loopbackFloor = 100 * time.Millisecond
 
 	// maxEvery caps the backoff between two status requests.
 	maxEvery = time.Hour
@@ -91,15 +91,15 @@ type Settings struct {
 	// overdue; 0: by the payment's method.
 	After time.Duration
 	// Every is the wait between two status requests for one payment,
-	// doubling after each; 0: DefaultEvery.
+	// doubling after each; 0: defaultEvery (a minute).
 	Every time.Duration
 	// GiveUp is how long after the signing request asking stops; 0:
-	// DefaultGiveUp.
+	// defaultGiveUp (a day).
 	GiveUp time.Duration
 	// StatusURL is the status endpoint; nil: DefaultStatusURL.
 	StatusURL *url.URL
 	// Floor is the least After and Every, and the least delay before a
-	// payment is asked about. 0: EcommpayFloor, or LoopbackFloor when
+	// payment is asked about. 0: ecommpayFloor (10 s), or loopbackFloor when
 	// StatusURL is on this machine. Tests set it.
 	Floor time.Duration
 }
@@ -116,22 +116,22 @@ func (s Settings) Check() (Settings, error) {
 		return s, fmt.Errorf("reconcile status_url %q: must be https, or a loopback address for a local stand-in", s.StatusURL)
 	}
 	if s.Floor == 0 {
-		s.Floor = EcommpayFloor
+		s.Floor = ecommpayFloor
 		if loopback {
-			s.Floor = LoopbackFloor
+			s.Floor = loopbackFloor
 		}
 	}
 	if s.After != 0 && s.After < s.Floor {
 		return s, fmt.Errorf("reconcile after: ecommpay asks not to query status sooner than %s after the payment request", s.Floor)
 	}
 	if s.Every == 0 {
-		s.Every = DefaultEvery
+		s.Every = defaultEvery
 	}
 	if s.Every < s.Floor {
 		return s, fmt.Errorf("reconcile every: at least %s", s.Floor)
 	}
 	if s.GiveUp == 0 {
-		s.GiveUp = DefaultGiveUp
+		s.GiveUp = defaultGiveUp
 	}
 	if s.After != 0 && s.GiveUp <= s.After {
 		return s, errors.New("reconcile give_up must be longer than after")
@@ -333,7 +333,7 @@ func (rc *Reconciler) minAfter() time.Duration {
 	if rc.c.After != 0 {
 		return rc.c.After
 	}
-	least := DefaultAfter
+	least := defaultAfter
 	for _, m := range methodAfter {
 		least = min(least, m.after)
 	}
@@ -351,7 +351,7 @@ func (rc *Reconciler) afterFor(method string) time.Duration {
 			return m.after
 		}
 	}
-	return DefaultAfter
+	return defaultAfter
 }
 
 // interval is the wait after the n-th status request (n >= 1): every,

@@ -520,12 +520,12 @@ func TestSettingsCheck(t *testing.T) {
 		floor     time.Duration
 		wantError string
 	}{
-		{Settings{}, EcommpayFloor, ""},
+		{Settings{}, ecommpayFloor, ""},
 		{Settings{StatusURL: mustURL("https://api.ecommpay.com/v2/payment/status"), Every: time.Second}, 0, "reconcile every: at least 10s"},
 		{Settings{StatusURL: mustURL("https://api.ecommpay.com/v2/payment/status"), After: 9 * time.Second}, 0,
 			"reconcile after: ecommpay asks not to query status sooner than 10s after the payment request"},
-		{Settings{StatusURL: mustURL("https://127.0.0.1:9/status"), Every: time.Second, After: time.Second}, LoopbackFloor, ""},
-		{Settings{StatusURL: mustURL("http://localhost:9/status"), Every: 100 * time.Millisecond}, LoopbackFloor, ""},
+		{Settings{StatusURL: mustURL("https://127.0.0.1:9/status"), Every: time.Second, After: time.Second}, loopbackFloor, ""},
+		{Settings{StatusURL: mustURL("http://localhost:9/status"), Every: 100 * time.Millisecond}, loopbackFloor, ""},
 		{Settings{StatusURL: mustURL("http://[::1]:9/status"), Every: 50 * time.Millisecond}, 0, "reconcile every: at least 100ms"},
 		{Settings{StatusURL: mustURL("http://127.0.0.1:9/status"), Every: time.Second, Floor: 2 * time.Second}, 0, "reconcile every: at least 2s"},
 		{Settings{StatusURL: mustURL("http://api.ecommpay.com/status")}, 0, "must be https, or a loopback address"},
@@ -539,7 +539,7 @@ func TestSettingsCheck(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got.Floor != c.floor || got.Every == 0 || got.GiveUp != DefaultGiveUp {
+		if err != nil || got.Floor != c.floor || got.Every == 0 || got.GiveUp != defaultGiveUp {
 			t.Errorf("%+v: %+v %v, want floor %s", c.s, got, err, c.floor)
 		}
 	}

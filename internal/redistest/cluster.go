@@ -1,4 +1,5 @@
-// Package redistest starts Redis Clusters for tests.
+// Package redistest gives tests a Redis: a throwaway redis-server (URL),
+// or a Redis Cluster of three masters (StartCluster).
 package redistest
 
 import (

@@ -163,9 +163,9 @@ func (s *Sandbox) emit(name string, p *Payment, body map[string]any, sigInGenera
 	}
 }
 
-// Resend delivers callback seq (1-based) once more, as ecommpay does when
+// resend delivers callback seq (1-based) once more, as ecommpay does when
 // it sends a callback twice.
-func (s *Sandbox) Resend(seq int) bool {
+func (s *Sandbox) resend(seq int) bool {
 	s.mu.Lock()
 	if seq < 1 || seq > len(s.callbacks) {
 		s.mu.Unlock()

@@ -304,7 +304,7 @@ func firstParam(page map[string]string, names ...string) string {
 
 func (s *Sandbox) handleResend(w http.ResponseWriter, r *http.Request) {
 	seq, _ := strconv.Atoi(r.PathValue("seq"))
-	if !s.Resend(seq) {
+	if !s.resend(seq) {
 		http.NotFound(w, r)
 		return
 	}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // BenchmarkWrite is the writer's cost per callback as the default
@@ -22,7 +24,7 @@ func BenchmarkWrite(b *testing.B) {
 	data := bytes.Repeat([]byte("x"), 700)
 	view := bytes.Repeat([]byte("y"), 500)
 	s, _, _, err := Open(filepath.Join(b.TempDir(), "ecommpay.db"), Config{
-		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 40, MaxUnverified: 1000},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 40, MaxUnverified: 1000},
 		Fold: func(prev []byte, e *Entry) (Payment, error) {
 			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
 				Status: "success", Method: "card", Final: true, Data: view}, nil
@@ -75,7 +77,7 @@ func BenchmarkWrite(b *testing.B) {
 // a journal of 20,000 payments of three entries each.
 func BenchmarkTimeline(b *testing.B) {
 	s, _, _, err := Open(filepath.Join(b.TempDir(), "ecommpay.db"), Config{
-		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 40, MaxUnverified: 1000},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 40, MaxUnverified: 1000},
 		Fold: func(prev []byte, e *Entry) (Payment, error) {
 			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
 				Status: "success", Method: "card", Data: bytes.Repeat([]byte("y"), 300)}, nil

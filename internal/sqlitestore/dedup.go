@@ -6,6 +6,7 @@ import (
 	"errors"
 
 	"github.com/bits-and-blooms/bloom/v3"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // rebuildFilter builds the filter afresh from the unexpired marks in the
@@ -71,10 +72,10 @@ func (s *Store) rebuildFilter(ctx context.Context) (err error) {
 func (s *Store) Healthy() bool { return s.healthy.Load() }
 
 // SetOptions changes the bounds; the next transaction applies them.
-func (s *Store) SetOptions(o Options) { s.opts.Store(&o) }
+func (s *Store) SetOptions(o journal.Options) { s.opts.Store(&o) }
 
 // Options returns the bounds in force.
-func (s *Store) Options() Options { return *s.opts.Load() }
+func (s *Store) Options() journal.Options { return *s.opts.Load() }
 
 // Delivered returns the expiry (Unix ns) of k's delivered mark, 0 if it
 // has none. A key the filter has never seen, as new callbacks are, costs

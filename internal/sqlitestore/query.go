@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // EventQuery selects entries; zero fields match everything.
@@ -176,7 +178,7 @@ func paymentsSQL(q PaymentQuery) (string, []any) {
 }
 
 // Timeline returns a payment's Data and its verified entries' Data since
-// since, oldest first.
+// since, oldest first; journal.ErrNotFound when it has none.
 func (s *Store) Timeline(ctx context.Context, projectID, paymentID string, since time.Time) ([]byte, [][]byte, error) {
 	if err := s.sync(ctx); err != nil {
 		return nil, nil, err
@@ -185,7 +187,7 @@ func (s *Store) Timeline(ctx context.Context, projectID, paymentID string, since
 	err := s.queryRow(ctx, "SELECT data FROM payments WHERE project_id = ? AND payment_id = ?",
 		projectID, paymentID).Scan(&view)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil, ErrNotFound
+		return nil, nil, journal.ErrNotFound
 	}
 	if err != nil {
 		return nil, nil, err
@@ -193,7 +195,7 @@ func (s *Store) Timeline(ctx context.Context, projectID, paymentID string, since
 	evs, err := s.list(ctx, "SELECT data FROM events WHERE project_id = ? AND payment_id = ? AND verified = 1 "+
 		"AND time >= ? ORDER BY id", projectID, paymentID, since.UnixNano())
 	if err == nil && len(evs) == 0 {
-		err = ErrNotFound // all past their age, awaiting the sweep
+		err = journal.ErrNotFound // all past their age, awaiting the sweep
 	}
 	return view, evs, err
 }
@@ -213,7 +215,7 @@ func (s *Store) OpenPayments(ctx context.Context, signedBefore, since time.Time,
 const openPaymentsSQL = "SELECT data FROM payments WHERE final = 0 AND signed IS NOT NULL AND signed < ? " +
 	"AND updated >= ? ORDER BY signed, project_id, payment_id LIMIT ?"
 
-// Body returns the body stored for an event key.
+// Body returns the body stored for an event key, or journal.ErrNotFound.
 func (s *Store) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	if err := s.sync(ctx); err != nil {
 		return nil, err
@@ -221,7 +223,7 @@ func (s *Store) Body(ctx context.Context, eventKey string) ([]byte, error) {
 	var body []byte
 	err := s.queryRow(ctx, "SELECT body FROM bodies WHERE event_key = ?", eventKey).Scan(&body)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNotFound
+		return nil, journal.ErrNotFound
 	}
 	return body, err
 }

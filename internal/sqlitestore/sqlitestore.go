@@ -4,7 +4,7 @@
 //
 // The file is in WAL mode, so that reads never wait for the writer. Writes
 // are queued and written by one goroutine, grouped into one transaction
-// (one fsync) every FlushEvery or sooner when FlushBatch writes wait.
+// (one fsync) every 100 ms (flushEvery) or sooner when FlushBatch writes wait.
 // Pruning by age, by size and of unverified entries runs in the same
 // transactions, a bounded number of rows at a time. The writer keeps the
 // payment rows of its last transactions (bounded), so that a payment's
@@ -36,11 +36,12 @@ import (
 	"time"
 
 	"github.com/bits-and-blooms/bloom/v3"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	_ "modernc.org/sqlite" // the "sqlite" driver
 )
 
-// SchemaVersion is the PRAGMA user_version of files this package writes.
-const SchemaVersion = 2
+// schemaVersion is the PRAGMA user_version of files this package writes.
+const schemaVersion = 2
 
 // Schema creates version 2 of the file. Times are Unix nanoseconds (UTC).
 const Schema = `
@@ -111,14 +112,14 @@ CREATE INDEX payments_open_updated ON payments(updated, project_id, payment_id) 
 
 // Tuning.
 const (
-	FlushEvery = 100 * time.Millisecond
+	flushEvery = 100 * time.Millisecond
 	// FlushBatch queued writes start a flush before the tick.
 	FlushBatch = 1024
-	// MaxQueued writes may wait; beyond that writers wait for a flush.
-	MaxQueued = 50_000
-	// SweepEvery is how often an idle store still writes, to drop expired
+	// maxQueued writes may wait; beyond that writers wait for a flush.
+	maxQueued = 50_000
+	// sweepEvery is how often an idle store still writes, to drop expired
 	// marks and entries past their age.
-	SweepEvery = time.Minute
+	sweepEvery = time.Minute
 	// viewsKept bounds the payment rows the writer keeps from its last
 	// transactions (between viewsKept and twice as many), so that a
 	// payment's next entry folds without reading its row.
@@ -140,9 +141,6 @@ const (
 
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("sqlitestore: closed")
-
-// ErrNotFound is returned for an unknown payment or body.
-var ErrNotFound = errors.New("sqlitestore: not found")
 
 // Key is the hash of a de-dup key.
 type Key [16]byte
@@ -189,20 +187,14 @@ type Fold func(prev []byte, e *Entry) (Payment, error)
 // with dup counted on it.
 type Count func(first []byte, dup *Entry) ([]byte, error)
 
-// Options bound the journal.
-type Options struct {
-	MaxAge        time.Duration
-	MaxSize       int64 // bytes
-	MaxUnverified int
-	NoBodies      bool
-}
-
 // Pruned counts entries pruned by reason.
 type Pruned struct{ Age, Size, Unverified int }
 
 // Config is what Open needs besides the path.
 type Config struct {
-	Options Options
+	// Options bound the journal, as given: the caller applies
+	// journal.Options.WithDefaults.
+	Options journal.Options
 	Fold    Fold
 	Count   Count
 	// Now is the wall clock (time.Now if nil).
@@ -219,7 +211,7 @@ type Store struct {
 	path    string
 	db      *sql.DB
 	cfg     Config
-	opts    atomic.Pointer[Options]
+	opts    atomic.Pointer[journal.Options]
 	healthy atomic.Bool
 
 	mu       sync.Mutex
@@ -390,8 +382,8 @@ func (s *Store) prepare() error {
 	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
 		return err
 	}
-	if version > SchemaVersion {
-		return fmt.Errorf("%w (schema %d; this one knows %d)", errNewer, version, SchemaVersion)
+	if version > schemaVersion {
+		return fmt.Errorf("%w (schema %d; this one knows %d)", errNewer, version, schemaVersion)
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -402,12 +394,12 @@ func (s *Store) prepare() error {
 		if _, err := tx.ExecContext(ctx, Schema); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", SchemaVersion)); err != nil {
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version=%d", schemaVersion)); err != nil {
 			return err
 		}
-		version = SchemaVersion
+		version = schemaVersion
 	}
-	for v := version; v < SchemaVersion; v++ {
+	for v := version; v < schemaVersion; v++ {
 		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
 			return fmt.Errorf("migrating the schema from version %d: %w", v, err)
 		}
@@ -465,8 +457,8 @@ func Backup(ctx context.Context, src, dst string) error {
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
 		return fmt.Errorf("%s: %w", src, err)
 	}
-	if version == 0 || version > SchemaVersion {
-		return fmt.Errorf("%s is not a store file of schema %d (user_version %d)", src, SchemaVersion, version)
+	if version == 0 || version > schemaVersion {
+		return fmt.Errorf("%s is not a store file of schema %d (user_version %d)", src, schemaVersion, version)
 	}
 	_, err = db.ExecContext(ctx, "VACUUM INTO ?", dst)
 	return err

@@ -13,12 +13,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 func openTest(t *testing.T, path string) *Store {
 	t.Helper()
 	s, broken, _, err := Open(path, Config{
-		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
 		Fold: func(prev []byte, e *Entry) (Payment, error) {
 			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
 				Status: e.Result, Data: []byte(`{}`)}, nil
@@ -218,7 +220,7 @@ func TestPaymentsReadUsesTheIndex(t *testing.T) {
 func TestFoldAcrossTransactions(t *testing.T) {
 	var prevs []string
 	s, _, _, err := Open(filepath.Join(t.TempDir(), "ecommpay.db"), Config{
-		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
 		Fold: func(prev []byte, e *Entry) (Payment, error) {
 			prevs = append(prevs, e.PaymentID+":"+string(prev))
 			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
@@ -309,8 +311,8 @@ func TestMigrateFromVersion1(t *testing.T) {
 
 	s := openTest(t, old)
 	var version int
-	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != SchemaVersion {
-		t.Fatalf("user_version = %d, %v; want %d", version, err, SchemaVersion)
+	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != schemaVersion {
+		t.Fatalf("user_version = %d, %v; want %d", version, err, schemaVersion)
 	}
 	fresh := openTest(t, filepath.Join(dir, "new.db"))
 	if got, want := schemaOf(t, s.db), schemaOf(t, fresh.db); got != want {
@@ -353,7 +355,7 @@ func schemaOf(t *testing.T, db *sql.DB) string {
 // starts again from nothing, as the file says.
 func TestKeptViewsFollowPruning(t *testing.T) {
 	s, _, _, err := Open(filepath.Join(t.TempDir(), "ecommpay.db"), Config{
-		Options: Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100},
 		Fold: func(prev []byte, e *Entry) (Payment, error) {
 			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
 				Data: append(bytes.Clone(prev), 'x')}, nil
@@ -394,13 +396,13 @@ func TestKeptViewsFollowPruning(t *testing.T) {
 		t.Fatalf("after two entries: %q, want xx", got)
 	}
 	// Every entry of P goes by age.
-	s.SetOptions(Options{MaxAge: time.Millisecond, MaxSize: 1 << 30, MaxUnverified: 100})
+	s.SetOptions(journal.Options{MaxAge: time.Millisecond, MaxSize: 1 << 30, MaxUnverified: 100})
 	time.Sleep(5 * time.Millisecond)
 	record("Q")
 	if got := view("P"); got != "" {
 		t.Fatalf("after pruning: %q, want no row", got)
 	}
-	s.SetOptions(Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100})
+	s.SetOptions(journal.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 100})
 	record("P")
 	if got := view("P"); got != "x" {
 		t.Fatalf("a new entry after pruning folds on %q, want x (a new row)", got)

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 )
 
 // Record queues an entry. Its Body is copied.
@@ -43,12 +45,12 @@ func (s *Store) enqueue(ctx context.Context, add func()) error {
 	return nil
 }
 
-// makeRoom waits for a flush when MaxQueued writes wait: a disk slower
+// makeRoom waits for a flush when maxQueued writes wait: a disk slower
 // than the callbacks slows them down rather than let the queue eat the
 // heap.
 func (s *Store) makeRoom(ctx context.Context) error {
 	s.mu.Lock()
-	full := len(s.marks)+len(s.records) >= MaxQueued
+	full := len(s.marks)+len(s.records) >= maxQueued
 	s.mu.Unlock()
 	if !full {
 		return nil
@@ -66,7 +68,7 @@ func (s *Store) kick() {
 // run is the writer goroutine.
 func (s *Store) run() {
 	defer close(s.done)
-	tick := time.NewTicker(FlushEvery)
+	tick := time.NewTicker(flushEvery)
 	defer tick.Stop()
 	for {
 		select {
@@ -126,7 +128,7 @@ func (s *Store) flush() error {
 
 	now := s.cfg.Now()
 	var err error
-	if len(marks) > 0 || len(records) > 0 || now.Sub(s.lastSweep) >= SweepEvery {
+	if len(marks) > 0 || len(records) > 0 || now.Sub(s.lastSweep) >= sweepEvery {
 		err = s.write(marks, records, now)
 		if err == nil && len(marks) == 0 && len(records) == 0 {
 			s.lastSweep = now
@@ -157,7 +159,7 @@ type tx struct {
 	*sql.Tx
 	s        *Store
 	ctx      context.Context
-	opts     Options
+	opts     journal.Options
 	size     int64
 	unverN   int
 	pruned   Pruned
@@ -465,7 +467,7 @@ func (w *tx) applyBounds(now time.Time) error {
 	if w.size > w.opts.MaxSize {
 		// Unverified entries go first: strangers cannot push genuine
 		// ones out.
-		floor := SizePruneFloor(w.opts.MaxSize)
+		floor := journal.SizePruneFloor(w.opts.MaxSize)
 		over := func() bool { return w.size > floor }
 		for _, where := range []string{"WHERE verified = 0 ORDER BY id", "ORDER BY id"} {
 			n, err = w.prune(where, budget, over)
@@ -477,15 +479,6 @@ func (w *tx) applyBounds(now time.Time) error {
 		}
 	}
 	return err
-}
-
-// SizePruneFloor is what a journal over maxSize is pruned down to, so that
-// a full journal prunes in batches: a tenth of maxSize below it, but no
-// more than 1 MiB or a sixty-fourth of maxSize, whichever is larger (4 MiB
-// of the default 256 MiB), so that no batch holds a core, or the memory
-// journal's lock, for long. Every local and memory journal prunes so.
-func SizePruneFloor(maxSize int64) int64 {
-	return maxSize - max(maxSize/64, min(maxSize/10, 1<<20))
 }
 
 // prune deletes up to limit entries selected by where (which orders them),

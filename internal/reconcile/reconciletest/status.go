@@ -15,12 +15,12 @@ import (
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/canon"
 )
 
-// Path is the status endpoint's path.
-const Path = "/v2/payment/status"
+// statusPath is the status endpoint's path.
+const statusPath = "/v2/payment/status"
 
-// NotFound is what the endpoint answers about a payment it was given no
+// notFound is what the endpoint answers about a payment it was given no
 // answer for, as ecommpay does.
-const NotFound = `{"status":"error","code":"3061","message":"Payment not found"}`
+const notFound = `{"status":"error","code":"3061","message":"Payment not found"}`
 
 // Status is a running status endpoint for project 210.
 type Status struct {
@@ -54,7 +54,7 @@ func NewStatus(t testing.TB, secret string, clock func() time.Time) *Status {
 			t.Errorf("status request general.project_id: %s", body)
 		}
 		d.Delete(general, "signature")
-		if !canon.NewKey(secret).Verify(d.Canonical(nil, false), sig) || r.URL.Path != Path {
+		if !canon.NewKey(secret).Verify(d.Canonical(nil, false), sig) || r.URL.Path != statusPath {
 			t.Errorf("status request %s %s: signature does not verify", r.URL.Path, body)
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -65,7 +65,7 @@ func NewStatus(t testing.TB, secret string, clock func() time.Time) *Status {
 		f.at = append(f.at, f.clock())
 		fn := f.answer[id]
 		f.mu.Unlock()
-		status, answer := http.StatusBadRequest, NotFound
+		status, answer := http.StatusBadRequest, notFound
 		if fn != nil {
 			status, answer = fn()
 		}
@@ -74,7 +74,7 @@ func NewStatus(t testing.TB, secret string, clock func() time.Time) *Status {
 		_, _ = io.WriteString(w, answer)
 	}))
 	t.Cleanup(srv.Close)
-	f.URL = srv.URL + Path
+	f.URL = srv.URL + statusPath
 	return f
 }
 

@@ -10,7 +10,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"sync"
 	"time"
 
@@ -74,7 +73,7 @@ func Open(path string, maxKeys int, opts journal.Options, hooks store.Hooks) (*B
 		prune:  hooks.PruneLog(),
 	}
 	file, broken, why, err := sqlitestore.Open(path, sqlitestore.Config{
-		Options: sqliteOptions(opts),
+		Options: opts.WithDefaults(),
 		Fold:    foldPayment,
 		Count:   countDuplicate,
 		Now:     func() time.Time { return b.now() },
@@ -145,17 +144,12 @@ func (b *Backend) wrote(err error) {
 	}
 }
 
-func sqliteOptions(o journal.Options) sqlitestore.Options {
-	o = o.WithDefaults()
-	return sqlitestore.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
-}
-
 // Configure implements store.Backend; the next write applies the
 // journal's bounds.
 func (b *Backend) Configure(maxKeys int, opts journal.Options) {
 	b.mem.SetMaxKeys(cmp.Or(maxKeys, memoryKeys))
 	if b.file != nil {
-		b.file.SetOptions(sqliteOptions(opts))
+		b.file.SetOptions(opts.WithDefaults())
 		return
 	}
 	b.memJ.SetOptions(opts)
@@ -169,8 +163,7 @@ func (b *Backend) Options() journal.Options {
 	if b.file == nil {
 		return b.memJ.Options()
 	}
-	o := b.file.Options()
-	return journal.Options{MaxAge: o.MaxAge, MaxSize: o.MaxSize, MaxUnverified: o.MaxUnverified, NoBodies: o.NoBodies}
+	return b.file.Options()
 }
 
 // Claim implements store.Store: the claims in memory, then the delivered marks,
@@ -326,9 +319,6 @@ func (j *sqliteJournal) Payments(ctx context.Context, f journal.PaymentFilter) (
 // Timeline implements journal.Journal.
 func (j *sqliteJournal) Timeline(ctx context.Context, projectID, paymentID string) (journal.Timeline, error) {
 	view, raw, err := j.file.Timeline(ctx, projectID, paymentID, j.ageCut(time.Time{}))
-	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return journal.Timeline{}, journal.ErrNotFound
-	}
 	if err != nil {
 		return journal.Timeline{}, err
 	}
@@ -351,11 +341,7 @@ func (j *sqliteJournal) OpenPayments(ctx context.Context, startedBefore time.Tim
 
 // Body implements journal.Journal.
 func (j *sqliteJournal) Body(ctx context.Context, eventKey string) ([]byte, error) {
-	body, err := j.file.Body(ctx, eventKey)
-	if errors.Is(err, sqlitestore.ErrNotFound) {
-		return nil, journal.ErrNotFound
-	}
-	return body, err
+	return j.file.Body(ctx, eventKey)
 }
 
 // Interface guards

@@ -46,8 +46,17 @@ type memShard struct {
 	_       [40]byte // pads the shard to a 64-byte cache line
 }
 
-// token formats a claim id.
-func (sh *memShard) token(id uint64) string { return strconv.FormatUint(id, 16) }
+// tokenOf formats a claim id; claimID reads it back.
+func tokenOf(id uint64) string { return strconv.FormatUint(id, 16) }
+
+func claimID(token string) (uint64, bool) {
+	id, err := strconv.ParseUint(token, 16, 64)
+	return id, err == nil && id != 0
+}
+
+// heldBy reports whether claim id still holds e: an unexpired claim, not
+// a delivered key.
+func (e memEntry) heldBy(id uint64, now int64) bool { return e.id == id && e.exp > now }
 
 // Dedup is an exact, process-local store.Store: 32 mutex-guarded map
 // shards, a global entry count and a FIFO of commits used to evict the
@@ -128,7 +137,7 @@ func (s *Dedup) Claim(_ context.Context, key string, lease time.Duration) (store
 		id = s.lastID.Add(1)
 	}
 	sh.m[h] = memEntry{exp: now + int64(lease), id: id}
-	token := sh.token(id)
+	token := tokenOf(id)
 	if !found {
 		s.count.Add(1)
 		sh.inserts++
@@ -149,8 +158,8 @@ func (s *Dedup) Commit(_ context.Context, key, token string, ttl time.Duration) 
 	if ttl <= 0 {
 		return store.ErrBadDuration
 	}
-	id, err := strconv.ParseUint(token, 16, 64)
-	if err != nil || id == 0 {
+	id, ok := claimID(token)
+	if !ok {
 		return store.ErrNotOwner
 	}
 	h := store.HashKey(key)
@@ -159,7 +168,7 @@ func (s *Dedup) Commit(_ context.Context, key, token string, ttl time.Duration) 
 
 	sh.mu.Lock()
 	e, found := sh.m[h]
-	if !found || e.id != id || e.exp <= now {
+	if !found || !e.heldBy(id, now) {
 		sh.mu.Unlock()
 		return store.ErrNotOwner
 	}
@@ -176,8 +185,8 @@ func (s *Dedup) Commit(_ context.Context, key, token string, ttl time.Duration) 
 
 // Release implements store.Store.
 func (s *Dedup) Release(_ context.Context, key, token string) error {
-	id, err := strconv.ParseUint(token, 16, 64)
-	if err != nil || id == 0 {
+	id, ok := claimID(token)
+	if !ok {
 		return store.ErrNotOwner
 	}
 	h := store.HashKey(key)
@@ -187,7 +196,7 @@ func (s *Dedup) Release(_ context.Context, key, token string) error {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e, found := sh.m[h]
-	if !found || e.id != id || e.exp <= now {
+	if !found || !e.heldBy(id, now) {
 		return store.ErrNotOwner
 	}
 	delete(sh.m, h)

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 )
 
@@ -338,7 +337,7 @@ func (j *Journal) report(n pruneCounts) {
 }
 
 // pruneLocked applies the bounds, oldest first. Over MaxSize it prunes to
-// sqlitestore.SizePruneFloor.
+// journal.SizePruneFloor.
 func (j *Journal) pruneLocked(now time.Time) (n pruneCounts) {
 	cut := journal.IDBound(now.Add(-j.opts.MaxAge))
 	for _, l := range []*eventList{&j.events, &j.unverified} {
@@ -352,7 +351,7 @@ func (j *Journal) pruneLocked(now time.Time) (n pruneCounts) {
 		n.unverified++
 	}
 	if j.size > j.opts.MaxSize {
-		floor := sqlitestore.SizePruneFloor(j.opts.MaxSize)
+		floor := journal.SizePruneFloor(j.opts.MaxSize)
 		for j.size > floor && j.events.len()+j.unverified.len() > 0 {
 			// Strangers' entries go first: they cannot push genuine ones out.
 			l := &j.unverified

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
-	"github.com/caddy-ecommpay/caddy-ecommpay/internal/sqlitestore"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/store/storetest"
 	"go.uber.org/zap"
@@ -363,21 +362,6 @@ func TestMemEventCompareID(t *testing.T) {
 			if got, want := compareID(ma, mb), strings.Compare(a, b); got != want {
 				t.Errorf("compareID(%q, %q) = %d, want %d", a, b, got, want)
 			}
-		}
-	}
-}
-
-// A full journal prunes in batches, a tenth of a small bound but at most a
-// sixty-fourth of a large one, so no batch holds the writer for long.
-func TestSizePruneFloor(t *testing.T) {
-	for _, c := range []struct{ max, floor int64 }{
-		{256 << 20, 252 << 20}, // the default: 4 MiB at a time
-		{32 << 20, 31 << 20},   // 1 MiB
-		{4 << 20, 4<<20 - (4<<20)/10},
-		{1000, 900},
-	} {
-		if got := sqlitestore.SizePruneFloor(c.max); got != c.floor {
-			t.Errorf("SizePruneFloor(%d) = %d, want %d", c.max, got, c.floor)
 		}
 	}
 }

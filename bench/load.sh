@@ -57,9 +57,9 @@
 # left under the data directory, and a summary:
 #   callback(default)/reverse_proxy  req/s ratio of medians, per-round ratios,
 #                                    CPU-per-request ratio; against 0.75
-#   callback(memory)/reverse_proxy   the same; against 0.95 (issue 13)
+#   callback(memory)/reverse_proxy   the same; against 0.95
 #   callback(lean)/reverse_proxy     the same, for reference
-#   payment_page/respond             the same; against 0.95 (issue 13)
+#   payment_page/respond             the same; against 0.95
 #   A/A reverse_proxy_b/reverse_proxy the same; "steady" when the ratio of
 #                                    medians and every round's ratio are
 #                                    within 0.95-1.05, else "NOISY" (then no

@@ -25,14 +25,6 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 	}
 	pg := newBrowserPage(t, chromium, shots)
 	ctx, do, text, shot := pg.ctx, pg.do, pg.text, pg.shot
-	location := func() string {
-		t.Helper()
-		loc, err := chromedp.Run(ctx, chromedp.Location())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return loc
-	}
 	// open shows the Payment Page of a new payment and its QR step, at the
 	// URL Caddy signed for the shop: typed in, or, fromShop, followed from a
 	// page of the shop's (another origin), as a checkout sends the customer.
@@ -81,8 +73,10 @@ func TestSandboxPaymentPageInBrowser(t *testing.T) {
 	arrive := func(prefix string) {
 		t.Helper()
 		eventually(t, 10*time.Second, "the browser on "+prefix, func() (bool, string) {
-			loc := location()
-			return strings.HasPrefix(loc, prefix), loc
+			// Asked while the page navigates, the browser may answer that
+			// the target navigated: then ask again.
+			loc, err := chromedp.Run(ctx, chromedp.Location())
+			return err == nil && strings.HasPrefix(loc, prefix), fmt.Sprintf("%q %v", loc, err)
 		})
 	}
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,16 +21,27 @@ import (
 // transaction. cpu-ns/op is the process's CPU time (user + system) per
 // callback, which is what the writer takes from the callbacks; ns/op adds
 // the wait for each transaction's fsync.
-func BenchmarkWrite(b *testing.B) {
+func BenchmarkWrite(b *testing.B) { benchWrite(b, 1<<40) }
+
+// BenchmarkWriteFull is BenchmarkWrite at a full journal, the steady state
+// of a shop after some weeks: the store's MaxSize is 8 MiB and it is filled
+// past it first, so each callback written is matched by an old one pruned.
+// Each payment takes two callbacks, so pruning one entry of a payment
+// keeps its row and pruning the other deletes it.
+func BenchmarkWriteFull(b *testing.B) { benchWrite(b, 8<<20) }
+
+func benchWrite(b *testing.B, maxSize int64) {
 	data := bytes.Repeat([]byte("x"), 700)
 	view := bytes.Repeat([]byte("y"), 500)
+	var pruned atomic.Bool
 	s, _, _, err := Open(filepath.Join(b.TempDir(), "ecommpay.db"), Config{
-		Options: journal.Options{MaxAge: time.Hour, MaxSize: 1 << 40, MaxUnverified: 1000},
+		Options: journal.Options{MaxAge: time.Hour, MaxSize: maxSize, MaxUnverified: 1000},
 		Fold: func(prev []byte, e *Entry) (Payment, error) {
 			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
 				Status: "success", Method: "card", Final: true, Data: view}, nil
 		},
-		Count: func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+		Count:   func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+		OnPrune: func(Pruned) { pruned.Store(true) },
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -42,13 +54,15 @@ func BenchmarkWrite(b *testing.B) {
 		_, _ = rand.Read(r)
 		return hex.EncodeToString(r)
 	}
-	var before syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 	i := 0
-	for b.Loop() {
+	payment := ""
+	write := func() {
 		now := time.Now()
+		if maxSize == 1<<40 || i%2 == 0 {
+			payment = "ORDER-" + random(8)
+		}
 		if err := s.Record(ctx, Entry{ID: fmt.Sprintf("%016x%s", now.UnixNano(), random(4)), Time: now,
-			Kind: "callback", ProjectID: "42", PaymentID: "ORDER-" + random(8), EventKey: random(20),
+			Kind: "callback", ProjectID: "42", PaymentID: payment, EventKey: random(20),
 			Result: "forwarded", Data: data, Body: body}); err != nil {
 			b.Fatal(err)
 		}
@@ -62,6 +76,20 @@ func BenchmarkWrite(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+	if maxSize < 1<<40 {
+		for !pruned.Load() {
+			write()
+		}
+		if err := s.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		i = 0
+	}
+	var before syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	for b.Loop() {
+		write()
 	}
 	if err := s.Flush(ctx); err != nil {
 		b.Fatal(err)

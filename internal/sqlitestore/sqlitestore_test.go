@@ -82,6 +82,35 @@ func TestQueriesNeedNoSort(t *testing.T) {
 	}
 }
 
+// Pruning finds each row it deletes, and checks that no verified entry
+// holds a body or payment row, by an index: a batch's cost does not grow
+// with the journal.
+func TestPruneUsesTheIndexes(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "ecommpay.db"))
+	for _, n := range []int{1, 256} {
+		one := make([]any, paramsFor(n))
+		two := make([]any, 2*paramsFor(n))
+		for i := range two {
+			two[i] = strconv.Itoa(i)
+		}
+		copy(one, two)
+		for _, c := range []struct {
+			query string
+			args  []any
+			want  []string
+		}{
+			{pruneEventsSQL(n), one, []string{"INDEX sqlite_autoindex_events_1 (id=?)"}},
+			{pruneBodiesSQL(n), one, []string{"INDEX sqlite_autoindex_bodies_1 (event_key=?)",
+				"INDEX events_key (event_key=?)"}},
+			{prunePaymentsSQL(n), two, []string{"INDEX payments_id (project_id=? AND payment_id=?)", "INDEX events_payment (payment_id=? AND project_id=?)"}},
+		} {
+			for _, want := range c.want {
+				checkPlan(t, s.db, fmt.Sprintf("%d: %s", n, c.query[:30]), c.query, c.args, want)
+			}
+		}
+	}
+}
+
 func checkPlan(t *testing.T, db *sql.DB, name, query string, args []any, wantIndex ...string) {
 	t.Helper()
 	rows, err := db.Query("EXPLAIN QUERY PLAN "+query, args...)
@@ -406,5 +435,89 @@ func TestKeptViewsFollowPruning(t *testing.T) {
 	record("P")
 	if got := view("P"); got != "x" {
 		t.Fatalf("a new entry after pruning folds on %q, want x (a new row)", got)
+	}
+}
+
+// Pruning takes the entries it selects and, of their bodies and payment
+// rows, only those no remaining verified entry holds; the size counted is
+// what the rows left hold. Over 600 victims, it spans several batches.
+func TestPruneKeepsWhatRemainingEntriesHold(t *testing.T) {
+	var pruned Pruned
+	s, _, _, err := Open(filepath.Join(t.TempDir(), "ecommpay.db"), Config{
+		Options: journal.Options{MaxAge: 24 * time.Hour, MaxSize: 1 << 30, MaxUnverified: 1000},
+		Fold: func(prev []byte, e *Entry) (Payment, error) {
+			return Payment{ProjectID: e.ProjectID, PaymentID: e.PaymentID, Started: e.Time, Updated: e.Time,
+				Data: []byte(`{}`)}, nil
+		},
+		Count:   func(first []byte, _ *Entry) ([]byte, error) { return first, nil },
+		OnPrune: func(p Pruned) { pruned.Age += p.Age; pruned.Size += p.Size; pruned.Unverified += p.Unverified },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	now := time.Now()
+	old := now.Add(-2 * time.Hour)
+	record := func(at time.Time, n int, e Entry) {
+		t.Helper()
+		e.ID, e.Time, e.Kind, e.Result = fmt.Sprintf("%016x%08x", at.UnixNano(), n), at, "callback", "forwarded"
+		e.Data = []byte(`{}`)
+		if err := s.Record(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 600
+	for i := range n {
+		p, k := fmt.Sprintf("P%d", i), fmt.Sprintf("k%d", i)
+		record(old, i, Entry{ProjectID: "1", PaymentID: p, EventKey: k, Body: []byte("body of " + k)})
+		if i%2 == 0 {
+			// A later entry of the same payment and event key (a replay).
+			record(now, i, Entry{ProjectID: "1", PaymentID: p, EventKey: k, Body: []byte("body of " + k)})
+		}
+	}
+	for i := range 50 {
+		record(old, n+i, Entry{ProjectID: "1", PaymentID: "P1", EventKey: "k1", Unverified: true})
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.SetOptions(journal.Options{MaxAge: time.Hour, MaxSize: 1 << 30, MaxUnverified: 1000})
+	record(time.Now(), 0, Entry{ProjectID: "1", PaymentID: "trigger", EventKey: "t"})
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pruned != (Pruned{Age: n + 50}) {
+		t.Fatalf("pruned %+v, want %d by age", pruned, n+50)
+	}
+	for i := range n {
+		p, k := fmt.Sprintf("P%d", i), fmt.Sprintf("k%d", i)
+		body, err := s.Body(ctx, k)
+		rows, perr := s.Payments(ctx, PaymentQuery{ProjectID: "1", PaymentID: p, Limit: 1})
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		if i%2 == 0 && (err != nil || string(body) != "body of "+k || len(rows) != 1) {
+			t.Fatalf("%s, held by a remaining entry: body %q (%v), %d payment rows", p, body, err, len(rows))
+		}
+		if i%2 == 1 && (!errors.Is(err, journal.ErrNotFound) || len(rows) != 0) {
+			t.Fatalf("%s, held by no entry: body %q (%v), %d payment rows", p, body, err, len(rows))
+		}
+	}
+	var events, unverified, bodies, payments int
+	var counted, held int64
+	if err := s.db.QueryRow("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM events WHERE verified = 0), "+
+		"(SELECT count(*) FROM bodies), (SELECT count(*) FROM payments), (SELECT value FROM meta WHERE name = 'size'), "+
+		"(SELECT coalesce(sum(size), 0) FROM events) + (SELECT coalesce(sum(length(event_key) + length(body) + 32), 0) FROM bodies)").
+		Scan(&events, &unverified, &bodies, &payments, &counted, &held); err != nil {
+		t.Fatal(err)
+	}
+	if events != n/2+1 || unverified != 0 || bodies != n/2 || payments != n/2+1 {
+		t.Fatalf("left %d entries (%d unverified), %d bodies, %d payments; want %d, 0, %d, %d",
+			events, unverified, bodies, payments, n/2+1, n/2, n/2+1)
+	}
+	if counted != held || s.size != held || s.unverifiedN != 0 {
+		t.Fatalf("size counted %d in the file and %d by the writer, rows hold %d; %d unverified counted",
+			counted, s.size, held, s.unverifiedN)
 	}
 }

@@ -483,10 +483,10 @@ func (w *tx) applyBounds(now time.Time) error {
 
 // prune deletes up to limit entries selected by where (which orders them),
 // while more() holds, and what only they held: bodies and payment rows.
+// Each batch takes one statement per table, whatever its length: a
+// statement per row costs several times more.
 func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int, error) {
 	const batch = 256
-	pays := map[[2]string]bool{}
-	keys := map[string]bool{}
 	done := 0
 	for done < limit && (more == nil || more()) {
 		rows, err := w.QueryContext(w.ctx, "SELECT id, project_id, payment_id, event_key, verified, size FROM events "+
@@ -515,53 +515,131 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 		if len(vs) == 0 {
 			break
 		}
+		// The victims are the first rows that leave more() true, each
+		// counted as it goes, before any is deleted.
+		var ids, keys []string
+		var pays [][2]string
+		seenKey := map[string]bool{}
+		seenPay := map[[2]string]bool{}
 		for _, v := range vs {
 			if more != nil && !more() {
 				break
 			}
-			if _, err := w.exec("DELETE FROM events WHERE id = ?", v.id); err != nil {
-				return done, err
-			}
+			ids = append(ids, v.id)
 			w.size -= v.size
 			done++
 			if !v.verified {
 				w.unverN--
 				continue
 			}
-			if v.payment != "" {
-				pays[[2]string{v.project, v.payment}] = true
+			if p := [2]string{v.project, v.payment}; v.payment != "" && !seenPay[p] {
+				seenPay[p] = true
+				pays = append(pays, p)
 			}
-			if v.key != "" {
-				keys[v.key] = true
+			if v.key != "" && !seenKey[v.key] {
+				seenKey[v.key] = true
+				keys = append(keys, v.key)
 			}
+		}
+		if _, err := w.exec(pruneEventsSQL(len(ids)), padded(ids)...); err != nil {
+			return done, err
 		}
 		// Bodies and payments that no entry holds any more.
-		for k := range keys {
-			var n int64
-			err := w.queryRow("DELETE FROM bodies WHERE event_key = ? AND NOT EXISTS "+
-				"(SELECT 1 FROM events WHERE event_key = ? AND verified = 1) RETURNING length(body)", k, k).Scan(&n)
-			if err == nil {
-				w.size -= bodyCost(k, int(n))
-			} else if !errors.Is(err, sql.ErrNoRows) {
+		if len(keys) > 0 {
+			if err := w.pruneBodies(keys); err != nil {
 				return done, err
 			}
-			delete(keys, k)
 		}
-		for p := range pays {
-			// Forgotten whether or not the row goes, and even if the
-			// transaction fails: the file is what counts.
-			w.s.views.forget(p)
-			w.gone[p] = true
-			if _, err := w.exec("DELETE FROM payments WHERE project_id = ? AND payment_id = ? AND "+
-				"NOT EXISTS (SELECT 1 FROM events WHERE project_id = ? AND payment_id = ? AND verified = 1)",
-				p[0], p[1], p[0], p[1]); err != nil {
+		if len(pays) > 0 {
+			for _, p := range pays {
+				// Forgotten whether or not the row goes, and even if the
+				// transaction fails: the file is what counts.
+				w.s.views.forget(p)
+				w.gone[p] = true
+			}
+			args := make([]any, 0, 2*len(pays))
+			for _, p := range pays {
+				args = append(args, p[0], p[1])
+			}
+			if _, err := w.exec(prunePaymentsSQL(len(pays)), padTo(args, 2*paramsFor(len(pays)))...); err != nil {
 				return done, err
 			}
-			delete(pays, p)
 		}
 	}
 	return done, nil
 }
+
+// pruneBodies deletes the bodies of keys that no verified entry holds any
+// more, and uncounts them.
+func (w *tx) pruneBodies(keys []string) error {
+	st, err := w.stmt(pruneBodiesSQL(len(keys)))
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(w.ctx, padded(keys)...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		var n int
+		if err := rows.Scan(&k, &n); err != nil {
+			return err
+		}
+		w.size -= bodyCost(k, n)
+	}
+	return rows.Err()
+}
+
+// pruneEventsSQL deletes the entries of n IDs.
+func pruneEventsSQL(n int) string {
+	return "DELETE FROM events WHERE id IN (" + params(n, "?") + ")"
+}
+
+// pruneBodiesSQL deletes the bodies of n event keys that no verified entry
+// holds.
+func pruneBodiesSQL(n int) string {
+	return "DELETE FROM bodies WHERE event_key IN (" + params(n, "?") + ") AND NOT EXISTS " +
+		"(SELECT 1 FROM events WHERE events.event_key = bodies.event_key AND verified = 1) " +
+		"RETURNING event_key, length(body)"
+}
+
+// prunePaymentsSQL deletes the rows of n payments (project and payment ID)
+// that no verified entry holds.
+func prunePaymentsSQL(n int) string {
+	return "DELETE FROM payments WHERE (project_id, payment_id) IN (VALUES " + params(n, "(?,?)") + ") " +
+		"AND NOT EXISTS (SELECT 1 FROM events WHERE events.project_id = payments.project_id " +
+		"AND events.payment_id = payments.payment_id AND verified = 1)"
+}
+
+// paramsFor is how many places a statement of a list of n items has: the
+// next power of two from 8, so that a few prepared statements serve every
+// batch; the places beyond n are NULL, which matches nothing.
+func paramsFor(n int) int {
+	c := 8
+	for c < n {
+		c *= 2
+	}
+	return c
+}
+
+// params is the list of paramsFor(n) places, each one.
+func params(n int, one string) string {
+	return one + strings.Repeat(","+one, paramsFor(n)-1)
+}
+
+// padded is v as arguments for the places of params(len(v), "?").
+func padded(v []string) []any {
+	args := make([]any, paramsFor(len(v)))
+	for i, s := range v {
+		args[i] = s
+	}
+	return args
+}
+
+// padTo is args with NULLs up to n.
+func padTo(args []any, n int) []any { return append(args, make([]any, n-len(args))...) }
 
 // viewCache holds the payment rows of the writer's last transactions, as
 // written: most payments take several entries, and each would otherwise

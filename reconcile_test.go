@@ -76,30 +76,12 @@ func (e *recEnv) at(d time.Duration) {
 // the base time.
 func (e *recEnv) started(kind, paymentID, method string, ago time.Duration, appStatus int, path string) {
 	e.t.Helper()
-	ev := journal.Event{Time: e.base.Add(-ago), Kind: kind, ProjectID: "210", PaymentID: paymentID, Result: "signed",
-		Method: method, Status: appStatus, EcommpayStatus: appStatus, Path: path, Verified: true}
-	if err := e.b.Record(context.Background(), ev); err != nil {
-		e.t.Fatal(err)
-	}
+	reconciletest.Started(e.t, e.b, e.base.Add(-ago), kind, paymentID, method, appStatus, path)
 }
 
 func (e *recEnv) timeline(paymentID string) []journal.Event {
 	e.t.Helper()
-	tl, err := e.b.Timeline(context.Background(), "210", paymentID)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tl.Events
-}
-
-func countKind(events []journal.Event, kind, result string) int {
-	n := 0
-	for _, ev := range events {
-		if ev.Kind == kind && (result == "" || ev.Result == result) {
-			n++
-		}
-	}
-	return n
+	return reconciletest.Timeline(e.t, e.b, paymentID)
 }
 
 // An overdue Gate sale is asked about once; the app gets ecommpay's answer
@@ -132,7 +114,7 @@ func TestReconcileDeliversAnOverdueStatusOnce(t *testing.T) {
 		t.Errorf("the status event lost ecommpay's literals: %s", body)
 	}
 	tl := e.timeline("WX-1")
-	if countKind(tl, journal.KindStatusRequest, reconcile.ResultFound) != 1 || countKind(tl, journal.KindStatus, "forwarded") != 1 {
+	if reconciletest.CountKind(tl, journal.KindStatusRequest, reconcile.ResultFound) != 1 || reconciletest.CountKind(tl, journal.KindStatus, "forwarded") != 1 {
 		t.Fatalf("timeline: %+v", tl)
 	}
 	for _, ev := range tl {

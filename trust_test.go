@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/journal"
 	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile"
+	"github.com/caddy-ecommpay/caddy-ecommpay/internal/reconcile/reconciletest"
 	"github.com/caddy-ecommpay/caddy-ecommpay/signature"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -339,7 +340,7 @@ func TestReconcileRefusesAnAnswerAboutAnotherPayment(t *testing.T) {
 			if n := len(e.app.received()); n != 0 {
 				t.Fatalf("the app got %d deliveries", n)
 			}
-			if n := countKind(e.timeline("WX-1"), journal.KindStatusRequest, reconcile.ResultMismatch); n != 1 {
+			if n := reconciletest.CountKind(e.timeline("WX-1"), journal.KindStatusRequest, reconcile.ResultMismatch); n != 1 {
 				t.Errorf("%d mismatch entries for WX-1: %+v", n, e.timeline("WX-1"))
 			}
 			for _, id := range []string{"WX-1", "VICTIM-1"} {

@@ -140,30 +140,12 @@ func (e *env) at(d time.Duration) {
 // the base time.
 func (e *env) started(kind, paymentID, method string, ago time.Duration, appStatus int, path string) {
 	e.t.Helper()
-	ev := journal.Event{Time: e.base.Add(-ago), Kind: kind, ProjectID: "210", PaymentID: paymentID, Result: "signed",
-		Method: method, Status: appStatus, EcommpayStatus: appStatus, Path: path, Verified: true}
-	if err := e.b.Record(context.Background(), ev); err != nil {
-		e.t.Fatal(err)
-	}
+	reconciletest.Started(e.t, e.b, e.base.Add(-ago), kind, paymentID, method, appStatus, path)
 }
 
 func (e *env) timeline(paymentID string) []journal.Event {
 	e.t.Helper()
-	tl, err := e.b.Timeline(context.Background(), "210", paymentID)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tl.Events
-}
-
-func countKind(events []journal.Event, kind, result string) int {
-	n := 0
-	for _, ev := range events {
-		if ev.Kind == kind && (result == "" || ev.Result == result) {
-			n++
-		}
-	}
-	return n
+	return reconciletest.Timeline(e.t, e.b, paymentID)
 }
 
 // An overdue Gate sale is asked about once; the app gets ecommpay's
@@ -187,7 +169,7 @@ func TestDeliversAnOverdueStatusOnce(t *testing.T) {
 		t.Errorf("the status event lost ecommpay's literals: %s", body)
 	}
 	tl := e.timeline("WX-1")
-	if countKind(tl, journal.KindStatusRequest, ResultFound) != 1 {
+	if reconciletest.CountKind(tl, journal.KindStatusRequest, ResultFound) != 1 {
 		t.Fatalf("timeline: %+v", tl)
 	}
 	for _, ev := range tl {
@@ -276,7 +258,7 @@ func TestRetriesWhileTheAppFails(t *testing.T) {
 		t.Fatalf("the app was sent %d status events, want 3 (two refused)", n)
 	}
 	tl := e.timeline("WX-2")
-	if countKind(tl, journal.KindStatus, "app_error") != 2 || countKind(tl, journal.KindStatus, "forwarded") != 1 {
+	if reconciletest.CountKind(tl, journal.KindStatus, "app_error") != 2 || reconciletest.CountKind(tl, journal.KindStatus, "forwarded") != 1 {
 		t.Errorf("timeline: %+v", tl)
 	}
 	if e.counts.get("delivered final=true") != 1 {
@@ -301,7 +283,7 @@ func TestAbandonsAPaymentNeverOpened(t *testing.T) {
 		t.Errorf("the app got %d events", n)
 	}
 	tl := e.timeline("PP-gone")
-	if countKind(tl, journal.KindStatusRequest, ResultAbandoned) != 1 || countKind(tl, journal.KindStatusRequest, ResultNotFound) != len(asked) {
+	if reconciletest.CountKind(tl, journal.KindStatusRequest, ResultAbandoned) != 1 || reconciletest.CountKind(tl, journal.KindStatusRequest, ResultNotFound) != len(asked) {
 		t.Errorf("timeline: %+v", tl)
 	}
 	if e.counts.get("gave up abandoned") != 1 || e.counts.get("asked not_found") != len(asked) {
@@ -325,9 +307,9 @@ func TestErrorsThenUnresolved(t *testing.T) {
 		e.at(time.Duration(m) * time.Minute)
 	}
 	tl := e.timeline("WX-3")
-	errs := countKind(tl, journal.KindStatusRequest, ResultError)
-	if errs < 3 || errs > 6 || countKind(tl, journal.KindStatusRequest, ResultUnresolved) != 1 {
-		t.Errorf("timeline: %d errors, %d unresolved: %+v", errs, countKind(tl, journal.KindStatusRequest, ResultUnresolved), tl)
+	errs := reconciletest.CountKind(tl, journal.KindStatusRequest, ResultError)
+	if errs < 3 || errs > 6 || reconciletest.CountKind(tl, journal.KindStatusRequest, ResultUnresolved) != 1 {
+		t.Errorf("timeline: %d errors, %d unresolved: %+v", errs, reconciletest.CountKind(tl, journal.KindStatusRequest, ResultUnresolved), tl)
 	}
 	for _, ev := range tl {
 		if ev.Kind == journal.KindStatusRequest && ev.Result == ResultError && (ev.AppStatus != http.StatusBadGateway ||

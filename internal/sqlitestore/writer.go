@@ -551,14 +551,12 @@ func (w *tx) prune(where string, limit int, more func() bool, args ...any) (int,
 			}
 		}
 		if len(pays) > 0 {
+			args := make([]any, 0, 2*len(pays))
 			for _, p := range pays {
 				// Forgotten whether or not the row goes, and even if the
 				// transaction fails: the file is what counts.
 				w.s.views.forget(p)
 				w.gone[p] = true
-			}
-			args := make([]any, 0, 2*len(pays))
-			for _, p := range pays {
 				args = append(args, p[0], p[1])
 			}
 			if _, err := w.exec(prunePaymentsSQL(len(pays)), padTo(args, 2*paramsFor(len(pays)))...); err != nil {
